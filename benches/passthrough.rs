@@ -1,0 +1,237 @@
+//! Pass-through overhead of gridvfs (no cache) against NFS-Ganesha, measured in one run:
+//!
+//! - sequential READ and WRITE (UNSTABLE + COMMIT) of `GRIDVFS_BENCH_MIB` (default 1024)
+//!   MiB in 1 MiB requests with 16 in flight, direct vs through the proxy;
+//! - small-op latency: sequential GETATTR and LOOKUP, direct vs proxy;
+//! - the same sequential READ/WRITE over the WAN emulator (20 ms each way = 40 ms RTT),
+//!   direct (client → WAN → Ganesha) vs proxy (client → proxy → WAN → Ganesha);
+//! - the proxy's peak RSS (VmHWM).
+//!
+//! Every figure is the median of `GRIDVFS_BENCH_ROUNDS` (default 5) rounds, direct and
+//! proxy alternating. Needs the lab: `scripts/bench.sh passthrough` sets it up.
+
+#[path = "common/nfs.rs"]
+mod nfs;
+#[path = "common/wan.rs"]
+mod wan;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nfs::{Client, seq_read, seq_write};
+
+const IO: u32 = 1 << 20;
+const WINDOW: usize = 16;
+
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn start(nfs: SocketAddr, mount: SocketAddr) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nnfs = \"{nfs}\"\nmount = \"{mount}\"\n[log]\nlevel = \"warn\"\n"
+            ),
+        )
+        .unwrap();
+        let ready = dir.path().join("ready");
+        let child = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let addr = loop {
+            if let Ok(s) = std::fs::read_to_string(&ready) {
+                break s.trim().parse().unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "proxy not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Proxy {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn rss_peak_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn env_addr(k: &str) -> SocketAddr {
+    std::env::var(k)
+        .unwrap_or_else(|_| panic!("{k} not set: run via scripts/bench.sh"))
+        .parse()
+        .unwrap()
+}
+
+/// One mounted endpoint with the bench directory's handle.
+struct Side {
+    c: Client,
+    dir: Vec<u8>,
+}
+
+async fn side(nfs: SocketAddr, mount: SocketAddr, export: &str, name: &str) -> Side {
+    let m = Client::connect(mount).await.unwrap();
+    let root = m.mnt(export).await;
+    let c = Client::connect(nfs).await.unwrap();
+    let dir = c.mkdir(&root, name).await;
+    Side { c, dir }
+}
+
+/// MiB/s of a sequential write then read of `mib` MiB of file `name`.
+async fn rw(s: &Side, name: &str, mib: u64) -> (f64, f64) {
+    let fh = s.c.create(&s.dir, name).await;
+    let len = mib << 20;
+    let t = Instant::now();
+    seq_write(&s.c, &fh, len, IO, WINDOW).await;
+    let w = mib as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    assert_eq!(seq_read(&s.c, &fh, len, IO, WINDOW).await, len);
+    let r = mib as f64 / t.elapsed().as_secs_f64();
+    (w, r)
+}
+
+/// Mean microseconds per sequential GETATTR and per LOOKUP.
+async fn small_ops(s: &Side, n: u32) -> (f64, f64) {
+    let fh = s.c.create(&s.dir, "small").await;
+    let t = Instant::now();
+    for _ in 0..n {
+        s.c.getattr(&fh).await;
+    }
+    let g = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t = Instant::now();
+    for _ in 0..n {
+        s.c.lookup(&s.dir, "small").await.unwrap();
+    }
+    let l = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    (g, l)
+}
+
+#[derive(Default)]
+struct Series {
+    direct: Vec<f64>,
+    proxy: Vec<f64>,
+}
+
+impl Series {
+    fn row(&self, what: &str, unit: &str, higher_better: bool, target: &str) -> String {
+        let (d, p) = (median(self.direct.clone()), median(self.proxy.clone()));
+        let ratio = p / d;
+        format!(
+            "| {what} | {d:.1} {unit} | {p:.1} {unit} | {ratio:.3}× {} | {target} |",
+            if higher_better { "of direct" } else { "of direct latency" }
+        )
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let nfs_addr = env_addr("GRIDVFS_LAB_NFS");
+    let mount_addr = env_addr("GRIDVFS_LAB_MOUNT");
+    let export = std::env::var("GRIDVFS_LAB_EXPORT").unwrap_or("/export".into());
+    let mib: u64 = std::env::var("GRIDVFS_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let wan_mib: u64 = std::env::var("GRIDVFS_BENCH_WAN_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let rounds: usize = std::env::var("GRIDVFS_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let name = format!("bench-passthrough-{}", std::process::id());
+
+    // LAN: direct vs proxy.
+    let proxy = Proxy::start(nfs_addr, mount_addr);
+    let direct = side(nfs_addr, mount_addr, &export, &name).await;
+    let via = side(proxy.addr, proxy.addr, &export, &name).await;
+    let (mut w, mut r, mut g, mut l) = <(Series, Series, Series, Series)>::default();
+    for i in 0..rounds {
+        eprintln!("LAN round {}/{rounds}", i + 1);
+        for (s, is_proxy) in [(&direct, false), (&via, true)] {
+            let (wr, rd) = rw(s, if is_proxy { "p.bin" } else { "d.bin" }, mib).await;
+            let (ga, lo) = small_ops(s, 2000).await;
+            let pick = |x: &mut Series, v| if is_proxy { x.proxy.push(v) } else { x.direct.push(v) };
+            pick(&mut w, wr);
+            pick(&mut r, rd);
+            pick(&mut g, ga);
+            pick(&mut l, lo);
+        }
+    }
+    let rss_lan = proxy.rss_peak_kib();
+
+    // WAN: 20 ms each way in front of Ganesha.
+    let cfg = wan::WanConfig {
+        one_way_delay: Duration::from_millis(20),
+        rate_bits_per_sec: None,
+    };
+    let wan_nfs = wan::WanRelay::start("127.0.0.1:0".parse().unwrap(), nfs_addr, cfg.clone())
+        .await
+        .unwrap();
+    let wan_mount = wan::WanRelay::start("127.0.0.1:0".parse().unwrap(), mount_addr, cfg)
+        .await
+        .unwrap();
+    let wproxy = Proxy::start(wan_nfs.local_addr(), wan_mount.local_addr());
+    let wdirect = side(wan_nfs.local_addr(), wan_mount.local_addr(), &export, &name).await;
+    let wvia = side(wproxy.addr, wproxy.addr, &export, &name).await;
+    let (mut ww, mut wr_) = <(Series, Series)>::default();
+    for i in 0..rounds.min(3) {
+        eprintln!("WAN round {}/{}", i + 1, rounds.min(3));
+        for (s, is_proxy) in [(&wdirect, false), (&wvia, true)] {
+            let (a, b) = rw(s, if is_proxy { "wp.bin" } else { "wd.bin" }, wan_mib).await;
+            if is_proxy {
+                ww.proxy.push(a);
+                wr_.proxy.push(b);
+            } else {
+                ww.direct.push(a);
+                wr_.direct.push(b);
+            }
+        }
+    }
+    let rss = rss_lan.max(proxy.rss_peak_kib()).max(wproxy.rss_peak_kib());
+
+    let out = [
+        format!("Medians of {rounds} rounds (WAN: {}), 1 MiB requests, {WINDOW} in flight, one TCP connection per client.", rounds.min(3)),
+        String::new(),
+        "| measurement | direct to Ganesha | through gridvfs | ratio | target |".into(),
+        "|---|---|---|---|---|".into(),
+        w.row(&format!("sequential WRITE {mib} MiB (UNSTABLE+COMMIT)"), "MiB/s", true, "≥ 0.9×"),
+        r.row(&format!("sequential READ {mib} MiB"), "MiB/s", true, "≥ 0.9×"),
+        g.row("GETATTR latency (sequential)", "µs", false, "≤ 1.2×"),
+        l.row("LOOKUP latency (sequential)", "µs", false, "≤ 1.2×"),
+        ww.row(&format!("WAN 40 ms RTT: sequential WRITE {wan_mib} MiB"), "MiB/s", true, "≥ 0.95×"),
+        wr_.row(&format!("WAN 40 ms RTT: sequential READ {wan_mib} MiB"), "MiB/s", true, "≥ 0.95×"),
+        format!("| proxy peak RSS (VmHWM) | | {:.1} MiB | | < 64 MiB |", rss as f64 / 1024.0),
+    ]
+    .join("\n");
+    println!("{out}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("passthrough.md"), format!("{out}\n")).unwrap();
+    if let Ok(d) = std::env::var("GRIDVFS_LAB_EXPORT_DIR") {
+        let _ = std::fs::remove_dir_all(std::path::Path::new(&d).join(&name));
+    }
+}

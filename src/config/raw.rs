@@ -1,0 +1,94 @@
+//! The config file exactly as written: serde structs with defaults, unknown keys rejected.
+//! Nothing here is trusted; `Config::validate` turns it into a `Config`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, Millis};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub listen: RawListen,
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawListen {
+    pub addr: String,
+    pub max_record: ByteSize,
+    pub max_io: ByteSize,
+    pub max_requests_per_conn: usize,
+    pub max_connections: usize,
+    pub register_rpcbind: bool,
+    pub rpcbind_socket: PathBuf,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            addr: "127.0.0.1:2049".into(),
+            max_record: ByteSize(2 << 20),
+            max_io: ByteSize(1 << 20),
+            max_requests_per_conn: 128,
+            max_connections: 1024,
+            register_rpcbind: false,
+            rpcbind_socket: PathBuf::from("/run/rpcbind.sock"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub nfs: String,
+    #[serde(default)]
+    pub mount: Option<String>,
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Millis,
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min: Millis,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: Millis,
+}
+
+fn default_connections() -> usize {
+    2
+}
+fn default_max_in_flight() -> usize {
+    256
+}
+fn default_connect_timeout() -> Millis {
+    Millis(std::time::Duration::from_secs(5))
+}
+fn default_backoff_min() -> Millis {
+    Millis(std::time::Duration::from_millis(50))
+}
+fn default_backoff_max() -> Millis {
+    Millis(std::time::Duration::from_secs(5))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLog {
+    pub format: String,
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! `gridvfs run`: logging, binding, the ready file, rpcbind registration, signals.
+//!
+//! SIGTERM and SIGINT stop accepting new connections, let calls in flight finish, and exit 0.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, LogFormat};
+use crate::proxy::{Bound, portmap};
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides `log.level`.
+pub fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the proxy until SIGTERM/SIGINT. Writes the bound address to `ready_file` once
+/// the port accepts connections.
+pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
+    let register = cfg.listen.register_rpcbind;
+    let rpcbind_socket = cfg.listen.rpcbind_socket.clone();
+    let bound = Bound::bind(cfg.clone())
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen.addr))?;
+    let addr = bound.local_addr();
+    info!(%addr, version = env!("CARGO_PKG_VERSION"), "gridvfs listening");
+    if register {
+        portmap::register(&rpcbind_socket, addr, true)
+            .await
+            .context("listen.register_rpcbind is on, but registration failed")?;
+        info!(socket = %rpcbind_socket.display(), "registered NFS v3 and MOUNT v3 with rpcbind");
+    }
+    if let Some(p) = ready_file {
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, addr.to_string())
+            .and_then(|_| std::fs::rename(&tmp, p))
+            .with_context(|| format!("cannot write ready file {}", p.display()))?;
+    }
+
+    let (tx, rx) = watch::channel(false);
+    let proxy = bound.proxy();
+    let mut server = tokio::spawn(bound.serve(rx));
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = tick.tick() => debug!(calls = %proxy.metrics.nfs_summary(), "per-procedure counts"),
+            r = &mut server => { r.context("server task failed")?; return Ok(()); }
+        }
+    }
+    let _ = tx.send(true);
+    if let Err(e) = server.await {
+        warn!(error = %e, "server task ended abnormally");
+    }
+    if register && let Err(e) = portmap::register(&rpcbind_socket, addr, false).await {
+        warn!(error = %e, "could not unregister from rpcbind");
+    }
+    Ok(())
+}

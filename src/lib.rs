@@ -1,0 +1,34 @@
+//! gridvfs: a user-level NFSv3 proxy for on-demand VM image data across sites
+//! (after GVFS, Zhao, Zhang and Figueiredo, HPDC 2004).
+//!
+//! # The path of a request
+//! ```text
+//!  client socket ──► proxy::conn      record marking (rpc::record), bounded by listen.max_record
+//!                    proxy::dispatch  RPC header (rpc::msg) → program/version/procedure;
+//!                                     arguments decoded (nfs3) → GARBAGE_ARGS if malformed;
+//!                                     portmapper and RPC errors answered here
+//!                    upstream         xid remapped, pipelined on a few long-lived links to
+//!                                     the next hop (transport), re-sent after a reconnect
+//!  client socket ◄── proxy::conn      reply with the client's xid (FSINFO sizes clamped)
+//! ```
+//! File handles pass through opaque and unchanged, so proxies cascade without growth.
+//!
+//! # Modules
+//! - `config`: TOML → validated `Config` (also used by `gridvfs check-config`).
+//! - `xdr`, `rpc`, `nfs3`: bounded, zero-copy wire codecs. Arrows run one way:
+//!   `xdr` ← `rpc` ← `nfs3` ← `proxy`.
+//! - `transport`: byte streams to the next hop; knows nothing of NFS.
+//! - `upstream`: the pipelined RPC client to the next hop.
+//! - `proxy`: listener, connections, routing, portmapper.
+//! - `metrics`: counters.
+//! - `daemon`: wires it together for `gridvfs run`: signals, logging, ready file.
+
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod nfs3;
+pub mod proxy;
+pub mod rpc;
+pub mod transport;
+pub mod upstream;
+pub mod xdr;

@@ -1,0 +1,80 @@
+//! The `gridvfs` binary: parse the command line, load and validate the config, run.
+//! Library code returns typed errors; only here do they become messages and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gridvfs::config::Config;
+
+#[derive(Parser)]
+#[command(name = "gridvfs", version, about = "User-level NFSv3 proxy with an on-disk cache for VM images")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy in the foreground until SIGTERM or SIGINT.
+    Run {
+        /// The TOML config file (see docs/config.md).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Write the bound address (ip:port) here once clients can connect.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Validate a config file exactly as `run` would, and print the result.
+    CheckConfig {
+        /// The TOML config file.
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok (listen {}, upstream nfs {} mount {})",
+                    config.display(),
+                    c.listen.addr,
+                    c.upstream.nfs,
+                    c.upstream.mount
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gridvfs: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config, ready_file } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("gridvfs: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            gridvfs::daemon::init_logging(&cfg);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("gridvfs: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(gridvfs::daemon::run(cfg, ready_file.as_deref())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("gridvfs: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! What to do with one call: answer it here (portmapper, RPC errors) or forward it, and
+//! what to change in the reply on its way back (FSINFO transfer sizes).
+//!
+//! Arguments of every NFSv3 and MOUNT v3 call are decoded (bounded, zero-copy) before they
+//! are forwarded, so a malformed call is answered GARBAGE_ARGS here and never reaches the
+//! server. Unknown programs get PROG_UNAVAIL, other versions PROG_MISMATCH, unknown
+//! procedures PROC_UNAVAIL. File handles and credentials are forwarded unchanged.
+
+use bytes::BytesMut;
+use tracing::debug;
+
+use super::portmap;
+use crate::metrics::Metrics;
+use crate::nfs3::{self, Args, Proc, Res, mount};
+use crate::rpc::msg::{AcceptStat, CallError, CallHeader, accepted_reply, prog_mismatch, rpc_mismatch};
+use crate::rpc::{ReplyKind, parse_reply};
+
+/// Which next-hop endpoint a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Nfs,
+    Mount,
+}
+
+/// The routing decision for one call record.
+#[derive(Debug)]
+pub enum Route {
+    /// Answer with this reply (no upstream traffic).
+    Reply(BytesMut),
+    /// Forward the record as is; `proc_` tells `fix_reply` what the reply holds.
+    Forward { to: Target, proc_: Proc },
+    /// Nothing to answer (not a call, or no xid to answer to).
+    Drop,
+}
+
+/// Decides what to do with one call record.
+pub fn route(rec: &[u8], port: u16, m: &Metrics) -> Route {
+    let h = match CallHeader::parse(rec) {
+        Ok(h) => h,
+        Err(CallError::NoXid) | Err(CallError::NotACall { .. }) => {
+            Metrics::inc(&m.garbage_args);
+            return Route::Drop;
+        }
+        Err(CallError::RpcMismatch { xid }) => {
+            Metrics::inc(&m.rpc_mismatch);
+            return Route::Reply(rpc_mismatch(xid));
+        }
+        Err(CallError::Garbage { xid, err }) => {
+            debug!(xid, error = %err, "malformed call header");
+            Metrics::inc(&m.garbage_args);
+            return Route::Reply(accepted_reply(xid, AcceptStat::GARBAGE_ARGS));
+        }
+    };
+    let args = &rec[h.args_at..];
+    match h.prog {
+        nfs3::PROGRAM if h.vers == nfs3::VERSION => {
+            let p = Proc(h.proc_);
+            if !p.is_known() {
+                Metrics::inc(&m.proc_unavail);
+                return Route::Reply(accepted_reply(h.xid, AcceptStat::PROC_UNAVAIL));
+            }
+            m.count_nfs(p);
+            if let Err(e) = Args::decode(p, args) {
+                debug!(xid = h.xid, proc_ = p.name(), error = %e, "undecodable NFS arguments");
+                Metrics::inc(&m.garbage_args);
+                return Route::Reply(accepted_reply(h.xid, AcceptStat::GARBAGE_ARGS));
+            }
+            Route::Forward {
+                to: Target::Nfs,
+                proc_: p,
+            }
+        }
+        nfs3::PROGRAM => {
+            Metrics::inc(&m.prog_unavail);
+            Route::Reply(prog_mismatch(h.xid, nfs3::VERSION, nfs3::VERSION))
+        }
+        mount::PROGRAM if h.vers == mount::VERSION => {
+            let p = mount::MountProc(h.proc_);
+            Metrics::inc(&m.mount);
+            match mount::MountArgs::decode(p, args) {
+                Ok(_) => Route::Forward {
+                    to: Target::Mount,
+                    proc_: Proc(h.proc_),
+                },
+                Err(nfs3::DecodeError::UnknownProc { .. }) => {
+                    Metrics::inc(&m.proc_unavail);
+                    Route::Reply(accepted_reply(h.xid, AcceptStat::PROC_UNAVAIL))
+                }
+                Err(e) => {
+                    debug!(xid = h.xid, error = %e, "undecodable MOUNT arguments");
+                    Metrics::inc(&m.garbage_args);
+                    Route::Reply(accepted_reply(h.xid, AcceptStat::GARBAGE_ARGS))
+                }
+            }
+        }
+        mount::PROGRAM => {
+            Metrics::inc(&m.prog_unavail);
+            Route::Reply(prog_mismatch(h.xid, mount::VERSION, mount::VERSION))
+        }
+        portmap::PROGRAM => {
+            Metrics::inc(&m.portmap);
+            Route::Reply(portmap::answer(h.xid, h.vers, h.proc_, args, port))
+        }
+        _ => {
+            Metrics::inc(&m.prog_unavail);
+            Route::Reply(accepted_reply(h.xid, AcceptStat::PROG_UNAVAIL))
+        }
+    }
+}
+
+/// Adjusts a forwarded call's reply in place. Today: FSINFO's transfer sizes are clamped
+/// to `max_io` so clients never send a READ or WRITE the proxy would refuse.
+pub fn fix_reply(to: Target, proc_: Proc, reply: &mut BytesMut, max_io: u32) {
+    if to != Target::Nfs || proc_ != Proc::FSINFO {
+        return;
+    }
+    let Ok((_, ReplyKind::Accepted { stat, results_at })) = parse_reply(reply) else {
+        return;
+    };
+    if stat != AcceptStat::SUCCESS {
+        return;
+    }
+    let mut res = match Res::decode(proc_, &reply[results_at..]) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "FSINFO reply not decodable; forwarded unchanged");
+            return;
+        }
+    };
+    let Res::Fsinfo(nfs3::NfsResult::Ok(ok)) = &mut res else {
+        return;
+    };
+    if ok.rtmax <= max_io && ok.wtmax <= max_io && ok.rtpref <= max_io && ok.wtpref <= max_io {
+        return;
+    }
+    ok.rtmax = ok.rtmax.min(max_io);
+    ok.rtpref = ok.rtpref.min(max_io);
+    ok.wtmax = ok.wtmax.min(max_io);
+    ok.wtpref = ok.wtpref.min(max_io);
+    let mut out = BytesMut::with_capacity(results_at + 128);
+    out.extend_from_slice(&reply[..results_at]);
+    res.encode(&mut out);
+    *reply = out;
+}

@@ -1,0 +1,111 @@
+//! The front door: accepts client connections on one port that serves NFS v3, MOUNT v3
+//! and a portmapper, routes each call (`dispatch`), forwards it to the next hop
+//! (`crate::upstream`), and sends the reply back on the connection it came from (`conn`).
+
+mod conn;
+pub mod dispatch;
+pub mod portmap;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// Shared state of a running proxy.
+pub struct Proxy {
+    pub cfg: Config,
+    /// Port we actually listen on (GETPORT answers with it).
+    pub port: u16,
+    pub nfs: Arc<Upstream>,
+    pub mount: Arc<Upstream>,
+    pub metrics: Metrics,
+}
+
+/// A bound, not yet serving proxy.
+pub struct Bound {
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+}
+
+impl Bound {
+    /// Binds the listening socket and starts the upstream links (they connect in the
+    /// background; calls wait for them).
+    pub async fn bind(cfg: Config) -> std::io::Result<Bound> {
+        let listener = TcpListener::bind(cfg.listen.addr).await?;
+        let port = listener.local_addr()?.port();
+        let max = cfg.listen.max_record;
+        let nfs = Upstream::start("nfs", cfg.upstream.nfs.clone(), &cfg.upstream, max);
+        let mount = Upstream::start("mount", cfg.upstream.mount.clone(), &cfg.upstream, max);
+        Ok(Bound {
+            listener,
+            proxy: Arc::new(Proxy {
+                cfg,
+                port,
+                nfs,
+                mount,
+                metrics: Metrics::default(),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound socket has an address")
+    }
+
+    pub fn proxy(&self) -> Arc<Proxy> {
+        self.proxy.clone()
+    }
+
+    /// Serves until `shutdown` turns true, then stops accepting and lets open
+    /// connections finish the calls they have in flight.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) {
+        let Bound { listener, proxy } = self;
+        let conns = Arc::new(Semaphore::new(proxy.cfg.listen.max_connections));
+        let mut tasks = tokio::task::JoinSet::new();
+        info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            nfs = %proxy.nfs.endpoint(), mount = %proxy.mount.endpoint(), "serving");
+        loop {
+            let Ok(permit) = conns.clone().acquire_owned().await else {
+                break;
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            while tasks.try_join_next().is_some() {}
+            match accepted {
+                Ok((stream, peer)) => {
+                    Metrics::inc(&proxy.metrics.connections);
+                    info!(%peer, "client connected");
+                    let proxy = proxy.clone();
+                    let sd = shutdown.clone();
+                    tasks.spawn(async move {
+                        conn::serve(proxy, stream, peer, sd).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(listener);
+        info!(connections = tasks.len(), "stopped accepting; draining connections");
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(std::time::Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            warn!("connections still busy after 10 s; closing them");
+        }
+        info!(calls = %proxy.metrics.nfs_summary(), "proxy stopped");
+    }
+}

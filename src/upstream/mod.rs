@@ -1,0 +1,146 @@
+//! Pipelined RPC client to the next hop.
+//!
+//! An `Upstream` owns a few long-lived connections ("links") to one endpoint (the next
+//! hop's NFS or MOUNT port). `call` takes a client's call record, gives it a fresh xid of
+//! ours (so calls from many clients can share a link without xid clashes), queues it on a
+//! link and waits for the reply, which gets the client's xid back. Many calls are in flight
+//! on every link at once: a WAN hop costs one round trip per *batch*, not per RPC.
+//!
+//! A link that drops reconnects with exponential backoff and re-sends every call still
+//! waiting for a reply, so the caller sees a delay, never an error. A semaphore bounds the
+//! calls in flight per endpoint: beyond it `call` waits, and so does the client connection
+//! that issued it (backpressure all the way to the client's socket).
+
+mod link;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::config::{Endpoint, UpstreamConfig};
+use link::{Link, Pending};
+
+/// Why a call got no reply. The upstream side failed, or we are shutting down.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The link task is gone (shutdown). Not retryable here.
+    #[error("upstream {name} ({endpoint}) is shut down")]
+    Closed { name: &'static str, endpoint: String },
+    /// The record is too short to carry an xid.
+    #[error("call record too short to carry an xid")]
+    NoXid,
+}
+
+/// Counters a caller (status, tests, benchmarks) can read.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// Calls sent (first sends only, not re-sends).
+    pub calls: std::sync::atomic::AtomicU64,
+    /// Calls re-sent after a reconnect.
+    pub resent: std::sync::atomic::AtomicU64,
+    /// Successful (re)connections.
+    pub connects: std::sync::atomic::AtomicU64,
+}
+
+/// One endpoint of the next hop, with its pool of links.
+pub struct Upstream {
+    /// "nfs" or "mount": names the side in logs and errors.
+    name: &'static str,
+    endpoint: Endpoint,
+    links: Vec<Link>,
+    /// Round-robin cursor over `links`.
+    next_link: AtomicUsize,
+    /// Our xids; starts from the clock so a restarted proxy does not reuse recent xids
+    /// that the server's duplicate request cache may still remember.
+    next_xid: AtomicU32,
+    /// Bounds calls in flight (backpressure).
+    permits: Semaphore,
+    pub stats: Arc<UpstreamStats>,
+}
+
+impl Upstream {
+    /// Starts the links' tasks (they connect in the background) and returns at once.
+    pub fn start(
+        name: &'static str,
+        endpoint: Endpoint,
+        cfg: &UpstreamConfig,
+        max_record: usize,
+    ) -> Arc<Upstream> {
+        let stats = Arc::new(UpstreamStats::default());
+        let links = (0..cfg.connections)
+            .map(|i| {
+                Link::start(
+                    name,
+                    i,
+                    endpoint.clone(),
+                    cfg.clone(),
+                    max_record,
+                    stats.clone(),
+                )
+            })
+            .collect();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.as_secs() as u32) << 12 ^ d.subsec_nanos())
+            .unwrap_or(1);
+        Arc::new(Upstream {
+            name,
+            endpoint,
+            links,
+            next_link: AtomicUsize::new(0),
+            next_xid: AtomicU32::new(seed),
+            permits: Semaphore::new(cfg.max_in_flight),
+            stats,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Sends one call record and waits for its reply. The record's xid is replaced on the
+    /// wire and restored in the reply, so the caller sees its own xid.
+    pub async fn call(&self, mut msg: BytesMut) -> Result<BytesMut, UpstreamError> {
+        if msg.len() < 4 {
+            return Err(UpstreamError::NoXid);
+        }
+        let closed = || UpstreamError::Closed {
+            name: self.name,
+            endpoint: self.endpoint.to_string(),
+        };
+        let _permit = self.permits.acquire().await.map_err(|_| closed())?;
+        let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
+        let mut client_xid = [0u8; 4];
+        client_xid.copy_from_slice(&msg[..4]);
+        msg[..4].copy_from_slice(&xid.to_be_bytes());
+
+        let i = self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len();
+        let link = &self.links[i];
+        let (tx, rx) = oneshot::channel();
+        let guard = link.register(
+            xid,
+            Pending {
+                msg: msg.freeze(),
+                tx,
+                sent_gen: 0,
+            },
+        );
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        link.queue
+            .send(xid)
+            .await
+            .map_err(|_: mpsc::error::SendError<u32>| closed())?;
+        let mut reply = rx.await.map_err(|_| closed())?;
+        guard.disarm();
+        if reply.len() >= 4 {
+            reply[..4].copy_from_slice(&client_xid);
+        }
+        Ok(reply)
+    }
+}

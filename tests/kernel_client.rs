@@ -1,0 +1,74 @@
+//! The unmodified Linux kernel NFS client (Debian's kernel booted in qemu with a busybox
+//! initramfs, `tests/lab/kernel-client-vm.sh`) mounts the proxy, writes and reads back a
+//! file with a checksum, and runs a shell scenario (mkdir, ls, mv, ln -s, rm -r) whose
+//! results are then checked on the server's disk.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Gridvfs, Lab};
+
+#[test]
+fn kernel_client_through_the_proxy() {
+    let lab = Lab::get();
+    let vm = std::env::var("GRIDVFS_LAB_VM")
+        .expect("GRIDVFS_LAB_VM (path of tests/lab/kernel-client-vm.sh) is not set; run scripts/test.sh");
+    let p = Gridvfs::start(lab.endpoint(), "");
+    let (dir, name) = lab.scratch("kernel");
+    std::fs::write(
+        dir.join("scenario.sh"),
+        format!(
+            r#"set -e
+D=/mnt/{name}
+mkdir $D/a
+mkdir $D/a/b
+echo hello > $D/a/b/f1
+ls -la $D/a/b | grep -q f1
+mv $D/a/b/f1 $D/a/f2
+ln -s f2 $D/a/l2
+[ "$(cat $D/a/l2)" = hello ]
+dd if=/dev/urandom of=$D/a/b/big bs=64k count=40 2>/dev/null
+sha256sum $D/a/b/big | cut -d' ' -f1 > $D/a/big.sum
+cp $D/a/b/big $D/a/big.copy
+rm -r $D/a/b
+ls $D/a > $D/a/listing
+echo done > $D/done
+"#
+        ),
+    )
+    .unwrap();
+    let out = Command::new("bash")
+        .arg(&vm)
+        .env("NFS_PORT", p.addr.port().to_string())
+        .env("MNT_PORT", p.addr.port().to_string())
+        .env("EXPORT", &lab.export)
+        .env("MB", "16")
+        .env("SCRIPT", format!("{name}/scenario.sh"))
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kernel client run failed:\n{console}\n{}\nproxy log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log_text()
+    );
+    assert!(console.contains("CHECKSUM OK"), "{console}");
+
+    // What the guest did is on the server's disk.
+    let a = dir.join("a");
+    assert_eq!(std::fs::read_to_string(dir.join("done")).unwrap(), "done\n");
+    assert_eq!(std::fs::read_to_string(a.join("f2")).unwrap(), "hello\n");
+    assert_eq!(std::fs::read_link(a.join("l2")).unwrap().to_str(), Some("f2"));
+    assert!(!a.join("b").exists(), "rm -r left a/b behind");
+    let copy = std::fs::read(a.join("big.copy")).unwrap();
+    assert_eq!(copy.len(), 40 * 65536);
+    let sum = std::fs::read_to_string(a.join("big.sum")).unwrap();
+    assert_eq!(common::sha256_file(&a.join("big.copy")), sum.trim());
+    let listing = std::fs::read_to_string(a.join("listing")).unwrap();
+    let mut names: Vec<&str> = listing.split_whitespace().collect();
+    names.sort();
+    assert_eq!(names, ["big.copy", "big.sum", "f2", "l2"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
