@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use gridvfs::config::Config;
 
 #[derive(Parser)]
-#[command(name = "gridvfs", version, about = "User-level NFSv3 proxy with an on-disk cache for VM images")]
+#[command(
+    name = "gridvfs",
+    version,
+    about = "User-level NFSv3 proxy with an on-disk cache for VM images"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -60,7 +64,10 @@ fn main() -> ExitCode {
                 }
             };
             gridvfs::daemon::init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("gridvfs: cannot start the runtime: {e}");

@@ -119,7 +119,11 @@ impl<'a> Reader<'a> {
 
     /// Reads an XDR optional (`*T`): a bool followed by the value if true.
     pub fn optional<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
-        if self.bool()? { Ok(Some(f(self)?)) } else { Ok(None) }
+        if self.bool()? {
+            Ok(Some(f(self)?))
+        } else {
+            Ok(None)
+        }
     }
 
     /// Fails unless every byte was read.

@@ -40,12 +40,22 @@ fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
     let want = sha256_file(&src);
 
     // In: local → NFS; the file on the server's disk must be byte-equal.
-    nfs_cp(src.to_str().unwrap(), &url(ep, &lab.export, &format!("{name}/in.bin")));
-    assert_eq!(sha256_file(&dir.join("in.bin")), want, "upload differs on the server");
+    nfs_cp(
+        src.to_str().unwrap(),
+        &url(ep, &lab.export, &format!("{name}/in.bin")),
+    );
+    assert_eq!(
+        sha256_file(&dir.join("in.bin")),
+        want,
+        "upload differs on the server"
+    );
 
     // Out: NFS → local, and nfs-cat, byte-equal.
     let back = tmp.path().join("back.bin");
-    nfs_cp(&url(ep, &lab.export, &format!("{name}/in.bin")), back.to_str().unwrap());
+    nfs_cp(
+        &url(ep, &lab.export, &format!("{name}/in.bin")),
+        back.to_str().unwrap(),
+    );
     assert_eq!(sha256_file(&back), want, "download differs");
     let cat = Command::new("nfs-cat")
         .arg(url(ep, &lab.export, &format!("{name}/in.bin")))
@@ -109,7 +119,10 @@ fn next_hop_killed_and_restarted_mid_transfer() {
         // Wait until the transfer is visibly under way, then kill the next hop.
         let t0 = Instant::now();
         while grow() < 16 << 20 {
-            assert!(t0.elapsed() < Duration::from_secs(60), "transfer did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "transfer did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         signal(hop.pid(), "KILL");
@@ -123,10 +136,20 @@ fn next_hop_killed_and_restarted_mid_transfer() {
         src.to_str().unwrap().into(),
         url(front.endpoints(), &lab.export, &format!("{name}/up.bin")),
     );
-    hop = restart(&mut hop, &|| std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0));
+    hop = restart(&mut hop, &|| {
+        std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0)
+    });
     let out = cp.wait_with_output().unwrap();
-    assert!(out.status.success(), "upload failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(sha256_file(&dst), want, "upload corrupted across the restart");
+    assert!(
+        out.status.success(),
+        "upload failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sha256_file(&dst),
+        want,
+        "upload corrupted across the restart"
+    );
 
     // Download.
     let back = tmp.path().join("back.bin");
@@ -134,10 +157,20 @@ fn next_hop_killed_and_restarted_mid_transfer() {
         url(front.endpoints(), &lab.export, &format!("{name}/up.bin")),
         back.to_str().unwrap().into(),
     );
-    let _hop = restart(&mut hop, &|| std::fs::metadata(&back).map(|m| m.len()).unwrap_or(0));
+    let _hop = restart(&mut hop, &|| {
+        std::fs::metadata(&back).map(|m| m.len()).unwrap_or(0)
+    });
     let out = cp.wait_with_output().unwrap();
-    assert!(out.status.success(), "download failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(sha256_file(&back), want, "download corrupted across the restart");
+    assert!(
+        out.status.success(),
+        "download failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sha256_file(&back),
+        want,
+        "download corrupted across the restart"
+    );
     assert!(
         front.log_text().contains("re-sending calls"),
         "the front proxy never re-sent anything: the kill missed the transfer?\n{}",

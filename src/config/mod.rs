@@ -198,7 +198,10 @@ impl RawConfig {
             ));
         }
         if u.max_in_flight == 0 {
-            return Err(invalid("upstream.max_in_flight", "must be at least 1".into()));
+            return Err(invalid(
+                "upstream.max_in_flight",
+                "must be at least 1".into(),
+            ));
         }
         if u.backoff_min.0 > u.backoff_max.0 || u.backoff_min.0.is_zero() {
             return Err(invalid(
@@ -270,13 +273,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = parse("[listen]\naddr = \"nowhere\"\n[upstream]\nnfs = \"127.0.0.1:1\"\n")
-            .unwrap_err();
+        let e =
+            parse("[listen]\naddr = \"nowhere\"\n[upstream]\nnfs = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(e.to_string().contains("listen.addr"), "{e}");
         let e = parse("[upstream]\nnfs = \"ftp://x:1\"\n").unwrap_err();
         assert!(e.to_string().contains("upstream.nfs"), "{e}");
-        let e = parse("[listen]\nmax_io = \"8MiB\"\nmax_record = \"4MiB\"\n[upstream]\nnfs = \"h:1\"\n")
-            .unwrap_err();
+        let e = parse(
+            "[listen]\nmax_io = \"8MiB\"\nmax_record = \"4MiB\"\n[upstream]\nnfs = \"h:1\"\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("listen.max_io"), "{e}");
     }
 

@@ -32,7 +32,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" | "MiB" => 1 << 20,
         "G" | "GiB" => 1 << 30,
         "T" | "TiB" => 1 << 40,
-        u => return Err(format!("unknown size unit `{u}` in `{s}` (use B, KiB, MiB, GiB, TiB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit `{u}` in `{s}` (use B, KiB, MiB, GiB, TiB)"
+            ));
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size `{s}` is too large"))
@@ -53,7 +57,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        u => return Err(format!("unknown duration unit `{u}` in `{s}` (use ms, s, m, h)")),
+        u => {
+            return Err(format!(
+                "unknown duration unit `{u}` in `{s}` (use ms, s, m, h)"
+            ));
+        }
     };
     Ok(d)
 }

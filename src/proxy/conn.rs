@@ -14,7 +14,9 @@ use tracing::{debug, info, warn};
 
 use super::Proxy;
 use super::dispatch::{self, Route, Target};
+use super::drc::{self, Key, Lookup};
 use crate::metrics::Metrics;
+use crate::nfs3::Proc;
 use crate::rpc::{RecordError, read_record, write_record};
 
 pub(super) async fn serve(
@@ -64,7 +66,7 @@ pub(super) async fn serve(
             }
             Err(e) => break e.to_string(),
         };
-        match dispatch::route(&rec, proxy.port, &proxy.metrics) {
+        match dispatch::route(&rec, proxy.port, peer.ip(), &proxy.metrics) {
             Route::Drop => {
                 debug!(%peer, "dropped a record that is not a call");
             }
@@ -73,20 +75,18 @@ pub(super) async fn serve(
                     break "client write side failed".into();
                 }
             }
-            Route::Forward { to, proc_ } => {
+            Route::Forward { to, proc_, key } => {
+                let lookup = key.map(|k| proxy.drc.begin(k));
                 let proxy = proxy.clone();
                 let reply_tx = reply_tx.clone();
                 calls.spawn(async move {
-                    let upstream = match to {
-                        Target::Nfs => &proxy.nfs,
-                        Target::Mount => &proxy.mount,
+                    let reply = match lookup {
+                        Some(Lookup::Replay(r)) => Some(BytesMut::from(&r[..])),
+                        Some(Lookup::Wait(rx)) => rx.await.ok().map(|r| BytesMut::from(&r[..])),
+                        Some(Lookup::New) | None => forward(&proxy, to, proc_, key, rec).await,
                     };
-                    match upstream.call(rec).await {
-                        Ok(mut reply) => {
-                            dispatch::fix_reply(to, proc_, &mut reply, proxy.cfg.listen.max_io);
-                            let _ = reply_tx.send(reply).await;
-                        }
-                        Err(e) => warn!(side = "upstream", error = %e, "call dropped"),
+                    if let Some(reply) = reply {
+                        let _ = reply_tx.send(reply).await;
                     }
                     drop(slot);
                 });
@@ -95,15 +95,17 @@ pub(super) async fn serve(
     };
     debug!(%peer, %reason, "client connection reader done");
     drop(reply_tx);
-    // Let calls in flight finish and their replies go out, unless the client is gone
-    // (its write side failed) or the proxy is stopping.
+    // Let calls in flight finish and their replies go out. If the client is gone (its
+    // write side failed), calls still in flight are left to finish in the background:
+    // their replies land in the duplicate request cache, where the client's
+    // retransmission on a new connection finds them.
     let mut writer = writer;
     let written = tokio::select! {
         _ = async { while calls.join_next().await.is_some() {} } => None,
         w = &mut writer => Some(w),
-        _ = shutdown.changed() => None,
+        _ = shutdown.changed() => { calls.abort_all(); None }
     };
-    calls.abort_all();
+    calls.detach_all();
     let written = match written {
         Some(w) => w,
         None => writer.await,
@@ -112,4 +114,53 @@ pub(super) async fn serve(
         debug!(%peer, error = %e, "client connection write failed");
     }
     info!(%peer, %reason, "client disconnected");
+}
+
+/// Forwards one call and returns its (fixed-up) reply; records it in the duplicate
+/// request cache. `None` if no reply will come (shutting down).
+async fn forward(
+    proxy: &Proxy,
+    to: Target,
+    proc_: Proc,
+    key: Option<Key>,
+    rec: BytesMut,
+) -> Option<BytesMut> {
+    // Abandons the cache entry if this future is dropped before the reply.
+    let guard = key.map(|k| DrcGuard {
+        drc: &proxy.drc,
+        key: k,
+        armed: true,
+    });
+    let upstream = match to {
+        Target::Nfs => &proxy.nfs,
+        Target::Mount => &proxy.mount,
+    };
+    match upstream.call(rec).await {
+        Ok(mut reply) => {
+            dispatch::fix_reply(to, proc_, &mut reply, proxy.cfg.listen.max_io);
+            if let Some(mut g) = guard {
+                g.armed = false;
+                proxy.drc.finish(g.key, &reply, drc::worth_caching(proc_));
+            }
+            Some(reply)
+        }
+        Err(e) => {
+            warn!(side = "upstream", error = %e, "call dropped");
+            None
+        }
+    }
+}
+
+struct DrcGuard<'a> {
+    drc: &'a drc::Drc,
+    key: Key,
+    armed: bool,
+}
+
+impl Drop for DrcGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.drc.abandon(self.key);
+        }
+    }
 }

@@ -9,10 +9,14 @@
 use bytes::BytesMut;
 use tracing::debug;
 
-use super::portmap;
+use std::net::IpAddr;
+
+use super::{drc, portmap};
 use crate::metrics::Metrics;
 use crate::nfs3::{self, Args, Proc, Res, mount};
-use crate::rpc::msg::{AcceptStat, CallError, CallHeader, accepted_reply, prog_mismatch, rpc_mismatch};
+use crate::rpc::msg::{
+    AcceptStat, CallError, CallHeader, accepted_reply, prog_mismatch, rpc_mismatch,
+};
 use crate::rpc::{ReplyKind, parse_reply};
 
 /// Which next-hop endpoint a call goes to.
@@ -27,14 +31,19 @@ pub enum Target {
 pub enum Route {
     /// Answer with this reply (no upstream traffic).
     Reply(BytesMut),
-    /// Forward the record as is; `proc_` tells `fix_reply` what the reply holds.
-    Forward { to: Target, proc_: Proc },
+    /// Forward the record as is; `proc_` tells `fix_reply` what the reply holds;
+    /// `key` identifies an NFS call in the duplicate request cache.
+    Forward {
+        to: Target,
+        proc_: Proc,
+        key: Option<drc::Key>,
+    },
     /// Nothing to answer (not a call, or no xid to answer to).
     Drop,
 }
 
-/// Decides what to do with one call record.
-pub fn route(rec: &[u8], port: u16, m: &Metrics) -> Route {
+/// Decides what to do with one call record from a client at `peer`.
+pub fn route(rec: &[u8], port: u16, peer: IpAddr, m: &Metrics) -> Route {
     let h = match CallHeader::parse(rec) {
         Ok(h) => h,
         Err(CallError::NoXid) | Err(CallError::NotACall { .. }) => {
@@ -68,6 +77,7 @@ pub fn route(rec: &[u8], port: u16, m: &Metrics) -> Route {
             Route::Forward {
                 to: Target::Nfs,
                 proc_: p,
+                key: Some(drc::Key::new(peer, &h, rec)),
             }
         }
         nfs3::PROGRAM => {
@@ -81,6 +91,7 @@ pub fn route(rec: &[u8], port: u16, m: &Metrics) -> Route {
                 Ok(_) => Route::Forward {
                     to: Target::Mount,
                     proc_: Proc(h.proc_),
+                    key: None,
                 },
                 Err(nfs3::DecodeError::UnknownProc { .. }) => {
                     Metrics::inc(&m.proc_unavail);

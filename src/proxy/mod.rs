@@ -4,6 +4,7 @@
 
 mod conn;
 pub mod dispatch;
+pub mod drc;
 pub mod portmap;
 
 use std::net::SocketAddr;
@@ -17,6 +18,12 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
+/// How long a completed non-idempotent call's reply is kept for retransmissions. The
+/// Linux client's TCP retransmit timeout is 60 s (timeo=600); twice that covers one retry.
+const DRC_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+/// At most this many completed replies are kept (each a few hundred bytes).
+const DRC_ENTRIES: usize = 16_384;
+
 /// Shared state of a running proxy.
 pub struct Proxy {
     pub cfg: Config,
@@ -25,6 +32,8 @@ pub struct Proxy {
     pub nfs: Arc<Upstream>,
     pub mount: Arc<Upstream>,
     pub metrics: Metrics,
+    /// Recognises retransmitted calls (see `drc`).
+    pub drc: drc::Drc,
 }
 
 /// A bound, not yet serving proxy.
@@ -50,12 +59,15 @@ impl Bound {
                 nfs,
                 mount,
                 metrics: Metrics::default(),
+                drc: drc::Drc::new(DRC_TTL, DRC_ENTRIES),
             }),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound socket has an address")
+        self.listener
+            .local_addr()
+            .expect("bound socket has an address")
     }
 
     pub fn proxy(&self) -> Arc<Proxy> {
@@ -98,7 +110,10 @@ impl Bound {
             }
         }
         drop(listener);
-        info!(connections = tasks.len(), "stopped accepting; draining connections");
+        info!(
+            connections = tasks.len(),
+            "stopped accepting; draining connections"
+        );
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(std::time::Duration::from_secs(10), drain)
             .await

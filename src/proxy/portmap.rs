@@ -46,7 +46,8 @@ pub fn answer(xid: u32, vers: u32, proc_: u32, args: &[u8], port: u16) -> BytesM
         }
         3 => {
             let mut r = Reader::new(args);
-            let parsed = (|| Ok::<_, crate::xdr::XdrError>((r.u32()?, r.u32()?, r.u32()?, r.u32()?)))();
+            let parsed =
+                (|| Ok::<_, crate::xdr::XdrError>((r.u32()?, r.u32()?, r.u32()?, r.u32()?)))();
             let Ok((prog, vers, prot, _)) = parsed.and_then(|v| r.finish().map(|_| v)) else {
                 return accepted_reply(xid, AcceptStat::GARBAGE_ARGS);
             };
@@ -113,7 +114,11 @@ pub async fn register(socket: &Path, addr: SocketAddr, set: bool) -> Result<(), 
             args.put_u32(vers);
             // UNSET with an empty netid removes every transport's registration.
             args.put_xdr_opaque(if p == RPCBPROC_SET { b"tcp" } else { b"" });
-            args.put_xdr_opaque(if p == RPCBPROC_SET { uaddr.as_bytes() } else { b"" });
+            args.put_xdr_opaque(if p == RPCBPROC_SET {
+                uaddr.as_bytes()
+            } else {
+                b""
+            });
             args.put_xdr_opaque(b"gridvfs");
             let msg = call_message(xid, PROGRAM, RPCB_VERSION, p, &args);
             xid += 1;
@@ -124,7 +129,9 @@ pub async fn register(socket: &Path, addr: SocketAddr, set: bool) -> Result<(), 
                 .map_err(|e| io(std::io::Error::other(e)))?
                 .ok_or_else(|| RegisterError::BadReply { path: path.clone() })?;
             let ok = match parse_reply(&reply) {
-                Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
+                Ok((_, ReplyKind::Accepted { stat, results_at }))
+                    if stat == AcceptStat::SUCCESS =>
+                {
                     Reader::new(&reply[results_at..]).bool().unwrap_or(false)
                 }
                 _ => return Err(RegisterError::BadReply { path: path.clone() }),
@@ -173,7 +180,10 @@ mod tests {
         let (_, kind) = parse_reply(&r).unwrap();
         assert!(matches!(
             kind,
-            ReplyKind::Accepted { stat: AcceptStat::PROG_MISMATCH, .. }
+            ReplyKind::Accepted {
+                stat: AcceptStat::PROG_MISMATCH,
+                ..
+            }
         ));
     }
 }

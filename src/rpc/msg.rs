@@ -112,10 +112,7 @@ impl<'a> CallHeader<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyKind {
     /// Accepted; `results_at` is where the procedure's results start.
-    Accepted {
-        stat: AcceptStat,
-        results_at: usize,
-    },
+    Accepted { stat: AcceptStat, results_at: usize },
     /// MSG_DENIED (RPC_MISMATCH or AUTH_ERROR).
     Denied,
 }
@@ -250,6 +247,9 @@ mod tests {
         };
         assert_eq!(stat, AcceptStat::SUCCESS);
         assert_eq!(&r[results_at..], &42u32.to_be_bytes());
-        assert_eq!(parse_reply(&rpc_mismatch(6)).unwrap(), (6, ReplyKind::Denied));
+        assert_eq!(
+            parse_reply(&rpc_mismatch(6)).unwrap(),
+            (6, ReplyKind::Denied)
+        );
     }
 }

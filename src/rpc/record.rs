@@ -134,6 +134,9 @@ mod tests {
         let mut wire = Vec::new();
         write_record(&mut wire, b"hello").await.unwrap();
         let mut r = &wire[..];
-        assert_eq!(&read_record(&mut r, 10).await.unwrap().unwrap()[..], b"hello");
+        assert_eq!(
+            &read_record(&mut r, 10).await.unwrap().unwrap()[..],
+            b"hello"
+        );
     }
 }

@@ -172,7 +172,10 @@ async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>) -> String {
         match pending {
             // The caller may have gone away meanwhile; then the reply is dropped.
             Some(p) => drop(p.tx.send(rec)),
-            None => debug!(upstream = ctx.name, xid, "reply for a call nobody waits for"),
+            None => debug!(
+                upstream = ctx.name,
+                xid, "reply for a call nobody waits for"
+            ),
         }
     }
 }
@@ -200,7 +203,12 @@ async fn write_calls(
         ctx.stats
             .resent
             .fetch_add(resend.len() as u64, Ordering::Relaxed);
-        info!(upstream = ctx.name, link = ctx.index, calls = resend.len(), "re-sending calls");
+        info!(
+            upstream = ctx.name,
+            link = ctx.index,
+            calls = resend.len(),
+            "re-sending calls"
+        );
     }
     for (_, msg) in resend {
         if let Err(e) = write_record(&mut wr, &msg).await {

@@ -27,7 +27,10 @@ use link::{Link, Pending};
 pub enum UpstreamError {
     /// The link task is gone (shutdown). Not retryable here.
     #[error("upstream {name} ({endpoint}) is shut down")]
-    Closed { name: &'static str, endpoint: String },
+    Closed {
+        name: &'static str,
+        endpoint: String,
+    },
     /// The record is too short to carry an xid.
     #[error("call record too short to carry an xid")]
     NoXid,

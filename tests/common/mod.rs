@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod raw;
+
 use nfs3_client::Nfs3ConnectionBuilder;
 use nfs3_client::tokio::{TokioConnector, TokioIo};
 use nfs3_types::rpc::{auth_unix, opaque_auth};
