@@ -88,6 +88,9 @@ pub struct ListenConfig {
     pub max_requests_per_conn: usize,
     /// Client connections accepted at once; further ones wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Bytes all calls in progress may hold (requests and expected replies); reading
+    /// from clients pauses beyond it. Bounds the proxy's memory whatever the clients do.
+    pub max_buffered: usize,
     /// Register NFS v3 and MOUNT v3 at this port with the local rpcbind.
     pub register_rpcbind: bool,
     /// The local rpcbind's Unix socket (registration needs it: rpcbind refuses SET over TCP).
@@ -179,6 +182,13 @@ impl RawConfig {
                 ),
             ));
         }
+        let max_buffered = l.max_buffered.0;
+        if max_buffered < max_record {
+            return Err(invalid(
+                "listen.max_buffered",
+                format!("{max_buffered} bytes is below listen.max_record ({max_record})"),
+            ));
+        }
         if l.max_requests_per_conn == 0 || l.max_connections == 0 {
             return Err(invalid(
                 "listen.max_requests_per_conn",
@@ -226,6 +236,7 @@ impl RawConfig {
                 max_io: max_io as u32,
                 max_requests_per_conn: l.max_requests_per_conn,
                 max_connections: l.max_connections,
+                max_buffered: max_buffered as usize,
                 register_rpcbind: l.register_rpcbind,
                 rpcbind_socket: l.rpcbind_socket,
             },

@@ -25,6 +25,7 @@ pub(super) struct RawListen {
     pub max_io: ByteSize,
     pub max_requests_per_conn: usize,
     pub max_connections: usize,
+    pub max_buffered: ByteSize,
     pub register_rpcbind: bool,
     pub rpcbind_socket: PathBuf,
 }
@@ -37,6 +38,7 @@ impl Default for RawListen {
             max_io: ByteSize(1 << 20),
             max_requests_per_conn: 128,
             max_connections: 1024,
+            max_buffered: ByteSize(32 << 20),
             register_rpcbind: false,
             rpcbind_socket: PathBuf::from("/run/rpcbind.sock"),
         }

@@ -75,7 +75,17 @@ pub(super) async fn serve(
                     break "client write side failed".into();
                 }
             }
-            Route::Forward { to, proc_, key } => {
+            Route::Forward {
+                to,
+                proc_,
+                key,
+                cost,
+            } => {
+                // Memory budget: wait (and so stop reading this client) until the bytes
+                // this call will hold are available.
+                let Ok(budget) = proxy.buffers.charge(cost).await else {
+                    break "internal: buffer budget closed".into();
+                };
                 let lookup = key.map(|k| proxy.drc.begin(k));
                 let proxy = proxy.clone();
                 let reply_tx = reply_tx.clone();
@@ -88,7 +98,7 @@ pub(super) async fn serve(
                     if let Some(reply) = reply {
                         let _ = reply_tx.send(reply).await;
                     }
-                    drop(slot);
+                    drop((slot, budget));
                 });
             }
         }

@@ -37,6 +37,10 @@ pub enum Route {
         to: Target,
         proc_: Proc,
         key: Option<drc::Key>,
+        /// Bytes this call will hold in memory: its record, or its expected reply if
+        /// larger (READ, READDIR, READDIRPLUS, READLINK). Charged against
+        /// `listen.max_buffered` while the call is in progress.
+        cost: usize,
     },
     /// Nothing to answer (not a call, or no xid to answer to).
     Drop,
@@ -69,15 +73,19 @@ pub fn route(rec: &[u8], port: u16, peer: IpAddr, m: &Metrics) -> Route {
                 return Route::Reply(accepted_reply(h.xid, AcceptStat::PROC_UNAVAIL));
             }
             m.count_nfs(p);
-            if let Err(e) = Args::decode(p, args) {
-                debug!(xid = h.xid, proc_ = p.name(), error = %e, "undecodable NFS arguments");
-                Metrics::inc(&m.garbage_args);
-                return Route::Reply(accepted_reply(h.xid, AcceptStat::GARBAGE_ARGS));
-            }
+            let reply_bytes = match Args::decode(p, args) {
+                Ok(a) => expected_reply(&a),
+                Err(e) => {
+                    debug!(xid = h.xid, proc_ = p.name(), error = %e, "undecodable NFS arguments");
+                    Metrics::inc(&m.garbage_args);
+                    return Route::Reply(accepted_reply(h.xid, AcceptStat::GARBAGE_ARGS));
+                }
+            };
             Route::Forward {
                 to: Target::Nfs,
                 proc_: p,
                 key: Some(drc::Key::new(peer, &h, rec)),
+                cost: rec.len().max(reply_bytes),
             }
         }
         nfs3::PROGRAM => {
@@ -92,6 +100,7 @@ pub fn route(rec: &[u8], port: u16, peer: IpAddr, m: &Metrics) -> Route {
                     to: Target::Mount,
                     proc_: Proc(h.proc_),
                     key: None,
+                    cost: rec.len(),
                 },
                 Err(nfs3::DecodeError::UnknownProc { .. }) => {
                     Metrics::inc(&m.proc_unavail);
@@ -116,6 +125,19 @@ pub fn route(rec: &[u8], port: u16, peer: IpAddr, m: &Metrics) -> Route {
             Metrics::inc(&m.prog_unavail);
             Route::Reply(accepted_reply(h.xid, AcceptStat::PROG_UNAVAIL))
         }
+    }
+}
+
+/// Upper bound of the reply's size for calls whose reply can be large.
+fn expected_reply(a: &Args<'_>) -> usize {
+    // Room for the RPC header and attributes around the data.
+    const OVERHEAD: usize = 512;
+    match a {
+        Args::Read(r) => r.count as usize + OVERHEAD,
+        Args::Readdir(r) => r.count as usize + OVERHEAD,
+        Args::Readdirplus(r) => r.maxcount as usize + OVERHEAD,
+        Args::Readlink(_) => nfs3::MAX_PATH_LEN + OVERHEAD,
+        _ => 0,
     }
 }
 

@@ -34,6 +34,33 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Recognises retransmitted calls (see `drc`).
     pub drc: drc::Drc,
+    /// Bounds the bytes held by calls in progress (`listen.max_buffered`).
+    pub buffers: Budget,
+}
+
+/// A byte budget shared by all connections, in KiB units of a semaphore. A call larger
+/// than the whole budget is charged the whole budget, so it still runs (alone).
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    kib: u32,
+}
+
+impl Budget {
+    pub fn new(bytes: usize) -> Budget {
+        let kib = (bytes / 1024).clamp(1, u32::MAX as usize >> 4) as u32;
+        Budget {
+            sem: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
+
+    pub async fn charge(
+        &self,
+        bytes: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        let units = (bytes.div_ceil(1024) as u64).clamp(1, self.kib as u64) as u32;
+        self.sem.clone().acquire_many_owned(units).await
+    }
 }
 
 /// A bound, not yet serving proxy.
@@ -49,6 +76,7 @@ impl Bound {
         let listener = TcpListener::bind(cfg.listen.addr).await?;
         let port = listener.local_addr()?.port();
         let max = cfg.listen.max_record;
+        let max_buffered = cfg.listen.max_buffered;
         let nfs = Upstream::start("nfs", cfg.upstream.nfs.clone(), &cfg.upstream, max);
         let mount = Upstream::start("mount", cfg.upstream.mount.clone(), &cfg.upstream, max);
         Ok(Bound {
@@ -60,6 +88,7 @@ impl Bound {
                 mount,
                 metrics: Metrics::default(),
                 drc: drc::Drc::new(DRC_TTL, DRC_ENTRIES),
+                buffers: Budget::new(max_buffered),
             }),
         })
     }
