@@ -149,7 +149,11 @@ impl Series {
         let ratio = p / d;
         format!(
             "| {what} | {d:.1} {unit} | {p:.1} {unit} | {ratio:.3}× {} | {target} |",
-            if higher_better { "of direct" } else { "of direct latency" }
+            if higher_better {
+                "of direct"
+            } else {
+                "of direct latency"
+            }
         )
     }
 }
@@ -159,9 +163,18 @@ async fn main() {
     let nfs_addr = env_addr("GRIDVFS_LAB_NFS");
     let mount_addr = env_addr("GRIDVFS_LAB_MOUNT");
     let export = std::env::var("GRIDVFS_LAB_EXPORT").unwrap_or("/export".into());
-    let mib: u64 = std::env::var("GRIDVFS_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let wan_mib: u64 = std::env::var("GRIDVFS_BENCH_WAN_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let rounds: usize = std::env::var("GRIDVFS_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let mib: u64 = std::env::var("GRIDVFS_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let wan_mib: u64 = std::env::var("GRIDVFS_BENCH_WAN_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let rounds: usize = std::env::var("GRIDVFS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let name = format!("bench-passthrough-{}", std::process::id());
 
     // LAN: direct vs proxy.
@@ -174,7 +187,13 @@ async fn main() {
         for (s, is_proxy) in [(&direct, false), (&via, true)] {
             let (wr, rd) = rw(s, if is_proxy { "p.bin" } else { "d.bin" }, mib).await;
             let (ga, lo) = small_ops(s, 2000).await;
-            let pick = |x: &mut Series, v| if is_proxy { x.proxy.push(v) } else { x.direct.push(v) };
+            let pick = |x: &mut Series, v| {
+                if is_proxy {
+                    x.proxy.push(v)
+                } else {
+                    x.direct.push(v)
+                }
+            };
             pick(&mut w, wr);
             pick(&mut r, rd);
             pick(&mut g, ga);

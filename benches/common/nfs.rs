@@ -140,7 +140,10 @@ impl Client {
         m[..4].copy_from_slice(&len.to_be_bytes());
         let (t, r) = oneshot::channel();
         self.waiters.lock().unwrap().insert(xid, t);
-        self.tx.send(m.freeze()).await.expect("connection writer gone");
+        self.tx
+            .send(m.freeze())
+            .await
+            .expect("connection writer gone");
         let reply = r.await.expect("connection closed");
         let mut rr = R(&reply[8..]);
         assert_eq!(rr.u32(), 0, "call denied");

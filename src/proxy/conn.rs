@@ -1,6 +1,16 @@
-//! One client connection: a reader that parses records and routes calls, a task per
-//! forwarded call (at most `max_requests_per_conn` at once: reading pauses beyond that),
-//! and a writer that sends replies in the order they complete (RPC matches them by xid).
+//! One client connection: a reader that parses records, routes calls and sends forwarded
+//! ones upstream itself, and a writer task that sends replies in the order they complete
+//! (RPC matches them by xid).
+//!
+//! A forwarded call's reply is handled by a completion that runs on the upstream link's
+//! reader: fix the reply up, record it in the duplicate request cache, queue it for the
+//! writer. So the path of a call is: this reader → upstream socket → link reader → this
+//! writer, with no task in between.
+//!
+//! Every call in progress holds a slot (`max_requests_per_conn`) and a share of the byte
+//! budget (`max_buffered`) until the writer has written its reply; when either runs out,
+//! the reader stops reading this client (backpressure). Because the reply channel has as
+//! many places as there are slots, queueing a reply never waits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,8 +18,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::Proxy;
@@ -18,6 +28,14 @@ use super::drc::{self, Key, Lookup};
 use crate::metrics::Metrics;
 use crate::nfs3::Proc;
 use crate::rpc::{RecordError, read_record, write_record};
+use crate::upstream::Completion;
+
+/// A reply on its way out, with what the call held until it is written.
+struct Outgoing {
+    reply: BytesMut,
+    _slot: OwnedSemaphorePermit,
+    _budget: Option<OwnedSemaphorePermit>,
+}
 
 pub(super) async fn serve(
     proxy: Arc<Proxy>,
@@ -28,33 +46,21 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let limit = proxy.cfg.listen.max_requests_per_conn;
-    let (reply_tx, mut reply_rx) = mpsc::channel::<BytesMut>(limit);
-
-    let writer = tokio::spawn(async move {
-        let mut wr = BufWriter::with_capacity(256 << 10, wr);
-        while let Some(reply) = reply_rx.recv().await {
-            write_record(&mut wr, &reply).await?;
-            if reply_rx.is_empty() {
-                wr.flush().await?;
-            }
-        }
-        wr.flush().await?;
-        wr.shutdown().await
-    });
+    let (reply_tx, reply_rx) = mpsc::channel::<Outgoing>(limit);
+    let (closing_tx, closing_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_replies(wr, reply_rx, closing_rx));
 
     let slots = Arc::new(Semaphore::new(limit));
-    let mut calls = JoinSet::new();
     let mut rd = BufReader::with_capacity(256 << 10, rd);
     let max_record = proxy.cfg.listen.max_record;
+    let mut stopping = false;
     let reason = loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break "internal: slots closed".to_string();
         };
-        // Reap finished call tasks so the set does not grow with the connection's age.
-        while calls.try_join_next().is_some() {}
         let rec = tokio::select! {
             r = read_record(&mut rd, max_record) => r,
-            _ = shutdown.changed() => break "proxy shutting down".into(),
+            _ = shutdown.changed() => { stopping = true; break "proxy shutting down".into() }
         };
         let rec = match rec {
             Ok(Some(r)) => r,
@@ -67,11 +73,14 @@ pub(super) async fn serve(
             Err(e) => break e.to_string(),
         };
         match dispatch::route(&rec, proxy.port, peer.ip(), &proxy.metrics) {
-            Route::Drop => {
-                debug!(%peer, "dropped a record that is not a call");
-            }
+            Route::Drop => debug!(%peer, "dropped a record that is not a call"),
             Route::Reply(reply) => {
-                if reply_tx.send(reply).await.is_err() {
+                let o = Outgoing {
+                    reply,
+                    _slot: slot,
+                    _budget: None,
+                };
+                if reply_tx.send(o).await.is_err() {
                     break "client write side failed".into();
                 }
             }
@@ -86,91 +95,114 @@ pub(super) async fn serve(
                 let Ok(budget) = proxy.buffers.charge(cost).await else {
                     break "internal: buffer budget closed".into();
                 };
-                let lookup = key.map(|k| proxy.drc.begin(k));
-                let proxy = proxy.clone();
-                let reply_tx = reply_tx.clone();
-                calls.spawn(async move {
-                    let reply = match lookup {
-                        Some(Lookup::Replay(r)) => Some(BytesMut::from(&r[..])),
-                        Some(Lookup::Wait(rx)) => rx.await.ok().map(|r| BytesMut::from(&r[..])),
-                        Some(Lookup::New) | None => forward(&proxy, to, proc_, key, rec).await,
-                    };
-                    if let Some(reply) = reply {
-                        let _ = reply_tx.send(reply).await;
+                let held = Outgoing {
+                    reply: BytesMut::new(),
+                    _slot: slot,
+                    _budget: Some(budget),
+                };
+                match key.map(|k| proxy.drc.begin(k)) {
+                    Some(Lookup::Replay(r)) => {
+                        let o = Outgoing {
+                            reply: BytesMut::from(&r[..]),
+                            ..held
+                        };
+                        if reply_tx.send(o).await.is_err() {
+                            break "client write side failed".into();
+                        }
                     }
-                    drop((slot, budget));
-                });
+                    Some(Lookup::Wait(rx)) => {
+                        // A retransmission of a call in flight: answer when it is.
+                        let tx = reply_tx.clone();
+                        tokio::spawn(async move {
+                            if let Ok(r) = rx.await {
+                                let o = Outgoing {
+                                    reply: BytesMut::from(&r[..]),
+                                    ..held
+                                };
+                                let _ = tx.send(o).await;
+                            }
+                        });
+                    }
+                    Some(Lookup::New) | None => {
+                        let upstream = match to {
+                            Target::Nfs => &proxy.nfs,
+                            Target::Mount => &proxy.mount,
+                        };
+                        let done = completion(&proxy, to, proc_, key, reply_tx.clone(), held);
+                        if let Err(e) = upstream.send(rec, done).await {
+                            warn!(side = "upstream", error = %e, "call dropped");
+                            if let Some(k) = key {
+                                proxy.drc.abandon(k);
+                            }
+                        }
+                    }
+                }
             }
         }
     };
     debug!(%peer, %reason, "client connection reader done");
     drop(reply_tx);
-    // Let calls in flight finish and their replies go out. If the client is gone (its
-    // write side failed), calls still in flight are left to finish in the background:
-    // their replies land in the duplicate request cache, where the client's
-    // retransmission on a new connection finds them.
-    let mut writer = writer;
-    let written = tokio::select! {
-        _ = async { while calls.join_next().await.is_some() {} } => None,
-        w = &mut writer => Some(w),
-        _ = shutdown.changed() => { calls.abort_all(); None }
-    };
-    calls.detach_all();
-    let written = match written {
-        Some(w) => w,
-        None => writer.await,
-    };
-    if let Ok(Err(e)) = written {
-        debug!(%peer, error = %e, "client connection write failed");
+    // A client that closed or broke its connection gets what is already queued, and the
+    // connection closes. Calls still in flight complete in the background: their replies
+    // land in the duplicate request cache, where the client's retransmission on a new
+    // connection finds them. When the proxy is stopping, replies to calls in flight are
+    // still sent (the writer ends when the last one is).
+    if !stopping {
+        let _ = closing_tx.send(());
+    }
+    match writer.await {
+        Ok(Err(e)) => debug!(%peer, error = %e, "client connection write failed"),
+        Ok(Ok(())) | Err(_) => {}
     }
     info!(%peer, %reason, "client disconnected");
 }
 
-/// Forwards one call and returns its (fixed-up) reply; records it in the duplicate
-/// request cache. `None` if no reply will come (shutting down).
-async fn forward(
-    proxy: &Proxy,
+/// What happens when a forwarded call's reply arrives (on the upstream link's reader).
+fn completion(
+    proxy: &Arc<Proxy>,
     to: Target,
     proc_: Proc,
     key: Option<Key>,
-    rec: BytesMut,
-) -> Option<BytesMut> {
-    // Abandons the cache entry if this future is dropped before the reply.
-    let guard = key.map(|k| DrcGuard {
-        drc: &proxy.drc,
-        key: k,
-        armed: true,
-    });
-    let upstream = match to {
-        Target::Nfs => &proxy.nfs,
-        Target::Mount => &proxy.mount,
-    };
-    match upstream.call(rec).await {
-        Ok(mut reply) => {
-            dispatch::fix_reply(to, proc_, &mut reply, proxy.cfg.listen.max_io);
-            if let Some(mut g) = guard {
-                g.armed = false;
-                proxy.drc.finish(g.key, &reply, drc::worth_caching(proc_));
+    tx: mpsc::Sender<Outgoing>,
+    held: Outgoing,
+) -> Completion {
+    let proxy = proxy.clone();
+    Box::new(move |mut reply| {
+        dispatch::fix_reply(to, proc_, &mut reply, proxy.cfg.listen.max_io);
+        if let Some(k) = key {
+            proxy.drc.finish(k, &reply, drc::worth_caching(proc_));
+        }
+        // Never full: the channel has a place per slot, and `held` holds a slot.
+        // An error means the client is gone; the reply is dropped.
+        let _ = tx.try_send(Outgoing { reply, ..held });
+    })
+}
+
+/// Writes replies until every sender is gone, or, once `closing` fires, until the
+/// queue is empty.
+async fn write_replies(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut closing: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let mut wr = BufWriter::with_capacity(256 << 10, wr);
+    let mut draining = false;
+    loop {
+        let next = if draining {
+            rx.try_recv().ok()
+        } else {
+            tokio::select! {
+                biased;
+                o = rx.recv() => o,
+                _ = &mut closing => { draining = true; continue; }
             }
-            Some(reply)
-        }
-        Err(e) => {
-            warn!(side = "upstream", error = %e, "call dropped");
-            None
-        }
-    }
-}
-
-struct DrcGuard<'a> {
-    drc: &'a drc::Drc,
-    key: Key,
-    armed: bool,
-}
-
-impl Drop for DrcGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.drc.abandon(self.key);
+        };
+        let Some(o) = next else { break };
+        write_record(&mut wr, &o.reply).await?;
+        if rx.is_empty() {
+            wr.flush().await?;
         }
     }
+    wr.flush().await?;
+    wr.shutdown().await
 }

@@ -4,7 +4,7 @@
 //! The total size of a record is checked against the caller's limit *before* any buffer is
 //! grown for it, so a peer cannot make us allocate more than `max` bytes per record.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const LAST_FRAGMENT: u32 = 0x8000_0000;
@@ -47,29 +47,30 @@ pub async fn read_record<R: AsyncRead + Unpin>(
         if total > max {
             return Err(RecordError::TooLarge { len: total, max });
         }
-        let start = buf.len();
-        buf.resize(total, 0);
-        r.read_exact(&mut buf[start..]).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                RecordError::Truncated
-            } else {
-                RecordError::Io(e)
+        // Read straight into spare capacity: no zero-fill of up to a megabyte per record.
+        buf.reserve(len);
+        let mut body = (&mut *r).take(len as u64);
+        while buf.len() < total {
+            if body.read_buf(&mut buf).await? == 0 {
+                return Err(RecordError::Truncated);
             }
-        })?;
+        }
         if word & LAST_FRAGMENT != 0 {
             return Ok(Some(buf));
         }
     }
 }
 
-/// Writes `body` as a single-fragment record (not flushed).
+/// Writes `body` as a single-fragment record (not flushed). Header and body go out in
+/// one vectored write where the stream supports it.
 pub async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(body.len())
         .ok()
         .filter(|l| *l < LAST_FRAGMENT)
         .ok_or_else(|| std::io::Error::other("record too large to frame"))?;
-    w.write_all(&(len | LAST_FRAGMENT).to_be_bytes()).await?;
-    w.write_all(body).await
+    let hdr = (len | LAST_FRAGMENT).to_be_bytes();
+    let mut both = Buf::chain(&hdr[..], body);
+    w.write_all_buf(&mut both).await
 }
 
 #[cfg(test)]

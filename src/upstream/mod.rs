@@ -17,10 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use bytes::BytesMut;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::{Endpoint, UpstreamConfig};
 use link::{Link, Pending};
+
+/// What to do with a reply. Runs on the link's reader task, so it must be quick and must
+/// not wait (hand the reply to a channel that has room, record it, and return).
+pub type Completion = Box<dyn FnOnce(BytesMut) + Send>;
 
 /// Why a call got no reply. The upstream side failed, or we are shutting down.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +62,9 @@ pub struct Upstream {
     /// Our xids; starts from the clock so a restarted proxy does not reuse recent xids
     /// that the server's duplicate request cache may still remember.
     next_xid: AtomicU32,
-    /// Bounds calls in flight (backpressure).
-    permits: Semaphore,
+    /// Bounds calls in flight (backpressure): a permit travels with each call until its
+    /// reply arrives.
+    permits: Arc<Semaphore>,
     pub stats: Arc<UpstreamStats>,
 }
 
@@ -94,7 +99,7 @@ impl Upstream {
             links,
             next_link: AtomicUsize::new(0),
             next_xid: AtomicU32::new(seed),
-            permits: Semaphore::new(cfg.max_in_flight),
+            permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             stats,
         })
     }
@@ -107,43 +112,58 @@ impl Upstream {
         &self.endpoint
     }
 
-    /// Sends one call record and waits for its reply. The record's xid is replaced on the
-    /// wire and restored in the reply, so the caller sees its own xid.
-    pub async fn call(&self, mut msg: BytesMut) -> Result<BytesMut, UpstreamError> {
+    fn closed(&self) -> UpstreamError {
+        UpstreamError::Closed {
+            name: self.name,
+            endpoint: self.endpoint.to_string(),
+        }
+    }
+
+    /// Sends one call record; `done` later runs with the reply, whose xid is the
+    /// caller's again. Returns once the call is on the wire (or queued for the next
+    /// connection if the link is down); waits first if `max_in_flight` calls are out.
+    /// A call is never given up: after a reconnect it is re-sent until answered.
+    pub async fn send(&self, mut msg: BytesMut, done: Completion) -> Result<(), UpstreamError> {
         if msg.len() < 4 {
             return Err(UpstreamError::NoXid);
         }
-        let closed = || UpstreamError::Closed {
-            name: self.name,
-            endpoint: self.endpoint.to_string(),
-        };
-        let _permit = self.permits.acquire().await.map_err(|_| closed())?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.closed())?;
         let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
         let mut client_xid = [0u8; 4];
         client_xid.copy_from_slice(&msg[..4]);
         msg[..4].copy_from_slice(&xid.to_be_bytes());
-
         let i = self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len();
-        let link = &self.links[i];
-        let (tx, rx) = oneshot::channel();
-        let guard = link.register(
-            xid,
-            Pending {
-                msg: msg.freeze(),
-                tx,
-                sent_gen: 0,
-            },
-        );
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        link.queue
-            .send(xid)
-            .await
-            .map_err(|_: mpsc::error::SendError<u32>| closed())?;
-        let mut reply = rx.await.map_err(|_| closed())?;
-        guard.disarm();
-        if reply.len() >= 4 {
-            reply[..4].copy_from_slice(&client_xid);
-        }
-        Ok(reply)
+        self.links[i]
+            .send(
+                xid,
+                Pending {
+                    msg: msg.freeze(),
+                    client_xid,
+                    done,
+                    sent_gen: 0,
+                    _permit: permit,
+                },
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Sends one call and waits for its reply (for callers that are not on a hot path).
+    pub async fn call(&self, msg: BytesMut) -> Result<BytesMut, UpstreamError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(
+            msg,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .await?;
+        rx.await.map_err(|_| self.closed())
     }
 }
