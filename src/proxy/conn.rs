@@ -150,9 +150,8 @@ pub(super) async fn serve(
     if !stopping {
         let _ = closing_tx.send(());
     }
-    match writer.await {
-        Ok(Err(e)) => debug!(%peer, error = %e, "client connection write failed"),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(e)) = writer.await {
+        debug!(%peer, error = %e, "client connection write failed");
     }
     info!(%peer, %reason, "client disconnected");
 }
