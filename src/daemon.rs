@@ -13,6 +13,20 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, LogFormat};
 use crate::proxy::{Bound, portmap};
 
+/// Keeps freed megabyte buffers in the heap for reuse. By default glibc serves each
+/// 1 MiB record with a fresh mmap (or trims the heap after it is freed), so every READ
+/// or WRITE record costs page faults and kernel page zeroing; profiles of a sequential
+/// read showed ~15% of the proxy's time there. The memory kept is bounded by what the
+/// proxy holds at its peak (see `listen.max_buffered`).
+pub fn tune_allocator() {
+    // SAFETY: mallopt only adjusts allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` overrides `log.level`.
 pub fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

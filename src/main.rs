@@ -64,6 +64,7 @@ fn main() -> ExitCode {
                 }
             };
             gridvfs::daemon::init_logging(&cfg);
+            gridvfs::daemon::tune_allocator();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -272,7 +272,7 @@ pub async fn seq_read(c: &Client, fh: &[u8], len: u64, io: u32, window: usize) -
     loop {
         while set.len() < window && off < len {
             let (c, fh) = (c.clone(), fh.to_vec());
-            let n = io.min((len - off) as u32);
+            let n = (io as u64).min(len - off) as u32;
             set.spawn(async move { c.read(&fh, off, n).await.0 as u64 });
             off += n as u64;
         }
@@ -291,7 +291,7 @@ pub async fn seq_write(c: &Client, fh: &[u8], len: u64, io: u32, window: usize) 
     loop {
         while set.len() < window && off < len {
             let (c, fh, d) = (c.clone(), fh.to_vec(), data.clone());
-            let n = io.min((len - off) as u32) as usize;
+            let n = (io as u64).min(len - off) as usize;
             set.spawn(async move { c.write(&fh, off, &d[..n]).await });
             off += n as u64;
         }

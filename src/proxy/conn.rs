@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -27,7 +27,7 @@ use super::dispatch::{self, Route, Target};
 use super::drc::{self, Key, Lookup};
 use crate::metrics::Metrics;
 use crate::nfs3::Proc;
-use crate::rpc::{RecordError, read_record, write_record};
+use crate::rpc::{RecordError, RecordReader, write_record};
 use crate::upstream::Completion;
 
 /// A reply on its way out, with what the call held until it is written.
@@ -51,15 +51,15 @@ pub(super) async fn serve(
     let writer = tokio::spawn(write_replies(wr, reply_rx, closing_rx));
 
     let slots = Arc::new(Semaphore::new(limit));
-    let mut rd = BufReader::with_capacity(256 << 10, rd);
-    let max_record = proxy.cfg.listen.max_record;
+    let mut rd = rd;
+    let mut records = RecordReader::new(proxy.cfg.listen.max_record);
     let mut stopping = false;
     let reason = loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break "internal: slots closed".to_string();
         };
         let rec = tokio::select! {
-            r = read_record(&mut rd, max_record) => r,
+            r = records.next(&mut rd) => r,
             _ = shutdown.changed() => { stopping = true; break "proxy shutting down".into() }
         };
         let rec = match rec {

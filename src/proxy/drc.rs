@@ -122,14 +122,21 @@ impl Drc {
     }
 
     /// The call completed with `reply`: wake retransmissions, keep the reply if `keep`.
+    /// The reply is copied only if someone needs it (a waiter, or `keep`): READ replies
+    /// of a megabyte pass through here on every call.
     pub fn finish(&self, key: Key, reply: &BytesMut, keep: bool) {
         let now = Instant::now();
-        let bytes = Bytes::copy_from_slice(reply);
         let mut g = self.inner.lock().expect("drc lock");
-        if let Some(Entry::InProgress(waiters)) = g.map.remove(&key) {
-            for w in waiters {
-                let _ = w.send(bytes.clone());
-            }
+        let waiters = match g.map.remove(&key) {
+            Some(Entry::InProgress(w)) => w,
+            _ => Vec::new(),
+        };
+        if waiters.is_empty() && !keep {
+            return;
+        }
+        let bytes = Bytes::copy_from_slice(reply);
+        for w in waiters {
+            let _ = w.send(bytes.clone());
         }
         if keep {
             g.map.insert(key, Entry::Done(bytes));

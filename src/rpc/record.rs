@@ -61,6 +61,100 @@ pub async fn read_record<R: AsyncRead + Unpin>(
     }
 }
 
+/// Reads records from a stream through one growing buffer: each `read` syscall takes as
+/// much as the socket has, and complete records are split off the buffer without being
+/// copied again. When a record's header says it is large, room for the whole record is
+/// reserved at once (after the size check), so its body is read in place.
+///
+/// `next` is cancel-safe: its state lives in the reader, so it can sit in a `select!`.
+pub struct RecordReader {
+    buf: BytesMut,
+    max: usize,
+}
+
+/// Bytes asked of the socket when no record size is known yet.
+const READ_CHUNK: usize = 64 << 10;
+
+impl RecordReader {
+    pub fn new(max: usize) -> RecordReader {
+        RecordReader {
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            max,
+        }
+    }
+
+    /// The next whole record; `Ok(None)` at a clean end of stream between records.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Option<BytesMut>, RecordError> {
+        loop {
+            let need = match self.parse()? {
+                Parsed::Record(rec) => return Ok(Some(rec)),
+                Parsed::Need(n) => n,
+            };
+            self.buf.reserve(need.max(READ_CHUNK));
+            if r.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(RecordError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// Splits off a complete record if the buffer holds one, else says how many more
+    /// bytes are needed at least. Sizes are checked against `max` before anything grows.
+    fn parse(&mut self) -> Result<Parsed, RecordError> {
+        let mut at = 0usize; // start of the next fragment header
+        let mut total = 0usize; // record bytes so far (without headers)
+        loop {
+            if self.buf.len() < at + 4 {
+                return Ok(Parsed::Need(at + 4 - self.buf.len()));
+            }
+            let word = u32::from_be_bytes(self.buf[at..at + 4].try_into().expect("4 bytes"));
+            let len = (word & !LAST_FRAGMENT) as usize;
+            total += len;
+            if total > self.max {
+                return Err(RecordError::TooLarge {
+                    len: total,
+                    max: self.max,
+                });
+            }
+            let end = at + 4 + len;
+            if self.buf.len() < end {
+                return Ok(Parsed::Need(end - self.buf.len()));
+            }
+            if word & LAST_FRAGMENT == 0 {
+                at = end;
+                continue;
+            }
+            if at == 0 {
+                // One fragment (the usual case): hand out the bytes in place.
+                let mut rec = self.buf.split_to(end);
+                rec.advance(4);
+                return Ok(Parsed::Record(rec));
+            }
+            // Several fragments: join their bodies.
+            let mut frags = self.buf.split_to(end);
+            let mut rec = BytesMut::with_capacity(total);
+            while !frags.is_empty() {
+                let len = (u32::from_be_bytes(frags[..4].try_into().expect("4 bytes"))
+                    & !LAST_FRAGMENT) as usize;
+                rec.extend_from_slice(&frags[4..4 + len]);
+                frags.advance(4 + len);
+            }
+            return Ok(Parsed::Record(rec));
+        }
+    }
+}
+
+enum Parsed {
+    Record(BytesMut),
+    Need(usize),
+}
+
 /// Writes `body` as a single-fragment record (not flushed). Header and body go out in
 /// one vectored write where the stream supports it.
 pub async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
@@ -126,6 +220,66 @@ mod tests {
         let mut r = &wire[..];
         assert!(matches!(
             read_record(&mut r, 100).await,
+            Err(RecordError::Truncated)
+        ));
+    }
+
+    async fn all_records(
+        wire: &[u8],
+        max: usize,
+        chunk: usize,
+    ) -> Result<Vec<Vec<u8>>, RecordError> {
+        // Feed the reader `chunk` bytes at a time, as a slow socket would.
+        let (mut tx, mut rx) = tokio::io::duplex(chunk.max(1));
+        let wire = wire.to_vec();
+        let feeder = tokio::spawn(async move {
+            for c in wire.chunks(chunk) {
+                if tx.write_all(c).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut rr = RecordReader::new(max);
+        let mut out = Vec::new();
+        let res = loop {
+            match rr.next(&mut rx).await {
+                Ok(Some(r)) => out.push(r.to_vec()),
+                Ok(None) => break Ok(out),
+                Err(e) => break Err(e),
+            }
+        };
+        feeder.abort();
+        res
+    }
+
+    #[tokio::test]
+    async fn record_reader_splits_joins_and_bounds() {
+        let mut wire = Vec::new();
+        write_record(&mut wire, b"first").await.unwrap();
+        wire.extend_from_slice(&3u32.to_be_bytes());
+        wire.extend_from_slice(b"abc");
+        wire.extend_from_slice(&(2u32 | LAST_FRAGMENT).to_be_bytes());
+        wire.extend_from_slice(b"de");
+        write_record(&mut wire, &vec![7u8; 200_000]).await.unwrap();
+        for chunk in [1, 3, 7, 4096, 1 << 20] {
+            let recs = all_records(&wire, 300_000, chunk).await.unwrap();
+            assert_eq!(recs.len(), 3, "chunk {chunk}");
+            assert_eq!(recs[0], b"first");
+            assert_eq!(recs[1], b"abcde");
+            assert_eq!(recs[2], vec![7u8; 200_000]);
+        }
+        assert!(matches!(
+            all_records(&wire, 100_000, 4096).await,
+            Err(RecordError::TooLarge { len: 200_000, .. })
+        ));
+        // Header claiming 2 GiB: refused from the header alone.
+        let huge = (0x7fff_ffffu32 | LAST_FRAGMENT).to_be_bytes();
+        assert!(matches!(
+            all_records(&huge, 1 << 20, 4).await,
+            Err(RecordError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            all_records(&wire[..wire.len() - 1], 300_000, 4096).await,
             Err(RecordError::Truncated)
         ));
     }

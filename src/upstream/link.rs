@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::{Completion, UpstreamStats};
 use crate::config::{Endpoint, UpstreamConfig};
-use crate::rpc::{read_record, write_record};
+use crate::rpc::{RecordReader, write_record};
 use crate::transport::{self, BoxStream};
 
 /// A call waiting for its reply.
@@ -234,9 +234,9 @@ async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Option<u64> {
 
 /// Reads replies and runs each call's completion. Returns why the connection ended.
 async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>) -> String {
-    let mut rd = tokio::io::BufReader::with_capacity(256 << 10, &mut rd);
+    let mut records = RecordReader::new(ctx.max_record);
     loop {
-        let mut rec = match read_record(&mut rd, ctx.max_record).await {
+        let mut rec = match records.next(&mut rd).await {
             Ok(Some(r)) => r,
             Ok(None) => return "closed by the next hop".into(),
             Err(e) => return e.to_string(),
