@@ -83,23 +83,53 @@ impl Drop for Proxy {
 }
 
 /// The floor for any user-space hop: a TCP relay that copies bytes and parses nothing
-/// (`tokio::io::copy_bidirectional` per connection). Returns its address.
-async fn plain_relay(upstream: SocketAddr) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut u) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let _ = c.set_nodelay(true);
-                let _ = u.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-            });
+/// (`tokio::io::copy_bidirectional` per connection), run as its own process like the
+/// proxy (this bench binary re-executed with `--plain-relay UPSTREAM`).
+struct PlainRelay {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl PlainRelay {
+    fn start(upstream: SocketAddr) -> PlainRelay {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("--plain-relay")
+            .arg(upstream.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        PlainRelay {
+            child,
+            addr: line.trim().parse().expect("relay address"),
         }
-    });
-    addr
+    }
+}
+
+impl Drop for PlainRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn plain_relay_main(upstream: SocketAddr) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("{}", l.local_addr().unwrap());
+    while let Ok((mut c, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let Ok(mut u) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = c.set_nodelay(true);
+            let _ = u.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        });
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -189,6 +219,10 @@ impl Series {
 
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--plain-relay") {
+        return plain_relay_main(args[2].parse().unwrap()).await;
+    }
     let nfs_addr = env_addr("GRIDVFS_LAB_NFS");
     let mount_addr = env_addr("GRIDVFS_LAB_MOUNT");
     let export = std::env::var("GRIDVFS_LAB_EXPORT").unwrap_or("/export".into());
@@ -212,10 +246,10 @@ async fn main() {
 
     // LAN: direct, plain relay, proxy.
     let proxy = Proxy::start(nfs_addr, mount_addr);
-    let (rn, rm) = (plain_relay(nfs_addr).await, plain_relay(mount_addr).await);
+    let (rn, rm) = (PlainRelay::start(nfs_addr), PlainRelay::start(mount_addr));
     let sides = [
         side(nfs_addr, mount_addr, &export, &name).await,
-        side(rn, rm, &export, &name).await,
+        side(rn.addr, rm.addr, &export, &name).await,
         side(proxy.addr, proxy.addr, &export, &name).await,
     ];
     let (mut w, mut r, mut g, mut l) = <(Series, Series, Series, Series)>::default();
