@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{Client, Gridvfs, Lab, mount};
+use common::{Client, Gridvfs, Lab, mount, pseudo_random};
 use nfs3_types::nfs3::nfsstat3::{
     NFS3_OK, NFS3ERR_EXIST, NFS3ERR_NOENT, NFS3ERR_NOT_SYNC, NFS3ERR_NOTEMPTY,
 };
@@ -314,20 +314,6 @@ async fn read_to_eof(c: &mut Client, fh: &nfs_fh3, mut off: u64, chunk: u32) -> 
         }
         assert!(n > 0, "READ at {off}: 0 bytes and no EOF");
     }
-}
-
-/// Deterministic incompressible bytes.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 /// Asserts byte equality, reporting the first differing offset instead of two dumps.

@@ -16,17 +16,23 @@ pub struct ByteSize(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Millis(pub Duration);
 
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
+/// Splits "64 KiB" into (64, "KiB"); `example` goes into the error message.
+fn number_and_unit<'a>(s: &'a str, example: &str) -> Result<(u64, &'a str), String> {
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '_')
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
+    let n = num
         .replace('_', "")
         .parse()
-        .map_err(|_| format!("`{s}` is not a size (examples: 4096, \"64KiB\", \"1MiB\")"))?;
-    let mult: u64 = match unit.trim() {
+        .map_err(|_| format!("`{s}` is not {example}"))?;
+    Ok((n, unit.trim()))
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (n, unit) = number_and_unit(s, "a size (examples: 4096, \"64KiB\", \"1MiB\")")?;
+    let mult: u64 = match unit {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,
         "M" | "MiB" => 1 << 20,
@@ -44,15 +50,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '_')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (examples: 250, \"250ms\", \"5s\")"))?;
-    let d = match unit.trim() {
+    let (n, unit) = number_and_unit(s, "a duration (examples: 250, \"250ms\", \"5s\")")?;
+    let d = match unit {
         "" | "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),

@@ -233,17 +233,22 @@ pub fn sha256_file(p: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
-/// Writes `len` pseudo-random bytes (deterministic per seed) to `p`.
-pub fn random_file(p: &Path, len: usize, seed: u64) {
+/// `len` pseudo-random bytes, deterministic per seed (xorshift64*: cheap, and
+/// incompressible enough for transfer tests).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
+    let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
-        // xorshift64*: cheap, deterministic, incompressible enough for transfer tests.
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
     }
     v.truncate(len);
-    std::fs::write(p, v).unwrap();
+    v
+}
+
+/// Writes `len` pseudo-random bytes (deterministic per seed) to `p`.
+pub fn random_file(p: &Path, len: usize, seed: u64) {
+    std::fs::write(p, pseudo_random(len, seed)).unwrap();
 }
