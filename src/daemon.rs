@@ -27,6 +27,20 @@ pub fn tune_allocator() {
     }
 }
 
+/// How long rpcbind may take to answer a registration.
+const RPCBIND_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn unregister(register: bool, socket: &Path, addr: std::net::SocketAddr) {
+    if !register {
+        return;
+    }
+    match tokio::time::timeout(RPCBIND_TIMEOUT, portmap::register(socket, addr, false)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "could not unregister from rpcbind"),
+        Err(_) => warn!("rpcbind did not answer the unregistration"),
+    }
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` overrides `log.level`.
 pub fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -50,10 +64,18 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen.addr))?;
     let addr = bound.local_addr();
     info!(%addr, version = env!("CARGO_PKG_VERSION"), "gridvfs listening");
+    // Signals first: a supervisor may stop us as soon as the ready file appears.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     if register {
-        portmap::register(&rpcbind_socket, addr, true)
-            .await
-            .context("listen.register_rpcbind is on, but registration failed")?;
+        tokio::time::timeout(
+            RPCBIND_TIMEOUT,
+            portmap::register(&rpcbind_socket, addr, true),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("rpcbind did not answer in {RPCBIND_TIMEOUT:?}"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .context("listen.register_rpcbind is on, but registration failed")?;
         info!(socket = %rpcbind_socket.display(), "registered NFS v3 and MOUNT v3 with rpcbind");
     }
     if let Some(p) = ready_file {
@@ -66,23 +88,29 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     let proxy = bound.proxy();
     let mut server = tokio::spawn(bound.serve(rx));
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = tick.tick() => debug!(calls = %proxy.metrics.nfs_summary(), "per-procedure counts"),
-            r = &mut server => { r.context("server task failed")?; return Ok(()); }
+            r = &mut server => {
+                unregister(register, &rpcbind_socket, addr).await;
+                r.context("server task failed")?;
+                return Ok(());
+            }
         }
     }
     let _ = tx.send(true);
-    if let Err(e) = server.await {
-        warn!(error = %e, "server task ended abnormally");
+    // A second signal while draining stops at once.
+    tokio::select! {
+        r = &mut server => if let Err(e) = r { warn!(error = %e, "server task ended abnormally") },
+        _ = term.recv() => warn!("second signal: not waiting for connections to drain"),
+        _ = int.recv() => warn!("second signal: not waiting for connections to drain"),
     }
-    if register && let Err(e) = portmap::register(&rpcbind_socket, addr, false).await {
-        warn!(error = %e, "could not unregister from rpcbind");
+    unregister(register, &rpcbind_socket, addr).await;
+    if let Some(p) = ready_file {
+        let _ = std::fs::remove_file(p);
     }
     Ok(())
 }

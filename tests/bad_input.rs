@@ -129,6 +129,12 @@ fn oversized_record_closes_only_that_connection() {
     }
     assert!(recv(&mut s).is_none(), "connection should be closed");
 
+    // Regression: zero-length, not-last fragment headers were not counted and grew the
+    // buffer without bound. 2 MiB of zero bytes is 512 Ki empty fragments.
+    let mut s = connect(&p);
+    let _ = s.write_all(&vec![0u8; 2 << 20]);
+    assert!(recv(&mut s).is_none(), "connection should be closed");
+
     // A client that dies in the middle of a record.
     let mut s = connect(&p);
     s.write_all(&be(100 | LAST)).unwrap();

@@ -80,3 +80,28 @@ async fn many_connections_many_calls_in_flight() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Regression: a READ asking for more than the proxy's max_io (1 MiB) drew an 8 MiB reply
+/// from Ganesha (which allows 64 MiB), over max_record: the link was torn down and the
+/// call re-sent for ever. Now the count is capped and the client gets a short read.
+#[tokio::test]
+async fn read_larger_than_max_io_gets_a_short_read() {
+    let lab = Lab::get();
+    let p = Gridvfs::start(lab.endpoint(), "");
+    let (dir, name) = lab.scratch("bigread");
+    let content = pseudo_random(FILE_LEN, 9);
+    std::fs::write(dir.join("data.bin"), &content).unwrap();
+    let c = Client::connect(p.addr).await.unwrap();
+    let root = c.mnt(&lab.export).await;
+    let d = c.lookup(&root, &name).await.unwrap();
+    let fh = c.lookup(&d, "data.bin").await.unwrap();
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        read_exact(&c, &fh, 4096, 8 << 20),
+    )
+    .await
+    .expect("READ of 8 MiB never answered");
+    assert_eq!(got.len(), 1 << 20, "expected a short read capped at max_io");
+    assert!(got[..] == content[4096..4096 + (1 << 20)]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

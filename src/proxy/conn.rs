@@ -61,6 +61,7 @@ pub(super) async fn serve(
         let rec = tokio::select! {
             r = records.next(&mut rd) => r,
             _ = shutdown.changed() => { stopping = true; break "proxy shutting down".into() }
+            _ = reply_tx.closed() => break "client write side failed".into(),
         };
         let rec = match rec {
             Ok(Some(r)) => r,
@@ -92,6 +93,10 @@ pub(super) async fn serve(
             } => {
                 // Memory budget: wait (and so stop reading this client) until the bytes
                 // this call will hold are available.
+                let mut rec = rec;
+                if to == Target::Nfs {
+                    dispatch::clamp_counts(&mut rec, proc_, proxy.cfg.listen.max_io);
+                }
                 let Ok(budget) = proxy.buffers.charge(cost).await else {
                     break "internal: buffer budget closed".into();
                 };
@@ -177,8 +182,12 @@ fn completion(
     })
 }
 
+/// A client that takes no reply bytes for this long is dropped: its queued replies hold
+/// slots and a share of the proxy-wide byte budget that other clients need.
+const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Writes replies until every sender is gone, or, once `closing` fires, until the
-/// queue is empty.
+/// queue is empty. Fails if the client stops taking replies for `CLIENT_WRITE_TIMEOUT`.
 async fn write_replies(
     wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -197,10 +206,22 @@ async fn write_replies(
             }
         };
         let Some(o) = next else { break };
-        write_record(&mut wr, &o.reply).await?;
-        if rx.is_empty() {
-            wr.flush().await?;
-        }
+        let flush = rx.is_empty();
+        let write = async {
+            write_record(&mut wr, &o.reply).await?;
+            if flush {
+                wr.flush().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::time::timeout(CLIENT_WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client took no reply bytes for 60 s",
+                )
+            })??;
     }
     wr.flush().await?;
     wr.shutdown().await

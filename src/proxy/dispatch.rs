@@ -18,6 +18,7 @@ use crate::rpc::msg::{
     AcceptStat, CallError, CallHeader, accepted_reply, prog_mismatch, rpc_mismatch,
 };
 use crate::rpc::{ReplyKind, parse_reply};
+use crate::xdr::Reader;
 
 /// Which next-hop endpoint a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +142,42 @@ fn expected_reply(a: &Args<'_>) -> usize {
     }
 }
 
+/// Caps the count of a READ, or the size of a READDIR/READDIRPLUS reply, at `max_io`,
+/// in the call record itself. The kernel client never asks for more than FSINFO
+/// advertised, but other clients may, and the server may honour it: the reply would then
+/// exceed `max_record` at this proxy or the next. A shorter reply is legal NFS (short
+/// read, fewer entries), so clients cope.
+pub fn clamp_counts(rec: &mut [u8], proc_: Proc, max_io: u32) {
+    let Some(at) = count_offset(rec, proc_) else {
+        return;
+    };
+    let v = u32::from_be_bytes(rec[at..at + 4].try_into().expect("4 bytes"));
+    if v > max_io {
+        rec[at..at + 4].copy_from_slice(&max_io.to_be_bytes());
+    }
+}
+
+/// Where the count that bounds the reply sits in a READ/READDIR/READDIRPLUS call.
+fn count_offset(rec: &[u8], proc_: Proc) -> Option<usize> {
+    let h = CallHeader::parse(rec).ok()?;
+    let mut r = Reader::new(&rec[h.args_at..]);
+    r.opaque(nfs3::NFS3_FHSIZE).ok()?; // file or directory handle
+    r.u64().ok()?; // offset or cookie
+    match proc_ {
+        Proc::READ => {}
+        Proc::READDIR => {
+            r.fixed(8).ok()?; // cookieverf
+        }
+        Proc::READDIRPLUS => {
+            r.fixed(8).ok()?; // cookieverf
+            r.u32().ok()?; // dircount: names only; maxcount bounds the reply
+        }
+        _ => return None,
+    }
+    let at = h.args_at + r.pos();
+    (rec.len() >= at + 4).then_some(at)
+}
+
 /// Adjusts a forwarded call's reply in place. Today: FSINFO's transfer sizes are clamped
 /// to `max_io` so clients never send a READ or WRITE the proxy would refuse.
 pub fn fix_reply(to: Target, proc_: Proc, reply: &mut BytesMut, max_io: u32) {
@@ -174,4 +211,52 @@ pub fn fix_reply(to: Target, proc_: Proc, reply: &mut BytesMut, max_io: u32) {
     out.extend_from_slice(&reply[..results_at]);
     res.encode(&mut out);
     *reply = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BufMut;
+
+    use super::*;
+    use crate::rpc::msg::call_message;
+    use crate::xdr::XdrWrite;
+
+    fn call(proc_: Proc, tail: &[u32], count: u32) -> BytesMut {
+        let mut a = BytesMut::new();
+        a.put_xdr_opaque(&[9u8; 30]);
+        a.put_u64(0);
+        for &w in tail {
+            a.put_u32(w);
+        }
+        a.put_u32(count);
+        call_message(1, nfs3::PROGRAM, nfs3::VERSION, proc_.0, &a)
+    }
+
+    fn last_word(b: &[u8]) -> u32 {
+        u32::from_be_bytes(b[b.len() - 4..].try_into().unwrap())
+    }
+
+    /// Regression: a READ asking for more than max_io drew a reply over max_record,
+    /// which tore down the upstream link again and again.
+    #[test]
+    fn read_and_readdir_counts_are_capped_at_max_io() {
+        for (p, tail) in [
+            (Proc::READ, &[][..]),
+            (Proc::READDIR, &[0, 0][..]),
+            (Proc::READDIRPLUS, &[0, 0, 4096][..]),
+        ] {
+            let mut big = call(p, tail, 8 << 20);
+            clamp_counts(&mut big, p, 1 << 20);
+            assert_eq!(last_word(&big), 1 << 20, "{}", p.name());
+            let args = &big[CallHeader::parse(&big).unwrap().args_at..];
+            Args::decode(p, args).expect("still a valid call");
+            let mut small = call(p, tail, 4096);
+            clamp_counts(&mut small, p, 1 << 20);
+            assert_eq!(last_word(&small), 4096);
+        }
+        let mut other = call(Proc::WRITE, &[], 8 << 20);
+        let before = other.clone();
+        clamp_counts(&mut other, Proc::WRITE, 1 << 20);
+        assert_eq!(other, before, "only READ/READDIR/READDIRPLUS are touched");
+    }
 }

@@ -69,9 +69,18 @@ pub fn worth_caching(p: Proc) -> bool {
 }
 
 enum Entry {
-    InProgress(Vec<oneshot::Sender<Bytes>>),
+    /// Forwarded at `since`; retransmissions wait in the list.
+    InProgress {
+        since: Instant,
+        waiters: Vec<oneshot::Sender<Bytes>>,
+    },
     Done(Bytes),
 }
+
+/// A retransmission of a call in flight for longer than this is forwarded again instead
+/// of waiting: the server may have dropped the first copy (servers do drop requests),
+/// and a client whose retransmissions were all absorbed would wait for ever.
+const RESEND_AFTER: Duration = Duration::from_secs(30);
 
 /// What to do with a call, given what the cache knows.
 pub enum Lookup {
@@ -107,12 +116,24 @@ impl Drc {
 
     pub fn begin(&self, key: Key) -> Lookup {
         let mut g = self.inner.lock().expect("drc lock");
+        let now = Instant::now();
         match g.map.get_mut(&key) {
             None => {
-                g.map.insert(key, Entry::InProgress(Vec::new()));
+                g.map.insert(
+                    key,
+                    Entry::InProgress {
+                        since: now,
+                        waiters: Vec::new(),
+                    },
+                );
                 Lookup::New
             }
-            Some(Entry::InProgress(waiters)) => {
+            Some(Entry::InProgress { since, .. }) if now.duration_since(*since) >= RESEND_AFTER => {
+                // Forward this copy too; whichever reply comes first wakes the waiters.
+                *since = now;
+                Lookup::New
+            }
+            Some(Entry::InProgress { waiters, .. }) => {
                 let (tx, rx) = oneshot::channel();
                 waiters.push(tx);
                 Lookup::Wait(rx)
@@ -128,7 +149,7 @@ impl Drc {
         let now = Instant::now();
         let mut g = self.inner.lock().expect("drc lock");
         let waiters = match g.map.remove(&key) {
-            Some(Entry::InProgress(w)) => w,
+            Some(Entry::InProgress { waiters, .. }) => waiters,
             _ => Vec::new(),
         };
         if waiters.is_empty() && !keep {
@@ -148,7 +169,7 @@ impl Drc {
     /// The call got no reply (shutdown): forget it; waiters see their channel close.
     pub fn abandon(&self, key: Key) {
         let mut g = self.inner.lock().expect("drc lock");
-        if let Some(Entry::InProgress(_)) = g.map.get(&key) {
+        if let Some(Entry::InProgress { .. }) = g.map.get(&key) {
             g.map.remove(&key);
         }
     }
@@ -224,6 +245,26 @@ mod tests {
         assert!(
             matches!(d.begin(k), Lookup::New),
             "oldest entry should be evicted"
+        );
+    }
+
+    /// Regression: a call the server never answered absorbed every retransmission, so
+    /// the client waited for ever.
+    #[test]
+    fn old_call_in_flight_is_forwarded_again() {
+        let d = Drc::new(Duration::from_secs(60), 10);
+        let k = key(1, b"x");
+        assert!(matches!(d.begin(k), Lookup::New));
+        if let Some(Entry::InProgress { since, .. }) = d.inner.lock().unwrap().map.get_mut(&k) {
+            *since -= RESEND_AFTER;
+        }
+        assert!(
+            matches!(d.begin(k), Lookup::New),
+            "a stale call must be re-forwarded"
+        );
+        assert!(
+            matches!(d.begin(k), Lookup::Wait(_)),
+            "a fresh one is waited for"
         );
     }
 

@@ -12,8 +12,16 @@ const LAST_FRAGMENT: u32 = 0x8000_0000;
 /// Why a record could not be read. Either way the stream is no longer in sync: close it.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("record of at least {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge { len: usize, max: usize },
+    /// Over the size limit or the fragment limit. `xid` is the record's, when known
+    /// (a next hop's oversized reply then fails only its own call).
+    #[error(
+        "record of at least {len} bytes (or more than 64 fragments) exceeds the limit of {max} bytes"
+    )]
+    TooLarge {
+        len: usize,
+        max: usize,
+        xid: Option<u32>,
+    },
     #[error("connection closed in the middle of a record")]
     Truncated,
     #[error(transparent)]
@@ -45,7 +53,11 @@ pub async fn read_record<R: AsyncRead + Unpin>(
         let len = (word & !LAST_FRAGMENT) as usize;
         let total = buf.len() + len;
         if total > max {
-            return Err(RecordError::TooLarge { len: total, max });
+            return Err(RecordError::TooLarge {
+                len: total,
+                max,
+                xid: None,
+            });
         }
         // Read straight into spare capacity: no zero-fill of up to a megabyte per record.
         buf.reserve(len);
@@ -63,23 +75,40 @@ pub async fn read_record<R: AsyncRead + Unpin>(
 
 /// Reads records from a stream through one growing buffer: each `read` syscall takes as
 /// much as the socket has, and complete records are split off the buffer without being
-/// copied again. When a record's header says it is large, room for the whole record is
-/// reserved at once (after the size check), so its body is read in place.
+/// copied again. Once a large record's bytes are actually arriving, room for the rest of
+/// it is reserved at once (after the size check), so its body is read in place; a bare
+/// header announcing a large record reserves no more than `STEP`.
 ///
-/// `next` is cancel-safe: its state lives in the reader, so it can sit in a `select!`.
+/// Bounded: a record's body bytes count against `max`, and a record may have at most
+/// `MAX_FRAGMENTS` fragments, so headers alone cannot grow the buffer either. Parsing
+/// resumes where it stopped (no rescans). `next` is cancel-safe: its state lives in the
+/// reader, so it can sit in a `select!`.
 pub struct RecordReader {
     buf: BytesMut,
     max: usize,
+    /// Start of the next fragment header in `buf` (past the record's complete fragments).
+    at: usize,
+    /// Body bytes of the record's complete fragments so far.
+    total: usize,
+    /// Complete fragments of the record so far.
+    frags: usize,
 }
 
 /// Bytes asked of the socket when no record size is known yet.
 const READ_CHUNK: usize = 64 << 10;
+/// Most buffer growth on the word of a header alone.
+const STEP: usize = 256 << 10;
+/// Fragments one record may have (clients send one; RFC 5531 sets no limit).
+pub const MAX_FRAGMENTS: usize = 64;
 
 impl RecordReader {
     pub fn new(max: usize) -> RecordReader {
         RecordReader {
             buf: BytesMut::with_capacity(READ_CHUNK),
             max,
+            at: 0,
+            total: 0,
+            frags: 0,
         }
     }
 
@@ -93,7 +122,12 @@ impl RecordReader {
                 Parsed::Record(rec) => return Ok(Some(rec)),
                 Parsed::Need(n) => n,
             };
-            self.buf.reserve(need.max(READ_CHUNK));
+            let arriving = self.buf.len() >= READ_CHUNK;
+            self.buf.reserve(if need <= STEP || arriving {
+                need.max(READ_CHUNK)
+            } else {
+                STEP
+            });
             if r.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -104,46 +138,56 @@ impl RecordReader {
         }
     }
 
+    /// The xid of the record being read, if its first four body bytes are here.
+    fn xid(&self) -> Option<u32> {
+        let b = self.buf.get(4..8)?;
+        Some(u32::from_be_bytes(b.try_into().expect("4 bytes")))
+    }
+
     /// Splits off a complete record if the buffer holds one, else says how many more
     /// bytes are needed at least. Sizes are checked against `max` before anything grows.
     fn parse(&mut self) -> Result<Parsed, RecordError> {
-        let mut at = 0usize; // start of the next fragment header
-        let mut total = 0usize; // record bytes so far (without headers)
         loop {
+            let at = self.at;
             if self.buf.len() < at + 4 {
                 return Ok(Parsed::Need(at + 4 - self.buf.len()));
             }
             let word = u32::from_be_bytes(self.buf[at..at + 4].try_into().expect("4 bytes"));
             let len = (word & !LAST_FRAGMENT) as usize;
-            total += len;
-            if total > self.max {
+            let total = self.total + len;
+            if total > self.max || self.frags >= MAX_FRAGMENTS {
                 return Err(RecordError::TooLarge {
                     len: total,
                     max: self.max,
+                    xid: self.xid(),
                 });
             }
             let end = at + 4 + len;
             if self.buf.len() < end {
                 return Ok(Parsed::Need(end - self.buf.len()));
             }
+            self.frags += 1;
+            self.total = total;
             if word & LAST_FRAGMENT == 0 {
-                at = end;
+                self.at = end;
                 continue;
             }
-            if at == 0 {
+            let frags = self.frags;
+            (self.at, self.total, self.frags) = (0, 0, 0);
+            if frags == 1 {
                 // One fragment (the usual case): hand out the bytes in place.
                 let mut rec = self.buf.split_to(end);
                 rec.advance(4);
                 return Ok(Parsed::Record(rec));
             }
             // Several fragments: join their bodies.
-            let mut frags = self.buf.split_to(end);
+            let mut raw = self.buf.split_to(end);
             let mut rec = BytesMut::with_capacity(total);
-            while !frags.is_empty() {
-                let len = (u32::from_be_bytes(frags[..4].try_into().expect("4 bytes"))
+            while !raw.is_empty() {
+                let len = (u32::from_be_bytes(raw[..4].try_into().expect("4 bytes"))
                     & !LAST_FRAGMENT) as usize;
-                rec.extend_from_slice(&frags[4..4 + len]);
-                frags.advance(4 + len);
+                rec.extend_from_slice(&raw[4..4 + len]);
+                raw.advance(4 + len);
             }
             return Ok(Parsed::Record(rec));
         }
@@ -191,7 +235,7 @@ mod tests {
         let wire = (0x7fff_ffffu32 | LAST_FRAGMENT).to_be_bytes();
         let mut r = &wire[..];
         match read_record(&mut r, 1 << 20).await {
-            Err(RecordError::TooLarge { len, max }) => {
+            Err(RecordError::TooLarge { len, max, .. }) => {
                 assert_eq!(len, 0x7fff_ffff);
                 assert_eq!(max, 1 << 20);
             }
@@ -282,6 +326,38 @@ mod tests {
             all_records(&wire[..wire.len() - 1], 300_000, 4096).await,
             Err(RecordError::Truncated)
         ));
+    }
+
+    /// Regression: zero-length non-last fragments were not counted, so a stream of bare
+    /// headers grew the buffer without bound (and was rescanned on every read).
+    #[tokio::test]
+    async fn flood_of_empty_fragments_is_refused() {
+        let wire = vec![0u8; 64 << 10];
+        assert!(matches!(
+            all_records(&wire, 1 << 20, 4096).await,
+            Err(RecordError::TooLarge { .. })
+        ));
+        let mut ok = Vec::new();
+        for _ in 0..MAX_FRAGMENTS - 1 {
+            ok.extend_from_slice(&1u32.to_be_bytes());
+            ok.push(b'x');
+        }
+        ok.extend_from_slice(&(1u32 | LAST_FRAGMENT).to_be_bytes());
+        ok.push(b'y');
+        let recs = all_records(&ok, 1 << 20, 7).await.unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].len(), MAX_FRAGMENTS);
+    }
+
+    #[tokio::test]
+    async fn oversized_record_reports_its_xid() {
+        let mut wire = (100u32 | LAST_FRAGMENT).to_be_bytes().to_vec();
+        wire.extend_from_slice(&0xabcd_0123u32.to_be_bytes());
+        wire.extend_from_slice(&[0u8; 96]);
+        match all_records(&wire, 50, 4096).await {
+            Err(RecordError::TooLarge { xid, .. }) => assert_eq!(xid, Some(0xabcd_0123)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -29,7 +29,26 @@ pub async fn connect(ep: &Endpoint, timeout: Duration) -> std::io::Result<BoxStr
                 })??;
             // Small RPCs (GETATTR, LOOKUP) must not wait for Nagle.
             s.set_nodelay(true)?;
+            detect_dead_peer(&s)?;
             Ok(Box::pin(s))
         }
     }
+}
+
+/// Unacknowledged data older than this fails the connection (and the link reconnects
+/// and re-sends), so a silent path (a cut WAN, a NAT that forgot us) cannot hold calls
+/// for ever.
+const USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Makes a dead next hop visible on an idle or a stalled connection: TCP keepalive
+/// probes after 30 s of silence (every 10 s, 3 tries) and `TCP_USER_TIMEOUT`.
+fn detect_dead_peer(s: &TcpStream) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(s);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(30))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3),
+    )?;
+    sock.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }

@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 
 use super::{Completion, UpstreamStats};
 use crate::config::{Endpoint, UpstreamConfig};
-use crate::rpc::{RecordReader, write_record};
+use crate::rpc::msg::{AcceptStat, accepted_reply};
+use crate::rpc::{RecordError, RecordReader, write_record};
 use crate::transport::{self, BoxStream};
 
 /// A call waiting for its reply.
@@ -106,6 +107,16 @@ impl Link {
         Link { shared, task }
     }
 
+    /// Is `xid` taken by a call still waiting? (Only after 2^32 calls, by one that has
+    /// waited all that time; `Upstream::send` then picks another.)
+    pub fn holds(&self, xid: u32) -> bool {
+        self.shared
+            .table
+            .lock()
+            .expect("table lock")
+            .contains_key(&xid)
+    }
+
     /// Registers the call and writes it if connected; otherwise the next connection
     /// sends it.
     pub async fn send(&self, xid: u32, mut p: Pending) {
@@ -176,20 +187,28 @@ async fn run(ctx: LinkCtx) {
         }
         connected_before = true;
         failures = 0;
-        backoff = ctx.cfg.backoff_min;
         let (rd, wr) = tokio::io::split(stream);
         let Some(generation) = install(&ctx, wr).await else {
             continue;
         };
         let mut broken = ctx.shared.broken.subscribe();
+        let mut replies = 0u64;
         let why = tokio::select! {
-            r = read_replies(&ctx, rd) => r,
+            r = read_replies(&ctx, rd, &mut replies) => r,
             _ = broken.wait_for(|g| *g == generation) => "a write to the next hop failed".into(),
         };
         ctx.shared.writer.lock().await.half = None;
         warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
-            link = ctx.index, reason = %why, waiting = ctx.waiting(),
+            link = ctx.index, reason = %why, waiting = ctx.waiting(), replies,
             "connection to the next hop lost; reconnecting, calls in flight will be re-sent");
+        if replies > 0 {
+            backoff = ctx.cfg.backoff_min;
+        } else {
+            // Connected but never answered (a hop that accepts and drops us, or one
+            // that chokes on a call we re-send): do not spin.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(ctx.cfg.backoff_max);
+        }
     }
 }
 
@@ -232,18 +251,26 @@ async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Option<u64> {
     Some(generation)
 }
 
-/// Reads replies and runs each call's completion. Returns why the connection ended.
-async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>) -> String {
+/// Reads replies and runs each call's completion; counts them in `replies`. Returns
+/// why the connection ended.
+async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>, replies: &mut u64) -> String {
     let mut records = RecordReader::new(ctx.max_record);
     loop {
         let mut rec = match records.next(&mut rd).await {
             Ok(Some(r)) => r,
             Ok(None) => return "closed by the next hop".into(),
+            Err(e @ RecordError::TooLarge { xid: Some(xid), .. }) => {
+                // Fail just that call, so the re-send after reconnecting does not draw
+                // the same oversized reply for ever.
+                fail_call(ctx, xid, &e);
+                return e.to_string();
+            }
             Err(e) => return e.to_string(),
         };
         if rec.len() < 4 {
             return "reply too short to carry an xid".into();
         }
+        *replies += 1;
         let xid = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]);
         let pending = ctx.shared.table.lock().expect("table lock").remove(&xid);
         match pending {
@@ -257,4 +284,17 @@ async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>) -> String {
             ),
         }
     }
+}
+
+/// Completes call `xid` with SYSTEM_ERR because its reply could not be taken.
+fn fail_call(ctx: &LinkCtx, xid: u32, why: &RecordError) {
+    let Some(p) = ctx.shared.table.lock().expect("table lock").remove(&xid) else {
+        return;
+    };
+    warn!(side = "upstream", upstream = ctx.name, error = %why,
+        "reply over listen.max_record; answering the call with SYSTEM_ERR");
+    (p.done)(accepted_reply(
+        u32::from_be_bytes(p.client_xid),
+        AcceptStat::SYSTEM_ERR,
+    ));
 }

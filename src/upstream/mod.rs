@@ -133,11 +133,15 @@ impl Upstream {
             .acquire_owned()
             .await
             .map_err(|_| self.closed())?;
-        let xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
+        let i = self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len();
+        // Two calls must never share an xid on a link, or one completion is lost.
+        let mut xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
+        while self.links[i].holds(xid) {
+            xid = self.next_xid.fetch_add(1, Ordering::Relaxed);
+        }
         let mut client_xid = [0u8; 4];
         client_xid.copy_from_slice(&msg[..4]);
         msg[..4].copy_from_slice(&xid.to_be_bytes());
-        let i = self.next_link.fetch_add(1, Ordering::Relaxed) % self.links.len();
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.links[i]
             .send(
