@@ -20,9 +20,11 @@
 //! - `transport`: byte streams to the next hop; knows nothing of NFS.
 //! - `upstream`: the pipelined RPC client to the next hop.
 //! - `proxy`: listener, connections, routing, portmapper.
+//! - `cache`: the on-disk block cache (geometry and tag format so far; issue 3).
 //! - `metrics`: counters.
 //! - `daemon`: wires it together for `gridvfs run`: signals, logging, ready file.
 
+pub mod cache;
 pub mod config;
 pub mod daemon;
 pub mod metrics;
