@@ -1,10 +1,14 @@
 //! The on-disk block cache (paper §3.2.1; issue 3), built bottom-up. Knows nothing of
 //! sockets or RPC: blocks of files, identified by opaque file handles, go in and out.
 //!
-//! In place so far: the geometry (`layout`: banks, sets, ways; consecutive blocks of a
-//! file in consecutive sets) and the frame tag format (`tag`: checksummed, versioned).
-//! The store that uses them, and its crash-safety rules, are specified in
-//! `docs/cache-design.md`.
+//! - `layout`: banks, sets, ways; consecutive blocks of a file in consecutive sets.
+//! - `tag`: the checksummed, versioned frame tag.
+//! - `store`: frames on disk, CLOCK replacement, copy-on-write of durable dirty data,
+//!   `sync` as the durable point, recovery by sequence number and checksum.
+//!
+//! Not yet wired into the proxy (READ/WRITE/COMMIT interception, write-back, signals):
+//! see `docs/cache-design.md` for the rules the rest follows.
 
 pub mod layout;
+pub mod store;
 pub mod tag;

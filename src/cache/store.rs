@@ -1,0 +1,796 @@
+//! The block store: frames in bank files, found by set, replaced by CLOCK, written with
+//! the durability order of `docs/cache-design.md`:
+//!
+//! - a block whose frame holds dirty data is rewritten *elsewhere* in its set (copy-on-
+//!   write) with a higher sequence number; the superseded frame is cleared only after the
+//!   next `sync`, so the last durable version survives a crash at any point;
+//! - `sync` (the durable point: COMMIT, FILE_SYNC) fdatasyncs data, then tags;
+//! - reads verify the data checksum; a mismatch is a miss, and the next older version of
+//!   the block (if any) is used instead.
+//!
+//! Blocking file I/O: callers run it off the async reactor. One mutex per bank.
+
+use std::fs::{File, OpenOptions};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::layout::{Frame, Geometry, GeometryError, fnv1a};
+use super::tag::{MAX_FH, Slot, TAG_SIZE, Tag};
+
+/// Why the store failed. I/O errors name the file; none of them is retried here.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Geometry(#[from] GeometryError),
+    #[error(
+        "cache directory {path} was made with another geometry ({found}); configured: {configured}. \
+         It may hold dirty data: flush it with its old configuration, or remove it"
+    )]
+    GeometryChanged {
+        path: PathBuf,
+        found: String,
+        configured: String,
+    },
+    #[error("cache superblock {path} is unreadable: {why}")]
+    BadSuperblock { path: PathBuf, why: String },
+    /// Every frame of the set holds dirty data: write back or write through.
+    #[error("cache set is full of dirty blocks")]
+    SetFull,
+    #[error("file handle longer than 64 bytes")]
+    FhTooLong,
+}
+
+type Result<T> = std::result::Result<T, CacheError>;
+
+/// What `get` returns: the valid bytes of a block and which of them are dirty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    /// Byte range of the block that `data` covers.
+    pub valid: Range<u32>,
+    pub data: Vec<u8>,
+    pub dirty: Option<Range<u32>>,
+    /// The tag's sequence number (for `mark_clean`).
+    pub seq: u64,
+}
+
+/// What `put` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Put {
+    Stored {
+        seq: u64,
+    },
+    /// Dirty bytes disjoint from the block's valid range: fetch `gap` and put it first.
+    NeedsFill {
+        gap: Range<u32>,
+    },
+    /// Clean bytes that would overwrite or sit apart from dirty data: not stored.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Meta {
+    /// Fingerprint of (fh, block); 0 = empty frame.
+    fp: u64,
+    dirty: bool,
+    referenced: bool,
+    /// Written since the last sync: not durable yet, so it may be overwritten in place
+    /// (a durable predecessor, if any, still exists elsewhere in the set).
+    unsynced: bool,
+}
+
+struct Bank {
+    files: Option<(File, File)>,
+    meta: Vec<Meta>,
+    /// CLOCK hand per set.
+    hands: Vec<u8>,
+    /// Frames (local indices) written since the last sync.
+    written: Vec<usize>,
+    /// Superseded versions to clear once their successors are durable.
+    superseded: Vec<usize>,
+}
+
+pub struct Store {
+    geo: Geometry,
+    dir: PathBuf,
+    banks: Vec<Mutex<Bank>>,
+    seq: AtomicU64,
+    /// Set when recovery found a dirty version that never reached a durable point: the
+    /// proxy must change its write verifier.
+    lost_unstable: AtomicBool,
+}
+
+fn fingerprint(fh: &[u8], block: u64) -> u64 {
+    let mut b = Vec::with_capacity(fh.len() + 8);
+    b.extend_from_slice(fh);
+    b.extend_from_slice(&block.to_le_bytes());
+    fnv1a(&b) | 1
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+const SUPERBLOCK: &str = "superblock";
+const SB_MAGIC: &str = "gridvfs-cache v1";
+
+impl Store {
+    /// Opens (or creates) the cache in `dir` with this geometry and reads all tags.
+    pub fn open(dir: &Path, geo: Geometry) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let sb = dir.join(SUPERBLOCK);
+        let want = format!(
+            "{SB_MAGIC}\nblock_size={} ways={} banks={} sets_per_bank={}\n",
+            geo.block_size, geo.ways, geo.banks, geo.sets_per_bank
+        );
+        match std::fs::read_to_string(&sb) {
+            Ok(found) if found == want => {}
+            Ok(found) if found.starts_with(SB_MAGIC) => {
+                return Err(CacheError::GeometryChanged {
+                    path: dir.to_path_buf(),
+                    found: found.lines().nth(1).unwrap_or("").into(),
+                    configured: want.lines().nth(1).unwrap_or("").into(),
+                });
+            }
+            Ok(_) => {
+                return Err(CacheError::BadSuperblock {
+                    path: sb,
+                    why: "not a gridvfs cache superblock".into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let tmp = dir.join("superblock.tmp");
+                std::fs::write(&tmp, &want).map_err(io(&tmp))?;
+                File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&tmp))?;
+                std::fs::rename(&tmp, &sb).map_err(io(&sb))?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(dir))?;
+            }
+            Err(e) => return Err(io(&sb)(e)),
+        }
+        let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
+        let mut max_seq = 0;
+        let mut banks = Vec::with_capacity(geo.banks as usize);
+        for b in 0..geo.banks {
+            let mut bank = Bank {
+                files: None,
+                meta: vec![Meta::default(); per_bank],
+                hands: vec![0; geo.sets_per_bank as usize],
+                written: Vec::new(),
+                superseded: Vec::new(),
+            };
+            let tags_path = dir.join(format!("bank-{b:04}.tags"));
+            if tags_path.exists() {
+                bank.files = Some(open_bank(dir, b, &geo)?);
+                let bytes = std::fs::read(&tags_path).map_err(io(&tags_path))?;
+                for (i, chunk) in bytes.chunks_exact(TAG_SIZE).take(per_bank).enumerate() {
+                    let slot: &[u8; TAG_SIZE] = chunk.try_into().expect("chunk size");
+                    match Tag::decode(slot, geo.block_size) {
+                        Slot::Tag(t) => {
+                            max_seq = max_seq.max(t.seq);
+                            bank.meta[i] = Meta {
+                                fp: fingerprint(&t.fh, t.block),
+                                dirty: t.dirty.is_some(),
+                                referenced: false,
+                                unsynced: false,
+                            };
+                        }
+                        Slot::Empty => {}
+                        Slot::Corrupt(why) => {
+                            tracing::warn!(bank = b, frame = i, why, "corrupt cache tag ignored");
+                        }
+                    }
+                }
+            }
+            banks.push(Mutex::new(bank));
+        }
+        Ok(Store {
+            geo,
+            dir: dir.to_path_buf(),
+            banks,
+            seq: AtomicU64::new(max_seq),
+            lost_unstable: AtomicBool::new(false),
+        })
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// True once recovery dropped a dirty version that was never made durable.
+    pub fn lost_unstable_writes(&self) -> bool {
+        self.lost_unstable.load(Ordering::Relaxed)
+    }
+
+    fn locate(&self, fh: &[u8], block: u64) -> (u64, u64) {
+        (self.geo.set_of(fnv1a(fh), block), fingerprint(fh, block))
+    }
+
+    /// The newest intact version of a block, if cached.
+    pub fn get(&self, fh: &[u8], block: u64) -> Result<Option<Cached>> {
+        let (set, fp) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        Ok(self.newest(&mut bank, set, fp, fh, block)?.map(|(_, c)| c))
+    }
+
+    /// Finds the versions of (fh, block) in `set`, newest first, and returns the first
+    /// whose data verifies; versions that fail are cleared.
+    fn newest(
+        &self,
+        bank: &mut Bank,
+        set: u64,
+        fp: u64,
+        fh: &[u8],
+        block: u64,
+    ) -> Result<Option<(u32, Cached)>> {
+        let mut versions = Vec::new();
+        for way in 0..self.geo.ways {
+            let f = self.geo.frame(set, way);
+            let li = self.local(f);
+            if bank.meta[li].fp != fp {
+                continue;
+            }
+            match self.read_tag(bank, f)? {
+                Slot::Tag(t) if t.fh == fh && t.block == block => versions.push((way, t)),
+                _ => {}
+            }
+        }
+        versions.sort_by_key(|(_, t)| std::cmp::Reverse(t.seq));
+        let mut dropped_dirty = false;
+        for (way, t) in versions {
+            let f = self.geo.frame(set, way);
+            let mut data = vec![0u8; (t.valid.end - t.valid.start) as usize];
+            let (dfile, _) = bank.files.as_ref().expect("tags imply files");
+            let at = self.geo.data_offset(f) + t.valid.start as u64;
+            dfile
+                .read_exact_at(&mut data, at)
+                .map_err(io(&self.data_path(f.bank)))?;
+            if crc32fast::hash(&data) == t.data_crc {
+                if dropped_dirty {
+                    self.lost_unstable.store(true, Ordering::Relaxed);
+                }
+                let li = self.local(f);
+                bank.meta[li].referenced = true;
+                return Ok(Some((
+                    way,
+                    Cached {
+                        valid: t.valid,
+                        data,
+                        dirty: t.dirty,
+                        seq: t.seq,
+                    },
+                )));
+            }
+            tracing::warn!(
+                bank = f.bank,
+                set,
+                way,
+                block,
+                dirty = t.dirty.is_some(),
+                "cached block failed its checksum; treated as a miss"
+            );
+            dropped_dirty |= t.dirty.is_some();
+            self.clear(bank, f)?;
+        }
+        if dropped_dirty {
+            self.lost_unstable.store(true, Ordering::Relaxed);
+        }
+        Ok(None)
+    }
+
+    /// Stores `data` at byte `off` of block `block`. `dirty`: written by a client (must
+    /// be written back); otherwise a clean fill from upstream.
+    pub fn put(&self, fh: &[u8], block: u64, off: u32, data: &[u8], dirty: bool) -> Result<Put> {
+        if fh.len() > MAX_FH {
+            return Err(CacheError::FhTooLong);
+        }
+        let end = off + data.len() as u32;
+        assert!(
+            end <= self.geo.block_size,
+            "write past the end of the block"
+        );
+        let (set, fp) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        let existing = self.newest(&mut bank, set, fp, fh, block)?;
+
+        // The new contents: one contiguous valid range, dirty bytes never overwritten by
+        // clean ones.
+        let (valid, buf, dirty_range, old_way, old_dirty) = match &existing {
+            None => (
+                off..end,
+                data.to_vec(),
+                dirty.then_some(off..end),
+                None,
+                false,
+            ),
+            Some((way, c)) => {
+                let disjoint = end < c.valid.start || off > c.valid.end;
+                if disjoint {
+                    if dirty {
+                        let gap = if end < c.valid.start {
+                            end..c.valid.start
+                        } else {
+                            c.valid.end..off
+                        };
+                        return Ok(Put::NeedsFill { gap });
+                    }
+                    if c.dirty.is_some() {
+                        return Ok(Put::Skipped);
+                    }
+                }
+                let valid = if disjoint {
+                    off..end
+                } else {
+                    c.valid.start.min(off)..c.valid.end.max(end)
+                };
+                let mut buf = vec![0u8; (valid.end - valid.start) as usize];
+                if !disjoint {
+                    let s = (c.valid.start - valid.start) as usize;
+                    buf[s..s + c.data.len()].copy_from_slice(&c.data);
+                }
+                for (i, b) in data.iter().enumerate() {
+                    let pos = off + i as u32;
+                    let keep_old = !dirty && c.dirty.as_ref().is_some_and(|d| d.contains(&pos));
+                    if !keep_old {
+                        buf[(pos - valid.start) as usize] = *b;
+                    }
+                }
+                let dirty_range = match (&c.dirty, dirty) {
+                    (Some(d), true) => Some(d.start.min(off)..d.end.max(end)),
+                    (Some(d), false) => Some(d.clone()),
+                    (None, true) => Some(off..end),
+                    (None, false) => None,
+                };
+                (valid, buf, dirty_range, Some(*way), c.dirty.is_some())
+            }
+        };
+
+        // Where to write: in place over a clean or a not-yet-durable version; elsewhere
+        // (copy-on-write) over a durable dirty one, which must survive until the new
+        // version is durable.
+        let in_place = old_way.filter(|&w| {
+            let m = bank.meta[self.local(self.geo.frame(set, w))];
+            !old_dirty || m.unsynced
+        });
+        let way = match in_place {
+            Some(w) => w,
+            None => self.victim(&mut bank, set, old_way)?,
+        };
+        let f = self.geo.frame(set, way);
+        if bank.files.is_none() {
+            bank.files = Some(open_bank(&self.dir, f.bank, &self.geo)?);
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let tag = Tag {
+            fh: fh.to_vec(),
+            block,
+            seq,
+            valid: valid.clone(),
+            dirty: dirty_range.clone(),
+            data_crc: crc32fast::hash(&buf),
+        };
+        {
+            let (dfile, tfile) = bank.files.as_ref().expect("opened above");
+            dfile
+                .write_all_at(&buf, self.geo.data_offset(f) + valid.start as u64)
+                .map_err(io(&self.data_path(f.bank)))?;
+            tfile
+                .write_all_at(&tag.encode(), self.tag_offset(f))
+                .map_err(io(&self.tags_path(f.bank)))?;
+        }
+        let li = self.local(f);
+        bank.meta[li] = Meta {
+            fp,
+            dirty: dirty_range.is_some(),
+            referenced: true,
+            unsynced: true,
+        };
+        bank.written.push(li);
+        if let Some(w) = old_way.filter(|w| *w != way) {
+            // The superseded version stays until the new one is durable.
+            bank.superseded.push(self.local(self.geo.frame(set, w)));
+        }
+        Ok(Put::Stored { seq })
+    }
+
+    /// Picks a frame to (re)use in `set`: an empty one, else a clean one by CLOCK;
+    /// never `keep` (the version being superseded) and never a dirty frame.
+    fn victim(&self, bank: &mut Bank, set: u64, keep: Option<u32>) -> Result<u32> {
+        let ways = self.geo.ways;
+        let base = self.local(self.geo.frame(set, 0));
+        if let Some(w) =
+            (0..ways).find(|&w| Some(w) != keep && bank.meta[base + w as usize].fp == 0)
+        {
+            return Ok(w);
+        }
+        let set_in_bank = (set % self.geo.sets_per_bank) as usize;
+        for _ in 0..2 * ways {
+            let w = bank.hands[set_in_bank] as u32 % ways;
+            bank.hands[set_in_bank] = ((w + 1) % ways) as u8;
+            let m = &mut bank.meta[base + w as usize];
+            if Some(w) == keep || m.dirty {
+                continue;
+            }
+            if m.referenced {
+                m.referenced = false;
+                continue;
+            }
+            return Ok(w);
+        }
+        Err(CacheError::SetFull)
+    }
+
+    /// The durable point: data, then tags, of every bank written since the last sync;
+    /// then superseded versions are cleared. Each bank stays locked while it is synced,
+    /// so a write cannot slip in between the fsync and the bookkeeping.
+    pub fn sync(&self) -> Result<()> {
+        for (b, bank) in self.banks.iter().enumerate() {
+            let mut bank = bank.lock().expect("bank lock");
+            if bank.written.is_empty() && bank.superseded.is_empty() {
+                continue;
+            }
+            if let Some((d, t)) = &bank.files {
+                d.sync_data().map_err(io(&self.data_path(b as u32)))?;
+                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
+            }
+            for li in std::mem::take(&mut bank.written) {
+                bank.meta[li].unsynced = false;
+            }
+            for li in std::mem::take(&mut bank.superseded) {
+                let f = self.frame_of(b as u32, li);
+                self.clear(&mut bank, f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After write-back: the block is clean, unless it was rewritten since (`seq`).
+    pub fn mark_clean(&self, fh: &[u8], block: u64, seq: u64) -> Result<bool> {
+        let (set, fp) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        let Some((way, c)) = self.newest(&mut bank, set, fp, fh, block)? else {
+            return Ok(false);
+        };
+        if c.seq != seq || c.dirty.is_none() {
+            return Ok(false);
+        }
+        let f = self.geo.frame(set, way);
+        let tag = Tag {
+            fh: fh.to_vec(),
+            block,
+            seq,
+            valid: c.valid,
+            dirty: None,
+            data_crc: crc32fast::hash(&c.data),
+        };
+        let (_, tfile) = bank.files.as_ref().expect("tags imply files");
+        tfile
+            .write_all_at(&tag.encode(), self.tag_offset(f))
+            .map_err(io(&self.tags_path(f.bank)))?;
+        let li = self.local(f);
+        bank.meta[li].dirty = false;
+        Ok(true)
+    }
+
+    /// Every dirty block: (file handle, block number, sequence), for write-back.
+    pub fn dirty_blocks(&self) -> Result<Vec<(Vec<u8>, u64, u64)>> {
+        let mut out = Vec::new();
+        for (b, bank) in self.banks.iter().enumerate() {
+            let bank = bank.lock().expect("bank lock");
+            for (i, m) in bank.meta.iter().enumerate() {
+                if !m.dirty {
+                    continue;
+                }
+                let f = self.frame_of(b as u32, i);
+                if let Slot::Tag(t) = self.read_tag(&bank, f)?
+                    && t.dirty.is_some()
+                {
+                    out.push((t.fh, t.block, t.seq));
+                }
+            }
+        }
+        // Newest first within a block, then keep only it.
+        out.sort_by(|a, b| {
+            (&a.0, a.1, std::cmp::Reverse(a.2)).cmp(&(&b.0, b.1, std::cmp::Reverse(b.2)))
+        });
+        out.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        Ok(out)
+    }
+
+    fn read_tag(&self, bank: &Bank, f: Frame) -> Result<Slot> {
+        let Some((_, tfile)) = &bank.files else {
+            return Ok(Slot::Empty);
+        };
+        let mut b = [0u8; TAG_SIZE];
+        tfile
+            .read_exact_at(&mut b, self.tag_offset(f))
+            .map_err(io(&self.tags_path(f.bank)))?;
+        Ok(Tag::decode(&b, self.geo.block_size))
+    }
+
+    fn clear(&self, bank: &mut Bank, f: Frame) -> Result<()> {
+        let li = self.local(f);
+        bank.meta[li] = Meta::default();
+        if let Some((_, tfile)) = &bank.files {
+            tfile
+                .write_all_at(&[0u8; TAG_SIZE], self.tag_offset(f))
+                .map_err(io(&self.tags_path(f.bank)))?;
+        }
+        Ok(())
+    }
+
+    fn local(&self, f: Frame) -> usize {
+        (f.set_in_bank * self.geo.ways as u64 + f.way as u64) as usize
+    }
+
+    fn frame_of(&self, bank: u32, local: usize) -> Frame {
+        let ways = self.geo.ways as usize;
+        Frame {
+            bank,
+            set_in_bank: (local / ways) as u64,
+            way: (local % ways) as u32,
+        }
+    }
+
+    fn tag_offset(&self, f: Frame) -> u64 {
+        self.local(f) as u64 * TAG_SIZE as u64
+    }
+
+    fn data_path(&self, b: u32) -> PathBuf {
+        self.dir.join(format!("bank-{b:04}.data"))
+    }
+
+    fn tags_path(&self, b: u32) -> PathBuf {
+        self.dir.join(format!("bank-{b:04}.tags"))
+    }
+}
+
+/// Opens (creating, sparse, at full size) a bank's data and tag files.
+fn open_bank(dir: &Path, b: u32, geo: &Geometry) -> Result<(File, File)> {
+    let open = |name: String, len: u64| -> Result<File> {
+        let p = dir.join(name);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(io(&p))?;
+        if f.metadata().map_err(io(&p))?.len() < len {
+            f.set_len(len).map_err(io(&p))?;
+        }
+        Ok(f)
+    };
+    let frames = geo.sets_per_bank * geo.ways as u64;
+    Ok((
+        open(format!("bank-{b:04}.data"), geo.bank_bytes())?,
+        open(format!("bank-{b:04}.tags"), frames * TAG_SIZE as u64)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BS: u32 = 4096;
+
+    fn geo(ways: u32, sets: u64) -> Geometry {
+        Geometry::new(sets * ways as u64 * BS as u64, BS, ways, 1).unwrap()
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    fn stored(p: Put) -> u64 {
+        match p {
+            Put::Stored { seq } => seq,
+            other => panic!("expected Stored, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn blocks_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = geo(4, 64);
+        {
+            let s = Store::open(dir.path(), g).unwrap();
+            for b in 0..50 {
+                stored(
+                    s.put(b"file-a", b, 0, &bytes(BS as usize, b as u8), false)
+                        .unwrap(),
+                );
+            }
+            stored(s.put(b"file-b", 7, 10, &bytes(100, 1), true).unwrap());
+            s.sync().unwrap();
+        }
+        let s = Store::open(dir.path(), g).unwrap();
+        for b in 0..50 {
+            let c = s.get(b"file-a", b).unwrap().expect("cached after reopen");
+            assert_eq!(c.data, bytes(BS as usize, b as u8));
+            assert_eq!(c.dirty, None);
+        }
+        let c = s.get(b"file-b", 7).unwrap().unwrap();
+        assert_eq!((c.valid, c.dirty), (10..110, Some(10..110)));
+        assert_eq!(
+            s.dirty_blocks().unwrap(),
+            vec![(b"file-b".to_vec(), 7, c.seq)]
+        );
+        assert!(s.get(b"file-c", 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn checksum_failure_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+        stored(s.put(b"f", 3, 0, &bytes(BS as usize, 9), false).unwrap());
+        // Damage one byte of the bank's data file wherever the block landed.
+        let p = dir.path().join("bank-0000.data");
+        let mut data = std::fs::read(&p).unwrap();
+        let at = data.iter().position(|&b| b != 0).unwrap() + 17;
+        data[at] ^= 0xff;
+        std::fs::write(&p, data).unwrap();
+        assert!(s.get(b"f", 3).unwrap().is_none());
+        assert!(!s.lost_unstable_writes(), "a clean block is no lost write");
+    }
+
+    #[test]
+    fn partial_block_writes_keep_exact_byte_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+        stored(s.put(b"f", 0, 100, &[1; 100], true).unwrap());
+        stored(s.put(b"f", 0, 150, &[2; 150], true).unwrap());
+        let c = s.get(b"f", 0).unwrap().unwrap();
+        assert_eq!(
+            (c.valid.clone(), c.dirty.clone()),
+            (100..300, Some(100..300))
+        );
+        assert_eq!(&c.data[..50], &[1; 50][..]);
+        assert_eq!(&c.data[50..], &[2; 150][..]);
+        // A write apart from the valid bytes needs the gap filled first: no zero fill.
+        assert_eq!(
+            s.put(b"f", 0, 1000, &[3; 10], true).unwrap(),
+            Put::NeedsFill { gap: 300..1000 }
+        );
+        // A clean fill of the whole block never overwrites dirty bytes.
+        stored(s.put(b"f", 0, 0, &[9; BS as usize], false).unwrap());
+        let c = s.get(b"f", 0).unwrap().unwrap();
+        assert_eq!((c.valid.clone(), c.dirty.clone()), (0..BS, Some(100..300)));
+        assert_eq!(&c.data[..100], &[9; 100][..]);
+        assert_eq!(&c.data[100..150], &[1; 50][..]);
+        assert_eq!(&c.data[150..300], &[2; 150][..]);
+        assert_eq!(&c.data[300..], &[9; (BS - 300) as usize][..]);
+    }
+
+    /// The crash the copy-on-write rule exists for: a committed version, then a newer
+    /// unstable one torn by a crash. The committed one must come back.
+    #[test]
+    fn torn_unstable_write_falls_back_to_the_committed_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = geo(4, 1);
+        {
+            let s = Store::open(dir.path(), g).unwrap();
+            stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
+            s.sync().unwrap(); // COMMIT of version 1
+            stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap()); // unstable version 2
+            // "Crash": no sync; version 2's data reaches the disk torn.
+            let p = dir.path().join("bank-0000.data");
+            let mut data = std::fs::read(&p).unwrap();
+            let v2 = data.windows(512).position(|w| w == [2u8; 512]).unwrap();
+            data[v2 + 100] = 0x55;
+            std::fs::write(&p, data).unwrap();
+        }
+        let s = Store::open(dir.path(), g).unwrap();
+        let c = s.get(b"f", 0).unwrap().expect("committed version lost");
+        assert_eq!(c.data, vec![1; 512]);
+        assert_eq!(c.dirty, Some(0..512));
+        assert!(s.lost_unstable_writes(), "the write verifier must change");
+    }
+
+    #[test]
+    fn durable_rewrite_replaces_and_clears_the_old_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = geo(4, 1);
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &[1; 64], true).unwrap());
+        s.sync().unwrap();
+        let seq = stored(s.put(b"f", 0, 0, &[2; 64], true).unwrap());
+        s.sync().unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), g).unwrap();
+        assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 64]);
+        assert_eq!(s.dirty_blocks().unwrap(), vec![(b"f".to_vec(), 0, seq)]);
+        let tags = std::fs::read(dir.path().join("bank-0000.tags")).unwrap();
+        let live = tags
+            .chunks_exact(TAG_SIZE)
+            .filter(|c| matches!(Tag::decode((*c).try_into().unwrap(), BS), Slot::Tag(_)))
+            .count();
+        assert_eq!(live, 1, "the superseded version was not cleared after sync");
+    }
+
+    #[test]
+    fn unstable_rewrites_reuse_their_frame_until_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(2, 1)).unwrap();
+        for i in 0..50u8 {
+            stored(s.put(b"f", 0, 0, &[i; 32], true).unwrap());
+        }
+        assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![49; 32]);
+    }
+
+    #[test]
+    fn dirty_blocks_are_never_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(2, 1)).unwrap(); // one set of two ways
+        stored(s.put(b"f", 0, 0, &[1; 8], true).unwrap());
+        stored(s.put(b"f", 1, 0, &[2; 8], true).unwrap());
+        assert!(matches!(
+            s.put(b"f", 2, 0, &[3; 8], true),
+            Err(CacheError::SetFull)
+        ));
+        assert!(matches!(
+            s.put(b"g", 0, 0, &[3; 8], false),
+            Err(CacheError::SetFull)
+        ));
+        // Written back and marked clean: now a clean fill may replace one of them.
+        s.sync().unwrap();
+        let seq = s.get(b"f", 0).unwrap().unwrap().seq;
+        assert!(
+            !s.mark_clean(b"f", 0, seq + 100).unwrap(),
+            "stale seq must not clean"
+        );
+        assert!(s.mark_clean(b"f", 0, seq).unwrap());
+        stored(s.put(b"g", 0, 0, &[3; 8], false).unwrap());
+        assert!(s.get(b"f", 0).unwrap().is_none());
+        assert_eq!(s.get(b"f", 1).unwrap().unwrap().data, vec![2; 8]);
+    }
+
+    #[test]
+    fn clock_gives_a_block_read_since_the_last_sweep_a_second_chance() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(3, 1)).unwrap(); // one set of three ways
+        for b in 0..3 {
+            stored(s.put(b"f", b, 0, &[b as u8; 8], false).unwrap());
+        }
+        // The sweep clears every reference bit and evicts block 0; the hand then rests
+        // on block 1.
+        stored(s.put(b"f", 3, 0, &[3; 8], false).unwrap());
+        assert!(s.get(b"f", 0).unwrap().is_none());
+        // Block 1 is read again: the next fill must pass over it and evict block 2.
+        s.get(b"f", 1).unwrap().unwrap();
+        stored(s.put(b"f", 4, 0, &[4; 8], false).unwrap());
+        assert!(
+            s.get(b"f", 1).unwrap().is_some(),
+            "the block just read was evicted"
+        );
+        assert!(s.get(b"f", 2).unwrap().is_none());
+    }
+
+    #[test]
+    fn another_geometry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path(), geo(4, 8)).unwrap();
+        let e = Store::open(dir.path(), geo(8, 8))
+            .err()
+            .expect("must refuse");
+        assert!(matches!(e, CacheError::GeometryChanged { .. }), "{e}");
+    }
+}
