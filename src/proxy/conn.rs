@@ -134,7 +134,7 @@ pub(super) async fn serve(
                             Target::Mount => &proxy.mount,
                         };
                         let done = completion(&proxy, to, proc_, key, reply_tx.clone(), held);
-                        if let Err(e) = upstream.send(rec, done).await {
+                        if let Err(e) = upstream.send(rec.freeze(), done).await {
                             warn!(side = "upstream", error = %e, "call dropped");
                             if let Some(k) = key {
                                 proxy.drc.abandon(k);

@@ -5,4 +5,4 @@ pub mod msg;
 pub mod record;
 
 pub use msg::{AcceptStat, CallError, CallHeader, OpaqueAuth, ReplyKind, parse_reply};
-pub use record::{RecordError, RecordReader, read_record, write_record};
+pub use record::{RecordError, RecordReader, read_record, write_record, write_record_with_xid};

@@ -211,6 +211,25 @@ pub async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std:
     w.write_all_buf(&mut both).await
 }
 
+/// Writes a call record whose xid is replaced by `xid` on the wire, without copying or
+/// changing `body` (which keeps the client's xid): header, xid and the rest of the body
+/// go out in one vectored write.
+pub async fn write_record_with_xid<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    xid: u32,
+    body: &[u8],
+) -> std::io::Result<()> {
+    if body.len() < 4 || body.len() >= LAST_FRAGMENT as usize {
+        return Err(std::io::Error::other(
+            "record too short or too large to frame",
+        ));
+    }
+    let hdr = (body.len() as u32 | LAST_FRAGMENT).to_be_bytes();
+    let x = xid.to_be_bytes();
+    let mut all = Buf::chain(Buf::chain(&hdr[..], &x[..]), &body[4..]);
+    w.write_all_buf(&mut all).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +377,19 @@ mod tests {
             Err(RecordError::TooLarge { xid, .. }) => assert_eq!(xid, Some(0xabcd_0123)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn xid_is_replaced_on_the_wire_only() {
+        let body = [0, 0, 0, 1, 9, 9];
+        let mut wire = Vec::new();
+        write_record_with_xid(&mut wire, 0xaabb_ccdd, &body)
+            .await
+            .unwrap();
+        let mut r = &wire[..];
+        let rec = read_record(&mut r, 100).await.unwrap().unwrap();
+        assert_eq!(&rec[..], &[0xaa, 0xbb, 0xcc, 0xdd, 9, 9]);
+        assert_eq!(body, [0, 0, 0, 1, 9, 9]);
     }
 
     #[tokio::test]

@@ -20,12 +20,13 @@ use tracing::{debug, info, warn};
 use super::{Completion, UpstreamStats};
 use crate::config::{Endpoint, UpstreamConfig};
 use crate::rpc::msg::{AcceptStat, accepted_reply};
-use crate::rpc::{RecordError, RecordReader, write_record};
+use crate::rpc::{RecordError, RecordReader, write_record_with_xid};
 use crate::transport::{self, BoxStream};
 
 /// A call waiting for its reply.
 pub(super) struct Pending {
-    /// The call record, with our xid.
+    /// The call record as the client sent it (our xid, the table's key, replaces the
+    /// client's on the wire).
     pub msg: Bytes,
     /// The xid the client chose, restored in the reply.
     pub client_xid: [u8; 4],
@@ -135,7 +136,7 @@ impl Link {
             done: false,
         };
         let half = g.slot.half.as_mut().expect("checked above");
-        match write_record(half, &msg).await {
+        match write_record_with_xid(half, xid, &msg).await {
             Ok(()) => g.done = true,
             Err(e) => debug!(xid, error = %e, "write to the next hop failed; will re-send"),
         }
@@ -241,8 +242,8 @@ async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Option<u64> {
             "re-sending calls"
         );
     }
-    for (_, msg) in resend {
-        if let Err(e) = write_record(half, &msg).await {
+    for (xid, msg) in resend {
+        if let Err(e) = write_record_with_xid(half, xid, &msg).await {
             warn!(side = "upstream", upstream = ctx.name, error = %e, "re-send failed; reconnecting");
             slot.half = None;
             return None;

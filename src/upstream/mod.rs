@@ -16,7 +16,7 @@ mod link;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::config::{Endpoint, UpstreamConfig};
@@ -120,10 +120,11 @@ impl Upstream {
     }
 
     /// Sends one call record; `done` later runs with the reply, whose xid is the
-    /// caller's again. Returns once the call is on the wire (or queued for the next
+    /// caller's again. The record itself is not changed (our xid replaces the client's
+    /// on the wire only), so the caller may keep a clone of it. Returns once the call is on the wire (or queued for the next
     /// connection if the link is down); waits first if `max_in_flight` calls are out.
     /// A call is never given up: after a reconnect it is re-sent until answered.
-    pub async fn send(&self, mut msg: BytesMut, done: Completion) -> Result<(), UpstreamError> {
+    pub async fn send(&self, msg: Bytes, done: Completion) -> Result<(), UpstreamError> {
         if msg.len() < 4 {
             return Err(UpstreamError::NoXid);
         }
@@ -141,13 +142,12 @@ impl Upstream {
         }
         let mut client_xid = [0u8; 4];
         client_xid.copy_from_slice(&msg[..4]);
-        msg[..4].copy_from_slice(&xid.to_be_bytes());
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.links[i]
             .send(
                 xid,
                 Pending {
-                    msg: msg.freeze(),
+                    msg,
                     client_xid,
                     done,
                     sent_gen: 0,
@@ -162,7 +162,7 @@ impl Upstream {
     pub async fn call(&self, msg: BytesMut) -> Result<BytesMut, UpstreamError> {
         let (tx, rx) = oneshot::channel();
         self.send(
-            msg,
+            msg.freeze(),
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
