@@ -45,8 +45,11 @@ async fn unregister(register: bool, socket: &Path, addr: std::net::SocketAddr) {
 pub fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: log files and collectors get plain `key=value`.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match cfg.log.format {
         LogFormat::Human => builder.try_init(),
@@ -61,7 +64,7 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let rpcbind_socket = cfg.listen.rpcbind_socket.clone();
     let bound = Bound::bind(cfg.clone())
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen.addr))?;
+        .with_context(|| format!("cannot start serving on {}", cfg.listen.addr))?;
     let addr = bound.local_addr();
     info!(%addr, version = env!("CARGO_PKG_VERSION"), "gridvfs listening");
     // Signals first: a supervisor may stop us as soon as the ready file appears.

@@ -102,7 +102,7 @@ fn port_in_use_exits_1_with_a_clear_message() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot start serving on"));
 }
 
 #[test]

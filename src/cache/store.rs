@@ -488,6 +488,27 @@ impl Store {
         Ok(true)
     }
 
+    /// Forgets every version of a block (its data changed upstream, or was truncated).
+    /// Dirty versions are dropped too: callers use this only for data that is gone.
+    pub fn invalidate(&self, fh: &[u8], block: u64) -> Result<()> {
+        let (set, fp) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        for way in 0..self.geo.ways {
+            let f = self.geo.frame(set, way);
+            if bank.meta[self.local(f)].fp != fp {
+                continue;
+            }
+            if let Slot::Tag(t) = self.read_tag(&bank, f)?
+                && t.fh == fh
+                && t.block == block
+            {
+                self.clear(&mut bank, f)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every dirty block: (file handle, block number, sequence), for write-back.
     pub fn dirty_blocks(&self) -> Result<Vec<(Vec<u8>, u64, u64)>> {
         let mut out = Vec::new();
@@ -782,6 +803,22 @@ mod tests {
             "the block just read was evicted"
         );
         assert!(s.get(b"f", 2).unwrap().is_none());
+    }
+
+    #[test]
+    fn invalidate_forgets_every_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(4, 2)).unwrap();
+        stored(s.put(b"f", 0, 0, &[1; 8], true).unwrap());
+        s.sync().unwrap();
+        stored(s.put(b"f", 0, 0, &[2; 8], true).unwrap()); // two versions now
+        stored(s.put(b"f", 1, 0, &[3; 8], false).unwrap());
+        s.invalidate(b"f", 0).unwrap();
+        assert!(s.get(b"f", 0).unwrap().is_none());
+        assert!(
+            s.get(b"f", 1).unwrap().is_some(),
+            "another block was touched"
+        );
     }
 
     #[test]

@@ -118,12 +118,26 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// The on-disk block cache (a read cache, write-through, for now).
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    /// Bytes of data frames (tags add 128 bytes per frame).
+    pub size: u64,
+    pub block_size: u32,
+    /// Associativity: frames per set.
+    pub ways: u32,
+    /// Bank files the sets are spread over.
+    pub banks: u32,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: ListenConfig,
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
+    pub cache: Option<CacheConfig>,
 }
 
 impl Config {
@@ -229,7 +243,29 @@ impl RawConfig {
                 ));
             }
         };
+        let cache = match self.cache {
+            None => None,
+            Some(c) => {
+                let bs = u32::try_from(c.block_size.0).unwrap_or(u32::MAX);
+                crate::cache::layout::Geometry::new(c.size.0, bs, c.ways, c.banks)
+                    .map_err(|e| invalid("cache", e.to_string()))?;
+                if bs as usize > max_record as usize {
+                    return Err(invalid(
+                        "cache.block_size",
+                        "must not exceed listen.max_record".into(),
+                    ));
+                }
+                Some(CacheConfig {
+                    dir: c.dir,
+                    size: c.size.0,
+                    block_size: bs,
+                    ways: c.ways,
+                    banks: c.banks,
+                })
+            }
+        };
         Ok(Config {
+            cache,
             listen: ListenConfig {
                 addr,
                 max_record: max_record as usize,
@@ -294,6 +330,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("listen.max_io"), "{e}");
+    }
+
+    #[test]
+    fn cache_section_validated() {
+        let ok = parse("[upstream]\nnfs = \"h:1\"\n[cache]\ndir = \"/tmp/c\"\nsize = \"1GiB\"\n")
+            .unwrap();
+        let c = ok.cache.unwrap();
+        assert_eq!((c.block_size, c.ways, c.banks), (65536, 16, 64));
+        let e = parse("[upstream]\nnfs = \"h:1\"\n[cache]\ndir = \"/tmp/c\"\nsize = \"1GiB\"\nblock_size = 5000\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("cache"), "{e}");
+        let e = parse("[upstream]\nnfs = \"h:1\"\n[cache]\ndir = \"/tmp/c\"\nsize = \"1MiB\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("fewer than one set"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,31 @@ pub(super) struct RawConfig {
     pub upstream: RawUpstream,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub dir: PathBuf,
+    pub size: ByteSize,
+    #[serde(default = "default_block_size")]
+    pub block_size: ByteSize,
+    #[serde(default = "default_ways")]
+    pub ways: u32,
+    #[serde(default = "default_banks")]
+    pub banks: u32,
+}
+
+fn default_block_size() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_ways() -> u32 {
+    16
+}
+fn default_banks() -> u32 {
+    64
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,9 +22,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::Proxy;
 use super::dispatch::{self, Route, Target};
 use super::drc::{self, Key, Lookup};
+use super::{Proxy, cached};
 use crate::metrics::Metrics;
 use crate::nfs3::Proc;
 use crate::rpc::{RecordError, RecordReader, write_record};
@@ -129,12 +129,32 @@ pub(super) async fn serve(
                         });
                     }
                     Some(Lookup::New) | None => {
+                        let rec = rec.freeze();
+                        let mut observe = None;
+                        if let (Some(cache), Target::Nfs) = (&proxy.cache, to) {
+                            match cached::before_forward(cache, proc_, &rec).await {
+                                cached::Before::Hit(reply) => {
+                                    if let Some(k) = key {
+                                        proxy.drc.finish(k, &reply, false);
+                                    }
+                                    let o = Outgoing { reply, ..held };
+                                    if reply_tx.send(o).await.is_err() {
+                                        break "client write side failed".into();
+                                    }
+                                    continue;
+                                }
+                                cached::Before::Forward { generation } => {
+                                    observe = Some((cache.clone(), rec.clone(), generation));
+                                }
+                            }
+                        }
                         let upstream = match to {
                             Target::Nfs => &proxy.nfs,
                             Target::Mount => &proxy.mount,
                         };
-                        let done = completion(&proxy, to, proc_, key, reply_tx.clone(), held);
-                        if let Err(e) = upstream.send(rec.freeze(), done).await {
+                        let done =
+                            completion(&proxy, to, proc_, key, reply_tx.clone(), held, observe);
+                        if let Err(e) = upstream.send(rec, done).await {
                             warn!(side = "upstream", error = %e, "call dropped");
                             if let Some(k) = key {
                                 proxy.drc.abandon(k);
@@ -169,12 +189,18 @@ fn completion(
     key: Option<Key>,
     tx: mpsc::Sender<Outgoing>,
     held: Outgoing,
+    observe: Option<cached::Observe>,
 ) -> Completion {
     let proxy = proxy.clone();
     Box::new(move |mut reply| {
         dispatch::fix_reply(to, proc_, &mut reply, proxy.cfg.listen.max_io);
         if let Some(k) = key {
             proxy.drc.finish(k, &reply, drc::worth_caching(proc_));
+        }
+        if let Some((cache, call, generation)) = observe {
+            // Off the link reader: the cache does file I/O.
+            let reply = bytes::Bytes::copy_from_slice(&reply);
+            tokio::task::spawn_blocking(move || cache.observe(&call, &reply, generation));
         }
         // Never full: the channel has a place per slot, and `held` holds a slot.
         // An error means the client is gone; the reply is dropped.

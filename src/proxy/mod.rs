@@ -2,6 +2,7 @@
 //! and a portmapper, routes each call (`dispatch`), forwards it to the next hop
 //! (`crate::upstream`), and sends the reply back on the connection it came from (`conn`).
 
+pub mod cached;
 mod conn;
 pub mod dispatch;
 pub mod drc;
@@ -36,6 +37,8 @@ pub struct Proxy {
     pub drc: drc::Drc,
     /// Bounds the bytes held by calls in progress (`listen.max_buffered`).
     pub buffers: Budget,
+    /// The block cache, if configured.
+    pub cache: Option<Arc<cached::CacheLayer>>,
 }
 
 /// A byte budget shared by all connections, in KiB units of a semaphore. A call larger
@@ -77,6 +80,12 @@ impl Bound {
         let port = listener.local_addr()?.port();
         let max = cfg.listen.max_record;
         let max_buffered = cfg.listen.max_buffered;
+        let cache = match &cfg.cache {
+            Some(c) => Some(Arc::new(cached::CacheLayer::open(c).map_err(|e| {
+                std::io::Error::other(format!("cannot open the cache in {}: {e}", c.dir.display()))
+            })?)),
+            None => None,
+        };
         let nfs = Upstream::start("nfs", cfg.upstream.nfs.clone(), &cfg.upstream, max);
         let mount = Upstream::start("mount", cfg.upstream.mount.clone(), &cfg.upstream, max);
         Ok(Bound {
@@ -89,6 +98,7 @@ impl Bound {
                 metrics: Metrics::default(),
                 drc: drc::Drc::new(DRC_TTL, DRC_ENTRIES),
                 buffers: Budget::new(max_buffered),
+                cache,
             }),
         })
     }
@@ -149,6 +159,15 @@ impl Bound {
             .is_err()
         {
             warn!("connections still busy after 10 s; closing them");
+        }
+        if let Some(c) = &proxy.cache {
+            use std::sync::atomic::Ordering::Relaxed;
+            info!(
+                cache_hits = c.hits.load(Relaxed),
+                cache_misses = c.misses.load(Relaxed),
+                cache_fills = c.fills.load(Relaxed),
+                "cache counters"
+            );
         }
         info!(calls = %proxy.metrics.nfs_summary(), "proxy stopped");
     }

@@ -1,0 +1,217 @@
+//! The read cache (write-through) against the real server: a second read of a file is
+//! answered from the cache (no READ reaches the next hop), writes and truncations through
+//! the proxy are never hidden by stale cached bytes, and the cache is warm after a restart.
+//! The next hop is a second gridvfs in front of Ganesha, whose per-procedure counts at
+//! exit tell how many READs got past the cache.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Endpoints, Gridvfs, Lab, pseudo_random, random_file, sha256_file};
+
+fn url(ep: Endpoints, export: &str, path: &str) -> String {
+    format!(
+        "nfs://{}{export}/{path}?version=3&nfsport={}&mountport={}",
+        ep.nfs.ip(),
+        ep.nfs.port(),
+        ep.mount.port()
+    )
+}
+
+fn cat(ep: Endpoints, lab: &Lab, path: &str) -> Vec<u8> {
+    let out = Command::new("nfs-cat")
+        .arg(url(ep, &lab.export, path))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A number from a `key=N` field of the log.
+fn logged(log: &str, key: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find_map(|l| {
+            let at = l.find(key)? + key.len();
+            let digits: String = l[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn front(hop: &Gridvfs, cache_dir: &std::path::Path) -> Gridvfs {
+    Gridvfs::start_with(
+        hop.endpoints(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n",
+            cache_dir.display()
+        ),
+    )
+}
+
+#[test]
+fn second_read_comes_from_the_cache_and_survives_a_restart() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("cache-read");
+    random_file(&dir.join("f.bin"), 8 << 20, 21);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut hop = Gridvfs::start(lab.endpoint(), "");
+    let mut fr = front(&hop, cache_dir.path());
+    let path = format!("{name}/f.bin");
+    let want = std::fs::read(dir.join("f.bin")).unwrap();
+    assert!(
+        cat(fr.endpoints(), &lab, &path) == want,
+        "first read differs"
+    );
+    assert!(
+        cat(fr.endpoints(), &lab, &path) == want,
+        "cached read differs"
+    );
+    fr.stop();
+    let log = fr.log_text();
+    let (hits, misses) = (logged(&log, "cache_hits="), logged(&log, "cache_misses="));
+    assert!(
+        hits >= 8,
+        "second read not served from the cache (hits {hits}):\n{log}"
+    );
+
+    // Restarted on the same cache directory: warm.
+    let mut fr = front(&hop, cache_dir.path());
+    assert!(
+        cat(fr.endpoints(), &lab, &path) == want,
+        "read after restart differs"
+    );
+    fr.stop();
+    let log2 = fr.log_text();
+    assert!(
+        logged(&log2, "cache_hits=") >= 8,
+        "cache cold after restart:\n{log2}"
+    );
+    assert_eq!(logged(&log2, "cache_misses="), 0, "{log2}");
+
+    hop.stop();
+    let reads = logged(&hop.log_text(), "READ=");
+    assert_eq!(
+        reads, misses,
+        "READs past the cache should equal its misses"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn writes_and_truncation_through_the_proxy_are_never_hidden() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("cache-write");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let hop = Gridvfs::start(lab.endpoint(), "");
+    let fr = front(&hop, cache_dir.path());
+    let path = format!("{name}/f.bin");
+    let tmp = tempfile::tempdir().unwrap();
+
+    // 4 MiB written through the proxy, read (cached), read again.
+    let a = tmp.path().join("a");
+    random_file(&a, 4 << 20, 1);
+    let cp = |src: &std::path::Path| {
+        let out = Command::new("nfs-cp")
+            .arg(src)
+            .arg(url(fr.endpoints(), &lab.export, &path))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    cp(&a);
+    assert_eq!(sha256_file(&dir.join("f.bin")), sha256_file(&a));
+    assert!(cat(fr.endpoints(), &lab, &path) == std::fs::read(&a).unwrap());
+    assert!(cat(fr.endpoints(), &lab, &path) == std::fs::read(&a).unwrap());
+
+    // Replaced by a shorter file through the proxy (truncate + write): the cached 4 MiB
+    // must not show through, neither the old bytes nor the old length.
+    std::fs::remove_file(dir.join("f.bin")).unwrap();
+    let b = tmp.path().join("b");
+    std::fs::write(&b, pseudo_random((1 << 20) + 123, 2)).unwrap();
+    cp(&b);
+    let got = cat(fr.endpoints(), &lab, &path);
+    assert_eq!(got.len(), (1 << 20) + 123, "old length shows through");
+    assert!(
+        got == std::fs::read(&b).unwrap(),
+        "stale cached bytes returned"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Truncate to 0, then extend with SETATTR: the file must read as zeros, not as the bytes
+/// cached before the truncation.
+#[tokio::test]
+async fn truncate_then_extend_reads_zeros() {
+    use nfs3_types::nfs3::*;
+    use nfs3_types::xdr_codec::Opaque;
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("cache-trunc");
+    std::fs::write(dir.join("f"), pseudo_random(256 << 10, 3)).unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let hop = Gridvfs::start(lab.endpoint(), "");
+    let fr = front(&hop, cache_dir.path());
+    let mut c = common::mount(fr.endpoints(), &lab.export).await;
+    let lookup = |dir: nfs_fh3, n: &str| LOOKUP3args {
+        what: diropargs3 {
+            dir,
+            name: filename3(Opaque::owned(n.as_bytes().to_vec())),
+        },
+    };
+    let root = c.root_nfs_fh3();
+    let Nfs3Result::Ok(d) = c.lookup(&lookup(root, &name)).await.unwrap() else {
+        panic!("lookup dir")
+    };
+    let Nfs3Result::Ok(f) = c.lookup(&lookup(d.object, "f")).await.unwrap() else {
+        panic!("lookup file")
+    };
+    let fh = f.object;
+    let read_all = async |c: &mut common::Client, fh: &nfs_fh3| {
+        let r = c
+            .read(&READ3args {
+                file: fh.clone(),
+                offset: 0,
+                count: 256 << 10,
+            })
+            .await
+            .unwrap();
+        let Nfs3Result::Ok(ok) = r else {
+            panic!("read")
+        };
+        ok.data.to_vec()
+    };
+    assert!(read_all(&mut c, &fh).await == std::fs::read(dir.join("f")).unwrap());
+    assert!(read_all(&mut c, &fh).await == std::fs::read(dir.join("f")).unwrap()); // cached
+    for size in [0u64, 256 << 10] {
+        let r = c
+            .setattr(&SETATTR3args {
+                object: fh.clone(),
+                new_attributes: sattr3 {
+                    size: Nfs3Option::Some(size),
+                    ..Default::default()
+                },
+                guard: Nfs3Option::None,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(r, Nfs3Result::Ok(_)));
+    }
+    let got = read_all(&mut c, &fh).await;
+    assert_eq!(got.len(), 256 << 10);
+    assert!(
+        got.iter().all(|&b| b == 0),
+        "bytes from before the truncation came back"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
