@@ -20,9 +20,10 @@
 //! is limited by the bandwidth cap (or by the receiver), not by `chunk / delay` - a relay
 //! that sleeps the full delay per chunk serially caps 64 KiB chunks at 20 ms to 26 Mbit/s.
 //!
-//! With a cap, each direction is a serialising link of that rate (like a dedicated
-//! line shaped by tbf): a chunk of `n` bytes occupies the link for `8n / rate` seconds after
-//! the previous one, then needs `one_way_delay` to arrive. When the link is more than
+//! With a cap, each direction is one serialising link of that rate, shared by all the
+//! relay's connections (like a dedicated line shaped by tbf): a chunk of `n` bytes
+//! occupies the link for `8n / rate` seconds after the previous one (of any connection),
+//! then needs `one_way_delay` to arrive. When the link is more than
 //! [`MAX_QUEUE_DELAY`] behind, the relay stops reading, so TCP flow control pushes back on the
 //! sender as a router's full queue would. Without a cap, at most [`MAX_IN_FLIGHT`] bytes per
 //! direction are held in the pipe. FIN is relayed (half-close) after the last byte; a reset
@@ -83,7 +84,8 @@ impl WanRelay {
         }
         let listener = TcpListener::bind(listen).await?;
         let local = listener.local_addr()?;
-        let task = tokio::spawn(accept_loop(listener, upstream, Arc::new(cfg)));
+        let links = Arc::new(Links::default());
+        let task = tokio::spawn(accept_loop(listener, upstream, Arc::new(cfg), links));
         Ok(WanRelay {
             local,
             task: Some(task),
@@ -114,13 +116,27 @@ impl Drop for WanRelay {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, cfg: Arc<WanConfig>) {
+/// The emulated link's two directions, shared by every connection through the relay:
+/// when each is free to send the next byte. A real WAN link is one pipe whatever the
+/// number of TCP connections over it, so several connections share the cap.
+#[derive(Default)]
+struct Links {
+    up: std::sync::Mutex<Option<Instant>>,
+    down: std::sync::Mutex<Option<Instant>>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    cfg: Arc<WanConfig>,
+    links: Arc<Links>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
-                    conns.spawn(relay(client, upstream, cfg.clone()));
+                    conns.spawn(relay(client, upstream, cfg.clone(), links.clone()));
                 }
                 // EMFILE and friends: back off instead of spinning.
                 Err(_) => sleep(Duration::from_millis(10)).await,
@@ -131,7 +147,7 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, cfg: Arc<WanCo
     }
 }
 
-async fn relay(client: TcpStream, upstream: SocketAddr, cfg: Arc<WanConfig>) {
+async fn relay(client: TcpStream, upstream: SocketAddr, cfg: Arc<WanConfig>, links: Arc<Links>) {
     // The connection to the far side is made at once (the SYN is not delayed): a refused
     // upstream shows up as an immediate close of the client connection.
     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -143,8 +159,8 @@ async fn relay(client: TcpStream, upstream: SocketAddr, cfg: Arc<WanConfig>) {
     let (server_rd, server_wr) = server.into_split();
     // First error (reset, broken pipe) in either direction ends both: both sockets close.
     let _ = tokio::try_join!(
-        pipe(client_rd, server_wr, &cfg),
-        pipe(server_rd, client_wr, &cfg)
+        pipe(client_rd, server_wr, &cfg, &links.up),
+        pipe(server_rd, client_wr, &cfg, &links.down)
     );
 }
 
@@ -156,15 +172,21 @@ struct InFlight {
 }
 
 /// One direction: a reader stamps chunks with their due time, a writer delivers them.
-async fn pipe(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, cfg: &WanConfig) -> io::Result<()> {
+async fn pipe(
+    mut rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    cfg: &WanConfig,
+    link: &std::sync::Mutex<Option<Instant>>,
+) -> io::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<InFlight>();
     let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let delay = cfg.one_way_delay;
     let rate = cfg.rate_bits_per_sec;
 
     let reader = async move {
-        // When the emulated link finishes sending what has been queued so far.
-        let mut link_free = Instant::now();
+        // When the emulated link (shared with the relay's other connections) finishes
+        // sending what has been queued so far.
+        let mut link_free;
         let mut buf = BytesMut::with_capacity(CHUNK);
         loop {
             buf.reserve(CHUNK);
@@ -187,12 +209,17 @@ async fn pipe(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, cfg: &WanConfig) ->
                 .expect("semaphore never closed");
             let due = match rate {
                 Some(bps) => {
-                    let start = link_free.max(now);
+                    let mut l = link.lock().expect("link lock");
+                    let start = l.map_or(now, |t| t.max(now));
                     link_free =
                         start + Duration::from_secs_f64(data.len() as f64 * 8.0 / bps as f64);
+                    *l = Some(link_free);
                     link_free + delay
                 }
-                None => now + delay,
+                None => {
+                    link_free = now;
+                    now + delay
+                }
             };
             let item = InFlight {
                 due,
