@@ -237,19 +237,7 @@ impl Store {
         fh: &[u8],
         block: u64,
     ) -> Result<Option<(u32, Cached)>> {
-        let mut versions = Vec::new();
-        for way in 0..self.geo.ways {
-            let f = self.geo.frame(set, way);
-            let li = self.local(f);
-            if bank.meta[li].fp != fp {
-                continue;
-            }
-            match self.read_tag(bank, f)? {
-                Slot::Tag(t) if t.fh == fh && t.block == block => versions.push((way, t)),
-                _ => {}
-            }
-        }
-        versions.sort_by_key(|(_, t)| std::cmp::Reverse(t.seq));
+        let versions = self.versions(bank, set, fp, fh, block)?;
         let mut dropped_dirty = false;
         for (way, t) in versions {
             let f = self.geo.frame(set, way);
@@ -290,6 +278,88 @@ impl Store {
             self.lost_unstable.store(true, Ordering::Relaxed);
         }
         Ok(None)
+    }
+
+    /// Appends bytes `want` of block `block` to `dst` if the newest intact version holds
+    /// them: read straight into `dst` when `want` is the whole valid range (the common
+    /// aligned case), so a hit costs one copy. Returns false on a miss (`dst` unchanged).
+    pub fn read_into(
+        &self,
+        fh: &[u8],
+        block: u64,
+        want: Range<u32>,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<bool> {
+        let (set, fp) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        let versions = self.versions(&bank, set, fp, fh, block)?;
+        let Some((way, t)) = versions.into_iter().next() else {
+            return Ok(false);
+        };
+        if t.valid != want {
+            // Partial: verify the whole version, then copy the part asked for.
+            drop(bank);
+            return Ok(match self.get(fh, block)? {
+                Some(c) if c.valid.start <= want.start && want.end <= c.valid.end => {
+                    let s = (want.start - c.valid.start) as usize;
+                    dst.extend_from_slice(&c.data[s..s + want.len()]);
+                    true
+                }
+                _ => false,
+            });
+        }
+        let f = self.geo.frame(set, way);
+        let start = dst.len();
+        dst.resize(start + want.len(), 0);
+        let (dfile, _) = bank.files.as_ref().expect("tags imply files");
+        dfile
+            .read_exact_at(
+                &mut dst[start..],
+                self.geo.data_offset(f) + want.start as u64,
+            )
+            .map_err(io(&self.data_path(f.bank)))?;
+        if crc32fast::hash(&dst[start..]) == t.data_crc {
+            let li = self.local(f);
+            bank.meta[li].referenced = true;
+            return Ok(true);
+        }
+        // Damaged: let `get` sort out older versions and clear this one.
+        dst.truncate(start);
+        drop(bank);
+        Ok(match self.get(fh, block)? {
+            Some(c) if c.valid == want => {
+                dst.extend_from_slice(&c.data);
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// Tags of the versions of (fh, block) in `set`, newest first.
+    fn versions(
+        &self,
+        bank: &Bank,
+        set: u64,
+        fp: u64,
+        fh: &[u8],
+        block: u64,
+    ) -> Result<Vec<(u32, Tag)>> {
+        let mut versions = Vec::new();
+        for way in 0..self.geo.ways {
+            let f = self.geo.frame(set, way);
+            if bank.meta[self.local(f)].fp != fp {
+                continue;
+            }
+            if let Slot::Tag(t) = self.read_tag(bank, f)?
+                && t.fh == fh
+                && t.block == block
+            {
+                versions.push((way, t));
+            }
+        }
+        versions.sort_by_key(|(_, t)| std::cmp::Reverse(t.seq));
+        Ok(versions)
     }
 
     /// Stores `data` at byte `off` of block `block`. `dirty`: written by a client (must
@@ -819,6 +889,26 @@ mod tests {
             s.get(b"f", 1).unwrap().is_some(),
             "another block was touched"
         );
+    }
+
+    #[test]
+    fn read_into_whole_and_partial_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(4, 4)).unwrap();
+        let whole = bytes(BS as usize, 5);
+        stored(s.put(b"f", 0, 0, &whole, false).unwrap());
+        stored(s.put(b"f", 1, 100, &[7; 50], false).unwrap());
+        let mut out = bytes::BytesMut::from(&b"hdr"[..]);
+        assert!(s.read_into(b"f", 0, 0..BS, &mut out).unwrap());
+        assert!(s.read_into(b"f", 1, 110..120, &mut out).unwrap());
+        assert!(
+            !s.read_into(b"f", 1, 90..120, &mut out).unwrap(),
+            "bytes 90..100 not cached"
+        );
+        assert!(!s.read_into(b"f", 2, 0..10, &mut out).unwrap());
+        assert_eq!(&out[..3], b"hdr");
+        assert!(out[3..3 + BS as usize] == whole[..]);
+        assert_eq!(&out[3 + BS as usize..], &[7; 10][..]);
     }
 
     #[test]

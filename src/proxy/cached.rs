@@ -23,14 +23,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
 use crate::cache::layout::Geometry;
 use crate::cache::store::{CacheError, Put, Store};
 use crate::config::CacheConfig;
-use crate::nfs3::{self, Args, AttrMut, Fattr3, Ftype3, NfsResult, Proc, ReadResOk, Res};
+use crate::nfs3::{self, Args, AttrMut, Fattr3, Ftype3, NfsResult, Proc, Res};
+use crate::rpc::msg::accepted_reply;
 use crate::rpc::{AcceptStat, CallHeader, ReplyKind, parse_reply};
+use crate::xdr::{Encode, XdrWrite};
 
 /// What the proxy remembers of a file.
 #[derive(Debug, Clone, Default)]
@@ -89,43 +91,40 @@ impl CacheLayer {
         self.with_file(fh, |s| s.generation)
     }
 
-    /// Answers a READ from the store: the body of a READ3res, or None (a miss).
-    pub fn read(&self, fh: &[u8], off: u64, count: u32) -> Option<BytesMut> {
+    /// Answers a READ from the store: the whole reply record (with `xid`), or None (a
+    /// miss). The data is read from the bank files straight into the reply.
+    pub fn read(&self, xid: u32, fh: &[u8], off: u64, count: u32) -> Option<BytesMut> {
         let attr = self.with_file(fh, |s| s.attr.clone())?;
         if attr.ftype != Ftype3::REG {
             return None;
         }
         let end = off.saturating_add(count as u64).min(attr.size);
-        let mut data = Vec::with_capacity(end.saturating_sub(off) as usize);
+        let n = end.saturating_sub(off) as usize;
+        let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
+        out.reserve(n + 128);
+        out.put_u32(nfs3::Nfsstat3::OK.0);
+        out.put_xdr_bool(true);
+        attr.encode(&mut out);
+        out.put_u32(n as u32);
+        out.put_xdr_bool(end >= attr.size);
+        out.put_u32(n as u32);
         let mut pos = off;
         while pos < end {
             let block = pos / self.bs;
             let lo = (pos % self.bs) as u32;
             let hi = (end - block * self.bs).min(self.bs) as u32;
-            let c = match self.store.get(fh, block) {
-                Ok(Some(c)) => c,
-                Ok(None) => return self.miss(),
+            match self.store.read_into(fh, block, lo..hi, &mut out) {
+                Ok(true) => {}
+                Ok(false) => return self.miss(),
                 Err(e) => {
                     warn!(side = "cache", error = %e, "cache read failed; forwarding");
                     return self.miss();
                 }
-            };
-            if c.valid.start > lo || c.valid.end < hi {
-                return self.miss();
             }
-            let s = (lo - c.valid.start) as usize;
-            data.extend_from_slice(&c.data[s..s + (hi - lo) as usize]);
             pos = block * self.bs + hi as u64;
         }
+        out.put_bytes(0, crate::xdr::pad(n));
         self.hits.fetch_add(1, Ordering::Relaxed);
-        let res = Res::Read(NfsResult::Ok(ReadResOk {
-            count: data.len() as u32,
-            eof: end >= attr.size,
-            file_attributes: Some(attr),
-            data: &data,
-        }));
-        let mut out = BytesMut::with_capacity(data.len() + 128);
-        res.encode(&mut out);
         Some(out)
     }
 
@@ -285,13 +284,9 @@ pub async fn before_forward(
                     return None;
                 };
                 let generation = c.generation(a.file.0);
-                match c.read(a.file.0, a.offset, a.count) {
-                    Some(body) => {
-                        let xid = u32::from_be_bytes(call[..4].try_into().expect("xid"));
-                        let mut reply = crate::rpc::msg::accepted_reply(xid, AcceptStat::SUCCESS);
-                        reply.extend_from_slice(&body);
-                        Some(Before::Hit(reply))
-                    }
+                let xid = u32::from_be_bytes(call[..4].try_into().expect("xid"));
+                match c.read(xid, a.file.0, a.offset, a.count) {
+                    Some(reply) => Some(Before::Hit(reply)),
                     None => Some(Before::Forward { generation }),
                 }
             }
