@@ -4,6 +4,9 @@
 //! consecutive sets (and, within a bank, in neighbouring places on disk): sequential
 //! reads stay sequential on the cache disk too.
 //!
+//! Data frames are laid out way-major inside a bank (all sets' way 0, then way 1, ...), so
+//! those consecutive sets are also consecutive on disk.
+//!
 //! The hash is FNV-1a, fixed here, so a cache written by one build is read by the next
 //! (std's hasher may change between Rust releases).
 
@@ -109,9 +112,12 @@ impl Geometry {
             as usize
     }
 
-    /// Byte offset of a frame's data in its bank file.
+    /// Byte offset of a frame's data in its bank file. Way-major: way `w` of consecutive
+    /// sets are neighbours, so a file whose consecutive blocks went into the same way of
+    /// consecutive sets (the first free way, in a fresh cache) is sequential on disk and
+    /// the kernel's readahead works for it.
     pub fn data_offset(&self, f: Frame) -> u64 {
-        (f.set_in_bank * self.ways as u64 + f.way as u64) * self.block_size as u64
+        (f.way as u64 * self.sets_per_bank + f.set_in_bank) * self.block_size as u64
     }
 }
 
@@ -140,14 +146,11 @@ mod tests {
         for b in 0..1000u64 {
             assert_eq!(g.set_of(h, b + 1), (g.set_of(h, b) + 1) % g.sets());
         }
-        // ...and within a bank, consecutive sets are neighbours on disk.
-        let f0 = g.frame(3, 0);
-        let f1 = g.frame(4, 0);
+        // ...and within a bank, the same way of consecutive sets is adjacent on disk.
+        let f0 = g.frame(3, 2);
+        let f1 = g.frame(4, 2);
         assert_eq!(f0.bank, f1.bank);
-        assert_eq!(
-            g.data_offset(f1) - g.data_offset(f0),
-            g.ways as u64 * g.block_size as u64
-        );
+        assert_eq!(g.data_offset(f1) - g.data_offset(f0), g.block_size as u64);
     }
 
     #[test]

@@ -122,7 +122,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
 }
 
 const SUPERBLOCK: &str = "superblock";
-const SB_MAGIC: &str = "gridvfs-cache v1";
+const SB_MAGIC: &str = "gridvfs-cache v2";
 
 impl Store {
     /// Opens (or creates) the cache in `dir` with this geometry and reads all tags.
