@@ -91,12 +91,28 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     let proxy = bound.proxy();
     let mut server = tokio::spawn(bound.serve(rx));
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = tick.tick() => debug!(calls = %proxy.metrics.nfs_summary(), "per-procedure counts"),
+            // The cache is write-through in this build: nothing is dirty, so SIGUSR1
+            // (write back) has nothing to do, and SIGUSR2 (write back, then drop) drops.
+            _ = usr1.recv() => info!("SIGUSR1: write-back requested; the cache is write-through, nothing to write back"),
+            _ = usr2.recv() => match proxy.cache.clone() {
+                Some(c) => {
+                    info!("SIGUSR2: dropping the cache");
+                    match tokio::task::spawn_blocking(move || c.drop_all()).await {
+                        Ok(Ok(n)) => info!(blocks = n, "cache dropped"),
+                        Ok(Err(e)) => warn!(side = "cache", error = %e, "dropping the cache failed"),
+                        Err(e) => warn!(error = %e, "cache drop task failed"),
+                    }
+                }
+                None => info!("SIGUSR2: no cache configured"),
+            },
             r = &mut server => {
                 unregister(register, &rpcbind_socket, addr).await;
                 r.context("server task failed")?;

@@ -215,3 +215,50 @@ async fn truncate_then_extend_reads_zeros() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// SIGUSR2 drops the cache (the middleware's "session over"): the next read goes
+/// upstream again, byte-equal. SIGUSR1 (write back) leaves the proxy serving.
+#[test]
+fn sigusr2_drops_the_cache_and_the_next_read_refetches() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("cache-drop");
+    random_file(&dir.join("f.bin"), 8 << 20, 33);
+    let want = std::fs::read(dir.join("f.bin")).unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut hop = Gridvfs::start(lab.endpoint(), "");
+    let mut fr = front(&hop, cache_dir.path());
+    let path = format!("{name}/f.bin");
+    assert!(cat(fr.endpoints(), &lab, &path) == want);
+    assert!(cat(fr.endpoints(), &lab, &path) == want);
+    common::signal(fr.pid(), "USR1");
+    common::signal(fr.pid(), "USR2");
+    let t0 = std::time::Instant::now();
+    while !fr.log_text().contains("cache dropped") {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "no 'cache dropped' log line:\n{}",
+            fr.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(fr.alive(), "a signal killed the proxy");
+    assert!(
+        logged(&fr.log_text(), "blocks=") >= 8 << 20 >> 16,
+        "too few blocks dropped"
+    );
+    assert!(
+        cat(fr.endpoints(), &lab, &path) == want,
+        "read after the drop differs"
+    );
+    fr.stop();
+    let log = fr.log_text();
+    let (hits, misses) = (logged(&log, "cache_hits="), logged(&log, "cache_misses="));
+    // Pass 1 and pass 3 missed, pass 2 hit: twice as many misses as hits.
+    assert!(
+        hits >= 8 && misses >= 2 * hits,
+        "hits {hits} misses {misses}:\n{log}"
+    );
+    hop.stop();
+    assert_eq!(logged(&hop.log_text(), "READ="), misses);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -579,6 +579,35 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets every clean block (SIGUSR2 after write-back); dirty ones stay. One read and
+    /// one write of each bank's tag file, then an fdatasync.
+    pub fn drop_clean(&self) -> Result<u64> {
+        let mut dropped = 0;
+        for (b, bank) in self.banks.iter().enumerate() {
+            let mut bank = bank.lock().expect("bank lock");
+            let Some((_, tfile)) = &bank.files else {
+                continue;
+            };
+            let path = self.tags_path(b as u32);
+            let mut tags = vec![0u8; bank.meta.len() * TAG_SIZE];
+            tfile.read_exact_at(&mut tags, 0).map_err(io(&path))?;
+            let mut n = 0;
+            for (i, slot) in tags.chunks_exact_mut(TAG_SIZE).enumerate() {
+                if bank.meta[i].fp != 0 && !bank.meta[i].dirty {
+                    slot.fill(0);
+                    n += 1;
+                }
+            }
+            tfile.write_all_at(&tags, 0).map_err(io(&path))?;
+            tfile.sync_data().map_err(io(&path))?;
+            for m in bank.meta.iter_mut().filter(|m| m.fp != 0 && !m.dirty) {
+                *m = Meta::default();
+            }
+            dropped += n;
+        }
+        Ok(dropped)
+    }
+
     /// Every dirty block: (file handle, block number, sequence), for write-back.
     pub fn dirty_blocks(&self) -> Result<Vec<(Vec<u8>, u64, u64)>> {
         let mut out = Vec::new();
@@ -909,6 +938,24 @@ mod tests {
         assert_eq!(&out[..3], b"hdr");
         assert!(out[3..3 + BS as usize] == whole[..]);
         assert_eq!(&out[3 + BS as usize..], &[7; 10][..]);
+    }
+
+    #[test]
+    fn drop_clean_keeps_dirty_blocks_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = geo(4, 4);
+        {
+            let s = Store::open(dir.path(), g).unwrap();
+            for b in 0..6 {
+                stored(s.put(b"f", b, 0, &[b as u8; 16], b == 3).unwrap());
+            }
+            s.sync().unwrap();
+            assert_eq!(s.drop_clean().unwrap(), 5);
+            assert!(s.get(b"f", 0).unwrap().is_none());
+        }
+        let s = Store::open(dir.path(), g).unwrap();
+        assert!(s.get(b"f", 2).unwrap().is_none(), "dropped block came back");
+        assert_eq!(s.get(b"f", 3).unwrap().unwrap().data, vec![3; 16]);
     }
 
     #[test]

@@ -48,6 +48,9 @@ const MAX_FILES: usize = 65_536;
 
 pub struct CacheLayer {
     store: Store,
+    /// Moves when the whole cache is dropped: part of every file's generation, so fills
+    /// in flight at that moment are discarded.
+    epoch: AtomicU64,
     bs: u64,
     files: Mutex<(HashMap<Vec<u8>, FileState>, u64)>,
     pub hits: AtomicU64,
@@ -60,6 +63,7 @@ impl CacheLayer {
         let geo = Geometry::new(cfg.size, cfg.block_size, cfg.ways, cfg.banks)?;
         Ok(CacheLayer {
             store: Store::open(&cfg.dir, geo)?,
+            epoch: AtomicU64::new(0),
             bs: cfg.block_size as u64,
             files: Mutex::default(),
             hits: AtomicU64::new(0),
@@ -88,7 +92,15 @@ impl CacheLayer {
 
     /// The generation to pass to `fill` for a READ about to be forwarded.
     pub fn generation(&self, fh: &[u8]) -> u64 {
-        self.with_file(fh, |s| s.generation)
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.with_file(fh, |s| s.generation) ^ (epoch << 40)
+    }
+
+    /// Forgets every cached block (SIGUSR2, `flush --drop`). With the write-through cache
+    /// there is nothing to write back first. Returns the number of blocks dropped.
+    pub fn drop_all(&self) -> Result<u64, CacheError> {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        self.store.drop_clean()
     }
 
     /// Answers a READ from the store: the whole reply record (with `xid`), or None (a
