@@ -45,12 +45,16 @@ fn logged(log: &str, key: &str) -> u64 {
 }
 
 fn front(hop: &Gridvfs, cache_dir: &std::path::Path) -> Gridvfs {
+    front_with(hop, cache_dir, "")
+}
+
+fn front_with(hop: &Gridvfs, cache_dir: &std::path::Path, extra: &str) -> Gridvfs {
     Gridvfs::start_with(
         hop.endpoints(),
         "127.0.0.1:0",
         "",
         &format!(
-            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n",
+            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n{extra}\n",
             cache_dir.display()
         ),
     )
@@ -261,4 +265,43 @@ fn sigusr2_drops_the_cache_and_the_next_read_refetches() {
     hop.stop();
     assert_eq!(logged(&hop.log_text(), "READ="), misses);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A file changed on the server behind the proxy's back (same size, new mtime): with
+/// `consistency = "attributes"` the next open-and-read sees the new bytes; with the
+/// default session consistency the cache is trusted until it is dropped (paper §3.2.1).
+#[test]
+fn attributes_consistency_sees_changes_made_behind_the_proxy() {
+    let lab = Lab::get();
+    let hop = Gridvfs::start(lab.endpoint(), "");
+    for (mode, sees_change) in [("attributes", true), ("session", false)] {
+        let (dir, name) = lab.scratch(&format!("cache-cto-{mode}"));
+        let file = dir.join("f.bin");
+        random_file(&file, 2 << 20, 41);
+        let old = std::fs::read(&file).unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let fr = front_with(&hop, cache_dir.path(), &format!("consistency = \"{mode}\""));
+        let path = format!("{name}/f.bin");
+        assert!(cat(fr.endpoints(), &lab, &path) == old);
+        // Another client rewrites the file in place: same size, new bytes, new mtime.
+        let new = pseudo_random(2 << 20, 42);
+        std::fs::write(&file, &new).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let got = cat(fr.endpoints(), &lab, &path);
+        if sees_change {
+            assert!(
+                got == new,
+                "{mode}: stale bytes after the file changed upstream"
+            );
+        } else {
+            assert!(got == old, "{mode}: the cache was not trusted");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -129,6 +129,17 @@ pub struct CacheConfig {
     pub ways: u32,
     /// Bank files the sets are spread over.
     pub banks: u32,
+    pub consistency: Consistency,
+}
+
+/// When cached blocks are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// The paper's model: trust the cache until the middleware drops it (SIGUSR2).
+    Session,
+    /// Close-to-open: a file whose size or mtime changed upstream (seen in any reply,
+    /// e.g. the GETATTR a kernel client sends at open) loses its cached blocks.
+    Attributes,
 }
 
 /// A validated configuration.
@@ -255,7 +266,18 @@ impl RawConfig {
                         "must not exceed listen.max_record".into(),
                     ));
                 }
+                let consistency = match c.consistency.as_str() {
+                    "session" => Consistency::Session,
+                    "attributes" => Consistency::Attributes,
+                    other => {
+                        return Err(invalid(
+                            "cache.consistency",
+                            format!("`{other}`: use \"session\" or \"attributes\""),
+                        ));
+                    }
+                };
                 Some(CacheConfig {
+                    consistency,
                     dir: c.dir,
                     size: c.size.0,
                     block_size: bs,

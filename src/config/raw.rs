@@ -30,6 +30,12 @@ pub(super) struct RawCache {
     pub ways: u32,
     #[serde(default = "default_banks")]
     pub banks: u32,
+    #[serde(default = "default_consistency")]
+    pub consistency: String,
+}
+
+fn default_consistency() -> String {
+    "session".into()
 }
 
 fn default_block_size() -> ByteSize {

@@ -28,7 +28,7 @@ use tracing::warn;
 
 use crate::cache::layout::Geometry;
 use crate::cache::store::{CacheError, Put, Store};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, Consistency};
 use crate::nfs3::{self, Args, AttrMut, Fattr3, Ftype3, NfsResult, Proc, Res};
 use crate::rpc::msg::accepted_reply;
 use crate::rpc::{AcceptStat, CallHeader, ReplyKind, parse_reply};
@@ -48,6 +48,7 @@ const MAX_FILES: usize = 65_536;
 
 pub struct CacheLayer {
     store: Store,
+    consistency: Consistency,
     /// Moves when the whole cache is dropped: part of every file's generation, so fills
     /// in flight at that moment are discarded.
     epoch: AtomicU64,
@@ -63,6 +64,7 @@ impl CacheLayer {
         let geo = Geometry::new(cfg.size, cfg.block_size, cfg.ways, cfg.banks)?;
         Ok(CacheLayer {
             store: Store::open(&cfg.dir, geo)?,
+            consistency: cfg.consistency,
             epoch: AtomicU64::new(0),
             bs: cfg.block_size as u64,
             files: Mutex::default(),
@@ -198,22 +200,28 @@ impl CacheLayer {
                 .or_else(|| self.with_file(a.object.0, |s| s.attr.as_ref().map(|a| a.size)));
         }
         // Files seen to shrink (a truncating CREATE, another SETATTR, a REMOVE and
-        // re-create with the same handle): their cached bytes past the new end go.
-        let mut shrunk = Vec::new();
+        // re-create with the same handle): their cached bytes past the new end go. With
+        // `consistency = "attributes"`, a file changed behind our back (size or mtime
+        // differ, in the reply to anything but our own WRITE/SETATTR) loses all of them.
+        let own_change = matches!(p, Proc::WRITE | Proc::SETATTR | Proc::COMMIT);
+        let revalidate = self.consistency == Consistency::Attributes && !own_change;
+        let mut stale = Vec::new();
         res.for_each_attr_mut(&args, |fh, a| {
             if let (Some(fh), AttrMut::Post(f)) = (fh, a) {
                 let f = f.clone();
                 let before = self.with_file(fh.0, |s| s.attr.replace(f.clone()));
-                if let Some(b) = before
-                    && f.size < b.size
-                {
-                    shrunk.push((fh.0.to_vec(), f.size, b.size));
+                if let Some(b) = before {
+                    if revalidate && (f.mtime != b.mtime || f.size != b.size) {
+                        stale.push((fh.0.to_vec(), 0, b.size.max(f.size)));
+                    } else if f.size < b.size {
+                        stale.push((fh.0.to_vec(), f.size, b.size));
+                    }
                 }
             }
         });
-        for (fh, new, old) in shrunk {
+        for (fh, from, to) in stale {
             self.with_file(&fh, |s| s.generation += 1);
-            for b in new / self.bs..=old / self.bs {
+            for b in from / self.bs..=to / self.bs {
                 self.invalidate(&fh, b);
             }
         }
