@@ -79,6 +79,8 @@ pub enum Put {
 struct Meta {
     /// Fingerprint of (fh, block); 0 = empty frame.
     fp: u64,
+    /// Hash of the file handle alone, to find all of a file's frames.
+    fh_hash: u64,
     dirty: bool,
     referenced: bool,
     /// Written since the last sync: not durable yet, so it may be overwritten in place
@@ -183,6 +185,7 @@ impl Store {
                             max_seq = max_seq.max(t.seq);
                             bank.meta[i] = Meta {
                                 fp: fingerprint(&t.fh, t.block),
+                                fh_hash: fnv1a(&t.fh),
                                 dirty: t.dirty.is_some(),
                                 referenced: false,
                                 unsynced: false,
@@ -466,6 +469,7 @@ impl Store {
         let li = self.local(f);
         bank.meta[li] = Meta {
             fp,
+            fh_hash: fnv1a(fh),
             dirty: dirty_range.is_some(),
             referenced: true,
             unsynced: true,
@@ -574,6 +578,38 @@ impl Store {
                 && t.block == block
             {
                 self.clear(&mut bank, f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets blocks `from..=to` of a file. A range longer than the number of sets
+    /// (sizes can come from clients and servers: 2^63 is a valid file size) becomes one
+    /// pass over the frames instead, so the work is bounded by the cache, not the range.
+    pub fn invalidate_range(&self, fh: &[u8], from: u64, to: u64) -> Result<()> {
+        if to < from {
+            return Ok(());
+        }
+        if to - from < self.geo.sets() {
+            for b in from..=to {
+                self.invalidate(fh, b)?;
+            }
+            return Ok(());
+        }
+        let h = fnv1a(fh);
+        for (b, bank) in self.banks.iter().enumerate() {
+            let mut bank = bank.lock().expect("bank lock");
+            for li in 0..bank.meta.len() {
+                if bank.meta[li].fp == 0 || bank.meta[li].fh_hash != h {
+                    continue;
+                }
+                let f = self.frame_of(b as u32, li);
+                if let Slot::Tag(t) = self.read_tag(&bank, f)?
+                    && t.fh == fh
+                    && (from..=to).contains(&t.block)
+                {
+                    self.clear(&mut bank, f)?;
+                }
             }
         }
         Ok(())
@@ -956,6 +992,30 @@ mod tests {
         let s = Store::open(dir.path(), g).unwrap();
         assert!(s.get(b"f", 2).unwrap().is_none(), "dropped block came back");
         assert_eq!(s.get(b"f", 3).unwrap().unwrap().data, vec![3; 16]);
+    }
+
+    /// Regression: a SETATTR to a size of 2^62 made the proxy walk 2^46 block numbers.
+    #[test]
+    fn invalidating_a_huge_range_is_bounded_by_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(4, 4)).unwrap();
+        for b in [0u64, 5, 1 << 40] {
+            stored(s.put(b"f", b, 0, &[1; 8], false).unwrap());
+        }
+        stored(s.put(b"g", 5, 0, &[2; 8], false).unwrap());
+        let t = std::time::Instant::now();
+        s.invalidate_range(b"f", 1, u64::MAX / 4096).unwrap();
+        assert!(t.elapsed().as_secs() < 2);
+        assert!(
+            s.get(b"f", 0).unwrap().is_some(),
+            "block before the range was dropped"
+        );
+        assert!(s.get(b"f", 5).unwrap().is_none());
+        assert!(s.get(b"f", 1 << 40).unwrap().is_none());
+        assert!(
+            s.get(b"g", 5).unwrap().is_some(),
+            "another file was touched"
+        );
     }
 
     #[test]

@@ -159,10 +159,8 @@ impl CacheLayer {
         match args {
             Args::Write(w) => {
                 self.with_file(w.file.0, |s| s.generation += 1);
-                let last = (w.offset + w.count.max(1) as u64 - 1) / self.bs;
-                for b in w.offset / self.bs..=last {
-                    self.invalidate(w.file.0, b);
-                }
+                let last = w.offset.saturating_add(w.count.max(1) as u64 - 1) / self.bs;
+                self.invalidate(w.file.0, w.offset / self.bs, last);
             }
             Args::Setattr(a) if a.new_attributes.size.is_some() => {
                 self.with_file(a.object.0, |s| s.generation += 1);
@@ -221,9 +219,7 @@ impl CacheLayer {
         });
         for (fh, from, to) in stale {
             self.with_file(&fh, |s| s.generation += 1);
-            for b in from / self.bs..=to / self.bs {
-                self.invalidate(&fh, b);
-            }
+            self.invalidate(&fh, from / self.bs, to / self.bs);
         }
         match (&args, &res) {
             (Args::Write(_), _) => {
@@ -240,9 +236,7 @@ impl CacheLayer {
                 // Either way: shrinking drops the tail; growing must read zeros where
                 // stale bytes of an earlier, longer life of the file may be cached.
                 if let (Some(new), Some(old)) = (a.new_attributes.size, old_size) {
-                    for b in new.min(old) / self.bs..=new.max(old) / self.bs {
-                        self.invalidate(a.object.0, b);
-                    }
+                    self.invalidate(a.object.0, new.min(old) / self.bs, new.max(old) / self.bs);
                 }
             }
             _ => {}
@@ -251,7 +245,7 @@ impl CacheLayer {
 
     fn fill(&self, fh: &[u8], off: u64, data: &[u8]) {
         let mut pos = off;
-        let end = off + data.len() as u64;
+        let end = off.saturating_add(data.len() as u64);
         while pos < end {
             let block = pos / self.bs;
             let lo = pos - block * self.bs;
@@ -268,8 +262,8 @@ impl CacheLayer {
         }
     }
 
-    fn invalidate(&self, fh: &[u8], block: u64) {
-        if let Err(e) = self.store.invalidate(fh, block) {
+    fn invalidate(&self, fh: &[u8], from: u64, to: u64) {
+        if let Err(e) = self.store.invalidate_range(fh, from, to) {
             warn!(side = "cache", error = %e, "cache invalidation failed");
         }
     }
