@@ -245,7 +245,9 @@ impl CacheLayer {
 
     fn fill(&self, fh: &[u8], off: u64, data: &[u8]) {
         let mut pos = off;
-        let end = off.saturating_add(data.len() as u64);
+        let Some(end) = off.checked_add(data.len() as u64) else {
+            return; // past 2^64: nothing a real file holds
+        };
         while pos < end {
             let block = pos / self.bs;
             let lo = pos - block * self.bs;
