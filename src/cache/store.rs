@@ -46,6 +46,8 @@ pub enum CacheError {
     SetFull,
     #[error("file handle longer than 64 bytes")]
     FhTooLong,
+    #[error("bytes past the end of the cache block")]
+    OutsideBlock,
 }
 
 type Result<T> = std::result::Result<T, CacheError>;
@@ -256,6 +258,16 @@ impl Store {
                 }
                 let li = self.local(f);
                 bank.meta[li].referenced = true;
+                if !bank.meta[li].unsynced {
+                    // Older versions behind a durable one (left by a crash before their
+                    // clearing): cleared at the next sync.
+                    for (w, _) in self.versions(bank, set, fp, fh, block)? {
+                        let old = self.local(self.geo.frame(set, w));
+                        if w != way && !bank.superseded.contains(&old) {
+                            bank.superseded.push(old);
+                        }
+                    }
+                }
                 return Ok(Some((
                     way,
                     Cached {
@@ -371,11 +383,11 @@ impl Store {
         if fh.len() > MAX_FH {
             return Err(CacheError::FhTooLong);
         }
-        let end = off + data.len() as u32;
-        assert!(
-            end <= self.geo.block_size,
-            "write past the end of the block"
-        );
+        let end = u32::try_from(data.len())
+            .ok()
+            .and_then(|n| off.checked_add(n))
+            .filter(|&e| e <= self.geo.block_size)
+            .ok_or(CacheError::OutsideBlock)?;
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -467,6 +479,7 @@ impl Store {
                 .map_err(io(&self.tags_path(f.bank)))?;
         }
         let li = self.local(f);
+        let was_unsynced = bank.meta[li].unsynced;
         bank.meta[li] = Meta {
             fp,
             fh_hash: fnv1a(fh),
@@ -474,7 +487,10 @@ impl Store {
             referenced: true,
             unsynced: true,
         };
-        bank.written.push(li);
+        if !was_unsynced {
+            // At most once per frame between syncs: bounded by the cache's frames.
+            bank.written.push(li);
+        }
         if let Some(w) = old_way.filter(|w| *w != way) {
             // The superseded version stays until the new one is durable.
             bank.superseded.push(self.local(self.geo.frame(set, w)));
@@ -559,6 +575,14 @@ impl Store {
             .map_err(io(&self.tags_path(f.bank)))?;
         let li = self.local(f);
         bank.meta[li].dirty = false;
+        // Older versions of the block (durable dirty ones kept by copy-on-write) must
+        // not outlive the clean newest one: evicting it would bring them back.
+        for (w, _) in self.versions(&bank, set, fp, fh, block)? {
+            if w != way {
+                let old = self.geo.frame(set, w);
+                self.clear(&mut bank, old)?;
+            }
+        }
         Ok(true)
     }
 
@@ -683,6 +707,9 @@ impl Store {
     fn clear(&self, bank: &mut Bank, f: Frame) -> Result<()> {
         let li = self.local(f);
         bank.meta[li] = Meta::default();
+        // The frame may be reused at once: `sync` must not clear it later as a
+        // superseded version.
+        bank.superseded.retain(|&x| x != li);
         if let Some((_, tfile)) = &bank.files {
             tfile
                 .write_all_at(&[0u8; TAG_SIZE], self.tag_offset(f))
@@ -1016,6 +1043,55 @@ mod tests {
             s.get(b"g", 5).unwrap().is_some(),
             "another file was touched"
         );
+    }
+
+    /// Regression: a superseded frame that was invalidated and reused was then cleared
+    /// by `sync`, losing a block acknowledged as durable.
+    #[test]
+    fn sync_never_clears_a_reused_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(2, 1)).unwrap();
+        stored(s.put(b"x", 0, 0, &[1; 8], true).unwrap());
+        s.sync().unwrap();
+        stored(s.put(b"x", 0, 0, &[2; 8], true).unwrap()); // copy-on-write
+        s.invalidate(b"x", 0).unwrap(); // both frames free again
+        stored(s.put(b"z", 0, 0, &[3; 8], true).unwrap());
+        stored(s.put(b"z", 1, 0, &[4; 8], true).unwrap());
+        s.sync().unwrap();
+        assert_eq!(s.get(b"z", 0).unwrap().unwrap().data, vec![3; 8]);
+        assert_eq!(s.get(b"z", 1).unwrap().unwrap().data, vec![4; 8]);
+    }
+
+    /// Regression: marking the newest version clean left the older durable dirty
+    /// version behind; dropping the clean one brought the old bytes back as dirty.
+    #[test]
+    fn mark_clean_retires_older_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(4, 1)).unwrap();
+        stored(s.put(b"x", 0, 0, &[1; 8], true).unwrap());
+        s.sync().unwrap();
+        let v2 = stored(s.put(b"x", 0, 0, &[2; 8], true).unwrap());
+        assert!(s.mark_clean(b"x", 0, v2).unwrap());
+        s.drop_clean().unwrap();
+        assert!(
+            s.get(b"x", 0).unwrap().is_none(),
+            "an old version came back"
+        );
+        assert!(s.dirty_blocks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn put_outside_the_block_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), geo(2, 1)).unwrap();
+        assert!(matches!(
+            s.put(b"x", 0, BS - 4, &[0; 8], false),
+            Err(CacheError::OutsideBlock)
+        ));
+        assert!(matches!(
+            s.put(b"x", 0, u32::MAX, &[0; 8], false),
+            Err(CacheError::OutsideBlock)
+        ));
     }
 
     #[test]
