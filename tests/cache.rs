@@ -305,3 +305,76 @@ fn attributes_consistency_sees_changes_made_behind_the_proxy() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// Regression: the remembered size was trusted across a WRITE, so a READ at the old end
+/// of file right after an append was answered "EOF, 0 bytes" from the cache.
+#[tokio::test]
+async fn append_then_read_at_the_old_end_sees_the_new_bytes() {
+    use nfs3_types::nfs3::*;
+    use nfs3_types::xdr_codec::Opaque;
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("cache-append");
+    let old = pseudo_random(100_000, 5);
+    std::fs::write(dir.join("f"), &old).unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let hop = Gridvfs::start(lab.endpoint(), "");
+    let fr = front(&hop, cache_dir.path());
+    let mut c = common::mount(fr.endpoints(), &lab.export).await;
+    let lookup = |dir: nfs_fh3, n: &str| LOOKUP3args {
+        what: diropargs3 {
+            dir,
+            name: filename3(Opaque::owned(n.as_bytes().to_vec())),
+        },
+    };
+    let root = c.root_nfs_fh3();
+    let Nfs3Result::Ok(d) = c.lookup(&lookup(root, &name)).await.unwrap() else {
+        panic!()
+    };
+    let Nfs3Result::Ok(f) = c.lookup(&lookup(d.object, "f")).await.unwrap() else {
+        panic!()
+    };
+    let fh = f.object;
+    for _ in 0..2 {
+        let Nfs3Result::Ok(r) = c
+            .read(&READ3args {
+                file: fh.clone(),
+                offset: 0,
+                count: 1 << 20,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("read")
+        };
+        assert!(r.eof && r.data.as_ref() == &old[..]);
+    }
+    let tail = vec![0xab; 777];
+    let w = c
+        .write(&WRITE3args {
+            file: fh.clone(),
+            offset: old.len() as u64,
+            count: tail.len() as u32,
+            stable: stable_how::FILE_SYNC,
+            data: Opaque::borrowed(&tail),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(w, Nfs3Result::Ok(_)));
+    let Nfs3Result::Ok(r) = c
+        .read(&READ3args {
+            file: fh.clone(),
+            offset: old.len() as u64,
+            count: 4096,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("read after append")
+    };
+    assert_eq!(
+        r.data.as_ref(),
+        &tail[..],
+        "appended bytes hidden by a stale size"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -3,19 +3,23 @@
 //! upstream fill the store; WRITEs and truncations invalidate what they change.
 //!
 //! Consistency rules (docs/cache-design.md, "Wiring"):
-//! - a hit needs the file's size (latest `fattr3` seen in any reply), so EOF is exact;
-//! - each file has a generation, bumped when a WRITE or a SETATTR(size) is forwarded; a
-//!   fill carries the generation seen when its READ was forwarded and is dropped if it
-//!   moved (a READ answered before the WRITE must not resurrect old bytes);
-//! - a WRITE clears the blocks it touches before it is forwarded and again when its reply
-//!   comes (with another generation move), so no fill captured while it was in flight
-//!   survives; a SETATTR(size) clears the blocks between the old and the new size when its
-//!   reply comes; any reply showing a file smaller than before clears its tail.
+//! - a hit needs the file's size (latest `fattr3` seen), so EOF is exact;
+//! - a global change clock ticks on every change to a file (WRITE or SETATTR(size)
+//!   forwarded or answered, a file seen to shrink or to change behind our back, a drop
+//!   of the cache); every forwarded call takes a stamp of the clock; what its reply
+//!   teaches (attributes, READ data) is used only if the file has not changed since the
+//!   stamp. Files the table forgot count as changed at the newest forgotten change;
+//! - a WRITE clears the blocks it touches and the file's size before it is forwarded,
+//!   and again when its reply comes; a SETATTR(size) clears the blocks between the old
+//!   and new size (or everything past the new size when the old one is unknown);
+//! - changes, fills and their clock checks run under one lock, so a fill cannot slip in
+//!   between an invalidation and its clock tick;
+//! - the reply to a forwarded call goes to the client only after its reply was observed
+//!   (conn.rs), so a client never sees a WRITE acknowledged while stale bytes remain.
 //!
-//! Known limit (session consistency): changes made by *other* clients of the server are
-//! not seen until the middleware flushes the cache; and a file truncated through this
-//! proxy while its attributes were not remembered (65,536 files are) keeps stale blocks
-//! past its end, which a later extension with a hole could expose.
+//! Known limits: cache hits skip the server's permission check (the proxy serves one
+//! user session, paper §3); changes made by other clients are seen only in
+//! `consistency = "attributes"` mode, and only through attributes that pass the proxy.
 //!
 //! Every method here does blocking file I/O: call it from `spawn_blocking`.
 
@@ -38,7 +42,8 @@ use crate::xdr::{Encode, XdrWrite};
 #[derive(Debug, Clone, Default)]
 struct FileState {
     attr: Option<Fattr3>,
-    generation: u64,
+    /// Clock value of the file's last change.
+    changed_at: u64,
     /// For eviction of the least recently used entries.
     used: u64,
 }
@@ -46,14 +51,25 @@ struct FileState {
 /// Files remembered at most (a few hundred bytes each).
 const MAX_FILES: usize = 65_536;
 
+#[derive(Default)]
+struct Files {
+    map: HashMap<Vec<u8>, FileState>,
+    /// Use counter for eviction.
+    tick: u64,
+    /// The newest `changed_at` among forgotten files: a file not in `map` counts as
+    /// changed then.
+    forgotten: u64,
+}
+
 pub struct CacheLayer {
     store: Store,
     consistency: Consistency,
-    /// Moves when the whole cache is dropped: part of every file's generation, so fills
-    /// in flight at that moment are discarded.
-    epoch: AtomicU64,
     bs: u64,
-    files: Mutex<(HashMap<Vec<u8>, FileState>, u64)>,
+    /// The change clock; stamps are its values.
+    clock: AtomicU64,
+    files: Mutex<Files>,
+    /// Held by changes and fills with their clock checks.
+    mutate: Mutex<()>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub fills: AtomicU64,
@@ -65,43 +81,81 @@ impl CacheLayer {
         Ok(CacheLayer {
             store: Store::open(&cfg.dir, geo)?,
             consistency: cfg.consistency,
-            epoch: AtomicU64::new(0),
             bs: cfg.block_size as u64,
+            clock: AtomicU64::new(1),
             files: Mutex::default(),
+            mutate: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             fills: AtomicU64::new(0),
         })
     }
 
+    /// Closes the store cleanly (at exit), so the next start finds it warm.
+    pub fn close(&self) -> Result<(), CacheError> {
+        self.store.close()
+    }
+
+    /// A stamp for a call about to be forwarded.
+    pub fn stamp(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
     fn with_file<T>(&self, fh: &[u8], f: impl FnOnce(&mut FileState) -> T) -> T {
         let mut g = self.files.lock().expect("files lock");
-        let (map, clock) = &mut *g;
-        *clock += 1;
-        let now = *clock;
-        if map.len() >= MAX_FILES && !map.contains_key(fh) {
-            // Forget the oldest eighth; a forgotten file only loses hits until its
-            // attributes are seen again.
-            let mut ages: Vec<u64> = map.values().map(|s| s.used).collect();
+        let files = &mut *g;
+        files.tick += 1;
+        let now = files.tick;
+        if files.map.len() >= MAX_FILES && !files.map.contains_key(fh) {
+            // Forget the least recently used eighth; remember their newest change.
+            let mut ages: Vec<u64> = files.map.values().map(|s| s.used).collect();
             ages.sort_unstable();
             let cut = ages[ages.len() / 8];
-            map.retain(|_, s| s.used > cut);
+            let mut forgotten = files.forgotten;
+            files.map.retain(|_, s| {
+                let keep = s.used > cut;
+                if !keep {
+                    forgotten = forgotten.max(s.changed_at);
+                }
+                keep
+            });
+            files.forgotten = forgotten;
         }
-        let st = map.entry(fh.to_vec()).or_default();
+        let forgotten = files.forgotten;
+        let st = files.map.entry(fh.to_vec()).or_insert_with(|| FileState {
+            changed_at: forgotten,
+            ..FileState::default()
+        });
         st.used = now;
         f(st)
     }
 
-    /// The generation to pass to `fill` for a READ about to be forwarded.
-    pub fn generation(&self, fh: &[u8]) -> u64 {
-        let epoch = self.epoch.load(Ordering::Relaxed);
-        self.with_file(fh, |s| s.generation) ^ (epoch << 40)
+    /// Records a change to a file: its attributes are no longer trusted (unless `attr`
+    /// is given) and replies stamped before now teach nothing about it. Call with
+    /// `mutate` held.
+    fn changed(&self, fh: &[u8], attr: Option<Fattr3>) {
+        let t = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        self.with_file(fh, |s| {
+            s.changed_at = t;
+            s.attr = attr;
+        });
     }
 
-    /// Forgets every cached block (SIGUSR2, `flush --drop`). With the write-through cache
-    /// there is nothing to write back first. Returns the number of blocks dropped.
+    fn unchanged_since(&self, fh: &[u8], stamp: u64) -> bool {
+        self.with_file(fh, |s| s.changed_at <= stamp)
+    }
+
+    /// Forgets every cached block and every remembered file (SIGUSR2). With the
+    /// write-through cache there is nothing to write back first. Returns the number of
+    /// blocks dropped.
     pub fn drop_all(&self) -> Result<u64, CacheError> {
-        self.epoch.fetch_add(1, Ordering::Relaxed);
+        let _m = self.mutate.lock().expect("mutate lock");
+        let t = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut f = self.files.lock().expect("files lock");
+            f.map.clear();
+            f.forgotten = t;
+        }
         self.store.drop_clean()
     }
 
@@ -147,8 +201,8 @@ impl CacheLayer {
         None
     }
 
-    /// Before a WRITE or SETATTR(size) is forwarded: move the file's generation, and
-    /// clear the blocks a WRITE will change.
+    /// Before a WRITE or SETATTR(size) is forwarded: a change (the file's size is not
+    /// trusted until a reply shows it again), and the blocks a WRITE will touch go.
     pub fn before_change(&self, call: &[u8]) {
         let Some((p, args_at)) = nfs_call(call) else {
             return;
@@ -156,22 +210,23 @@ impl CacheLayer {
         let Ok(args) = Args::decode(p, &call[args_at..]) else {
             return;
         };
+        let _m = self.mutate.lock().expect("mutate lock");
         match args {
             Args::Write(w) => {
-                self.with_file(w.file.0, |s| s.generation += 1);
+                self.changed(w.file.0, None);
                 let last = w.offset.saturating_add(w.count.max(1) as u64 - 1) / self.bs;
                 self.invalidate(w.file.0, w.offset / self.bs, last);
             }
             Args::Setattr(a) if a.new_attributes.size.is_some() => {
-                self.with_file(a.object.0, |s| s.generation += 1);
+                self.changed(a.object.0, None);
             }
             _ => {}
         }
     }
 
-    /// Learns from a forwarded call's reply: attributes of every file it mentions, READ
-    /// data (if the file's generation is still `generation`), truncations.
-    pub fn observe(&self, call: &[u8], reply: &[u8], generation: u64) {
+    /// Learns from a forwarded call's reply, for a call stamped `stamp`: attributes of
+    /// the files it mentions, READ data, truncations, changes behind our back.
+    pub fn observe(&self, call: &[u8], reply: &[u8], stamp: u64) {
         let Some((p, args_at)) = nfs_call(call) else {
             return;
         };
@@ -187,67 +242,84 @@ impl CacheLayer {
         ) else {
             return;
         };
-        // The size before a truncation, from the SETATTR reply's wcc or what we knew.
-        let mut old_size = None;
-        if let (Args::Setattr(a), Res::Setattr(NfsResult::Ok(ok))) = (&args, &res) {
-            old_size = ok
-                .obj_wcc
-                .before
-                .as_ref()
-                .map(|b| b.size)
-                .or_else(|| self.with_file(a.object.0, |s| s.attr.as_ref().map(|a| a.size)));
-        }
-        // Files seen to shrink (a truncating CREATE, another SETATTR, a REMOVE and
-        // re-create with the same handle): their cached bytes past the new end go. With
-        // `consistency = "attributes"`, a file changed behind our back (size or mtime
-        // differ, in the reply to anything but our own WRITE/SETATTR) loses all of them.
+        let _m = self.mutate.lock().expect("mutate lock");
         let own_change = matches!(p, Proc::WRITE | Proc::SETATTR | Proc::COMMIT);
-        let revalidate = self.consistency == Consistency::Attributes && !own_change;
-        let mut stale = Vec::new();
-        res.for_each_attr_mut(&args, |fh, a| {
-            if let (Some(fh), AttrMut::Post(f)) = (fh, a) {
-                let f = f.clone();
-                let before = self.with_file(fh.0, |s| s.attr.replace(f.clone()));
-                if let Some(b) = before {
-                    if revalidate && (f.mtime != b.mtime || f.size != b.size) {
-                        stale.push((fh.0.to_vec(), 0, b.size.max(f.size)));
-                    } else if f.size < b.size {
-                        stale.push((fh.0.to_vec(), f.size, b.size));
-                    }
+        let attributes_mode = self.consistency == Consistency::Attributes;
+        // (file, first block, last block) to invalidate after the walk.
+        let mut stale: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+        let mut learned: Vec<(Vec<u8>, Fattr3)> = Vec::new();
+        let mut pre: Vec<(Vec<u8>, u64, nfs3::Nfstime3)> = Vec::new();
+        res.for_each_attr_mut(&args, |fh, a| match (fh, a) {
+            (Some(fh), AttrMut::Post(f)) => learned.push((fh.0.to_vec(), f.clone())),
+            (Some(fh), AttrMut::Pre(w)) => pre.push((fh.0.to_vec(), w.size, w.mtime)),
+            _ => {}
+        });
+        // Another client's change shows in the "before" of our own change's reply.
+        if attributes_mode {
+            for (fh, size, mtime) in pre {
+                let known = self.with_file(&fh, |s| s.attr.clone());
+                if let Some(k) = known
+                    && (k.size != size || k.mtime != mtime)
+                {
+                    stale.push((fh, 0, k.size.max(size) / self.bs));
                 }
             }
-        });
-        for (fh, from, to) in stale {
-            self.with_file(&fh, |s| s.generation += 1);
-            self.invalidate(&fh, from / self.bs, to / self.bs);
+        }
+        for (fh, f) in learned {
+            if !self.unchanged_since(&fh, stamp) {
+                continue; // stamped before a change: these attributes may be older
+            }
+            let before = self.with_file(&fh, |s| s.attr.replace(f.clone()));
+            let Some(b) = before else { continue };
+            if attributes_mode && !own_change && (f.mtime != b.mtime || f.size != b.size) {
+                stale.push((fh, 0, b.size.max(f.size) / self.bs));
+            } else if f.size < b.size {
+                stale.push((fh, f.size / self.bs, b.size / self.bs));
+            }
         }
         match (&args, &res) {
-            (Args::Write(_), _) => {
-                // A READ of these bytes answered by the server before this WRITE may have
-                // filled them meanwhile: clear again, and drop fills still in flight.
-                self.before_change(call);
+            (Args::Write(w), _) => {
+                // A READ of these bytes answered before this WRITE may have filled them
+                // meanwhile: clear again, as another change (the size just learned stays).
+                let attr = self.with_file(w.file.0, |s| s.attr.clone());
+                self.changed(w.file.0, attr);
+                let last = w.offset.saturating_add(w.count.max(1) as u64 - 1) / self.bs;
+                self.invalidate(w.file.0, w.offset / self.bs, last);
             }
             (Args::Read(r), Res::Read(NfsResult::Ok(ok)))
-                if self.generation(r.file.0) == generation =>
+                if self.unchanged_since(r.file.0, stamp) =>
             {
                 self.fill(r.file.0, r.offset, ok.data);
             }
-            (Args::Setattr(a), Res::Setattr(NfsResult::Ok(_))) => {
-                // Either way: shrinking drops the tail; growing must read zeros where
-                // stale bytes of an earlier, longer life of the file may be cached.
-                if let (Some(new), Some(old)) = (a.new_attributes.size, old_size) {
-                    self.invalidate(a.object.0, new.min(old) / self.bs, new.max(old) / self.bs);
+            (Args::Setattr(a), Res::Setattr(NfsResult::Ok(ok))) => {
+                if let Some(new) = a.new_attributes.size {
+                    let attr = self.with_file(a.object.0, |s| s.attr.clone());
+                    self.changed(a.object.0, attr);
+                    // Shrinking drops the tail; growing must read zeros where bytes of
+                    // an earlier, longer life of the file may be cached. Old size
+                    // unknown: everything past the new size goes.
+                    let old = ok.obj_wcc.before.as_ref().map(|b| b.size);
+                    let (from, to) = match old {
+                        Some(old) => (new.min(old) / self.bs, new.max(old) / self.bs),
+                        None => (new / self.bs, u64::MAX / self.bs),
+                    };
+                    stale.push((a.object.0.to_vec(), from, to));
                 }
             }
             _ => {}
         }
+        for (fh, from, to) in stale {
+            let attr = self.with_file(&fh, |s| s.attr.clone());
+            self.changed(&fh, attr);
+            self.invalidate(&fh, from, to);
+        }
     }
 
     fn fill(&self, fh: &[u8], off: u64, data: &[u8]) {
-        let mut pos = off;
         let Some(end) = off.checked_add(data.len() as u64) else {
             return; // past 2^64: nothing a real file holds
         };
+        let mut pos = off;
         while pos < end {
             let block = pos / self.bs;
             let lo = pos - block * self.bs;
@@ -272,19 +344,19 @@ impl CacheLayer {
 }
 
 /// What a forwarded call's completion hands to `observe`: the cache, the call, and the
-/// file's generation when the call was forwarded.
+/// stamp taken when the call was forwarded.
 pub type Observe = (std::sync::Arc<CacheLayer>, bytes::Bytes, u64);
 
 /// What to do with an NFS call before forwarding it.
 pub enum Before {
     /// Answered from the cache: the whole reply record.
     Hit(BytesMut),
-    /// Forward it; `generation` goes to `observe` with the reply.
-    Forward { generation: u64 },
+    /// Forward it; `stamp` goes to `observe` with the reply.
+    Forward { stamp: u64 },
 }
 
-/// Tries a READ on the cache; prepares WRITE/SETATTR (invalidation). Runs the file I/O
-/// on the blocking pool.
+/// Tries a READ on the cache; prepares WRITE/SETATTR (invalidation); stamps the call.
+/// Runs the file I/O on the blocking pool.
 pub async fn before_forward(
     cache: &std::sync::Arc<CacheLayer>,
     p: Proc,
@@ -299,24 +371,26 @@ pub async fn before_forward(
                 let Ok(Args::Read(a)) = Args::decode(p, &call[args_at..]) else {
                     return None;
                 };
-                let generation = c.generation(a.file.0);
+                let stamp = c.stamp();
                 let xid = u32::from_be_bytes(call[..4].try_into().expect("xid"));
                 match c.read(xid, a.file.0, a.offset, a.count) {
                     Some(reply) => Some(Before::Hit(reply)),
-                    None => Some(Before::Forward { generation }),
+                    None => Some(Before::Forward { stamp }),
                 }
             }
             Proc::WRITE | Proc::SETATTR => {
                 c.before_change(&call);
-                None
+                Some(Before::Forward { stamp: c.stamp() })
             }
-            _ => None,
+            _ => Some(Before::Forward { stamp: c.stamp() }),
         }
     })
     .await;
     r.ok()
         .flatten()
-        .unwrap_or(Before::Forward { generation: 0 })
+        // Not an NFS call we can read (cannot happen for routed calls): a stamp of 0
+        // makes the reply teach nothing.
+        .unwrap_or(Before::Forward { stamp: 0 })
 }
 
 /// (procedure, offset of the arguments) of an NFSv3 call record.

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -32,7 +32,7 @@ use crate::upstream::Completion;
 
 /// A reply on its way out, with what the call held until it is written.
 struct Outgoing {
-    reply: BytesMut,
+    reply: Bytes,
     _slot: OwnedSemaphorePermit,
     _budget: Option<OwnedSemaphorePermit>,
 }
@@ -77,7 +77,7 @@ pub(super) async fn serve(
             Route::Drop => debug!(%peer, "dropped a record that is not a call"),
             Route::Reply(reply) => {
                 let o = Outgoing {
-                    reply,
+                    reply: reply.freeze(),
                     _slot: slot,
                     _budget: None,
                 };
@@ -101,16 +101,13 @@ pub(super) async fn serve(
                     break "internal: buffer budget closed".into();
                 };
                 let held = Outgoing {
-                    reply: BytesMut::new(),
+                    reply: Bytes::new(),
                     _slot: slot,
                     _budget: Some(budget),
                 };
                 match key.map(|k| proxy.drc.begin(k)) {
                     Some(Lookup::Replay(r)) => {
-                        let o = Outgoing {
-                            reply: BytesMut::from(&r[..]),
-                            ..held
-                        };
+                        let o = Outgoing { reply: r, ..held };
                         if reply_tx.send(o).await.is_err() {
                             break "client write side failed".into();
                         }
@@ -120,10 +117,7 @@ pub(super) async fn serve(
                         let tx = reply_tx.clone();
                         tokio::spawn(async move {
                             if let Ok(r) = rx.await {
-                                let o = Outgoing {
-                                    reply: BytesMut::from(&r[..]),
-                                    ..held
-                                };
+                                let o = Outgoing { reply: r, ..held };
                                 let _ = tx.send(o).await;
                             }
                         });
@@ -137,14 +131,17 @@ pub(super) async fn serve(
                                     if let Some(k) = key {
                                         proxy.drc.finish(k, &reply, false);
                                     }
-                                    let o = Outgoing { reply, ..held };
+                                    let o = Outgoing {
+                                        reply: reply.freeze(),
+                                        ..held
+                                    };
                                     if reply_tx.send(o).await.is_err() {
                                         break "client write side failed".into();
                                     }
                                     continue;
                                 }
-                                cached::Before::Forward { generation } => {
-                                    observe = Some((cache.clone(), rec.clone(), generation));
+                                cached::Before::Forward { stamp } => {
+                                    observe = Some((cache.clone(), rec.clone(), stamp));
                                 }
                             }
                         }
@@ -197,14 +194,23 @@ fn completion(
         if let Some(k) = key {
             proxy.drc.finish(k, &reply, drc::worth_caching(proc_));
         }
-        if let Some((cache, call, generation)) = observe {
-            // Off the link reader: the cache does file I/O.
-            let reply = bytes::Bytes::copy_from_slice(&reply);
-            tokio::task::spawn_blocking(move || cache.observe(&call, &reply, generation));
+        let reply = reply.freeze();
+        match observe {
+            // Off the link reader (the cache does file I/O), and the reply goes out
+            // only once observed: a client must never see a WRITE acknowledged while
+            // the bytes it replaced can still be served from the cache.
+            Some((cache, call, stamp)) => {
+                tokio::task::spawn_blocking(move || {
+                    cache.observe(&call, &reply, stamp);
+                    let _ = tx.try_send(Outgoing { reply, ..held });
+                });
+            }
+            // Never full: the channel has a place per slot, and `held` holds a slot.
+            // An error means the client is gone; the reply is dropped.
+            None => {
+                let _ = tx.try_send(Outgoing { reply, ..held });
+            }
         }
-        // Never full: the channel has a place per slot, and `held` holds a slot.
-        // An error means the client is gone; the reply is dropped.
-        let _ = tx.try_send(Outgoing { reply, ..held });
     })
 }
 

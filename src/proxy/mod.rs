@@ -80,10 +80,21 @@ impl Bound {
         let port = listener.local_addr()?.port();
         let max = cfg.listen.max_record;
         let max_buffered = cfg.listen.max_buffered;
-        let cache = match &cfg.cache {
-            Some(c) => Some(Arc::new(cached::CacheLayer::open(c).map_err(|e| {
-                std::io::Error::other(format!("cannot open the cache in {}: {e}", c.dir.display()))
-            })?)),
+        let cache = match cfg.cache.clone() {
+            Some(c) => {
+                // Reading the tag files is blocking I/O: off the reactor.
+                let dir = c.dir.clone();
+                let opened = tokio::task::spawn_blocking(move || cached::CacheLayer::open(&c))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(|e| {
+                        std::io::Error::other(format!(
+                            "cannot open the cache in {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                Some(Arc::new(opened))
+            }
             None => None,
         };
         let nfs = Upstream::start("nfs", cfg.upstream.nfs.clone(), &cfg.upstream, max);
@@ -160,8 +171,14 @@ impl Bound {
         {
             warn!("connections still busy after 10 s; closing them");
         }
-        if let Some(c) = &proxy.cache {
+        if let Some(c) = proxy.cache.clone() {
             use std::sync::atomic::Ordering::Relaxed;
+            let closing = c.clone();
+            match tokio::task::spawn_blocking(move || closing.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(side = "cache", error = %e, "cache not closed cleanly"),
+                Err(e) => warn!(error = %e, "cache close task failed"),
+            }
             info!(
                 cache_hits = c.hits.load(Relaxed),
                 cache_misses = c.misses.load(Relaxed),
