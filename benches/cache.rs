@@ -13,14 +13,17 @@
 
 #[path = "common/nfs.rs"]
 mod nfs;
+#[path = "common/proxy.rs"]
+mod proxy;
 #[path = "common/wan.rs"]
 mod wan;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nfs::{Client, seq_read};
+use proxy::Proxy;
 
 const IO: u32 = 1 << 20;
 const WINDOW: usize = 16;
@@ -37,74 +40,6 @@ fn env_addr(k: &str) -> SocketAddr {
         .unwrap_or_else(|_| panic!("{k} not set: run via scripts/bench.sh"))
         .parse()
         .unwrap()
-}
-
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start(
-        up: SocketAddr,
-        mount: SocketAddr,
-        cache_dir: &std::path::Path,
-        cache_mib: u64,
-    ) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("c.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nnfs = \"{up}\"\nmount = \"{mount}\"\n\
-                 [cache]\ndir = \"{}\"\nsize = \"{}MiB\"\nblock_size = \"256KiB\"\nways = 16\nbanks = 16\n\
-                 [log]\nlevel = \"warn\"\n",
-                cache_dir.display(),
-                cache_mib * 2
-            ),
-        )
-        .unwrap();
-        let ready = dir.path().join("ready");
-        let child = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let t0 = Instant::now();
-        let addr = loop {
-            if let Ok(s) = std::fs::read_to_string(&ready) {
-                break s.trim().parse().unwrap();
-            }
-            assert!(t0.elapsed() < Duration::from_secs(10), "proxy not ready");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Proxy {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn rss_peak_mib(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        s.lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Seconds to read the whole file through `nfs`/`mount`.
@@ -212,8 +147,11 @@ async fn main() {
     let proxy = Proxy::start(
         wan_nfs.local_addr(),
         wan_mount.local_addr(),
-        cache_dir.path(),
-        mib,
+        &format!(
+            "[cache]\ndir = \"{}\"\nsize = \"{}MiB\"\nblock_size = \"256KiB\"\nways = 16\nbanks = 16\n",
+            cache_dir.path().display(),
+            mib * 2
+        ),
     );
     eprintln!("gridvfs cold...");
     let cold = nfs_read(proxy.addr, proxy.addr, &export, &path, len).await;
@@ -237,7 +175,7 @@ async fn main() {
         format!("| direct NFS over WAN | {direct:.2} s | {:.1} MiB/s | {:.1}× | 1.00× |", mibs(direct), direct / l),
         format!("| gridvfs cold (fills the cache) | {cold:.2} s | {:.1} MiB/s | {:.1}× | {:.2}× |", mibs(cold), cold / l, cold / direct),
         format!("| **gridvfs warm (all hits)** | {w:.3} s | {:.0} MiB/s | **{:.2}×** (target ≤ 1.1×) | {:.3}× |", mibs(w), w / l, w / direct),
-        format!("| proxy peak RSS | {:.1} MiB | | | (target < 128 MiB) |", proxy.rss_peak_mib()),
+        format!("| proxy peak RSS | {:.1} MiB | | | (target < 128 MiB) |", proxy.rss_peak_kib() as f64 / 1024.0),
     ]
     .join("\n");
     println!("{out}");

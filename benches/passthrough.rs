@@ -12,6 +12,8 @@
 
 #[path = "common/nfs.rs"]
 mod nfs;
+#[path = "common/proxy.rs"]
+mod proxy;
 #[path = "common/wan.rs"]
 mod wan;
 
@@ -20,67 +22,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nfs::{Client, seq_read, seq_write};
+use proxy::Proxy;
 
 const IO: u32 = 1 << 20;
 const WINDOW: usize = 16;
-
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start(nfs: SocketAddr, mount: SocketAddr) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("c.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nnfs = \"{nfs}\"\nmount = \"{mount}\"\n[log]\nlevel = \"warn\"\n"
-            ),
-        )
-        .unwrap();
-        let ready = dir.path().join("ready");
-        let child = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let t0 = Instant::now();
-        let addr = loop {
-            if let Ok(s) = std::fs::read_to_string(&ready) {
-                break s.trim().parse().unwrap();
-            }
-            assert!(t0.elapsed() < Duration::from_secs(10), "proxy not ready");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Proxy {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn rss_peak_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        s.lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The floor for any user-space hop: a TCP relay that copies bytes and parses nothing
 /// (`tokio::io::copy_bidirectional` per connection), run as its own process like the
@@ -248,7 +193,7 @@ async fn main() {
     let name = format!("bench-passthrough-{}", std::process::id());
 
     // LAN: direct, plain relay, proxy.
-    let proxy = Proxy::start(nfs_addr, mount_addr);
+    let proxy = Proxy::start(nfs_addr, mount_addr, "");
     let (rn, rm) = (PlainRelay::start(nfs_addr), PlainRelay::start(mount_addr));
     let sides = [
         side(nfs_addr, mount_addr, &export, &name).await,
@@ -282,7 +227,7 @@ async fn main() {
     let wan_mount = wan::WanRelay::start("127.0.0.1:0".parse().unwrap(), mount_addr, cfg)
         .await
         .unwrap();
-    let wproxy = Proxy::start(wan_nfs.local_addr(), wan_mount.local_addr());
+    let wproxy = Proxy::start(wan_nfs.local_addr(), wan_mount.local_addr(), "");
     let wdirect = side(wan_nfs.local_addr(), wan_mount.local_addr(), &export, &name).await;
     let wvia = side(wproxy.addr, wproxy.addr, &export, &name).await;
     let (mut ww, mut wr_) = <(Series, Series)>::default();

@@ -8,20 +8,13 @@ mod common;
 
 use std::process::Command;
 
-use common::{Endpoints, Gridvfs, Lab, pseudo_random, random_file, sha256_file};
-
-fn url(ep: Endpoints, export: &str, path: &str) -> String {
-    format!(
-        "nfs://{}{export}/{path}?version=3&nfsport={}&mountport={}",
-        ep.nfs.ip(),
-        ep.nfs.port(),
-        ep.mount.port()
-    )
-}
+use common::{
+    Endpoints, Gridvfs, Lab, lookup_path, nfs_url, pseudo_random, random_file, sha256_file,
+};
 
 fn cat(ep: Endpoints, lab: &Lab, path: &str) -> Vec<u8> {
     let out = Command::new("nfs-cat")
-        .arg(url(ep, &lab.export, path))
+        .arg(nfs_url(ep, &lab.export, path))
         .output()
         .unwrap();
     assert!(
@@ -125,7 +118,7 @@ fn writes_and_truncation_through_the_proxy_are_never_hidden() {
     let cp = |src: &std::path::Path| {
         let out = Command::new("nfs-cp")
             .arg(src)
-            .arg(url(fr.endpoints(), &lab.export, &path))
+            .arg(nfs_url(fr.endpoints(), &lab.export, &path))
             .output()
             .unwrap();
         assert!(
@@ -159,7 +152,6 @@ fn writes_and_truncation_through_the_proxy_are_never_hidden() {
 #[tokio::test]
 async fn truncate_then_extend_reads_zeros() {
     use nfs3_types::nfs3::*;
-    use nfs3_types::xdr_codec::Opaque;
     let lab = Lab::get();
     let (dir, name) = lab.scratch("cache-trunc");
     std::fs::write(dir.join("f"), pseudo_random(256 << 10, 3)).unwrap();
@@ -167,20 +159,7 @@ async fn truncate_then_extend_reads_zeros() {
     let hop = Gridvfs::start(lab.endpoint(), "");
     let fr = front(&hop, cache_dir.path());
     let mut c = common::mount(fr.endpoints(), &lab.export).await;
-    let lookup = |dir: nfs_fh3, n: &str| LOOKUP3args {
-        what: diropargs3 {
-            dir,
-            name: filename3(Opaque::owned(n.as_bytes().to_vec())),
-        },
-    };
-    let root = c.root_nfs_fh3();
-    let Nfs3Result::Ok(d) = c.lookup(&lookup(root, &name)).await.unwrap() else {
-        panic!("lookup dir")
-    };
-    let Nfs3Result::Ok(f) = c.lookup(&lookup(d.object, "f")).await.unwrap() else {
-        panic!("lookup file")
-    };
-    let fh = f.object;
+    let fh = lookup_path(&mut c, &name, "f").await;
     let read_all = async |c: &mut common::Client, fh: &nfs_fh3| {
         let r = c
             .read(&READ3args {
@@ -320,20 +299,7 @@ async fn append_then_read_at_the_old_end_sees_the_new_bytes() {
     let hop = Gridvfs::start(lab.endpoint(), "");
     let fr = front(&hop, cache_dir.path());
     let mut c = common::mount(fr.endpoints(), &lab.export).await;
-    let lookup = |dir: nfs_fh3, n: &str| LOOKUP3args {
-        what: diropargs3 {
-            dir,
-            name: filename3(Opaque::owned(n.as_bytes().to_vec())),
-        },
-    };
-    let root = c.root_nfs_fh3();
-    let Nfs3Result::Ok(d) = c.lookup(&lookup(root, &name)).await.unwrap() else {
-        panic!()
-    };
-    let Nfs3Result::Ok(f) = c.lookup(&lookup(d.object, "f")).await.unwrap() else {
-        panic!()
-    };
-    let fh = f.object;
+    let fh = lookup_path(&mut c, &name, "f").await;
     for _ in 0..2 {
         let Nfs3Result::Ok(r) = c
             .read(&READ3args {

@@ -7,16 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Endpoints, Gridvfs, Lab, random_file, sha256_file, signal};
-
-fn url(ep: Endpoints, export: &str, path: &str) -> String {
-    format!(
-        "nfs://{}{export}/{path}?version=3&nfsport={}&mountport={}",
-        ep.nfs.ip(),
-        ep.nfs.port(),
-        ep.mount.port()
-    )
-}
+use common::{Endpoints, Gridvfs, Lab, nfs_url, random_file, sha256_file, signal};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run libnfs tool (apt: libnfs-utils)");
@@ -42,7 +33,7 @@ fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
     // In: local → NFS; the file on the server's disk must be byte-equal.
     nfs_cp(
         src.to_str().unwrap(),
-        &url(ep, &lab.export, &format!("{name}/in.bin")),
+        &nfs_url(ep, &lab.export, &format!("{name}/in.bin")),
     );
     assert_eq!(
         sha256_file(&dir.join("in.bin")),
@@ -53,12 +44,12 @@ fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
     // Out: NFS → local, and nfs-cat, byte-equal.
     let back = tmp.path().join("back.bin");
     nfs_cp(
-        &url(ep, &lab.export, &format!("{name}/in.bin")),
+        &nfs_url(ep, &lab.export, &format!("{name}/in.bin")),
         back.to_str().unwrap(),
     );
     assert_eq!(sha256_file(&back), want, "download differs");
     let cat = Command::new("nfs-cat")
-        .arg(url(ep, &lab.export, &format!("{name}/in.bin")))
+        .arg(nfs_url(ep, &lab.export, &format!("{name}/in.bin")))
         .output()
         .unwrap();
     assert!(cat.status.success());
@@ -68,7 +59,7 @@ fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
 
     // nfs-ls lists the directory.
     let ls = Command::new("nfs-ls")
-        .arg(url(ep, &lab.export, &name))
+        .arg(nfs_url(ep, &lab.export, &name))
         .output()
         .unwrap();
     assert!(ls.status.success());
@@ -136,7 +127,7 @@ fn next_hop_killed_and_restarted_mid_transfer() {
     let dst = dir.join("up.bin");
     let cp = transfer(
         src.to_str().unwrap().into(),
-        url(front.endpoints(), &lab.export, &format!("{name}/up.bin")),
+        nfs_url(front.endpoints(), &lab.export, &format!("{name}/up.bin")),
     );
     hop = restart(&mut hop, &|| {
         std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0)
@@ -156,7 +147,7 @@ fn next_hop_killed_and_restarted_mid_transfer() {
     // Download.
     let back = tmp.path().join("back.bin");
     let cp = transfer(
-        url(front.endpoints(), &lab.export, &format!("{name}/up.bin")),
+        nfs_url(front.endpoints(), &lab.export, &format!("{name}/up.bin")),
         back.to_str().unwrap().into(),
     );
     let _hop = restart(&mut hop, &|| {

@@ -226,6 +226,36 @@ pub async fn mount(ep: Endpoints, export: &str) -> Client {
         .expect("mount")
 }
 
+/// A libnfs URL for `path` under `export` at `ep` (explicit ports: no portmapper).
+pub fn nfs_url(ep: Endpoints, export: &str, path: &str) -> String {
+    format!(
+        "nfs://{}{export}/{path}?version=3&nfsport={}&mountport={}",
+        ep.nfs.ip(),
+        ep.nfs.port(),
+        ep.mount.port()
+    )
+}
+
+/// Handle of `dir/file` below the export's root (LOOKUP twice).
+pub async fn lookup_path(c: &mut Client, dir: &str, file: &str) -> nfs3_types::nfs3::nfs_fh3 {
+    use nfs3_types::nfs3::{LOOKUP3args, Nfs3Result, diropargs3, filename3};
+    use nfs3_types::xdr_codec::Opaque;
+    let mut fh = c.root_nfs_fh3();
+    for name in [dir, file] {
+        let args = LOOKUP3args {
+            what: diropargs3 {
+                dir: fh,
+                name: filename3(Opaque::owned(name.as_bytes().to_vec())),
+            },
+        };
+        let Nfs3Result::Ok(ok) = c.lookup(&args).await.unwrap() else {
+            panic!("LOOKUP {name} failed");
+        };
+        fh = ok.object;
+    }
+    fh
+}
+
 /// sha256 of a file on this machine's disk, via coreutils (no extra crate).
 pub fn sha256_file(p: &Path) -> String {
     let out = Command::new("sha256sum").arg(p).output().unwrap();

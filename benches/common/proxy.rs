@@ -1,0 +1,69 @@
+//! A gridvfs daemon started from the built binary for a benchmark, with the TOML given,
+//! on a free port; killed on drop. Its peak RSS is read from /proc.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts `gridvfs run` with `[listen] addr = 127.0.0.1:0`, the upstream endpoints,
+    /// and `extra` TOML sections appended (e.g. a `[cache]` section).
+    pub fn start(nfs: SocketAddr, mount: SocketAddr, extra: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nnfs = \"{nfs}\"\nmount = \"{mount}\"\n\
+                 [log]\nlevel = \"warn\"\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let ready = dir.path().join("ready");
+        let child = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let addr = loop {
+            if let Ok(s) = std::fs::read_to_string(&ready) {
+                break s.trim().parse().unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "proxy not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Proxy {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Peak resident set size (VmHWM) in KiB.
+    pub fn rss_peak_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
