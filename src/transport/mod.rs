@@ -15,24 +15,79 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 pub type BoxStream = Pin<Box<dyn Stream>>;
 
-/// Connects to `ep` within `timeout`.
-pub async fn connect(ep: &Endpoint, timeout: Duration) -> std::io::Result<BoxStream> {
+/// A connected stream and, for TCP, the local port it was made from.
+pub struct Connected {
+    pub stream: BoxStream,
+    pub local_port: Option<u16>,
+}
+
+/// Connects to `ep` within `timeout`, from local port `reuse_port` if it is free.
+///
+/// Reconnecting from the port of the lost connection lets the server's duplicate request
+/// cache recognise re-sent calls (Linux nfsd keys it on the client's address *and*
+/// port; the Linux NFS client reuses its port for the same reason). If that port cannot
+/// be had (still in TIME_WAIT, taken), any port is used.
+pub async fn connect(
+    ep: &Endpoint,
+    timeout: Duration,
+    reuse_port: Option<u16>,
+) -> std::io::Result<Connected> {
     match ep {
         Endpoint::Tcp(addr) => {
-            let s = tokio::time::timeout(timeout, TcpStream::connect(addr.as_str()))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("connect timed out after {timeout:?}"),
-                    )
-                })??;
+            let attempt = async {
+                let mut last = None;
+                for target in tokio::net::lookup_host(addr.as_str()).await? {
+                    if let Some(port) = reuse_port
+                        && let Ok(s) = connect_from(target, Some(port)).await
+                    {
+                        return Ok(s);
+                    }
+                    match connect_from(target, None).await {
+                        Ok(s) => return Ok(s),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+                }))
+            };
+            let s = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect timed out after {timeout:?}"),
+                )
+            })??;
             // Small RPCs (GETATTR, LOOKUP) must not wait for Nagle.
             s.set_nodelay(true)?;
             detect_dead_peer(&s)?;
-            Ok(Box::pin(s))
+            let local_port = s.local_addr().ok().map(|a| a.port());
+            Ok(Connected {
+                stream: Box::pin(s),
+                local_port,
+            })
         }
     }
+}
+
+async fn connect_from(
+    target: std::net::SocketAddr,
+    port: Option<u16>,
+) -> std::io::Result<TcpStream> {
+    let sock = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(p) = port {
+        sock.set_reuseaddr(true)?;
+        let any: std::net::IpAddr = if target.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        sock.bind((any, p).into())?;
+    }
+    sock.connect(target).await
 }
 
 /// Unacknowledged data older than this fails the connection (and the link reconnects

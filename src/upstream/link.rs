@@ -163,22 +163,28 @@ async fn run(ctx: LinkCtx) {
     let mut backoff = ctx.cfg.backoff_min;
     let mut failures = 0u32;
     let mut connected_before = false;
+    // The local port of the last connection, reused so the server can match re-sends.
+    let mut last_port = None;
     loop {
-        let stream = match transport::connect(&ctx.endpoint, ctx.cfg.connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                failures += 1;
-                // First failure and then every 10th, so a long outage does not flood the log.
-                if failures == 1 || failures.is_multiple_of(10) {
-                    warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
+        let stream =
+            match transport::connect(&ctx.endpoint, ctx.cfg.connect_timeout, last_port).await {
+                Ok(c) => {
+                    last_port = c.local_port;
+                    c.stream
+                }
+                Err(e) => {
+                    failures += 1;
+                    // First failure and then every 10th, so a long outage does not flood the log.
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
                         link = ctx.index, error = %e, waiting = ctx.waiting(), retry_in = ?backoff,
                         "cannot connect to the next hop; will retry");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ctx.cfg.backoff_max);
+                    continue;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ctx.cfg.backoff_max);
-                continue;
-            }
-        };
+            };
         ctx.stats.connects.fetch_add(1, Ordering::Relaxed);
         if connected_before || failures > 0 {
             info!(upstream = ctx.name, endpoint = %ctx.endpoint, link = ctx.index,
@@ -219,11 +225,15 @@ async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Option<u64> {
     let mut slot = ctx.shared.writer.lock().await;
     slot.generation += 1;
     let generation = slot.generation;
+    // Calls sent on an earlier connection (re-sends) and calls queued while the link was
+    // down (first sends): both go out now, in xid order.
+    let mut again = 0u64;
     let mut resend: Vec<(u32, Bytes)> = {
         let mut t = ctx.shared.table.lock().expect("table lock");
         t.iter_mut()
             .filter(|(_, p)| p.sent_gen != generation)
             .map(|(x, p)| {
+                again += u64::from(p.sent_gen != 0);
                 p.sent_gen = generation;
                 (*x, p.msg.clone())
             })
@@ -231,14 +241,12 @@ async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Option<u64> {
     };
     resend.sort_by_key(|(x, _)| *x);
     let half = slot.half.insert(wr);
-    if !resend.is_empty() {
-        ctx.stats
-            .resent
-            .fetch_add(resend.len() as u64, Ordering::Relaxed);
+    if again > 0 {
+        ctx.stats.resent.fetch_add(again, Ordering::Relaxed);
         info!(
             upstream = ctx.name,
             link = ctx.index,
-            calls = resend.len(),
+            calls = again,
             "re-sending calls"
         );
     }
