@@ -90,6 +90,16 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
 
     let (tx, rx) = watch::channel(false);
     let proxy = bound.proxy();
+    let control = match &cfg.control_socket {
+        Some(path) => {
+            let l = crate::control::bind(path).with_context(|| {
+                format!("cannot listen on the control socket {}", path.display())
+            })?;
+            info!(socket = %path.display(), "control socket ready");
+            Some(tokio::spawn(crate::control::serve(l, proxy.clone())))
+        }
+        None => None,
+    };
     let mut server = tokio::spawn(bound.serve(rx));
     let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
@@ -130,6 +140,10 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     unregister(register, &rpcbind_socket, addr).await;
     if let Some(p) = ready_file {
         let _ = std::fs::remove_file(p);
+    }
+    if let (Some(task), Some(path)) = (control, &cfg.control_socket) {
+        task.abort();
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }

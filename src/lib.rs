@@ -22,10 +22,12 @@
 //! - `proxy`: listener, connections, routing, portmapper.
 //! - `cache`: the on-disk block cache (geometry and tag format so far; issue 3).
 //! - `metrics`: counters.
+//! - `control`: the control socket (`gridvfs status`, `gridvfs flush`).
 //! - `daemon`: wires it together for `gridvfs run`: signals, logging, ready file.
 
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod metrics;
 pub mod nfs3;

@@ -34,11 +34,61 @@ enum Cmd {
         /// The TOML config file.
         config: PathBuf,
     },
+    /// Ask a running proxy for its counters (JSON) over its control socket.
+    Status {
+        /// The proxy's `[control] socket`.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// Make a running proxy write back its dirty data (and with --drop, then drop its
+    /// cache); returns when done.
+    Flush {
+        #[arg(long)]
+        socket: PathBuf,
+        /// Drop the whole cache after writing back.
+        #[arg(long)]
+        drop: bool,
+    },
+}
+
+/// Sends one control request and prints the reply; exit 0 if it says ok.
+fn control(socket: &std::path::Path, line: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gridvfs: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(gridvfs::control::request(socket, line)) {
+        Ok(reply) => {
+            println!("{reply}");
+            if reply.starts_with("{\"ok\":true") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "gridvfs: cannot reach the control socket {}: {e}",
+                socket.display()
+            );
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Status { socket } => control(&socket, "status"),
+        Cmd::Flush { socket, drop } => {
+            control(&socket, if drop { "flush --drop" } else { "flush" })
+        }
         Cmd::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

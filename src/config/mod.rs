@@ -149,6 +149,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
     pub cache: Option<CacheConfig>,
+    /// The control socket (`gridvfs status`, `gridvfs flush`), if any.
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Config {
@@ -287,6 +289,7 @@ impl RawConfig {
             }
         };
         Ok(Config {
+            control_socket: self.control.map(|c| c.socket),
             cache,
             listen: ListenConfig {
                 addr,

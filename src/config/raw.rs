@@ -17,6 +17,14 @@ pub(super) struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub cache: Option<RawCache>,
+    #[serde(default)]
+    pub control: Option<RawControl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

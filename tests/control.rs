@@ -1,0 +1,105 @@
+//! The control socket, as middleware uses it: `gridvfs status` reports counters (JSON)
+//! that move with real traffic, `gridvfs flush --drop` empties the cache and returns when
+//! done, bad requests get a clear error, and the socket goes away with the daemon.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Gridvfs, Lab, bin, nfs_url, random_file};
+
+fn ctl(socket: &std::path::Path, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+#[test]
+fn status_and_flush_drop_over_the_control_socket() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("control");
+    random_file(&dir.join("f.bin"), 4 << 20, 8);
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("ctl.sock");
+    let mut p = Gridvfs::start_with(
+        lab.endpoint(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nways = 8\nbanks = 4\n[control]\nsocket = \"{}\"\n",
+            tmp.path().join("cache").display(),
+            socket.display()
+        ),
+    );
+    let cat = || {
+        let out = Command::new("nfs-cat")
+            .arg(nfs_url(
+                p.endpoints(),
+                &lab.export,
+                &format!("{name}/f.bin"),
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout.len(), 4 << 20);
+    };
+    cat();
+    cat();
+    let (ok, s) = ctl(&socket, &["status"]);
+    assert!(ok, "{s}");
+    let hits = s["cache"]["hits"].as_u64().unwrap();
+    let misses = s["cache"]["misses"].as_u64().unwrap();
+    assert!(hits >= 4 && misses >= 4, "{s}");
+    assert!(s["calls"]["READ"].as_u64().unwrap() >= hits + misses, "{s}");
+    assert!(s["upstream"]["nfs"]["calls"].as_u64().unwrap() > 0, "{s}");
+
+    let (ok, d) = ctl(&socket, &["flush", "--drop"]);
+    assert!(ok, "{d}");
+    assert!(d["dropped"].as_u64().unwrap() > 0, "{d}");
+    cat();
+    let (_, s2) = ctl(&socket, &["status"]);
+    assert!(
+        s2["cache"]["misses"].as_u64().unwrap() >= 2 * misses,
+        "not refetched after the drop: {s2}"
+    );
+
+    let (ok, f) = ctl(&socket, &["flush"]);
+    assert!(ok && f["written"] == 0, "{f}");
+
+    // A bad request: a clear error, and the socket keeps serving.
+    let reply = {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.write_all(b"reboot the world\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    assert!(
+        reply.contains("\"ok\":false") && reply.contains("unknown request"),
+        "{reply}"
+    );
+    assert!(ctl(&socket, &["status"]).0);
+
+    assert_eq!(p.stop(), Some(0));
+    assert!(!socket.exists(), "control socket left behind");
+    let out = Command::new(bin())
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control socket"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
