@@ -213,6 +213,7 @@ impl Store {
             seq: AtomicU64::new(max_seq),
             lost_unstable: AtomicBool::new(false),
         };
+        store.verify_dirty()?;
         let clean = dir.join(CLEAN);
         let was_clean = clean.exists();
         if was_clean {
@@ -226,6 +227,42 @@ impl Store {
                 "cache was not closed cleanly: clean blocks dropped (dirty ones kept)");
         }
         Ok(store)
+    }
+
+    /// At open: every dirty version's data must verify. One that does not is a write that
+    /// never reached a durable point (or damage): it is cleared (an older version, if
+    /// any, takes over) and `lost_unstable_writes` turns true, so the write verifier
+    /// changes *before* any COMMIT is answered and clients re-send what they did not
+    /// see committed.
+    fn verify_dirty(&self) -> Result<()> {
+        for (b, bank) in self.banks.iter().enumerate() {
+            let mut bank = bank.lock().expect("bank lock");
+            for li in 0..bank.meta.len() {
+                if !bank.meta[li].dirty {
+                    continue;
+                }
+                let f = self.frame_of(b as u32, li);
+                let Slot::Tag(t) = self.read_tag(&bank, f)? else {
+                    continue;
+                };
+                let mut data = vec![0u8; (t.valid.end - t.valid.start) as usize];
+                let (dfile, _) = bank.files.as_ref().expect("tags imply files");
+                dfile
+                    .read_exact_at(&mut data, self.geo.data_offset(f) + t.valid.start as u64)
+                    .map_err(io(&self.data_path(f.bank)))?;
+                if crc32fast::hash(&data) != t.data_crc {
+                    tracing::warn!(
+                        bank = b,
+                        frame = li,
+                        block = t.block,
+                        "dirty cache block failed its checksum at open: an unstable write was lost"
+                    );
+                    self.lost_unstable.store(true, Ordering::Relaxed);
+                    self.clear(&mut bank, f)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes everything durable and marks the cache as cleanly closed, so the next open
@@ -919,10 +956,11 @@ mod tests {
             std::fs::write(&p, data).unwrap();
         }
         let s = Store::open(dir.path(), g).unwrap();
+        // Decided at open, before any COMMIT could be answered with the old verifier.
+        assert!(s.lost_unstable_writes(), "the write verifier must change");
         let c = s.get(b"f", 0).unwrap().expect("committed version lost");
         assert_eq!(c.data, vec![1; 512]);
         assert_eq!(c.dirty, Some(0..512));
-        assert!(s.lost_unstable_writes(), "the write verifier must change");
     }
 
     #[test]
