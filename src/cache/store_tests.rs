@@ -1,0 +1,358 @@
+//! Tests of the block store: persistence, checksums, exact byte ranges, the
+//! copy-on-write and sync rules of docs/cache-design.md, replacement, recovery.
+use super::*;
+
+const BS: u32 = 4096;
+
+fn geo(ways: u32, sets: u64) -> Geometry {
+    Geometry::new(sets * ways as u64 * BS as u64, BS, ways, 1).unwrap()
+}
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn stored(p: Put) -> u64 {
+    match p {
+        Put::Stored { seq } => seq,
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+#[test]
+fn blocks_persist_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 64);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        for b in 0..50 {
+            stored(
+                s.put(b"file-a", b, 0, &bytes(BS as usize, b as u8), false)
+                    .unwrap(),
+            );
+        }
+        stored(s.put(b"file-b", 7, 10, &bytes(100, 1), true).unwrap());
+        s.close().unwrap();
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    for b in 0..50 {
+        let c = s.get(b"file-a", b).unwrap().expect("cached after reopen");
+        assert_eq!(c.data, bytes(BS as usize, b as u8));
+        assert_eq!(c.dirty, None);
+    }
+    let c = s.get(b"file-b", 7).unwrap().unwrap();
+    assert_eq!((c.valid, c.dirty), (10..110, Some(10..110)));
+    assert_eq!(
+        s.dirty_blocks().unwrap(),
+        vec![(b"file-b".to_vec(), 7, c.seq)]
+    );
+    assert!(s.get(b"file-c", 0).unwrap().is_none());
+}
+
+#[test]
+fn checksum_failure_is_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+    stored(s.put(b"f", 3, 0, &bytes(BS as usize, 9), false).unwrap());
+    // Damage one byte of the bank's data file wherever the block landed.
+    let p = dir.path().join("bank-0000.data");
+    let mut data = std::fs::read(&p).unwrap();
+    let at = data.iter().position(|&b| b != 0).unwrap() + 17;
+    data[at] ^= 0xff;
+    std::fs::write(&p, data).unwrap();
+    assert!(s.get(b"f", 3).unwrap().is_none());
+    assert!(!s.lost_unstable_writes(), "a clean block is no lost write");
+}
+
+#[test]
+fn partial_block_writes_keep_exact_byte_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+    stored(s.put(b"f", 0, 100, &[1; 100], true).unwrap());
+    stored(s.put(b"f", 0, 150, &[2; 150], true).unwrap());
+    let c = s.get(b"f", 0).unwrap().unwrap();
+    assert_eq!(
+        (c.valid.clone(), c.dirty.clone()),
+        (100..300, Some(100..300))
+    );
+    assert_eq!(&c.data[..50], &[1; 50][..]);
+    assert_eq!(&c.data[50..], &[2; 150][..]);
+    // A write apart from the valid bytes needs the gap filled first: no zero fill.
+    assert_eq!(
+        s.put(b"f", 0, 1000, &[3; 10], true).unwrap(),
+        Put::NeedsFill { gap: 300..1000 }
+    );
+    // A clean fill of the whole block never overwrites dirty bytes.
+    stored(s.put(b"f", 0, 0, &[9; BS as usize], false).unwrap());
+    let c = s.get(b"f", 0).unwrap().unwrap();
+    assert_eq!((c.valid.clone(), c.dirty.clone()), (0..BS, Some(100..300)));
+    assert_eq!(&c.data[..100], &[9; 100][..]);
+    assert_eq!(&c.data[100..150], &[1; 50][..]);
+    assert_eq!(&c.data[150..300], &[2; 150][..]);
+    assert_eq!(&c.data[300..], &[9; (BS - 300) as usize][..]);
+}
+
+/// The crash the copy-on-write rule exists for: a committed version, then a newer
+/// unstable one torn by a crash. The committed one must come back.
+#[test]
+fn torn_unstable_write_falls_back_to_the_committed_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 1);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
+        s.sync().unwrap(); // COMMIT of version 1
+        stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap()); // unstable version 2
+        // "Crash": no sync; version 2's data reaches the disk torn.
+        let p = dir.path().join("bank-0000.data");
+        let mut data = std::fs::read(&p).unwrap();
+        let v2 = data.windows(512).position(|w| w == [2u8; 512]).unwrap();
+        data[v2 + 100] = 0x55;
+        std::fs::write(&p, data).unwrap();
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    // Decided at open, before any COMMIT could be answered with the old verifier.
+    assert!(s.lost_unstable_writes(), "the write verifier must change");
+    let c = s.get(b"f", 0).unwrap().expect("committed version lost");
+    assert_eq!(c.data, vec![1; 512]);
+    assert_eq!(c.dirty, Some(0..512));
+}
+
+#[test]
+fn durable_rewrite_replaces_and_clears_the_old_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 1);
+    let s = Store::open(dir.path(), g).unwrap();
+    stored(s.put(b"f", 0, 0, &[1; 64], true).unwrap());
+    s.sync().unwrap();
+    let seq = stored(s.put(b"f", 0, 0, &[2; 64], true).unwrap());
+    s.sync().unwrap();
+    drop(s);
+    let s = Store::open(dir.path(), g).unwrap();
+    assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 64]);
+    assert_eq!(s.dirty_blocks().unwrap(), vec![(b"f".to_vec(), 0, seq)]);
+    let tags = std::fs::read(dir.path().join("bank-0000.tags")).unwrap();
+    let live = tags
+        .chunks_exact(TAG_SIZE)
+        .filter(|c| matches!(Tag::decode((*c).try_into().unwrap(), BS), Slot::Tag(_)))
+        .count();
+    assert_eq!(live, 1, "the superseded version was not cleared after sync");
+}
+
+#[test]
+fn unstable_rewrites_reuse_their_frame_until_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(2, 1)).unwrap();
+    for i in 0..50u8 {
+        stored(s.put(b"f", 0, 0, &[i; 32], true).unwrap());
+    }
+    assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![49; 32]);
+}
+
+#[test]
+fn dirty_blocks_are_never_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(2, 1)).unwrap(); // one set of two ways
+    stored(s.put(b"f", 0, 0, &[1; 8], true).unwrap());
+    stored(s.put(b"f", 1, 0, &[2; 8], true).unwrap());
+    assert!(matches!(
+        s.put(b"f", 2, 0, &[3; 8], true),
+        Err(CacheError::SetFull)
+    ));
+    assert!(matches!(
+        s.put(b"g", 0, 0, &[3; 8], false),
+        Err(CacheError::SetFull)
+    ));
+    // Written back and marked clean: now a clean fill may replace one of them.
+    s.sync().unwrap();
+    let seq = s.get(b"f", 0).unwrap().unwrap().seq;
+    assert!(
+        !s.mark_clean(b"f", 0, seq + 100).unwrap(),
+        "stale seq must not clean"
+    );
+    assert!(s.mark_clean(b"f", 0, seq).unwrap());
+    stored(s.put(b"g", 0, 0, &[3; 8], false).unwrap());
+    assert!(s.get(b"f", 0).unwrap().is_none());
+    assert_eq!(s.get(b"f", 1).unwrap().unwrap().data, vec![2; 8]);
+}
+
+#[test]
+fn clock_gives_a_block_read_since_the_last_sweep_a_second_chance() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(3, 1)).unwrap(); // one set of three ways
+    for b in 0..3 {
+        stored(s.put(b"f", b, 0, &[b as u8; 8], false).unwrap());
+    }
+    // The sweep clears every reference bit and evicts block 0; the hand then rests
+    // on block 1.
+    stored(s.put(b"f", 3, 0, &[3; 8], false).unwrap());
+    assert!(s.get(b"f", 0).unwrap().is_none());
+    // Block 1 is read again: the next fill must pass over it and evict block 2.
+    s.get(b"f", 1).unwrap().unwrap();
+    stored(s.put(b"f", 4, 0, &[4; 8], false).unwrap());
+    assert!(
+        s.get(b"f", 1).unwrap().is_some(),
+        "the block just read was evicted"
+    );
+    assert!(s.get(b"f", 2).unwrap().is_none());
+}
+
+#[test]
+fn invalidate_forgets_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 2)).unwrap();
+    stored(s.put(b"f", 0, 0, &[1; 8], true).unwrap());
+    s.sync().unwrap();
+    stored(s.put(b"f", 0, 0, &[2; 8], true).unwrap()); // two versions now
+    stored(s.put(b"f", 1, 0, &[3; 8], false).unwrap());
+    s.invalidate(b"f", 0).unwrap();
+    assert!(s.get(b"f", 0).unwrap().is_none());
+    assert!(
+        s.get(b"f", 1).unwrap().is_some(),
+        "another block was touched"
+    );
+}
+
+#[test]
+fn read_into_whole_and_partial_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 4)).unwrap();
+    let whole = bytes(BS as usize, 5);
+    stored(s.put(b"f", 0, 0, &whole, false).unwrap());
+    stored(s.put(b"f", 1, 100, &[7; 50], false).unwrap());
+    let mut out = bytes::BytesMut::from(&b"hdr"[..]);
+    assert!(s.read_into(b"f", 0, 0..BS, &mut out).unwrap());
+    assert!(s.read_into(b"f", 1, 110..120, &mut out).unwrap());
+    assert!(
+        !s.read_into(b"f", 1, 90..120, &mut out).unwrap(),
+        "bytes 90..100 not cached"
+    );
+    assert!(!s.read_into(b"f", 2, 0..10, &mut out).unwrap());
+    assert_eq!(&out[..3], b"hdr");
+    assert!(out[3..3 + BS as usize] == whole[..]);
+    assert_eq!(&out[3 + BS as usize..], &[7; 10][..]);
+}
+
+#[test]
+fn drop_clean_keeps_dirty_blocks_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 4);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        for b in 0..6 {
+            stored(s.put(b"f", b, 0, &[b as u8; 16], b == 3).unwrap());
+        }
+        s.sync().unwrap();
+        assert_eq!(s.drop_clean().unwrap(), 5);
+        assert!(s.get(b"f", 0).unwrap().is_none());
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    assert!(s.get(b"f", 2).unwrap().is_none(), "dropped block came back");
+    assert_eq!(s.get(b"f", 3).unwrap().unwrap().data, vec![3; 16]);
+}
+
+/// Regression: a SETATTR to a size of 2^62 made the proxy walk 2^46 block numbers.
+#[test]
+fn invalidating_a_huge_range_is_bounded_by_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 4)).unwrap();
+    for b in [0u64, 5, 1 << 40] {
+        stored(s.put(b"f", b, 0, &[1; 8], false).unwrap());
+    }
+    stored(s.put(b"g", 5, 0, &[2; 8], false).unwrap());
+    let t = std::time::Instant::now();
+    s.invalidate_range(b"f", 1, u64::MAX / 4096).unwrap();
+    assert!(t.elapsed().as_secs() < 2);
+    assert!(
+        s.get(b"f", 0).unwrap().is_some(),
+        "block before the range was dropped"
+    );
+    assert!(s.get(b"f", 5).unwrap().is_none());
+    assert!(s.get(b"f", 1 << 40).unwrap().is_none());
+    assert!(
+        s.get(b"g", 5).unwrap().is_some(),
+        "another file was touched"
+    );
+}
+
+/// Regression: a superseded frame that was invalidated and reused was then cleared
+/// by `sync`, losing a block acknowledged as durable.
+#[test]
+fn sync_never_clears_a_reused_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(2, 1)).unwrap();
+    stored(s.put(b"x", 0, 0, &[1; 8], true).unwrap());
+    s.sync().unwrap();
+    stored(s.put(b"x", 0, 0, &[2; 8], true).unwrap()); // copy-on-write
+    s.invalidate(b"x", 0).unwrap(); // both frames free again
+    stored(s.put(b"z", 0, 0, &[3; 8], true).unwrap());
+    stored(s.put(b"z", 1, 0, &[4; 8], true).unwrap());
+    s.sync().unwrap();
+    assert_eq!(s.get(b"z", 0).unwrap().unwrap().data, vec![3; 8]);
+    assert_eq!(s.get(b"z", 1).unwrap().unwrap().data, vec![4; 8]);
+}
+
+/// Regression: marking the newest version clean left the older durable dirty
+/// version behind; dropping the clean one brought the old bytes back as dirty.
+#[test]
+fn mark_clean_retires_older_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 1)).unwrap();
+    stored(s.put(b"x", 0, 0, &[1; 8], true).unwrap());
+    s.sync().unwrap();
+    let v2 = stored(s.put(b"x", 0, 0, &[2; 8], true).unwrap());
+    assert!(s.mark_clean(b"x", 0, v2).unwrap());
+    s.drop_clean().unwrap();
+    assert!(
+        s.get(b"x", 0).unwrap().is_none(),
+        "an old version came back"
+    );
+    assert!(s.dirty_blocks().unwrap().is_empty());
+}
+
+#[test]
+fn put_outside_the_block_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(2, 1)).unwrap();
+    assert!(matches!(
+        s.put(b"x", 0, BS - 4, &[0; 8], false),
+        Err(CacheError::OutsideBlock)
+    ));
+    assert!(matches!(
+        s.put(b"x", 0, u32::MAX, &[0; 8], false),
+        Err(CacheError::OutsideBlock)
+    ));
+}
+
+#[test]
+fn unclean_start_drops_clean_blocks_and_keeps_dirty_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 4);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &[1; 8], false).unwrap());
+        stored(s.put(b"f", 1, 0, &[2; 8], true).unwrap());
+        s.sync().unwrap();
+        // No close(): a crash. A clean block invalidated just before it could come
+        // back from disk, so none is trusted.
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    assert!(s.get(b"f", 0).unwrap().is_none());
+    assert_eq!(s.get(b"f", 1).unwrap().unwrap().data, vec![2; 8]);
+    s.close().unwrap();
+    drop(s);
+    let s = Store::open(dir.path(), g).unwrap();
+    assert!(s.get(b"f", 1).unwrap().is_some());
+}
+
+#[test]
+fn another_geometry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path(), geo(4, 8)).unwrap();
+    let e = Store::open(dir.path(), geo(8, 8))
+        .err()
+        .expect("must refuse");
+    assert!(matches!(e, CacheError::GeometryChanged { .. }), "{e}");
+}
