@@ -15,6 +15,8 @@
 mod nfs;
 #[path = "common/proxy.rs"]
 mod proxy;
+#[path = "common/util.rs"]
+mod util;
 #[path = "common/wan.rs"]
 mod wan;
 
@@ -24,23 +26,10 @@ use std::time::{Duration, Instant};
 
 use nfs::{Client, seq_read};
 use proxy::Proxy;
+use util::{env_addr, env_u64, median};
 
 const IO: u32 = 1 << 20;
 const WINDOW: usize = 16;
-
-fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
-fn env_addr(k: &str) -> SocketAddr {
-    std::env::var(k)
-        .unwrap_or_else(|_| panic!("{k} not set: run via scripts/bench.sh"))
-        .parse()
-        .unwrap()
-}
 
 /// Seconds to read the whole file through `nfs`/`mount`.
 async fn nfs_read(
@@ -79,11 +68,6 @@ fn maybe_drop_caches() {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let nfs_addr = env_addr("GRIDVFS_LAB_NFS");
@@ -120,12 +104,7 @@ async fn main() {
         one_way_delay: Duration::from_millis(20),
         rate_bits_per_sec: Some(mbit * 1_000_000),
     };
-    let wan_nfs = wan::WanRelay::start("127.0.0.1:0".parse().unwrap(), nfs_addr, cfg.clone())
-        .await
-        .unwrap();
-    let wan_mount = wan::WanRelay::start("127.0.0.1:0".parse().unwrap(), mount_addr, cfg)
-        .await
-        .unwrap();
+    let (wan_nfs, wan_mount) = wan::start_pair(nfs_addr, mount_addr, cfg).await.unwrap();
 
     let local: Vec<f64> = (0..rounds)
         .map(|_| {

@@ -14,6 +14,8 @@
 mod nfs;
 #[path = "common/proxy.rs"]
 mod proxy;
+#[path = "common/util.rs"]
+mod util;
 #[path = "common/wan.rs"]
 mod wan;
 
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use nfs::{Client, seq_read, seq_write};
 use proxy::Proxy;
+use util::{env_addr, env_u64, median};
 
 const IO: u32 = 1 << 20;
 const WINDOW: usize = 16;
@@ -75,21 +78,6 @@ async fn plain_relay_main(upstream: SocketAddr) {
             let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
         });
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN; // skipped (size 0)
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn env_addr(k: &str) -> SocketAddr {
-    std::env::var(k)
-        .unwrap_or_else(|_| panic!("{k} not set: run via scripts/bench.sh"))
-        .parse()
-        .unwrap()
 }
 
 /// One mounted endpoint with the bench directory's handle.
@@ -174,22 +162,10 @@ async fn main() {
     let nfs_addr = env_addr("GRIDVFS_LAB_NFS");
     let mount_addr = env_addr("GRIDVFS_LAB_MOUNT");
     let export = std::env::var("GRIDVFS_LAB_EXPORT").unwrap_or("/export".into());
-    let mib: u64 = std::env::var("GRIDVFS_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let wan_mib: u64 = std::env::var("GRIDVFS_BENCH_WAN_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    let rounds: usize = std::env::var("GRIDVFS_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let small_n: u32 = std::env::var("GRIDVFS_BENCH_SMALL_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let mib = env_u64("GRIDVFS_BENCH_MIB", 1024);
+    let wan_mib = env_u64("GRIDVFS_BENCH_WAN_MIB", 256);
+    let rounds = env_u64("GRIDVFS_BENCH_ROUNDS", 5) as usize;
+    let small_n = env_u64("GRIDVFS_BENCH_SMALL_N", 2000) as u32;
     let name = format!("bench-passthrough-{}", std::process::id());
 
     // LAN: direct, plain relay, proxy.
@@ -221,12 +197,7 @@ async fn main() {
         one_way_delay: Duration::from_millis(20),
         rate_bits_per_sec: None,
     };
-    let wan_nfs = wan::WanRelay::start("127.0.0.1:0".parse().unwrap(), nfs_addr, cfg.clone())
-        .await
-        .unwrap();
-    let wan_mount = wan::WanRelay::start("127.0.0.1:0".parse().unwrap(), mount_addr, cfg)
-        .await
-        .unwrap();
+    let (wan_nfs, wan_mount) = wan::start_pair(nfs_addr, mount_addr, cfg).await.unwrap();
     let wproxy = Proxy::start(wan_nfs.local_addr(), wan_mount.local_addr(), "");
     let wdirect = side(wan_nfs.local_addr(), wan_mount.local_addr(), &export, &name).await;
     let wvia = side(wproxy.addr, wproxy.addr, &export, &name).await;

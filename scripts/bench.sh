@@ -15,7 +15,6 @@ cd "$REPO"
 
 export GRIDVFS_LAB_DIR=${GRIDVFS_LAB_DIR:-/tmp/gridvfs-lab}
 T_START=$EPOCHREALTIME
-LAB_STARTED=0
 
 cleanup() {
     local rc=$?
@@ -31,14 +30,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 stage "install-deps" scripts/install-deps.sh
-start_lab() {
-    if tests/lab/lab.sh status >/dev/null 2>&1; then
-        echo "lab already running in $GRIDVFS_LAB_DIR; reusing it (it will be left running)"
-    else
-        LAB_STARTED=1
-    fi
-    tests/lab/lab.sh up
-}
 stage "lab up (ganesha)" start_lab
 # shellcheck disable=SC1091
 . "$GRIDVFS_LAB_DIR/env"

@@ -24,7 +24,6 @@ BIN=$REPO/target/release/gridvfs
 WORK=$GRIDVFS_LAB_DIR/demo
 T_START=$EPOCHREALTIME
 PROXY_PID=""
-LAB_STARTED=0
 SUMMARY=()
 
 note() { SUMMARY+=("$*"); echo "    $*"; }
@@ -58,14 +57,6 @@ stage "install-deps" scripts/install-deps.sh
 stage "cargo build --release" cargo build --release
 [[ -x $BIN ]] || fail "$BIN was not built"
 
-start_lab() {
-    if tests/lab/lab.sh status >/dev/null 2>&1; then
-        echo "lab already running; reusing it (it will be left running)"
-    else
-        LAB_STARTED=1   # set first: a half-started lab is cleaned up too
-        tests/lab/lab.sh up
-    fi
-}
 stage "lab up (ganesha)" start_lab
 # shellcheck disable=SC1091
 . "$GRIDVFS_LAB_DIR/env"

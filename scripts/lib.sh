@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by scripts/demo.sh and scripts/test.sh (sourced, not run).
+# Helpers shared by scripts/demo.sh, scripts/test.sh and scripts/bench.sh (sourced, not run).
 
 # Repository root, whatever the caller's cwd.
 # shellcheck disable=SC2034  # used by the scripts that source this file
@@ -53,4 +53,17 @@ stop_pid() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+}
+
+# start_lab: bring the lab (tests/lab/lab.sh) up, or reuse a running one, which is then
+# left running. Sets LAB_STARTED=1 when this script started it (before `up`, so a
+# half-started lab is stopped by the caller's EXIT trap too).
+LAB_STARTED=0
+start_lab() {
+    if tests/lab/lab.sh status >/dev/null 2>&1; then
+        echo "lab already running in $GRIDVFS_LAB_DIR; reusing it (it will be left running)"
+    else
+        LAB_STARTED=1
+    fi
+    tests/lab/lab.sh up
 }

@@ -18,7 +18,6 @@ cd "$REPO"
 
 export GRIDVFS_LAB_DIR=${GRIDVFS_LAB_DIR:-/tmp/gridvfs-lab}
 T_START=$EPOCHREALTIME
-LAB_STARTED=0
 
 cleanup() {
     local rc=$?
@@ -46,14 +45,6 @@ if [[ ${SKIP_LINT:-0} != 1 ]]; then
 fi
 stage "cargo build --release" cargo build --release
 
-start_lab() {
-    if tests/lab/lab.sh status >/dev/null 2>&1; then
-        echo "lab already running in $GRIDVFS_LAB_DIR; reusing it (it will be left running)"
-    else
-        LAB_STARTED=1   # set before `up`: a half-started lab is stopped too
-    fi
-    tests/lab/lab.sh up
-}
 stage "lab up (ganesha)" start_lab
 # shellcheck disable=SC1091
 . "$GRIDVFS_LAB_DIR/env"

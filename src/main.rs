@@ -51,17 +51,18 @@ enum Cmd {
     },
 }
 
+/// Builds a tokio runtime, or says why not.
+fn runtime(mut b: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    b.enable_all()
+        .build()
+        .map_err(|e| eprintln!("gridvfs: cannot start the runtime: {e}"))
+        .ok()
+}
+
 /// Sends one control request and prints the reply; exit 0 if it says ok.
 fn control(socket: &std::path::Path, line: &str) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("gridvfs: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::from(1);
     };
     match rt.block_on(gridvfs::control::request(socket, line)) {
         Ok(reply) => {
@@ -115,15 +116,8 @@ fn main() -> ExitCode {
             };
             gridvfs::daemon::init_logging(&cfg);
             gridvfs::daemon::tune_allocator();
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("gridvfs: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+            let Some(rt) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+                return ExitCode::from(1);
             };
             match rt.block_on(gridvfs::daemon::run(cfg, ready_file.as_deref())) {
                 Ok(()) => ExitCode::SUCCESS,

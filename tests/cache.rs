@@ -9,33 +9,8 @@ mod common;
 use std::process::Command;
 
 use common::{
-    Endpoints, Gridvfs, Lab, lookup_path, nfs_url, pseudo_random, random_file, sha256_file,
+    Gridvfs, Lab, logged, lookup_path, nfs_cat, nfs_url, pseudo_random, random_file, sha256_file,
 };
-
-fn cat(ep: Endpoints, lab: &Lab, path: &str) -> Vec<u8> {
-    let out = Command::new("nfs-cat")
-        .arg(nfs_url(ep, &lab.export, path))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// A number from a `key=N` field of the log.
-fn logged(log: &str, key: &str) -> u64 {
-    log.lines()
-        .rev()
-        .find_map(|l| {
-            let at = l.find(key)? + key.len();
-            let digits: String = l[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
-            digits.parse().ok()
-        })
-        .unwrap_or(0)
-}
 
 fn front(hop: &Gridvfs, cache_dir: &std::path::Path) -> Gridvfs {
     front_with(hop, cache_dir, "")
@@ -64,11 +39,11 @@ fn second_read_comes_from_the_cache_and_survives_a_restart() {
     let path = format!("{name}/f.bin");
     let want = std::fs::read(dir.join("f.bin")).unwrap();
     assert!(
-        cat(fr.endpoints(), &lab, &path) == want,
+        nfs_cat(fr.endpoints(), &lab.export, &path) == want,
         "first read differs"
     );
     assert!(
-        cat(fr.endpoints(), &lab, &path) == want,
+        nfs_cat(fr.endpoints(), &lab.export, &path) == want,
         "cached read differs"
     );
     fr.stop();
@@ -82,7 +57,7 @@ fn second_read_comes_from_the_cache_and_survives_a_restart() {
     // Restarted on the same cache directory: warm.
     let mut fr = front(&hop, cache_dir.path());
     assert!(
-        cat(fr.endpoints(), &lab, &path) == want,
+        nfs_cat(fr.endpoints(), &lab.export, &path) == want,
         "read after restart differs"
     );
     fr.stop();
@@ -129,8 +104,8 @@ fn writes_and_truncation_through_the_proxy_are_never_hidden() {
     };
     cp(&a);
     assert_eq!(sha256_file(&dir.join("f.bin")), sha256_file(&a));
-    assert!(cat(fr.endpoints(), &lab, &path) == std::fs::read(&a).unwrap());
-    assert!(cat(fr.endpoints(), &lab, &path) == std::fs::read(&a).unwrap());
+    assert!(nfs_cat(fr.endpoints(), &lab.export, &path) == std::fs::read(&a).unwrap());
+    assert!(nfs_cat(fr.endpoints(), &lab.export, &path) == std::fs::read(&a).unwrap());
 
     // Replaced by a shorter file through the proxy (truncate + write): the cached 4 MiB
     // must not show through, neither the old bytes nor the old length.
@@ -138,7 +113,7 @@ fn writes_and_truncation_through_the_proxy_are_never_hidden() {
     let b = tmp.path().join("b");
     std::fs::write(&b, pseudo_random((1 << 20) + 123, 2)).unwrap();
     cp(&b);
-    let got = cat(fr.endpoints(), &lab, &path);
+    let got = nfs_cat(fr.endpoints(), &lab.export, &path);
     assert_eq!(got.len(), (1 << 20) + 123, "old length shows through");
     assert!(
         got == std::fs::read(&b).unwrap(),
@@ -211,8 +186,8 @@ fn sigusr2_drops_the_cache_and_the_next_read_refetches() {
     let mut hop = Gridvfs::start(lab.endpoint(), "");
     let mut fr = front(&hop, cache_dir.path());
     let path = format!("{name}/f.bin");
-    assert!(cat(fr.endpoints(), &lab, &path) == want);
-    assert!(cat(fr.endpoints(), &lab, &path) == want);
+    assert!(nfs_cat(fr.endpoints(), &lab.export, &path) == want);
+    assert!(nfs_cat(fr.endpoints(), &lab.export, &path) == want);
     common::signal(fr.pid(), "USR1");
     common::signal(fr.pid(), "USR2");
     let t0 = std::time::Instant::now();
@@ -230,7 +205,7 @@ fn sigusr2_drops_the_cache_and_the_next_read_refetches() {
         "too few blocks dropped"
     );
     assert!(
-        cat(fr.endpoints(), &lab, &path) == want,
+        nfs_cat(fr.endpoints(), &lab.export, &path) == want,
         "read after the drop differs"
     );
     fr.stop();
@@ -261,7 +236,7 @@ fn attributes_consistency_sees_changes_made_behind_the_proxy() {
         let cache_dir = tempfile::tempdir().unwrap();
         let fr = front_with(&hop, cache_dir.path(), &format!("consistency = \"{mode}\""));
         let path = format!("{name}/f.bin");
-        assert!(cat(fr.endpoints(), &lab, &path) == old);
+        assert!(nfs_cat(fr.endpoints(), &lab.export, &path) == old);
         // Another client rewrites the file in place: same size, new bytes, new mtime.
         let new = pseudo_random(2 << 20, 42);
         std::fs::write(&file, &new).unwrap();
@@ -272,7 +247,7 @@ fn attributes_consistency_sees_changes_made_behind_the_proxy() {
             .unwrap()
             .set_modified(later)
             .unwrap();
-        let got = cat(fr.endpoints(), &lab, &path);
+        let got = nfs_cat(fr.endpoints(), &lab.export, &path);
         if sees_change {
             assert!(
                 got == new,

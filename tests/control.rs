@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Gridvfs, Lab, bin, nfs_url, random_file};
+use common::{Gridvfs, Lab, bin, nfs_cat, random_file};
 
 fn ctl(socket: &std::path::Path, args: &[&str]) -> (bool, serde_json::Value) {
     let out = Command::new(bin())
@@ -43,16 +43,8 @@ fn status_and_flush_drop_over_the_control_socket() {
         ),
     );
     let cat = || {
-        let out = Command::new("nfs-cat")
-            .arg(nfs_url(
-                p.endpoints(),
-                &lab.export,
-                &format!("{name}/f.bin"),
-            ))
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        assert_eq!(out.stdout.len(), 4 << 20);
+        let got = nfs_cat(p.endpoints(), &lab.export, &format!("{name}/f.bin"));
+        assert_eq!(got.len(), 4 << 20);
     };
     cat();
     cat();

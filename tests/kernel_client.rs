@@ -153,12 +153,7 @@ fn kernel_client_reads_through_the_cache() {
     }
     p.stop();
     let log = p.log_text();
-    let hits = log
-        .lines()
-        .find_map(|l| l.split("cache_hits=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let hits = common::logged(&log, "cache_hits=");
     // 24 MiB in READs of at most 1 MiB: the second pass alone is at least 24 hits.
     assert!(
         hits >= 24,

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Endpoints, Gridvfs, Lab, nfs_url, random_file, sha256_file, signal};
+use common::{Endpoints, Gridvfs, Lab, nfs_cat, nfs_url, random_file, sha256_file, signal};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run libnfs tool (apt: libnfs-utils)");
@@ -48,13 +48,9 @@ fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
         back.to_str().unwrap(),
     );
     assert_eq!(sha256_file(&back), want, "download differs");
-    let cat = Command::new("nfs-cat")
-        .arg(nfs_url(ep, &lab.export, &format!("{name}/in.bin")))
-        .output()
-        .unwrap();
-    assert!(cat.status.success());
-    assert_eq!(cat.stdout.len(), mib << 20);
-    std::fs::write(tmp.path().join("cat.bin"), &cat.stdout).unwrap();
+    let cat = nfs_cat(ep, &lab.export, &format!("{name}/in.bin"));
+    assert_eq!(cat.len(), mib << 20);
+    std::fs::write(tmp.path().join("cat.bin"), &cat).unwrap();
     assert_eq!(sha256_file(&tmp.path().join("cat.bin")), want);
 
     // nfs-ls lists the directory.

@@ -255,3 +255,16 @@ async fn pipe(
 
     tokio::try_join!(reader, writer).map(|_| ())
 }
+
+/// Two relays with the same link model on free loopback ports: one in front of a
+/// server's NFS port, one in front of its MOUNT port.
+pub async fn start_pair(
+    nfs: SocketAddr,
+    mount: SocketAddr,
+    cfg: WanConfig,
+) -> io::Result<(WanRelay, WanRelay)> {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+    let n = WanRelay::start(any, nfs, cfg.clone()).await?;
+    let m = WanRelay::start(any, mount, cfg).await?;
+    Ok((n, m))
+}

@@ -362,6 +362,13 @@ pub async fn before_forward(
     p: Proc,
     call: &bytes::Bytes,
 ) -> Before {
+    // Only these touch the store before forwarding; every other call just takes a stamp
+    // here, without a trip through the blocking pool on each RPC.
+    if !matches!(p, Proc::READ | Proc::WRITE | Proc::SETATTR) {
+        return Before::Forward {
+            stamp: cache.stamp(),
+        };
+    }
     let c = cache.clone();
     let call = call.clone();
     let r = tokio::task::spawn_blocking(move || {
@@ -378,11 +385,10 @@ pub async fn before_forward(
                     None => Some(Before::Forward { stamp }),
                 }
             }
-            Proc::WRITE | Proc::SETATTR => {
+            _ => {
                 c.before_change(&call);
                 Some(Before::Forward { stamp: c.stamp() })
             }
-            _ => Some(Before::Forward { stamp: c.stamp() }),
         }
     })
     .await;

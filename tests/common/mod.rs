@@ -236,6 +236,32 @@ pub fn nfs_url(ep: Endpoints, export: &str, path: &str) -> String {
     )
 }
 
+/// The whole of `path` under the export, read through `ep` with libnfs's nfs-cat.
+pub fn nfs_cat(ep: Endpoints, export: &str, path: &str) -> Vec<u8> {
+    let out = Command::new("nfs-cat")
+        .arg(nfs_url(ep, export, path))
+        .output()
+        .expect("run nfs-cat (apt: libnfs-utils)");
+    assert!(
+        out.status.success(),
+        "nfs-cat {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The number in the last `key=N` field of a gridvfs log (e.g. `cache_hits=`); 0 if none.
+pub fn logged(log: &str, key: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find_map(|l| {
+            let at = l.find(key)? + key.len();
+            let digits: String = l[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Handle of `dir/file` below the export's root (LOOKUP twice).
 pub async fn lookup_path(c: &mut Client, dir: &str, file: &str) -> nfs3_types::nfs3::nfs_fh3 {
     use nfs3_types::nfs3::{LOOKUP3args, Nfs3Result, diropargs3, filename3};
