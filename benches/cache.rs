@@ -129,7 +129,7 @@ async fn main() {
         &format!(
             "[cache]\ndir = \"{}\"\nsize = \"{}MiB\"\nblock_size = \"256KiB\"\nways = 16\nbanks = 16\n",
             cache_dir.path().display(),
-            mib * 2
+            (mib * 2).max(64)
         ),
     );
     eprintln!("gridvfs cold...");
