@@ -254,6 +254,36 @@ impl Client {
         r.0[..8].try_into().unwrap()
     }
 
+    /// READ; returns (data, eof). The data is a slice of the reply, not a copy.
+    pub async fn read_data(&self, fh: &[u8], off: u64, count: u32) -> (Bytes, bool) {
+        let mut a = BytesMut::new();
+        put_opaque(&mut a, fh);
+        a.put_u64(off);
+        a.put_u32(count);
+        let reply = self.call(NFS, 6, &a).await;
+        let mut r = R(&reply);
+        assert_eq!(r.u32(), 0, "READ failed");
+        r.post_op_attr();
+        let n = r.u32() as usize;
+        let eof = r.u32() == 1;
+        assert_eq!(r.u32() as usize, n, "READ count and data length differ");
+        let at = reply.len() - r.0.len();
+        (reply.slice(at..at + n), eof)
+    }
+
+    /// COMMIT of the whole file; returns the write verifier.
+    pub async fn commit_verf(&self, fh: &[u8]) -> [u8; 8] {
+        let mut a = BytesMut::new();
+        put_opaque(&mut a, fh);
+        a.put_u64(0);
+        a.put_u32(0);
+        let r = self.call(NFS, 21, &a).await;
+        let mut r = R(&r);
+        assert_eq!(r.u32(), 0, "COMMIT failed");
+        r.wcc();
+        r.0[..8].try_into().unwrap()
+    }
+
     pub async fn commit(&self, fh: &[u8]) {
         let mut a = BytesMut::new();
         put_opaque(&mut a, fh);
