@@ -464,3 +464,30 @@ fn write_verifier_is_stable_until_dirty_data_is_lost() {
     assert_ne!(s.verifier(), v2, "lost unstable data: a new verifier");
     assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, bytes(100, 1));
 }
+
+#[test]
+fn a_crash_with_unsynced_dirty_writes_changes_the_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 16);
+    let v1 = {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &bytes(100, 1), true).unwrap());
+        assert!(dir.path().join("unstable").exists(), "marker before the reply");
+        s.sync().unwrap();
+        assert!(!dir.path().join("unstable").exists(), "retired by the sync");
+        stored(s.put(b"f", 1, 0, &bytes(100, 2), false).unwrap()); // clean: no marker
+        assert!(!dir.path().join("unstable").exists());
+        s.verifier()
+    };
+    let v2 = {
+        let s = Store::open(dir.path(), g).unwrap();
+        assert_eq!(s.verifier(), v1);
+        // An unstable write whose data and tag may both be lost by a power failure;
+        // "crash" without a sync.
+        stored(s.put(b"f", 0, 0, &bytes(100, 3), true).unwrap());
+        s.verifier()
+    };
+    let s = Store::open(dir.path(), g).unwrap();
+    assert_ne!(s.verifier(), v2, "unsynced writes at the crash: new verifier");
+    assert!(!dir.path().join("unstable").exists());
+}
