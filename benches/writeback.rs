@@ -401,8 +401,19 @@ impl Tree {
     }
 }
 
-/// One run of the tree over NFS; seconds.
-async fn tree_nfs(c: &Client, parent: &[u8], tree: &Tree, run: u64, jobs: usize) -> f64 {
+/// One run of the tree over NFS; seconds and the files' handles. With `known` (the
+/// handles of an earlier run, like a client's dentry cache) and `trunc_by_create` false,
+/// an existing file is truncated with SETATTR(size 0) — what the Linux client sends for
+/// `open(O_TRUNC)` on a file it knows — instead of CREATE UNCHECKED with size 0.
+async fn tree_nfs(
+    c: &Client,
+    parent: &[u8],
+    tree: &Tree,
+    run: u64,
+    jobs: usize,
+    known: Option<Arc<Vec<Vec<u8>>>>,
+    trunc_by_create: bool,
+) -> (f64, Arc<Vec<Vec<u8>>>) {
     let t = Instant::now();
     let root = Arc::new(c.mkdir(parent, &tree.name).await);
     let (cc, tr) = (c.clone(), tree.clone());
@@ -414,16 +425,26 @@ async fn tree_nfs(c: &Client, parent: &[u8], tree: &Tree, run: u64, jobs: usize)
         .await,
     );
     let (cc, tr, dd) = (c.clone(), tree.clone(), dirs.clone());
-    par(tree.files, jobs, move |i| {
-        let (c, tr, dirs) = (cc.clone(), tr.clone(), dd.clone());
-        async move {
-            let data = tr.data(run, i);
-            let fh = c.create(&dirs[i % tr.dirs], &tr.file(i)).await;
-            let v = c.write(&fh, 0, &data).await;
-            assert_eq!(c.commit_verf(&fh).await, v, "write verifier changed");
-        }
-    })
-    .await;
+    let known = known.filter(|_| !trunc_by_create);
+    let handles = Arc::new(
+        par(tree.files, jobs, move |i| {
+            let (c, tr, dirs, known) = (cc.clone(), tr.clone(), dd.clone(), known.clone());
+            async move {
+                let data = tr.data(run, i);
+                let fh = match &known {
+                    Some(k) => {
+                        c.set_size(&k[i], 0).await;
+                        k[i].clone()
+                    }
+                    None => c.create(&dirs[i % tr.dirs], &tr.file(i)).await,
+                };
+                let v = c.write(&fh, 0, &data).await;
+                assert_eq!(c.commit_verf(&fh).await, v, "write verifier changed");
+                fh
+            }
+        })
+        .await,
+    );
     let (cc, tr) = (c.clone(), tree.clone());
     par(tree.files, jobs, move |i| {
         let (c, tr, dirs) = (cc.clone(), tr.clone(), dirs.clone());
@@ -431,16 +452,21 @@ async fn tree_nfs(c: &Client, parent: &[u8], tree: &Tree, run: u64, jobs: usize)
             let want = tr.data(run, i);
             let name = tr.file(i);
             let fh = c.lookup(&dirs[i % tr.dirs], &name).await.expect("LOOKUP");
-            assert_eq!(c.getattr(&fh).await, want.len() as u64, "{name}: size");
+            let size = c.getattr(&fh).await;
+            assert_eq!(
+                size,
+                want.len() as u64,
+                "{name}: size in GETATTR (run {run})"
+            );
             let (got, eof) = c.read_data(&fh, 0, TREE_MAX as u32).await;
             assert!(
                 eof && got[..] == want[..],
-                "{name}: READ returned other bytes"
+                "{name}: READ returned other bytes (run {run})"
             );
         }
     })
     .await;
-    t.elapsed().as_secs_f64()
+    (t.elapsed().as_secs_f64(), handles)
 }
 
 /// The same run on a local directory with std::fs (COMMIT = fdatasync); seconds.
@@ -530,6 +556,7 @@ async fn main() {
     let cache_gib = env_u64("GRIDVFS_BENCH_CACHE_GIB", 4);
     let block_kib = env_u64("GRIDVFS_BENCH_BLOCK_KIB", 256);
     let policy = std::env::var("GRIDVFS_BENCH_WRITE_POLICY").unwrap_or("write-back".into());
+    let by_create = std::env::var("GRIDVFS_BENCH_TREE_TRUNC").as_deref() == Ok("create");
     let scenarios = std::env::var("GRIDVFS_BENCH_SCENARIOS").unwrap_or("1,2,3".into());
     let on = |n: &str| scenarios.split(',').any(|s| s.trim() == n);
 
@@ -766,9 +793,9 @@ async fn main() {
             let _ = std::fs::remove_dir_all(local_base.path().join(&lt.name));
             let pt = tree("wb");
             let c0 = counter.snapshot();
-            let x = tree_nfs(&pc, &pdir, &pt, 1, jobs).await;
+            let (x, fhs) = tree_nfs(&pc, &pdir, &pt, 1, jobs, None, by_create).await;
             let c1 = counter.snapshot();
-            let y = tree_nfs(&pc, &pdir, &pt, 2, jobs).await;
+            let (y, _) = tree_nfs(&pc, &pdir, &pt, 2, jobs, Some(fhs), by_create).await;
             let c2 = counter.snapshot();
             let (secs, reply) = flush(&socket).await;
             check_tree(&dir, &pt, 2);
@@ -795,8 +822,10 @@ async fn main() {
                 seed: 0xd1e0_0000 + r,
             };
             eprintln!("[3] direct over WAN {}/{direct_tree_rounds}...", r + 1);
-            d1.push(tree_nfs(&dc, &ddir, &t, 1, jobs).await);
-            d2.push(tree_nfs(&dc, &ddir, &t, 2, jobs).await);
+            let (a, fhs) = tree_nfs(&dc, &ddir, &t, 1, jobs, None, by_create).await;
+            let (b, _) = tree_nfs(&dc, &ddir, &t, 2, jobs, Some(fhs), by_create).await;
+            d1.push(a);
+            d2.push(b);
             check_tree(&dir, &t, 2);
             eprintln!(
                 "    {:.2} s / {:.2} s",

@@ -210,6 +210,22 @@ impl Client {
         self.create_like(8, dir, name, &t).await
     }
 
+    /// SETATTR of the size only (what the Linux client sends for `open(O_TRUNC)` or
+    /// `truncate(2)` on a file it knows).
+    pub async fn set_size(&self, fh: &[u8], size: u64) {
+        let mut a = BytesMut::new();
+        put_opaque(&mut a, fh);
+        for v in [0, 0, 0, 1] {
+            a.put_u32(v); // mode, uid, gid unset; size set...
+        }
+        a.put_u64(size);
+        for v in [0, 0, 0] {
+            a.put_u32(v); // atime, mtime: don't change; no guard
+        }
+        let r = self.call(NFS, 2, &a).await;
+        assert_eq!(R(&r).u32(), 0, "SETATTR(size) failed");
+    }
+
     pub async fn mkdir(&self, dir: &[u8], name: &str) -> Vec<u8> {
         if let Some(fh) = self.lookup(dir, name).await {
             return fh;
