@@ -637,8 +637,6 @@ async fn main() {
 
     let (pc, proot) = connect(proxy.addr, proxy.addr, &export).await;
     let pdir = pc.lookup(&proot, &name).await.expect("bench dir via proxy");
-    let (dc, droot) = connect(wn, wm, &export).await;
-    let ddir = dc.lookup(&droot, &name).await.expect("bench dir direct");
 
     // ---- 1. write-heavy over the WAN ----
     if on("1") && mib > 0 {
@@ -651,6 +649,9 @@ async fn main() {
                 "[1] round {}/{rounds}: direct over WAN ({mib} MiB)...",
                 r + 1
             );
+            // A fresh connection each time: Ganesha closes connections idle for minutes.
+            let (dc, droot) = connect(wn, wm, &export).await;
+            let ddir = dc.lookup(&droot, &name).await.expect("bench dir direct");
             let f = format!("direct-{r}.bin");
             let (w, rd) = write_then_read(&dc, &ddir, &f, data.clone()).await;
             check_file(&dir.join(&f), &data);
@@ -838,6 +839,9 @@ async fn main() {
         }
         let (mut d1, mut d2) = (vec![], vec![]);
         for r in 0..direct_tree_rounds as u64 {
+            // A fresh connection: Ganesha closes connections idle for minutes.
+            let (dc, droot) = connect(wn, wm, &export).await;
+            let ddir = dc.lookup(&droot, &name).await.expect("bench dir direct");
             let t = Tree {
                 name: format!("tree-direct-{r}"),
                 dirs: ndirs,

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 pub const NFS: u32 = 100003;
 pub const MOUNT: u32 = 100005;
 
-type Waiters = Arc<Mutex<HashMap<u32, oneshot::Sender<Bytes>>>>;
+/// Calls waiting for their reply, by xid; `None` once the connection is closed (a call
+/// then fails at once instead of waiting forever).
+type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Bytes>>>>>;
 
 #[derive(Clone)]
 pub struct Client {
@@ -78,7 +80,7 @@ impl Client {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let (mut rd, wr) = s.into_split();
-        let waiters: Waiters = Arc::default();
+        let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let (tx, mut rx) = mpsc::channel::<Bytes>(256);
         tokio::spawn(async move {
             let mut wr = tokio::io::BufWriter::with_capacity(1 << 20, wr);
@@ -97,18 +99,21 @@ impl Client {
             loop {
                 let mut hdr = [0u8; 4];
                 if rd.read_exact(&mut hdr).await.is_err() {
-                    return;
+                    break;
                 }
                 let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
                 let mut body = vec![0u8; len];
                 if rd.read_exact(&mut body).await.is_err() {
-                    return;
+                    break;
                 }
                 let xid = u32::from_be_bytes(body[..4].try_into().unwrap());
-                if let Some(t) = w.lock().unwrap().remove(&xid) {
+                let t = w.lock().unwrap().as_mut().and_then(|m| m.remove(&xid));
+                if let Some(t) = t {
                     let _ = t.send(Bytes::from(body));
                 }
             }
+            // Closed (servers close idle connections): waiting calls fail, later ones too.
+            *w.lock().unwrap() = None;
         });
         Ok(Client {
             tx,
@@ -139,7 +144,12 @@ impl Client {
         let len = (m.len() - 4) as u32 | 0x8000_0000;
         m[..4].copy_from_slice(&len.to_be_bytes());
         let (t, r) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(xid, t);
+        self.waiters
+            .lock()
+            .unwrap()
+            .as_mut()
+            .expect("connection closed by the server")
+            .insert(xid, t);
         self.tx
             .send(m.freeze())
             .await
