@@ -26,6 +26,7 @@
 //! connections. Every figure is a median of `GRIDVFS_BENCH_ROUNDS` (3) rounds. Every byte
 //! read back, and every byte on Ganesha's disk after a flush, is checked: a wrong byte
 //! fails the benchmark. Other knobs: `GRIDVFS_BENCH_BLOCK_KIB` (256, cache block),
+//! `GRIDVFS_BENCH_DROP_CACHES=0` (scenario 2 without the dropped-page-cache passes),
 //! `GRIDVFS_BENCH_WRITE_POLICY` (`write-back`; empty = leave the key out),
 //! `GRIDVFS_BENCH_TREE_DIRECT_ROUNDS` (1: rounds of scenario 3 directly over the WAN, for
 //! reference), `GRIDVFS_BENCH_SCENARIOS` (`1,2,3`). Needs the lab and root:
@@ -733,10 +734,14 @@ async fn main() {
         .await;
         let cold = t.elapsed().as_secs_f64();
         eprintln!("    cold {cold:.2} s");
-        let can_drop = drop_caches();
+        let can_drop =
+            std::env::var("GRIDVFS_BENCH_DROP_CACHES").as_deref() != Ok("0") && drop_caches();
         if !can_drop {
-            eprintln!("    cannot drop the page cache (not root?): only the warm comparison");
+            eprintln!(
+                "    page cache not dropped (GRIDVFS_BENCH_DROP_CACHES=0, or not root): only the warm comparison"
+            );
         }
+        eprintln!("[2] timed passes...");
         let (mut ld, mut pd, mut lw, mut pw) = (vec![], vec![], vec![], vec![]);
         for r in 0..rounds {
             if can_drop {

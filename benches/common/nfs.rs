@@ -95,21 +95,33 @@ impl Client {
         });
         let w = waiters.clone();
         tokio::spawn(async move {
-            let mut rd = tokio::io::BufReader::with_capacity(1 << 20, &mut rd);
-            loop {
-                let mut hdr = [0u8; 4];
-                if rd.read_exact(&mut hdr).await.is_err() {
-                    break;
+            // Records are read straight into one growing buffer (one copy from the
+            // socket, no zero-filling) and handed out as slices of it.
+            let mut buf = BytesMut::with_capacity(2 << 20);
+            'conn: loop {
+                while buf.len() < 4 {
+                    if !matches!(rd.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                        break 'conn;
+                    }
                 }
-                let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
-                let mut body = vec![0u8; len];
-                if rd.read_exact(&mut body).await.is_err() {
-                    break;
+                let len = (u32::from_be_bytes(buf[..4].try_into().unwrap()) & 0x7fff_ffff) as usize;
+                if buf.capacity() < 4 + len {
+                    buf.reserve(4 + len - buf.len());
+                }
+                while buf.len() < 4 + len {
+                    if !matches!(rd.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                        break 'conn;
+                    }
+                }
+                let mut rec = buf.split_to(4 + len);
+                let body = rec.split_off(4).freeze();
+                if buf.capacity() < 64 << 10 {
+                    buf.reserve(2 << 20);
                 }
                 let xid = u32::from_be_bytes(body[..4].try_into().unwrap());
                 let t = w.lock().unwrap().as_mut().and_then(|m| m.remove(&xid));
                 if let Some(t) = t {
-                    let _ = t.send(Bytes::from(body));
+                    let _ = t.send(body);
                 }
             }
             // Closed (servers close idle connections): waiting calls fail, later ones too.
