@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 pub mod raw;
 
 use nfs3_client::Nfs3ConnectionBuilder;
-use nfs3_client::tokio::{TokioConnector, TokioIo};
 use nfs3_types::nfs3::{
     COMMIT3args, COMMIT3resok, CREATE3args, GETATTR3args, LOOKUP3args, LOOKUP3resok, Nfs3Option,
     Nfs3Result, READ3args, READ3resok, SETATTR3args, SETATTR3resok, WRITE3args, WRITE3resok,
@@ -239,7 +238,49 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
-pub type Client = nfs3_client::Nfs3Connection<TokioIo<tokio::net::TcpStream>>;
+pub type Client = nfs3_client::Nfs3Connection<Io>;
+
+/// A TCP stream for nfs3_client on which end of stream is an error. nfs3_client 0.9's
+/// `async_read_exact` retries a read of 0 bytes forever, so with its own stream a client
+/// whose server died (a proxy killed on purpose, or a crash) spins instead of failing.
+pub struct Io(tokio::net::TcpStream);
+
+impl nfs3_client::io::AsyncRead for Io {
+    async fn async_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = tokio::io::AsyncReadExt::read(&mut self.0, buf).await?;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(n)
+    }
+}
+
+impl nfs3_client::io::AsyncWrite for Io {
+    async fn async_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = tokio::io::AsyncWriteExt::write(&mut self.0, buf).await?;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        Ok(n)
+    }
+}
+
+/// Connects [`Io`] streams (from any local port: the proxy and the lab allow that).
+pub struct Connector;
+
+impl nfs3_client::net::Connector for Connector {
+    type Connection = Io;
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Io> {
+        Ok(Io(tokio::net::TcpStream::connect(addr).await?))
+    }
+
+    async fn connect_with_port(&self, addr: SocketAddr, local_port: u16) -> std::io::Result<Io> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([0, 0, 0, 0], local_port)))?;
+        Ok(Io(socket.connect(addr).await?))
+    }
+}
 
 /// AUTH_SYS as root (Ganesha refuses AUTH_NONE with AUTH_TOOWEAK).
 pub fn root_cred() -> opaque_auth<'static> {
@@ -254,7 +295,7 @@ pub fn root_cred() -> opaque_auth<'static> {
 
 /// Mounts `export` at `ep` with an NFSv3 client (explicit ports, no portmapper).
 pub async fn mount(ep: Endpoints, export: &str) -> Client {
-    Nfs3ConnectionBuilder::new(TokioConnector, ep.nfs.ip().to_string(), export)
+    Nfs3ConnectionBuilder::new(Connector, ep.nfs.ip().to_string(), export)
         .mount_port(ep.mount.port())
         .nfs3_port(ep.nfs.port())
         .connect_from_privileged_port(false)
