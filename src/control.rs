@@ -4,11 +4,14 @@
 //! A Unix stream socket (`[control] socket`), one request line, one JSON reply line:
 //!
 //! - `status` → `{"ok":true,"calls":{...},"cache":{...},"upstream":{...}}`
-//! - `flush` → write back all dirty data, answer when done (the cache is write-through in
-//!   this build: nothing is dirty, the answer is immediate: `{"ok":true,"written":0}`)
-//! - `flush --drop` → write back, then drop the whole cache: `{"ok":true,"dropped":N}`
+//! - `flush` → write back all dirty data. While it runs, a progress line every second
+//!   (`{"progress":{"bytes_left":N,"rate_bytes_per_s":R,...}}`); when done, the answer:
+//!   `{"ok":true,"written":N,"files":N,...}` (`"ok":false` if some file could not be
+//!   written back: its data stays dirty).
+//! - `flush --drop` → write back, then drop the whole cache (`"dropped":N` blocks).
 //!
-//! `gridvfs status --socket P` and `gridvfs flush [--drop] --socket P` are the clients.
+//! `gridvfs status --socket P` and `gridvfs flush [--drop] --socket P` are the clients;
+//! the last line of an answer is the one with `"ok"`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,38 +56,99 @@ async fn handle(stream: UnixStream, proxy: &Arc<Proxy>) -> std::io::Result<()> {
     let mut line = String::new();
     let mut rd = BufReader::new(rd).take(MAX_LINE as u64);
     rd.read_line(&mut line).await?;
-    let reply = match line.trim() {
-        "status" => status(proxy),
-        "flush" => {
-            info!("control: flush");
-            "{\"ok\":true,\"written\":0}".to_string()
+    let line = line.trim_end_matches(['\n', '\r']);
+    let reply = match line {
+        "status" => status(proxy).await,
+        _ if line == "flush" || line.starts_with("flush ") => {
+            let mut rest = &line["flush".len()..];
+            let drop = rest.starts_with(" --drop");
+            if drop {
+                rest = &rest[" --drop".len()..];
+            }
+            match rest.strip_prefix(" --file ") {
+                Some(path) => flush(proxy, drop, Some(path), &mut wr).await?,
+                None if rest.is_empty() => flush(proxy, drop, None, &mut wr).await?,
+                None => bad_request(line),
+            }
         }
-        "flush --drop" => {
-            info!("control: flush --drop");
-            drop_cache(proxy).await
-        }
-        other => format!(
-            "{{\"ok\":false,\"error\":\"unknown request {:?}: use status, flush or flush --drop\"}}",
-            other.chars().take(40).collect::<String>()
-        ),
+        other => bad_request(other),
     };
     wr.write_all(reply.as_bytes()).await?;
     wr.write_all(b"\n").await?;
     wr.shutdown().await
 }
 
-async fn drop_cache(proxy: &Arc<Proxy>) -> String {
-    let Some(c) = proxy.cache.clone() else {
-        return "{\"ok\":true,\"dropped\":0,\"cache\":false}".into();
-    };
-    match tokio::task::spawn_blocking(move || c.drop_all()).await {
-        Ok(Ok(n)) => format!("{{\"ok\":true,\"dropped\":{n}}}"),
-        Ok(Err(e)) => format!("{{\"ok\":false,\"error\":{:?}}}", e.to_string()),
-        Err(e) => format!("{{\"ok\":false,\"error\":{:?}}}", e.to_string()),
-    }
+fn bad_request(line: &str) -> String {
+    format!(
+        "{{\"ok\":false,\"error\":{}}}",
+        json_str(&format!(
+            "unknown request {:?}: use status, flush [--drop] [--file PATH]",
+            line.chars().take(40).collect::<String>()
+        ))
+    )
 }
 
-fn status(p: &Proxy) -> String {
+/// How often a waiting `flush` is told the progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs a flush (it goes on if the requester goes away) and reports its progress to the
+/// requester until it is done; returns the final line.
+async fn flush(
+    proxy: &Arc<Proxy>,
+    drop: bool,
+    file: Option<&str>,
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<String> {
+    info!(drop, file, "control: flush");
+    let fh = match file {
+        None => None,
+        Some(path) => match proxy.resolve(path).await {
+            Ok(fh) => Some(fh),
+            Err(e) => return Ok(format!("{{\"ok\":false,\"error\":{}}}", json_str(&e))),
+        },
+    };
+    let p = proxy.clone();
+    let mut task = tokio::spawn(async move { p.flush(fh, drop).await });
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    let done = loop {
+        tokio::select! {
+            r = &mut task => break r,
+            _ = tick.tick() => {
+                if let Some(c) = &proxy.cache {
+                    let line = format!("{{\"progress\":{}}}\n", crate::proxy::writeback::progress_json(c));
+                    wr.write_all(line.as_bytes()).await?;
+                }
+            }
+        }
+    };
+    Ok(match done {
+        Ok(Ok((rep, dropped))) => format!(
+            "{{\"ok\":{},\"written\":{},\"files\":{},\"dropped_files\":{},\"failed\":{},\"dropped\":{dropped}}}",
+            rep.failed.is_empty(),
+            rep.written,
+            rep.files,
+            rep.dropped_files,
+            json_strings(&rep.failed)
+        ),
+        Ok(Err(e)) => format!("{{\"ok\":false,\"error\":{}}}", json_str(&e)),
+        Err(e) => format!("{{\"ok\":false,\"error\":{}}}", json_str(&e.to_string())),
+    })
+}
+
+/// A JSON string (Rust's debug escaping is JSON-compatible for what we print).
+fn json_str(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn json_strings(v: &[String]) -> String {
+    format!(
+        "[{}]",
+        v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(",")
+    )
+}
+
+async fn status(p: &Proxy) -> String {
     let m = &p.metrics;
     let calls: Vec<String> = m
         .nfs
@@ -94,12 +158,30 @@ fn status(p: &Proxy) -> String {
         .map(|(i, c)| format!("\"{}\":{}", Proc(i as u32).name(), c.load(Relaxed)))
         .collect();
     let cache = match &p.cache {
-        Some(c) => format!(
-            "{{\"enabled\":true,\"hits\":{},\"misses\":{},\"fills\":{},\"dirty_bytes\":0}}",
-            c.hits.load(Relaxed),
-            c.misses.load(Relaxed),
-            c.fills.load(Relaxed)
-        ),
+        Some(c) => {
+            let c2 = c.clone();
+            let dirty = tokio::task::spawn_blocking(move || c2.dirty_summary())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or_default();
+            format!(
+                "{{\"enabled\":true,\"write_policy\":\"{}\",\"hits\":{},\"misses\":{},\"fills\":{},\
+                 \"local_writes\":{},\"write_throughs\":{},\"set_evictions\":{},\
+                 \"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
+                c.policy.name(),
+                c.hits.load(Relaxed),
+                c.misses.load(Relaxed),
+                c.fills.load(Relaxed),
+                c.local_writes.load(Relaxed),
+                c.write_throughs.load(Relaxed),
+                c.evictions.load(Relaxed),
+                dirty.bytes,
+                dirty.blocks,
+                dirty.files,
+                crate::proxy::writeback::progress_json(c)
+            )
+        }
         None => "{\"enabled\":false}".into(),
     };
     let up = |u: &crate::upstream::Upstream| {
@@ -123,12 +205,30 @@ fn status(p: &Proxy) -> String {
     )
 }
 
-/// The client side: sends one request line, returns the reply line.
-pub async fn request(socket: &Path, line: &str) -> std::io::Result<String> {
+/// The client side: sends one request line, passes progress lines to `progress`, and
+/// returns the final reply line.
+pub async fn request(
+    socket: &Path,
+    line: &str,
+    mut progress: impl FnMut(&str),
+) -> std::io::Result<String> {
     let mut s = UnixStream::connect(socket).await?;
     s.write_all(line.as_bytes()).await?;
     s.write_all(b"\n").await?;
-    let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply).await?;
-    Ok(reply.trim_end().to_string())
+    let mut r = BufReader::new(s);
+    loop {
+        let mut reply = String::new();
+        if r.read_line(&mut reply).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the proxy closed the control connection without an answer",
+            ));
+        }
+        let reply = reply.trim_end();
+        if reply.starts_with("{\"progress\"") {
+            progress(reply);
+            continue;
+        }
+        return Ok(reply.to_string());
+    }
 }

@@ -1,6 +1,10 @@
 //! `gridvfs run`: logging, binding, the ready file, rpcbind registration, signals.
 //!
-//! SIGTERM and SIGINT stop accepting new connections, let calls in flight finish, and exit 0.
+//! Signals (paper §3.2.1, middleware control of the cache):
+//! - SIGTERM, SIGINT: stop accepting new connections, let calls in flight finish, write
+//!   back dirty data (`cache.flush_on_exit`; a second signal skips it), exit 0.
+//! - SIGUSR1: write back all dirty data; blocks stay cached, clean.
+//! - SIGUSR2: write back, then drop the whole cache.
 
 use std::path::Path;
 use std::time::Duration;
@@ -39,6 +43,24 @@ async fn unregister(register: bool, socket: &Path, addr: std::net::SocketAddr) {
         Ok(Err(e)) => warn!(error = %e, "could not unregister from rpcbind"),
         Err(_) => warn!("rpcbind did not answer the unregistration"),
     }
+}
+
+/// Runs a write-back in the background (signals must not wait for it); logs the result.
+fn spawn_flush(proxy: &std::sync::Arc<crate::proxy::Proxy>, drop: bool) {
+    let p = proxy.clone();
+    tokio::spawn(async move {
+        match p.flush(None, drop).await {
+            Ok((rep, dropped)) => {
+                if !rep.failed.is_empty() {
+                    warn!(failed = ?rep.failed, "some files were not written back; their data stays in the cache");
+                }
+                if drop {
+                    info!(blocks = dropped, "cache dropped");
+                }
+            }
+            Err(e) => warn!(side = "cache", error = %e, "write-back failed"),
+        }
+    });
 }
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides `log.level`.
@@ -109,20 +131,14 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
             _ = tick.tick() => debug!(calls = %proxy.metrics.nfs_summary(), "per-procedure counts"),
-            // The cache is write-through in this build: nothing is dirty, so SIGUSR1
-            // (write back) has nothing to do, and SIGUSR2 (write back, then drop) drops.
-            _ = usr1.recv() => info!("SIGUSR1: write-back requested; the cache is write-through, nothing to write back"),
-            _ = usr2.recv() => match proxy.cache.clone() {
-                Some(c) => {
-                    info!("SIGUSR2: dropping the cache");
-                    match tokio::task::spawn_blocking(move || c.drop_all()).await {
-                        Ok(Ok(n)) => info!(blocks = n, "cache dropped"),
-                        Ok(Err(e)) => warn!(side = "cache", error = %e, "dropping the cache failed"),
-                        Err(e) => warn!(error = %e, "cache drop task failed"),
-                    }
-                }
-                None => info!("SIGUSR2: no cache configured"),
-            },
+            _ = usr1.recv() => {
+                info!("SIGUSR1: writing back dirty data");
+                spawn_flush(&proxy, false);
+            }
+            _ = usr2.recv() => {
+                info!("SIGUSR2: writing back dirty data, then dropping the cache");
+                spawn_flush(&proxy, true);
+            }
             r = &mut server => {
                 unregister(register, &rpcbind_socket, addr).await;
                 r.context("server task failed")?;
@@ -132,11 +148,28 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     }
     let _ = tx.send(true);
     // A second signal while draining stops at once.
+    let mut hurry = false;
     tokio::select! {
         r = &mut server => if let Err(e) = r { warn!(error = %e, "server task ended abnormally") },
-        _ = term.recv() => warn!("second signal: not waiting for connections to drain"),
-        _ = int.recv() => warn!("second signal: not waiting for connections to drain"),
+        _ = term.recv() => { hurry = true; warn!("second signal: not waiting for connections to drain") },
+        _ = int.recv() => { hurry = true; warn!("second signal: not waiting for connections to drain") },
     }
+    let flush_on_exit = cfg.cache.as_ref().is_some_and(|c| {
+        c.flush_on_exit && c.write_policy == crate::config::WritePolicy::WriteBack
+    });
+    if flush_on_exit && !hurry {
+        info!("writing back dirty data before exit (a second signal skips this; the data stays in the cache)");
+        tokio::select! {
+            r = proxy.flush(None, false) => match r {
+                Ok((rep, _)) if rep.failed.is_empty() => {}
+                Ok((rep, _)) => warn!(failed = ?rep.failed, "some files were not written back; their data stays in the cache"),
+                Err(e) => warn!(error = %e, "write-back at exit failed; the data stays in the cache"),
+            },
+            _ = term.recv() => warn!("second signal: write-back skipped; dirty data stays in the cache"),
+            _ = int.recv() => warn!("second signal: write-back skipped; dirty data stays in the cache"),
+        }
+    }
+    proxy.close_cache().await;
     unregister(register, &rpcbind_socket, addr).await;
     if let Some(p) = ready_file {
         let _ = std::fs::remove_file(p);

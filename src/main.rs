@@ -48,6 +48,10 @@ enum Cmd {
         /// Drop the whole cache after writing back.
         #[arg(long)]
         drop: bool,
+        /// Write back only this file: its path as the client mounted it
+        /// (`/export/dir/file`), or relative to the one mounted export.
+        #[arg(long)]
+        file: Option<String>,
     },
 }
 
@@ -64,7 +68,35 @@ fn control(socket: &std::path::Path, line: &str) -> ExitCode {
     let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::from(1);
     };
-    match rt.block_on(gridvfs::control::request(socket, line)) {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let progress = |line: &str| {
+        // {"progress":{"running":..,"bytes_total":..,"bytes_done":..,"bytes_left":N,"rate_bytes_per_s":R}}
+        let num = |key: &str| {
+            line.split(&format!("\"{key}\":"))
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let mib = |b: f64| b / (1 << 20) as f64;
+        let text = format!(
+            "flush: {:.1} MiB left of {:.1} MiB, {:.1} MiB/s",
+            mib(num("bytes_left")),
+            mib(num("bytes_total")),
+            mib(num("rate_bytes_per_s"))
+        );
+        if tty {
+            eprint!("\r{text}   ");
+        } else {
+            eprintln!("{text}");
+        }
+    };
+    let r = rt.block_on(gridvfs::control::request(socket, line, progress));
+    if tty {
+        eprintln!();
+    }
+    match r {
         Ok(reply) => {
             println!("{reply}");
             if reply.starts_with("{\"ok\":true") {
@@ -87,8 +119,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Status { socket } => control(&socket, "status"),
-        Cmd::Flush { socket, drop } => {
-            control(&socket, if drop { "flush --drop" } else { "flush" })
+        Cmd::Flush { socket, drop, file } => {
+            let mut line = String::from("flush");
+            if drop {
+                line.push_str(" --drop");
+            }
+            if let Some(f) = file {
+                if f.contains('\n') {
+                    eprintln!("gridvfs: --file: a path with a newline");
+                    return ExitCode::from(2);
+                }
+                line.push_str(" --file ");
+                line.push_str(&f);
+            }
+            control(&socket, &line)
         }
         Cmd::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {

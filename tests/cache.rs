@@ -12,6 +12,9 @@ use common::{
     Gridvfs, Lab, logged, lookup_path, nfs_cat, nfs_url, pseudo_random, random_file, sha256_file,
 };
 
+/// A caching proxy in front of `hop`. These tests are about the read cache, so writes
+/// go through (`write-through`: the written bytes are also kept); write-back has its own
+/// tests (tests/writeback.rs).
 fn front(hop: &Gridvfs, cache_dir: &std::path::Path) -> Gridvfs {
     front_with(hop, cache_dir, "")
 }
@@ -22,7 +25,7 @@ fn front_with(hop: &Gridvfs, cache_dir: &std::path::Path, extra: &str) -> Gridvf
         "127.0.0.1:0",
         "",
         &format!(
-            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n{extra}\n",
+            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\nwrite_policy = \"write-through\"\n{extra}\n",
             cache_dir.display()
         ),
     )

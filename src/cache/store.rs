@@ -77,6 +77,22 @@ pub enum Put {
     Skipped,
 }
 
+/// The contents of a block version about to be written.
+struct Version {
+    valid: Range<u32>,
+    buf: Vec<u8>,
+    dirty: Option<Range<u32>>,
+}
+
+/// A dirty block, for write-back: the newest version's sequence and dirty byte range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyBlock {
+    pub fh: Vec<u8>,
+    pub block: u64,
+    pub seq: u64,
+    pub dirty: Range<u32>,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Meta {
     /// Fingerprint of (fh, block); 0 = empty frame.
@@ -109,6 +125,7 @@ pub struct Store {
     /// Set when recovery found a dirty version that never reached a durable point: the
     /// proxy must change its write verifier.
     lost_unstable: AtomicBool,
+    verifier: [u8; 8],
 }
 
 fn fingerprint(fh: &[u8], block: u64) -> u64 {
@@ -212,8 +229,11 @@ impl Store {
             banks,
             seq: AtomicU64::new(max_seq),
             lost_unstable: AtomicBool::new(false),
+            verifier: [0; 8],
         };
+        let mut store = store;
         store.verify_dirty()?;
+        store.verifier = load_verifier(dir, store.lost_unstable_writes())?;
         let clean = dir.join(CLEAN);
         let was_clean = clean.exists();
         if was_clean {
@@ -519,16 +539,50 @@ impl Store {
             }
         };
 
-        // Where to write: in place over a clean or a not-yet-durable version; elsewhere
-        // (copy-on-write) over a durable dirty one, which must survive until the new
-        // version is durable.
-        let in_place = old_way.filter(|&w| {
+        let seq = self.write_version(
+            &mut bank,
+            set,
+            fp,
+            fh,
+            block,
+            Version {
+                valid,
+                buf,
+                dirty: dirty_range,
+            },
+            old_way.map(|w| (w, old_dirty)),
+        )?;
+        Ok(Put::Stored { seq })
+    }
+
+    /// Writes a new version of (fh, block): in place over a clean or a not-yet-durable
+    /// version; elsewhere (copy-on-write) over a durable dirty one, which must survive
+    /// until the new version is durable. `old`: the current newest version's way and
+    /// whether it is dirty.
+    #[allow(clippy::too_many_arguments)]
+    fn write_version(
+        &self,
+        bank: &mut Bank,
+        set: u64,
+        fp: u64,
+        fh: &[u8],
+        block: u64,
+        v: Version,
+        old: Option<(u32, bool)>,
+    ) -> Result<u64> {
+        let Version {
+            valid,
+            buf,
+            dirty: dirty_range,
+        } = v;
+        let old_way = old.map(|(w, _)| w);
+        let in_place = old.filter(|&(w, old_dirty)| {
             let m = bank.meta[self.local(self.geo.frame(set, w))];
             !old_dirty || m.unsynced
         });
         let way = match in_place {
-            Some(w) => w,
-            None => self.victim(&mut bank, set, old_way)?,
+            Some((w, _)) => w,
+            None => self.victim(bank, set, old_way)?,
         };
         let f = self.geo.frame(set, way);
         if bank.files.is_none() {
@@ -569,7 +623,44 @@ impl Store {
             // The superseded version stays until the new one is durable.
             bank.superseded.push(self.local(self.geo.frame(set, w)));
         }
-        Ok(Put::Stored { seq })
+        Ok(seq)
+    }
+
+    /// Cuts a block at byte `keep` (a truncation of the file inside this block): the
+    /// newest version loses its bytes from `keep` on, dirty or not, written as a new
+    /// version with the copy-on-write rule of `put`. Nothing left: every version goes.
+    /// Durable at the next `sync_all`.
+    pub fn truncate_block(&self, fh: &[u8], block: u64, keep: u32) -> Result<()> {
+        let (set, fp) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        let Some((way, c)) = self.newest(&mut bank, set, fp, fh, block)? else {
+            return Ok(());
+        };
+        if c.valid.end <= keep {
+            return Ok(());
+        }
+        if c.valid.start >= keep {
+            drop(bank);
+            return self.invalidate(fh, block);
+        }
+        let valid = c.valid.start..keep;
+        let buf = c.data[..(keep - c.valid.start) as usize].to_vec();
+        let dirty = c
+            .dirty
+            .clone()
+            .map(|d| d.start..d.end.min(keep))
+            .filter(|d| d.start < d.end);
+        self.write_version(
+            &mut bank,
+            set,
+            fp,
+            fh,
+            block,
+            Version { valid, buf, dirty },
+            Some((way, c.dirty.is_some())),
+        )?;
+        Ok(())
     }
 
     /// Picks a frame to (re)use in `set`: an empty one, else a clean one by CLOCK;
@@ -663,6 +754,13 @@ impl Store {
     /// Forgets every version of a block (its data changed upstream, or was truncated).
     /// Dirty versions are dropped too: callers use this only for data that is gone.
     pub fn invalidate(&self, fh: &[u8], block: u64) -> Result<()> {
+        self.invalidate_block(fh, block, false)
+    }
+
+    /// Forgets the clean versions of a block; a dirty newest version stays (with the
+    /// versions it supersedes), so a write-back cache never loses data to an
+    /// invalidation.
+    fn invalidate_block(&self, fh: &[u8], block: u64, keep_dirty: bool) -> Result<()> {
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -675,6 +773,9 @@ impl Store {
                 && t.fh == fh
                 && t.block == block
             {
+                if keep_dirty && bank.meta[self.local(f)].dirty {
+                    return Ok(());
+                }
                 self.clear(&mut bank, f)?;
             }
         }
@@ -685,14 +786,33 @@ impl Store {
     /// (sizes can come from clients and servers: 2^63 is a valid file size) becomes one
     /// pass over the frames instead, so the work is bounded by the cache, not the range.
     pub fn invalidate_range(&self, fh: &[u8], from: u64, to: u64) -> Result<()> {
+        self.invalidate_blocks(fh, from, to, false)
+    }
+
+    /// Like `invalidate_range`, but blocks holding dirty data stay whole (a file changed
+    /// upstream while it has local writes: the local writes win, as they will at the
+    /// next flush).
+    pub fn invalidate_range_clean(&self, fh: &[u8], from: u64, to: u64) -> Result<()> {
+        self.invalidate_blocks(fh, from, to, true)
+    }
+
+    fn invalidate_blocks(&self, fh: &[u8], from: u64, to: u64, keep_dirty: bool) -> Result<()> {
         if to < from {
             return Ok(());
         }
         if to - from < self.geo.sets() {
             for b in from..=to {
-                self.invalidate(fh, b)?;
+                self.invalidate_block(fh, b, keep_dirty)?;
             }
             return Ok(());
+        }
+        let mut dirty_blocks = std::collections::HashSet::new();
+        if keep_dirty {
+            for d in self.dirty_blocks()? {
+                if d.fh == fh {
+                    dirty_blocks.insert(d.block);
+                }
+            }
         }
         let h = fnv1a(fh);
         for (b, bank) in self.banks.iter().enumerate() {
@@ -705,6 +825,7 @@ impl Store {
                 if let Slot::Tag(t) = self.read_tag(&bank, f)?
                     && t.fh == fh
                     && (from..=to).contains(&t.block)
+                    && !dirty_blocks.contains(&t.block)
                 {
                     self.clear(&mut bank, f)?;
                 }
@@ -742,8 +863,9 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Every dirty block: (file handle, block number, sequence), for write-back.
-    pub fn dirty_blocks(&self) -> Result<Vec<(Vec<u8>, u64, u64)>> {
+    /// Every dirty block (its newest version), sorted by file handle and block, for
+    /// write-back.
+    pub fn dirty_blocks(&self) -> Result<Vec<DirtyBlock>> {
         let mut out = Vec::new();
         for (b, bank) in self.banks.iter().enumerate() {
             let bank = bank.lock().expect("bank lock");
@@ -753,18 +875,72 @@ impl Store {
                 }
                 let f = self.frame_of(b as u32, i);
                 if let Slot::Tag(t) = self.read_tag(&bank, f)?
-                    && t.dirty.is_some()
+                    && let Some(dirty) = t.dirty
                 {
-                    out.push((t.fh, t.block, t.seq));
+                    out.push(DirtyBlock {
+                        fh: t.fh,
+                        block: t.block,
+                        seq: t.seq,
+                        dirty,
+                    });
                 }
             }
         }
-        // Newest first within a block, then keep only it.
+        Self::newest_dirty(out)
+    }
+
+    /// Sorts by (fh, block) and keeps the newest version of each block.
+    fn newest_dirty(mut out: Vec<DirtyBlock>) -> Result<Vec<DirtyBlock>> {
         out.sort_by(|a, b| {
-            (&a.0, a.1, std::cmp::Reverse(a.2)).cmp(&(&b.0, b.1, std::cmp::Reverse(b.2)))
+            (&a.fh, a.block, std::cmp::Reverse(a.seq)).cmp(&(&b.fh, b.block, std::cmp::Reverse(b.seq)))
         });
-        out.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        out.dedup_by(|a, b| a.fh == b.fh && a.block == b.block);
         Ok(out)
+    }
+
+    /// The dirty blocks that share a set with (fh, block): what to write back when that
+    /// set is full of dirty data.
+    pub fn dirty_in_set(&self, fh: &[u8], block: u64) -> Result<Vec<DirtyBlock>> {
+        let (set, _) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        let mut out = Vec::new();
+        for way in 0..self.geo.ways {
+            let f = self.geo.frame(set, way);
+            if !bank.meta[self.local(f)].dirty {
+                continue;
+            }
+            if let Slot::Tag(t) = self.read_tag(&bank, f)?
+                && let Some(dirty) = t.dirty
+            {
+                out.push(DirtyBlock {
+                    fh: t.fh,
+                    block: t.block,
+                    seq: t.seq,
+                    dirty,
+                });
+            }
+        }
+        Self::newest_dirty(out)
+    }
+
+    /// Makes every write and every cleared tag durable (after a truncation: blocks cut
+    /// or dropped must not come back after a crash).
+    pub fn sync_all(&self) -> Result<()> {
+        self.sync()?;
+        for (b, bank) in self.banks.iter().enumerate() {
+            let bank = bank.lock().expect("bank lock");
+            if let Some((_, t)) = &bank.files {
+                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The write verifier: the same across restarts while no dirty data was lost; a new
+    /// one after recovery dropped a dirty version that never reached a durable point.
+    pub fn verifier(&self) -> [u8; 8] {
+        self.verifier
     }
 
     fn read_tag(&self, bank: &Bank, f: Frame) -> Result<Slot> {
@@ -816,6 +992,40 @@ impl Store {
     fn tags_path(&self, b: u32) -> PathBuf {
         self.dir.join(format!("bank-{b:04}.tags"))
     }
+}
+
+const VERIFIER: &str = "verifier";
+
+/// Reads the write verifier kept in the cache directory, or makes a new one (first
+/// start, or `lost`: dirty data was lost, so clients must re-send what they have not
+/// seen committed). Written durably (temp + rename + directory fsync) before use.
+fn load_verifier(dir: &Path, lost: bool) -> Result<[u8; 8]> {
+    let p = dir.join(VERIFIER);
+    if !lost
+        && let Ok(b) = std::fs::read(&p)
+        && let Ok(v) = <[u8; 8]>::try_from(b.as_slice())
+    {
+        return Ok(v);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut v = (now.as_nanos() as u64 ^ ((std::process::id() as u64) << 40)).to_be_bytes();
+    if let Ok(old) = std::fs::read(&p)
+        && old.as_slice() == v
+    {
+        v[7] ^= 1;
+    }
+    let tmp = dir.join("verifier.tmp");
+    std::fs::write(&tmp, v).map_err(io(&tmp))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &p).map_err(io(&p))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(v)
 }
 
 /// Opens (creating, sparse, at full size) a bank's data and tag files.

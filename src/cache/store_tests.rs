@@ -46,7 +46,12 @@ fn blocks_persist_across_reopen() {
     assert_eq!((c.valid, c.dirty), (10..110, Some(10..110)));
     assert_eq!(
         s.dirty_blocks().unwrap(),
-        vec![(b"file-b".to_vec(), 7, c.seq)]
+        vec![DirtyBlock {
+            fh: b"file-b".to_vec(),
+            block: 7,
+            seq: c.seq,
+            dirty: 10..110
+        }]
     );
     assert!(s.get(b"file-c", 0).unwrap().is_none());
 }
@@ -132,7 +137,11 @@ fn durable_rewrite_replaces_and_clears_the_old_version() {
     drop(s);
     let s = Store::open(dir.path(), g).unwrap();
     assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 64]);
-    assert_eq!(s.dirty_blocks().unwrap(), vec![(b"f".to_vec(), 0, seq)]);
+    let d = s.dirty_blocks().unwrap();
+    assert_eq!(
+        d.iter().map(|d| (d.fh.clone(), d.block, d.seq)).collect::<Vec<_>>(),
+        vec![(b"f".to_vec(), 0, seq)]
+    );
     let tags = std::fs::read(dir.path().join("bank-0000.tags")).unwrap();
     let live = tags
         .chunks_exact(TAG_SIZE)

@@ -118,7 +118,7 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// The on-disk block cache (a read cache, write-through, for now).
+/// The on-disk block cache.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub dir: PathBuf,
@@ -130,6 +130,33 @@ pub struct CacheConfig {
     /// Bank files the sets are spread over.
     pub banks: u32,
     pub consistency: Consistency,
+    pub write_policy: WritePolicy,
+    /// SIGTERM/SIGINT write back all dirty data before the proxy exits.
+    pub flush_on_exit: bool,
+    /// WRITEs in flight to the next hop during a write-back.
+    pub writeback_in_flight: usize,
+}
+
+/// What the cache does with a client's WRITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePolicy {
+    /// Answered from the cache (durable on local disk at COMMIT/FILE_SYNC), written to
+    /// the next hop at a flush (paper §3.2.1).
+    WriteBack,
+    /// Forwarded; the written bytes are kept in the cache for later reads.
+    WriteThrough,
+    /// Forwarded; cached blocks it touches are dropped.
+    ReadOnly,
+}
+
+impl WritePolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            WritePolicy::WriteBack => "write-back",
+            WritePolicy::WriteThrough => "write-through",
+            WritePolicy::ReadOnly => "read-only",
+        }
+    }
 }
 
 /// When cached blocks are believed.
@@ -278,8 +305,30 @@ impl RawConfig {
                         ));
                     }
                 };
+                let write_policy = match c.write_policy.as_str() {
+                    "write-back" => WritePolicy::WriteBack,
+                    "write-through" => WritePolicy::WriteThrough,
+                    "read-only" => WritePolicy::ReadOnly,
+                    other => {
+                        return Err(invalid(
+                            "cache.write_policy",
+                            format!(
+                                "`{other}`: use \"write-back\", \"write-through\" or \"read-only\""
+                            ),
+                        ));
+                    }
+                };
+                if c.writeback_in_flight == 0 || c.writeback_in_flight > 4096 {
+                    return Err(invalid(
+                        "cache.writeback_in_flight",
+                        "must be between 1 and 4096".into(),
+                    ));
+                }
                 Some(CacheConfig {
                     consistency,
+                    write_policy,
+                    flush_on_exit: c.flush_on_exit,
+                    writeback_in_flight: c.writeback_in_flight,
                     dir: c.dir,
                     size: c.size.0,
                     block_size: bs,

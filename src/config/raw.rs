@@ -40,6 +40,22 @@ pub(super) struct RawCache {
     pub banks: u32,
     #[serde(default = "default_consistency")]
     pub consistency: String,
+    #[serde(default = "default_write_policy")]
+    pub write_policy: String,
+    #[serde(default = "default_true")]
+    pub flush_on_exit: bool,
+    #[serde(default = "default_writeback_in_flight")]
+    pub writeback_in_flight: usize,
+}
+
+fn default_write_policy() -> String {
+    "write-back".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_writeback_in_flight() -> usize {
+    64
 }
 
 fn default_consistency() -> String {

@@ -32,8 +32,8 @@ use tracing::warn;
 
 use crate::cache::layout::Geometry;
 use crate::cache::store::{CacheError, Put, Store};
-use crate::config::{CacheConfig, Consistency};
-use crate::nfs3::{self, Args, AttrMut, Fattr3, Ftype3, NfsResult, Proc, Res};
+use crate::config::{CacheConfig, Consistency, WritePolicy};
+use crate::nfs3::{self, Args, AttrMut, Fattr3, Ftype3, NfsResult, Nfstime3, Proc, Res, WccAttr};
 use crate::rpc::msg::accepted_reply;
 use crate::rpc::{AcceptStat, CallHeader, ReplyKind, parse_reply};
 use crate::xdr::{Encode, XdrWrite};
@@ -41,11 +41,85 @@ use crate::xdr::{Encode, XdrWrite};
 /// What the proxy remembers of a file.
 #[derive(Debug, Clone, Default)]
 struct FileState {
+    /// The next hop's attributes, as last seen (never with the local overlay).
     attr: Option<Fattr3>,
     /// Clock value of the file's last change.
     changed_at: u64,
     /// For eviction of the least recently used entries.
     used: u64,
+    /// Set while the file has dirty data in the cache (write-back): the local size and
+    /// times that replies show. A file with `local` is never forgotten.
+    local: Option<Local>,
+    /// The credential of the last client WRITE to the file, for its write-back.
+    cred: Option<Cred>,
+    /// Counts local WRITEs: a flush that saw the same count before and after left the
+    /// file clean.
+    wgen: u64,
+}
+
+/// The local view of a file with dirty data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Local {
+    pub size: u64,
+    pub mtime: Nfstime3,
+    pub ctime: Nfstime3,
+}
+
+/// An RPC credential (flavor and body) taken from a client's call, used again for the
+/// calls the cache makes on the client's behalf (gap fills, write-back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cred {
+    pub flavor: u32,
+    pub body: Vec<u8>,
+}
+
+impl Cred {
+    pub fn of(call: &[u8]) -> Option<Cred> {
+        let h = CallHeader::parse(call).ok()?;
+        Some(Cred {
+            flavor: h.cred.flavor.0,
+            body: h.cred.body.to_vec(),
+        })
+    }
+
+    /// As stored in the cache directory: flavor, then the body.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut v = self.flavor.to_be_bytes().to_vec();
+        v.extend_from_slice(&self.body);
+        v
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Cred> {
+        let (f, body) = b.split_first_chunk::<4>()?;
+        (body.len() <= 400).then(|| Cred {
+            flavor: u32::from_be_bytes(*f),
+            body: body.to_vec(),
+        })
+    }
+}
+
+/// Where the credential of the last writer is kept, so a restarted proxy can write back
+/// dirty data before any client has called again.
+const CRED_FILE: &str = "credential";
+
+/// The current time as an NFS time.
+pub fn now() -> Nfstime3 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Nfstime3 {
+        seconds: d.as_secs() as u32,
+        nseconds: d.subsec_nanos(),
+    }
+}
+
+/// `attr` as the client must see it while the file has local writes.
+pub fn overlay(mut attr: Fattr3, l: &Local) -> Fattr3 {
+    attr.size = l.size;
+    attr.used = attr.used.max(l.size);
+    attr.mtime = l.mtime;
+    attr.ctime = l.ctime;
+    attr
 }
 
 /// Files remembered at most (a few hundred bytes each).
@@ -62,9 +136,13 @@ struct Files {
 }
 
 pub struct CacheLayer {
-    store: Store,
+    pub(super) store: Store,
     consistency: Consistency,
-    bs: u64,
+    pub policy: WritePolicy,
+    pub(super) cfg: CacheConfig,
+    pub(super) bs: u64,
+    /// The credential of the last client WRITE, also kept in the cache directory.
+    last_cred: Mutex<Option<Cred>>,
     /// The change clock; stamps are its values.
     clock: AtomicU64,
     files: Mutex<Files>,
@@ -73,22 +151,93 @@ pub struct CacheLayer {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub fills: AtomicU64,
+    /// Progress of the running (or last) flush.
+    pub flush: FlushProgress,
+    /// WRITEs answered from the cache (write-back).
+    pub local_writes: AtomicU64,
+    /// WRITEs the cache could not take and sent through (disk full, set full).
+    pub write_throughs: AtomicU64,
+    /// Sets that were full of dirty blocks and written back to make room.
+    pub evictions: AtomicU64,
+    /// Per-file locks, striped by handle: WRITEs and write-back share a file; a
+    /// truncation or a write-through has it alone.
+    locks: Vec<tokio::sync::RwLock<()>>,
+}
+
+/// How much dirty data the cache holds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DirtySummary {
+    pub bytes: u64,
+    pub blocks: u64,
+    pub files: u64,
+}
+
+/// Stripes of `CacheLayer::locks`.
+const LOCK_STRIPES: usize = 256;
+
+/// What `gridvfs status` and a waiting `gridvfs flush` show of a write-back.
+#[derive(Default)]
+pub struct FlushProgress {
+    pub running: std::sync::atomic::AtomicBool,
+    /// Dirty bytes found when the flush started.
+    pub total: AtomicU64,
+    /// Bytes written back (and committed) so far.
+    pub done: AtomicU64,
+    /// When the flush started, in milliseconds since the epoch.
+    pub started_ms: AtomicU64,
+    /// Serialises flushes.
+    pub lock: tokio::sync::Mutex<()>,
 }
 
 impl CacheLayer {
     pub fn open(cfg: &CacheConfig) -> Result<CacheLayer, CacheError> {
         let geo = Geometry::new(cfg.size, cfg.block_size, cfg.ways, cfg.banks)?;
-        Ok(CacheLayer {
-            store: Store::open(&cfg.dir, geo)?,
+        let store = Store::open(&cfg.dir, geo)?;
+        let last_cred = std::fs::read(cfg.dir.join(CRED_FILE))
+            .ok()
+            .and_then(|b| Cred::from_bytes(&b));
+        let layer = CacheLayer {
+            store,
             consistency: cfg.consistency,
+            policy: cfg.write_policy,
+            cfg: cfg.clone(),
             bs: cfg.block_size as u64,
+            last_cred: Mutex::new(last_cred),
             clock: AtomicU64::new(1),
             files: Mutex::default(),
             mutate: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             fills: AtomicU64::new(0),
-        })
+            flush: FlushProgress::default(),
+            local_writes: AtomicU64::new(0),
+            write_throughs: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+        };
+        // Dirty data found at open (after a restart or a crash): the files are local
+        // again, their size at least the end of their dirty bytes until the next hop's
+        // attributes say more.
+        let t = now();
+        let dirty = layer.store.dirty_blocks()?;
+        for d in &dirty {
+            let end = d.block * layer.bs + d.dirty.end as u64;
+            layer.with_file(&d.fh, |s| {
+                let l = s.local.get_or_insert(Local {
+                    size: 0,
+                    mtime: t,
+                    ctime: t,
+                });
+                l.size = l.size.max(end);
+            });
+        }
+        if !dirty.is_empty() {
+            tracing::info!(
+                blocks = dirty.len(),
+                "cache holds dirty data from before the restart; it is written back at the next flush"
+            );
+        }
+        Ok(layer)
     }
 
     /// Closes the store cleanly (at exit), so the next start finds it warm.
@@ -113,7 +262,7 @@ impl CacheLayer {
             let cut = ages[ages.len() / 8];
             let mut forgotten = files.forgotten;
             files.map.retain(|_, s| {
-                let keep = s.used > cut;
+                let keep = s.used > cut || s.local.is_some();
                 if !keep {
                     forgotten = forgotten.max(s.changed_at);
                 }
@@ -145,15 +294,18 @@ impl CacheLayer {
         self.with_file(fh, |s| s.changed_at <= stamp)
     }
 
-    /// Forgets every cached block and every remembered file (SIGUSR2). With the
-    /// write-through cache there is nothing to write back first. Returns the number of
-    /// blocks dropped.
+    /// Forgets every clean cached block and every remembered file without local writes
+    /// (SIGUSR2, after a write-back). Dirty blocks (written after the write-back began,
+    /// or not written back) stay. Returns the number of blocks dropped.
     pub fn drop_all(&self) -> Result<u64, CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         let t = self.clock.fetch_add(1, Ordering::SeqCst) + 1;
         {
             let mut f = self.files.lock().expect("files lock");
-            f.map.clear();
+            f.map.retain(|_, s| s.local.is_some());
+            for s in f.map.values_mut() {
+                s.changed_at = t;
+            }
             f.forgotten = t;
         }
         self.store.drop_clean()
@@ -162,7 +314,17 @@ impl CacheLayer {
     /// Answers a READ from the store: the whole reply record (with `xid`), or None (a
     /// miss). The data is read from the bank files straight into the reply.
     pub fn read(&self, xid: u32, fh: &[u8], off: u64, count: u32) -> Option<BytesMut> {
-        let attr = self.with_file(fh, |s| s.attr.clone())?;
+        match self.read_local(xid, fh, off, count) {
+            Some(r) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(r)
+            }
+            None => self.miss(),
+        }
+    }
+
+    fn read_local(&self, xid: u32, fh: &[u8], off: u64, count: u32) -> Option<BytesMut> {
+        let attr = self.effective_attr(fh)?;
         if attr.ftype != Ftype3::REG {
             return None;
         }
@@ -183,16 +345,269 @@ impl CacheLayer {
             let hi = (end - block * self.bs).min(self.bs) as u32;
             match self.store.read_into(fh, block, lo..hi, &mut out) {
                 Ok(true) => {}
-                Ok(false) => return self.miss(),
+                Ok(false) => return None,
                 Err(e) => {
                     warn!(side = "cache", error = %e, "cache read failed; forwarding");
-                    return self.miss();
+                    return None;
                 }
             }
             pos = block * self.bs + hi as u64;
         }
         out.put_bytes(0, crate::xdr::pad(n));
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(out)
+    }
+
+    /// The attributes a client must see: the next hop's, with the local size and times
+    /// while the file has dirty data.
+    pub fn effective_attr(&self, fh: &[u8]) -> Option<Fattr3> {
+        self.with_file(fh, |s| s.attr.clone().map(|a| match &s.local {
+            Some(l) => overlay(a, l),
+            None => a,
+        }))
+    }
+
+    /// Dirty data in the cache (for `gridvfs status`).
+    pub fn dirty_summary(&self) -> Result<DirtySummary, CacheError> {
+        let d = self.store.dirty_blocks()?;
+        let mut files = d.iter().map(|b| &b.fh).collect::<Vec<_>>();
+        files.dedup();
+        Ok(DirtySummary {
+            bytes: d.iter().map(|b| b.dirty.len() as u64).sum(),
+            blocks: d.len() as u64,
+            files: files.len() as u64,
+        })
+    }
+
+    /// The lock of a file (a stripe shared with other handles).
+    pub fn file_lock(&self, fh: &[u8]) -> &tokio::sync::RwLock<()> {
+        &self.locks[(crate::cache::layout::fnv1a(fh) % LOCK_STRIPES as u64) as usize]
+    }
+
+    /// Files with local writes, with their write counts.
+    pub fn local_files(&self) -> Vec<(Vec<u8>, u64)> {
+        let f = self.files.lock().expect("files lock");
+        f.map
+            .iter()
+            .filter(|(_, s)| s.local.is_some())
+            .map(|(k, s)| (k.clone(), s.wgen))
+            .collect()
+    }
+
+    /// A write-through of a file with local writes may make it longer.
+    pub fn extend_local(&self, fh: &[u8], end: u64) {
+        self.with_file(fh, |s| {
+            if let Some(l) = &mut s.local {
+                l.size = l.size.max(end);
+            }
+        });
+    }
+
+    /// Puts clean bytes fetched by a call stamped `stamp`, unless the file changed since.
+    pub fn fill_checked(&self, fh: &[u8], off: u64, data: &[u8], stamp: u64) -> Result<(), CacheError> {
+        let _m = self.mutate.lock().expect("mutate lock");
+        if !self.unchanged_since(fh, stamp) {
+            return Ok(());
+        }
+        let mut pos = off;
+        let end = off + data.len() as u64;
+        while pos < end {
+            let block = pos / self.bs;
+            let lo = pos - block * self.bs;
+            let n = (self.bs - lo).min(end - pos);
+            let bytes = &data[(pos - off) as usize..(pos - off + n) as usize];
+            self.store.put(fh, block, lo as u32, bytes, false)?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// The local view of a file with dirty data.
+    pub fn local(&self, fh: &[u8]) -> Option<Local> {
+        self.with_file(fh, |s| s.local)
+    }
+
+    /// The next hop's attributes as last seen.
+    pub fn upstream_attr(&self, fh: &[u8]) -> Option<Fattr3> {
+        self.with_file(fh, |s| s.attr.clone())
+    }
+
+    /// Records attributes fetched by the cache itself (a GETATTR of its own).
+    pub fn learn_attr(&self, fh: &[u8], attr: Fattr3, stamp: u64) {
+        let _m = self.mutate.lock().expect("mutate lock");
+        if self.unchanged_since(fh, stamp) {
+            self.with_file(fh, |s| {
+                if let Some(l) = &mut s.local {
+                    l.size = l.size.max(attr.size);
+                }
+                s.attr = Some(attr)
+            });
+        }
+    }
+
+    /// The `wcc_attr` a reply about this file shows as "before".
+    pub fn pre_attr(&self, fh: &[u8]) -> Option<WccAttr> {
+        self.effective_attr(fh).map(|a| WccAttr {
+            size: a.size,
+            mtime: a.mtime,
+            ctime: a.ctime,
+        })
+    }
+
+    /// A client WRITE landed in the cache: the file is local (size at least `end`, times
+    /// now), and its writer's credential is kept for the write-back.
+    pub fn note_local_write(&self, fh: &[u8], end: u64, cred: Option<Cred>) {
+        let t = now();
+        self.with_file(fh, |s| {
+            let base = s.attr.as_ref().map_or(0, |a| a.size);
+            let l = s.local.get_or_insert(Local {
+                size: base,
+                mtime: t,
+                ctime: t,
+            });
+            l.size = l.size.max(end);
+            l.mtime = t;
+            l.ctime = t;
+            s.wgen += 1;
+            if cred.is_some() {
+                s.cred.clone_from(&cred);
+            }
+        });
+        if let Some(c) = cred {
+            self.remember_cred(c);
+        }
+    }
+
+    /// Keeps the newest writer's credential in the cache directory (only when it
+    /// changes: one small durable write per session, not per WRITE).
+    fn remember_cred(&self, c: Cred) {
+        let mut last = self.last_cred.lock().expect("cred lock");
+        if last.as_ref() == Some(&c) {
+            return;
+        }
+        let dir = &self.cfg.dir;
+        let tmp = dir.join("credential.tmp");
+        let r = std::fs::write(&tmp, c.to_bytes())
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, dir.join(CRED_FILE)))
+            .and_then(|_| std::fs::File::open(dir)?.sync_all());
+        if let Err(e) = r {
+            warn!(side = "cache", error = %e, "cannot keep the writer's credential in the cache directory");
+        }
+        *last = Some(c);
+    }
+
+    /// The credential to write a file back with: its last writer's, else the last
+    /// writer's of the session (kept across restarts).
+    pub fn cred_for(&self, fh: &[u8]) -> Option<Cred> {
+        self.with_file(fh, |s| s.cred.clone())
+            .or_else(|| self.last_cred.lock().expect("cred lock").clone())
+    }
+
+    /// How many local WRITEs the file has had.
+    pub fn wgen(&self, fh: &[u8]) -> u64 {
+        self.with_file(fh, |s| s.wgen)
+    }
+
+    /// After a write-back of the file: if no local WRITE came since `wgen`, the file is
+    /// no longer local; `after` (the COMMIT's attributes) is the next hop's view now.
+    pub fn written_back(&self, fh: &[u8], wgen: u64, after: Option<Fattr3>) {
+        let _m = self.mutate.lock().expect("mutate lock");
+        self.with_file(fh, |s| {
+            if s.wgen != wgen {
+                return;
+            }
+            let Some(l) = s.local.take() else { return };
+            s.attr = match after {
+                Some(a) if a.size == l.size => Some(a),
+                _ => s.attr.take().map(|a| overlay(a, &l)),
+            };
+        });
+    }
+
+    /// The file is gone upstream (write-back got NFS3ERR_STALE): its dirty data goes,
+    /// as a removed file's data does on a local disk.
+    pub fn forget_file(&self, fh: &[u8]) {
+        let _m = self.mutate.lock().expect("mutate lock");
+        self.changed(fh, None);
+        self.with_file(fh, |s| s.local = None);
+        if let Err(e) = self.store.invalidate_range(fh, 0, u64::MAX / self.bs) {
+            warn!(side = "cache", error = %e, "cache invalidation failed");
+        }
+    }
+
+    /// A change made by the cache itself (a write-through or a truncation): replies
+    /// stamped before it teach nothing.
+    pub fn change(&self, fh: &[u8]) {
+        let _m = self.mutate.lock().expect("mutate lock");
+        let attr = self.with_file(fh, |s| s.attr.clone());
+        self.changed(fh, attr);
+    }
+
+    /// A SETATTR(size) succeeded upstream (write-back): bytes past `new` are gone, dirty
+    /// or not; growing reads zeros. The old size is the local one for a file with dirty
+    /// data, else the reply's "before" (unknown: everything past the new size goes).
+    /// Made durable before returning, so a crash cannot bring cut bytes back.
+    pub fn truncated(&self, fh: &[u8], old: Option<u64>, new: u64) -> Result<(), CacheError> {
+        let _m = self.mutate.lock().expect("mutate lock");
+        let local = self.with_file(fh, |s| s.local);
+        let old = local.map(|l| l.size).or(old);
+        let cut = old.map_or(new, |o| o.min(new));
+        let top = old.map_or(u64::MAX / self.bs, |o| o.max(new) / self.bs);
+        let attr = self.with_file(fh, |s| s.attr.clone());
+        self.changed(fh, attr);
+        let first_whole = cut.div_ceil(self.bs);
+        if !cut.is_multiple_of(self.bs) {
+            self.store
+                .truncate_block(fh, cut / self.bs, (cut % self.bs) as u32)?;
+        }
+        self.store.invalidate_range(fh, first_whole, top.max(first_whole))?;
+        let t = now();
+        self.with_file(fh, |s| {
+            if let Some(l) = &mut s.local {
+                l.size = new;
+                l.mtime = t;
+                l.ctime = t;
+                s.wgen += 1;
+            }
+        });
+        if local.is_some() {
+            self.store.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Builds a READ reply for a file with local writes from the next hop's bytes
+    /// (`upstream`, may be short) with the dirty bytes laid over them, up to the local
+    /// size; bytes past both are zeros (a hole the local writes made).
+    fn merged_read(&self, xid: u32, fh: &[u8], off: u64, count: u32, upstream: &[u8]) -> Option<BytesMut> {
+        let attr = self.effective_attr(fh)?;
+        let end = off.saturating_add(count as u64).min(attr.size);
+        let n = end.saturating_sub(off) as usize;
+        let mut buf = vec![0u8; n];
+        let k = upstream.len().min(n);
+        buf[..k].copy_from_slice(&upstream[..k]);
+        if n > 0 {
+            for block in off / self.bs..=(end - 1) / self.bs {
+                let Ok(Some(c)) = self.store.get(fh, block) else {
+                    continue;
+                };
+                let Some(d) = c.dirty else { continue };
+                let base = block * self.bs;
+                let lo = (base + d.start as u64).max(off);
+                let hi = (base + d.end as u64).min(end);
+                for pos in lo..hi {
+                    buf[(pos - off) as usize] = c.data[(pos - base - c.valid.start as u64) as usize];
+                }
+            }
+        }
+        let res = Res::Read(NfsResult::Ok(nfs3::ReadResOk {
+            file_attributes: Some(attr.clone()),
+            count: n as u32,
+            eof: end >= attr.size,
+            data: &buf,
+        }));
+        let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
+        res.encode(&mut out);
         Some(out)
     }
 
@@ -225,24 +640,25 @@ impl CacheLayer {
     }
 
     /// Learns from a forwarded call's reply, for a call stamped `stamp`: attributes of
-    /// the files it mentions, READ data, truncations, changes behind our back.
-    pub fn observe(&self, call: &[u8], reply: &[u8], stamp: u64) {
-        let Some((p, args_at)) = nfs_call(call) else {
-            return;
-        };
-        let Ok((_, ReplyKind::Accepted { stat, results_at })) = parse_reply(reply) else {
-            return;
+    /// the files it mentions, READ data, truncations, changes behind our back. Returns
+    /// the reply to send instead, when the client must see local writes in it (the
+    /// local size and times of files with dirty data; READ data merged with dirty bytes).
+    pub fn observe(&self, call: &[u8], reply: &[u8], stamp: u64) -> Option<BytesMut> {
+        let (p, args_at) = nfs_call(call)?;
+        let Ok((xid, ReplyKind::Accepted { stat, results_at })) = parse_reply(reply) else {
+            return None;
         };
         if stat != AcceptStat::SUCCESS {
-            return;
+            return None;
         }
         let (Ok(args), Ok(mut res)) = (
             Args::decode(p, &call[args_at..]),
             Res::decode(p, &reply[results_at..]),
         ) else {
-            return;
+            return None;
         };
         let _m = self.mutate.lock().expect("mutate lock");
+        let write_back = self.policy == WritePolicy::WriteBack;
         let own_change = matches!(p, Proc::WRITE | Proc::SETATTR | Proc::COMMIT);
         let attributes_mode = self.consistency == Consistency::Attributes;
         // (file, first block, last block) to invalidate after the walk.
@@ -269,7 +685,14 @@ impl CacheLayer {
             if !self.unchanged_since(&fh, stamp) {
                 continue; // stamped before a change: these attributes may be older
             }
-            let before = self.with_file(&fh, |s| s.attr.replace(f.clone()));
+            let before = self.with_file(&fh, |s| {
+                if let Some(l) = &mut s.local {
+                    // Truncations go through the cache (`truncated`), so a larger size
+                    // upstream is another writer's extension.
+                    l.size = l.size.max(f.size);
+                }
+                s.attr.replace(f.clone())
+            });
             let Some(b) = before else { continue };
             if attributes_mode && !own_change && (f.mtime != b.mtime || f.size != b.size) {
                 stale.push((fh, 0, b.size.max(f.size) / self.bs));
@@ -278,20 +701,24 @@ impl CacheLayer {
             }
         }
         match (&args, &res) {
-            (Args::Write(w), _) => {
+            (Args::Write(w), r) => {
                 // A READ of these bytes answered before this WRITE may have filled them
                 // meanwhile: clear again, as another change (the size just learned stays).
                 let attr = self.with_file(w.file.0, |s| s.attr.clone());
                 self.changed(w.file.0, attr);
                 let last = w.offset.saturating_add(w.count.max(1) as u64 - 1) / self.bs;
                 self.invalidate(w.file.0, w.offset / self.bs, last);
+                if self.policy == WritePolicy::WriteThrough && matches!(r, Res::Write(NfsResult::Ok(_))) {
+                    // The bytes are the next hop's now: keep them for later reads.
+                    self.fill(w.file.0, w.offset, w.data);
+                }
             }
             (Args::Read(r), Res::Read(NfsResult::Ok(ok)))
                 if self.unchanged_since(r.file.0, stamp) =>
             {
                 self.fill(r.file.0, r.offset, ok.data);
             }
-            (Args::Setattr(a), Res::Setattr(NfsResult::Ok(ok))) => {
+            (Args::Setattr(a), Res::Setattr(NfsResult::Ok(ok))) if !write_back => {
                 if let Some(new) = a.new_attributes.size {
                     let attr = self.with_file(a.object.0, |s| s.attr.clone());
                     self.changed(a.object.0, attr);
@@ -311,8 +738,53 @@ impl CacheLayer {
         for (fh, from, to) in stale {
             let attr = self.with_file(&fh, |s| s.attr.clone());
             self.changed(&fh, attr);
-            self.invalidate(&fh, from, to);
+            if write_back {
+                // Local writes win over the next hop's changes until they are flushed.
+                if let Err(e) = self.store.invalidate_range_clean(&fh, from, to) {
+                    warn!(side = "cache", error = %e, "cache invalidation failed");
+                }
+            } else {
+                self.invalidate(&fh, from, to);
+            }
         }
+        if !write_back {
+            return None;
+        }
+        // Files with local writes: their READ data and their attributes as the client
+        // must see them.
+        if let (Args::Read(r), Res::Read(rr)) = (&args, &res)
+            && self.with_file(r.file.0, |s| s.local.is_some())
+        {
+            if let Some(out) = self.read_local(xid, r.file.0, r.offset, r.count) {
+                return Some(out);
+            }
+            if let NfsResult::Ok(ok) = rr {
+                return self.merged_read(xid, r.file.0, r.offset, r.count, ok.data);
+            }
+        }
+        let mut touched = false;
+        res.for_each_attr_mut(&args, |fh, a| {
+            let Some(fh) = fh else { return };
+            let Some(l) = self.with_file(fh.0, |s| s.local) else {
+                return;
+            };
+            touched = true;
+            match a {
+                AttrMut::Post(f) => *f = overlay(f.clone(), &l),
+                AttrMut::Pre(w) => {
+                    w.size = l.size;
+                    w.mtime = l.mtime;
+                    w.ctime = l.ctime;
+                }
+            }
+        });
+        if !touched {
+            return None;
+        }
+        let mut out = BytesMut::with_capacity(reply.len() + 64);
+        out.extend_from_slice(&reply[..results_at]);
+        res.encode(&mut out);
+        Some(out)
     }
 
     fn fill(&self, fh: &[u8], off: u64, data: &[u8]) {
@@ -355,16 +827,40 @@ pub enum Before {
     Forward { stamp: u64 },
 }
 
-/// Tries a READ on the cache; prepares WRITE/SETATTR (invalidation); stamps the call.
-/// Runs the file I/O on the blocking pool.
+/// Whether a call of this procedure goes through the cache before it is forwarded (and
+/// may be answered there): the connection handles these off its reader.
+pub fn touches_store(p: Proc) -> bool {
+    matches!(p, Proc::READ | Proc::WRITE | Proc::SETATTR | Proc::COMMIT)
+}
+
+/// Tries a READ on the cache; answers WRITE, COMMIT and SETATTR(size) in write-back
+/// mode; prepares WRITE/SETATTR otherwise (invalidation); stamps the call. Runs the file
+/// I/O on the blocking pool.
 pub async fn before_forward(
     cache: &std::sync::Arc<CacheLayer>,
+    up: &std::sync::Arc<crate::upstream::Upstream>,
     p: Proc,
     call: &bytes::Bytes,
 ) -> Before {
     // Only these touch the store before forwarding; every other call just takes a stamp
     // here, without a trip through the blocking pool on each RPC.
-    if !matches!(p, Proc::READ | Proc::WRITE | Proc::SETATTR) {
+    if !touches_store(p) {
+        return Before::Forward {
+            stamp: cache.stamp(),
+        };
+    }
+    if cache.policy == WritePolicy::WriteBack {
+        use super::writeback;
+        match p {
+            Proc::WRITE => return Before::Hit(writeback::write(cache, up, call.clone()).await),
+            Proc::COMMIT => return Before::Hit(writeback::commit(cache, call.clone()).await),
+            Proc::SETATTR if setattr_size(call) => {
+                return Before::Hit(writeback::setattr_size(cache, up, call.clone()).await);
+            }
+            _ => {}
+        }
+    }
+    if p == Proc::COMMIT {
         return Before::Forward {
             stamp: cache.stamp(),
         };
@@ -397,6 +893,14 @@ pub async fn before_forward(
         // Not an NFS call we can read (cannot happen for routed calls): a stamp of 0
         // makes the reply teach nothing.
         .unwrap_or(Before::Forward { stamp: 0 })
+}
+
+/// A SETATTR call that sets the size.
+fn setattr_size(call: &[u8]) -> bool {
+    let Some((p, at)) = nfs_call(call) else {
+        return false;
+    };
+    matches!(Args::decode(p, &call[at..]), Ok(Args::Setattr(a)) if a.new_attributes.size.is_some())
 }
 
 /// (procedure, offset of the arguments) of an NFSv3 call record.

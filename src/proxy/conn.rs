@@ -124,38 +124,27 @@ pub(super) async fn serve(
                     }
                     Some(Lookup::New) | None => {
                         let rec = rec.freeze();
-                        let mut observe = None;
-                        if let (Some(cache), Target::Nfs) = (&proxy.cache, to) {
-                            match cached::before_forward(cache, proc_, &rec).await {
-                                cached::Before::Hit(reply) => {
-                                    if let Some(k) = key {
-                                        proxy.drc.finish(k, &reply, false);
-                                    }
-                                    let o = Outgoing {
-                                        reply: reply.freeze(),
-                                        ..held
-                                    };
-                                    if reply_tx.send(o).await.is_err() {
-                                        break "client write side failed".into();
-                                    }
-                                    continue;
-                                }
-                                cached::Before::Forward { stamp } => {
-                                    observe = Some((cache.clone(), rec.clone(), stamp));
-                                }
-                            }
-                        }
-                        let upstream = match to {
-                            Target::Nfs => &proxy.nfs,
-                            Target::Mount => &proxy.mount,
+                        let call = Call {
+                            to,
+                            proc_,
+                            key,
+                            held,
                         };
-                        let done =
-                            completion(&proxy, to, proc_, key, reply_tx.clone(), held, observe);
-                        if let Err(e) = upstream.send(rec, done).await {
-                            warn!(side = "upstream", error = %e, "call dropped");
-                            if let Some(k) = key {
-                                proxy.drc.abandon(k);
+                        match (&proxy.cache, to) {
+                            (Some(cache), Target::Nfs) if cached::touches_store(proc_) => {
+                                // Cache work (disk I/O, maybe calls of its own) runs beside
+                                // the reader, so one slow WRITE does not stall the others.
+                                let (p, tx, cache) = (proxy.clone(), reply_tx.clone(), cache.clone());
+                                tokio::spawn(async move {
+                                    via_cache(&p, &cache, call, rec, tx).await;
+                                });
                             }
+                            (Some(cache), Target::Nfs) => {
+                                let stamp = cache.stamp();
+                                let observe = Some((cache.clone(), rec.clone(), stamp));
+                                forward(&proxy, call, rec, reply_tx.clone(), observe).await;
+                            }
+                            _ => forward(&proxy, call, rec, reply_tx.clone(), None).await,
                         }
                     }
                 }
@@ -178,40 +167,134 @@ pub(super) async fn serve(
     info!(%peer, %reason, "client disconnected");
 }
 
-/// What happens when a forwarded call's reply arrives (on the upstream link's reader).
-fn completion(
-    proxy: &Arc<Proxy>,
+/// A call on its way: where it goes, its duplicate-cache key, and what it holds.
+struct Call {
     to: Target,
     proc_: Proc,
     key: Option<Key>,
-    tx: mpsc::Sender<Outgoing>,
     held: Outgoing,
+}
+
+/// A call the cache may answer (READ hit; WRITE/COMMIT/SETATTR(size) in write-back
+/// mode), else forwarded with its reply observed.
+async fn via_cache(
+    proxy: &Arc<Proxy>,
+    cache: &Arc<cached::CacheLayer>,
+    call: Call,
+    rec: Bytes,
+    tx: mpsc::Sender<Outgoing>,
+) {
+    match cached::before_forward(cache, &proxy.nfs, call.proc_, &rec).await {
+        cached::Before::Hit(reply) => {
+            if let Some(k) = call.key {
+                proxy.drc.finish(k, &reply, drc::worth_caching(call.proc_));
+            }
+            let o = Outgoing {
+                reply: reply.freeze(),
+                ..call.held
+            };
+            let _ = tx.send(o).await;
+        }
+        cached::Before::Forward { stamp } => {
+            let observe = Some((cache.clone(), rec.clone(), stamp));
+            forward(proxy, call, rec, tx, observe).await;
+        }
+    }
+}
+
+/// Sends a call to the next hop; its completion queues the reply.
+async fn forward(
+    proxy: &Arc<Proxy>,
+    call: Call,
+    rec: Bytes,
+    tx: mpsc::Sender<Outgoing>,
     observe: Option<cached::Observe>,
+) {
+    let upstream = match call.to {
+        Target::Nfs => &proxy.nfs,
+        Target::Mount => &proxy.mount,
+    };
+    let key = call.key;
+    // A MNT's reply names the export's root handle (for `gridvfs flush --file`).
+    let mnt = (call.to == Target::Mount && call.proc_.0 == MNT_PROC).then(|| rec.clone());
+    let done = completion(proxy, call, tx, observe, mnt);
+    if let Err(e) = upstream.send(rec, done).await {
+        warn!(side = "upstream", error = %e, "call dropped");
+        if let Some(k) = key {
+            proxy.drc.abandon(k);
+        }
+    }
+}
+
+/// What happens when a forwarded call's reply arrives (on the upstream link's reader).
+fn completion(
+    proxy: &Arc<Proxy>,
+    call: Call,
+    tx: mpsc::Sender<Outgoing>,
+    observe: Option<cached::Observe>,
+    mnt: Option<Bytes>,
 ) -> Completion {
     let proxy = proxy.clone();
+    let Call {
+        to,
+        proc_,
+        key,
+        held,
+    } = call;
     Box::new(move |mut reply| {
         dispatch::fix_reply(to, proc_, &mut reply, proxy.cfg.listen.max_io);
-        if let Some(k) = key {
-            proxy.drc.finish(k, &reply, drc::worth_caching(proc_));
+        if let Some(call) = mnt {
+            remember_mount(&proxy, &call, &reply);
         }
-        let reply = reply.freeze();
         match observe {
             // Off the link reader (the cache does file I/O), and the reply goes out
             // only once observed: a client must never see a WRITE acknowledged while
-            // the bytes it replaced can still be served from the cache.
+            // the bytes it replaced can still be served from the cache. The cache may
+            // rewrite the reply (local writes' size, times and bytes).
             Some((cache, call, stamp)) => {
                 tokio::task::spawn_blocking(move || {
-                    cache.observe(&call, &reply, stamp);
-                    let _ = tx.try_send(Outgoing { reply, ..held });
+                    let reply = cache.observe(&call, &reply, stamp).unwrap_or(reply);
+                    if let Some(k) = key {
+                        proxy.drc.finish(k, &reply, drc::worth_caching(proc_));
+                    }
+                    let _ = tx.try_send(Outgoing {
+                        reply: reply.freeze(),
+                        ..held
+                    });
                 });
             }
             // Never full: the channel has a place per slot, and `held` holds a slot.
             // An error means the client is gone; the reply is dropped.
             None => {
-                let _ = tx.try_send(Outgoing { reply, ..held });
+                if let Some(k) = key {
+                    proxy.drc.finish(k, &reply, drc::worth_caching(proc_));
+                }
+                let _ = tx.try_send(Outgoing {
+                    reply: reply.freeze(),
+                    ..held
+                });
             }
         }
     })
+}
+
+/// MOUNT v3 procedure MNT.
+const MNT_PROC: u32 = 1;
+
+fn remember_mount(proxy: &Proxy, call: &[u8], reply: &[u8]) {
+    use crate::nfs3::mount::{MountArgs, MountProc, MountRes, Mountres3};
+    use crate::rpc::{CallHeader, ReplyKind, parse_reply};
+    let (Ok(h), Ok((_, ReplyKind::Accepted { results_at, .. }))) =
+        (CallHeader::parse(call), parse_reply(reply))
+    else {
+        return;
+    };
+    if let (Ok(MountArgs::Mnt(path)), Ok(MountRes::Mnt(Mountres3::Ok(ok)))) = (
+        MountArgs::decode(MountProc::MNT, &call[h.args_at..]),
+        MountRes::decode(MountProc::MNT, &reply[results_at..]),
+    ) {
+        proxy.mounted(&String::from_utf8_lossy(path), ok.fhandle.0);
+    }
 }
 
 /// A client that takes no reply bytes for this long is dropped: its queued replies hold

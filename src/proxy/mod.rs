@@ -7,6 +7,7 @@ mod conn;
 pub mod dispatch;
 pub mod drc;
 pub mod portmap;
+pub mod writeback;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +40,12 @@ pub struct Proxy {
     pub buffers: Budget,
     /// The block cache, if configured.
     pub cache: Option<Arc<cached::CacheLayer>>,
+    /// Exports mounted through this proxy: (path, root handle), newest last (bounded).
+    pub mounts: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
 }
+
+/// Mounted exports remembered for `gridvfs flush --file`.
+const MAX_MOUNTS: usize = 64;
 
 /// A byte budget shared by all connections, in KiB units of a semaphore. A call larger
 /// than the whole budget is charged the whole budget, so it still runs (alone).
@@ -63,6 +69,92 @@ impl Budget {
     ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
         let units = (bytes.div_ceil(1024) as u64).clamp(1, self.kib as u64) as u32;
         self.sem.clone().acquire_many_owned(units).await
+    }
+}
+
+impl Proxy {
+    /// Writes back all dirty data (or one file's); `drop` then forgets the clean blocks.
+    /// Without a write-back cache there is nothing to write: an empty report.
+    pub async fn flush(
+        &self,
+        file: Option<Vec<u8>>,
+        drop: bool,
+    ) -> Result<(writeback::FlushReport, u64), String> {
+        let Some(c) = self.cache.clone() else {
+            return Ok((writeback::FlushReport::default(), 0));
+        };
+        let report = writeback::flush(&c, &self.nfs, file).await?;
+        let dropped = if drop {
+            tokio::task::spawn_blocking(move || c.drop_all())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+        } else {
+            0
+        };
+        Ok((report, dropped))
+    }
+
+    /// Remembers a mounted export's root handle (from a MNT reply).
+    pub fn mounted(&self, path: &str, root: &[u8]) {
+        let mut m = self.mounts.lock().expect("mounts lock");
+        m.retain(|(p, _)| p != path);
+        if m.len() >= MAX_MOUNTS {
+            m.remove(0);
+        }
+        m.push((path.to_string(), root.to_vec()));
+    }
+
+    /// The handle of a file named by its path as a client mounted it
+    /// (`/export/dir/file`), or relative to the only export mounted; LOOKUPs from the
+    /// export's root with the last writer's credential.
+    pub async fn resolve(&self, path: &str) -> Result<Vec<u8>, String> {
+        let Some(cache) = &self.cache else {
+            return Err("no cache configured".into());
+        };
+        let (root, rel) = {
+            let m = self.mounts.lock().expect("mounts lock");
+            let under = |export: &str| -> Option<String> {
+                let e = export.trim_end_matches('/');
+                let rest = path.strip_prefix(e)?;
+                (rest.is_empty() || rest.starts_with('/')).then(|| rest.to_string())
+            };
+            let best = m
+                .iter()
+                .filter_map(|(e, fh)| under(e).map(|r| (e.len(), fh.clone(), r)))
+                .max_by_key(|(n, _, _)| *n);
+            match best {
+                Some((_, fh, r)) => (fh, r),
+                None if !path.starts_with('/') && m.len() == 1 => (m[0].1.clone(), path.to_string()),
+                None => {
+                    return Err(format!(
+                        "{path}: not under an export mounted through this proxy (mounted: {})",
+                        m.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        };
+        writeback::lookup_path(cache, &self.nfs, &root, &rel).await
+    }
+
+    /// Closes the cache cleanly (after the last call), so the next start finds it warm.
+    pub async fn close_cache(&self) {
+        let Some(c) = self.cache.clone() else { return };
+        use std::sync::atomic::Ordering::Relaxed;
+        let closing = c.clone();
+        match tokio::task::spawn_blocking(move || closing.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(side = "cache", error = %e, "cache not closed cleanly"),
+            Err(e) => warn!(error = %e, "cache close task failed"),
+        }
+        info!(
+            cache_hits = c.hits.load(Relaxed),
+            cache_misses = c.misses.load(Relaxed),
+            cache_fills = c.fills.load(Relaxed),
+            cache_local_writes = c.local_writes.load(Relaxed),
+            cache_write_throughs = c.write_throughs.load(Relaxed),
+            "cache counters"
+        );
     }
 }
 
@@ -110,6 +202,7 @@ impl Bound {
                 drc: drc::Drc::new(DRC_TTL, DRC_ENTRIES),
                 buffers: Budget::new(max_buffered),
                 cache,
+                mounts: std::sync::Mutex::default(),
             }),
         })
     }
@@ -170,21 +263,6 @@ impl Bound {
             .is_err()
         {
             warn!("connections still busy after 10 s; closing them");
-        }
-        if let Some(c) = proxy.cache.clone() {
-            use std::sync::atomic::Ordering::Relaxed;
-            let closing = c.clone();
-            match tokio::task::spawn_blocking(move || closing.close()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(side = "cache", error = %e, "cache not closed cleanly"),
-                Err(e) => warn!(error = %e, "cache close task failed"),
-            }
-            info!(
-                cache_hits = c.hits.load(Relaxed),
-                cache_misses = c.misses.load(Relaxed),
-                cache_fills = c.fills.load(Relaxed),
-                "cache counters"
-            );
         }
         info!(calls = %proxy.metrics.nfs_summary(), "proxy stopped");
     }

@@ -1,0 +1,863 @@
+//! Write-back (paper §3.2.1, §3.2.3; `docs/cache-design.md`): with
+//! `write_policy = "write-back"`, a client's WRITE lands in the block cache as dirty data
+//! and its COMMIT is answered once that data is durable on the local disk; nothing goes
+//! to the next hop until a flush (SIGUSR1/SIGUSR2, `gridvfs flush`, exit).
+//!
+//! - **WRITE**: the bytes are merged into their blocks (`Store::put`). A write that
+//!   leaves a gap in a block first fetches the gap from the next hop (bytes past the
+//!   next hop's end of file are a hole: zeros), so a block is never filled with invented
+//!   bytes. A set full of dirty blocks is made room in by writing those blocks back
+//!   (FILE_SYNC). If the cache still cannot take the bytes (disk full, I/O error), the
+//!   WRITE goes through to the next hop as FILE_SYNC, after the dirty bytes of the blocks
+//!   it touches, and is logged.
+//! - **COMMIT**: `Store::sync` (data, then tags), then the reply with the cache's write
+//!   verifier, which changes only when dirty data was lost (see `Store::verifier`).
+//! - **SETATTR(size)**: forwarded under the file's exclusive lock (so no write-back of
+//!   the file is in flight), then the cached blocks are cut exactly (`truncated`).
+//! - **Flush**: dirty blocks file by file in block order, UNSTABLE WRITEs pipelined
+//!   (`writeback_in_flight`), then COMMIT; a changed next-hop verifier re-sends the
+//!   file's blocks. A block is marked clean only if it was not rewritten meanwhile.
+//!   Clients keep being served: a flush holds a file's shared lock, as WRITEs do.
+//!
+//! Calls made on a client's behalf carry the credential of the client call that caused
+//! them (gap fills) or of the file's last writer (write-back; kept in the cache
+//! directory across restarts).
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use super::cached::{CacheLayer, Cred};
+use crate::cache::store::{CacheError, DirtyBlock, Put};
+use crate::nfs3::{
+    self, Args, CommitArgs, CommitResOk, Fattr3, Fh, GetattrArgs, NfsResult, Nfsstat3, Proc,
+    ReadArgs, Res, StableHow, WccData, WriteArgs, WriteResFail, WriteResOk,
+};
+use crate::rpc::msg::accepted_reply;
+use crate::rpc::{AcceptStat, CallHeader, ReplyKind, parse_reply};
+use crate::upstream::Upstream;
+use crate::xdr::XdrWrite;
+
+/// Why a call the cache made on its own did not succeed.
+#[derive(Debug, Clone)]
+enum CallError {
+    /// The next hop answered with this NFS status.
+    Status(Nfsstat3),
+    /// The reply was not a successful RPC, or did not decode.
+    Rpc(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Status(s) => f.write_str(s.name()),
+            CallError::Rpc(e) => f.write_str(e),
+        }
+    }
+}
+
+impl CallError {
+    /// The status to give a client for it.
+    fn status(&self) -> Nfsstat3 {
+        match self {
+            CallError::Status(s) => *s,
+            CallError::Rpc(_) => Nfsstat3::IO,
+        }
+    }
+
+    /// The file no longer exists at the next hop.
+    fn gone(&self) -> bool {
+        matches!(self, CallError::Status(s) if *s == Nfsstat3::STALE || *s == Nfsstat3::BADHANDLE)
+    }
+}
+
+/// Builds an NFSv3 call with `cred` (the xid is the link's business).
+fn call_msg(cred: &Cred, args: &Args<'_>) -> BytesMut {
+    let mut b = BytesMut::with_capacity(128 + cred.body.len());
+    b.put_u32(0);
+    b.put_u32(0); // CALL
+    b.put_u32(crate::rpc::msg::RPC_VERSION);
+    b.put_u32(nfs3::PROGRAM);
+    b.put_u32(nfs3::VERSION);
+    b.put_u32(args.proc().0);
+    b.put_u32(cred.flavor);
+    b.put_xdr_opaque(&cred.body);
+    b.put_u32(0); // verifier: AUTH_NONE
+    b.put_xdr_opaque(&[]);
+    args.encode(&mut b);
+    b
+}
+
+/// Sends a call and returns the reply with the offset of its results, or the failure.
+async fn nfs_call(
+    up: &Upstream,
+    cred: &Cred,
+    args: &Args<'_>,
+) -> Result<(BytesMut, usize), CallError> {
+    let reply = up
+        .call(call_msg(cred, args))
+        .await
+        .map_err(|e| CallError::Rpc(e.to_string()))?;
+    match parse_reply(&reply) {
+        Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
+            let status = reply
+                .get(results_at..results_at + 4)
+                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+                .ok_or_else(|| CallError::Rpc("empty NFS reply".into()))?;
+            if status != Nfsstat3::OK.0 {
+                return Err(CallError::Status(Nfsstat3(status)));
+            }
+            Ok((reply, results_at))
+        }
+        Ok((_, ReplyKind::Accepted { stat, .. })) => {
+            Err(CallError::Rpc(format!("RPC accept status {}", stat.0)))
+        }
+        Ok((_, ReplyKind::Denied)) => Err(CallError::Rpc("RPC call denied".into())),
+        Err(e) => Err(CallError::Rpc(format!("bad reply: {e}"))),
+    }
+}
+
+/// Runs blocking cache I/O off the reactor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("cache I/O task panicked")
+}
+
+/// Fetches the next hop's attributes of a file the cache knows nothing about yet.
+async fn getattr(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    cred: &Cred,
+    fh: &[u8],
+) -> Result<Fattr3, CallError> {
+    let stamp = cache.stamp();
+    let args = Args::Getattr(GetattrArgs { object: Fh(fh) });
+    let (reply, at) = nfs_call(up, cred, &args).await?;
+    match Res::decode(Proc::GETATTR, &reply[at..]) {
+        Ok(Res::Getattr(NfsResult::Ok(ok))) => {
+            cache.learn_attr(fh, ok.obj_attributes.clone(), stamp);
+            Ok(ok.obj_attributes)
+        }
+        _ => Err(CallError::Rpc("undecodable GETATTR reply".into())),
+    }
+}
+
+/// Reads `len` bytes at `off` from the next hop (short at its end of file).
+async fn read_upstream(
+    up: &Upstream,
+    cred: &Cred,
+    fh: &[u8],
+    off: u64,
+    len: u32,
+) -> Result<Vec<u8>, CallError> {
+    let mut out = Vec::with_capacity(len as usize);
+    while (out.len() as u32) < len {
+        let args = Args::Read(ReadArgs {
+            file: Fh(fh),
+            offset: off + out.len() as u64,
+            count: len - out.len() as u32,
+        });
+        let (reply, at) = nfs_call(up, cred, &args).await?;
+        let Ok(Res::Read(NfsResult::Ok(ok))) = Res::decode(Proc::READ, &reply[at..]) else {
+            return Err(CallError::Rpc("undecodable READ reply".into()));
+        };
+        out.extend_from_slice(ok.data);
+        if ok.eof || ok.data.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `data` at `off`; returns the next hop's verifier and post-op attributes.
+async fn write_upstream(
+    up: &Upstream,
+    cred: &Cred,
+    fh: &[u8],
+    off: u64,
+    data: &[u8],
+    stable: StableHow,
+) -> Result<([u8; 8], WccData), CallError> {
+    let mut done = 0usize;
+    let mut verf = [0; 8];
+    let mut wcc = WccData::default();
+    while done < data.len() {
+        let args = Args::Write(WriteArgs {
+            file: Fh(fh),
+            offset: off + done as u64,
+            count: (data.len() - done) as u32,
+            stable,
+            data: &data[done..],
+        });
+        let (reply, at) = nfs_call(up, cred, &args).await?;
+        let Ok(Res::Write(NfsResult::Ok(ok))) = Res::decode(Proc::WRITE, &reply[at..]) else {
+            return Err(CallError::Rpc("undecodable WRITE reply".into()));
+        };
+        if ok.count == 0 {
+            return Err(CallError::Rpc("next hop wrote 0 bytes".into()));
+        }
+        if done > 0 && ok.verf != verf {
+            return Err(CallError::Rpc("next hop's verifier changed".into()));
+        }
+        verf = ok.verf;
+        wcc = ok.file_wcc;
+        done += ok.count as usize;
+    }
+    Ok((verf, wcc))
+}
+
+/// The credential for calls about `fh` when the caller has none: AUTH_NONE as a last
+/// resort (logged; the server may refuse it, and the data then stays dirty).
+fn cred_or_none(cache: &CacheLayer, fh: &[u8]) -> Cred {
+    cache.cred_for(fh).unwrap_or_else(|| {
+        warn!(
+            side = "cache",
+            "no client credential known for a write-back; using AUTH_NONE"
+        );
+        Cred {
+            flavor: 0,
+            body: Vec::new(),
+        }
+    })
+}
+
+fn reply_with(xid: u32, res: &Res<'_>) -> BytesMut {
+    let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
+    res.encode(&mut out);
+    out
+}
+
+fn write_fail(xid: u32, status: Nfsstat3, cache: &CacheLayer, fh: &[u8]) -> BytesMut {
+    let file_wcc = WccData {
+        before: None,
+        after: cache.effective_attr(fh),
+    };
+    reply_with(
+        xid,
+        &Res::Write(NfsResult::Fail(status, WriteResFail { file_wcc })),
+    )
+}
+
+/// One block's share of a WRITE: block number, byte offset in the block, and the range
+/// of the call record that holds its bytes.
+type Piece = (u64, u32, Range<usize>);
+
+/// Answers a client's WRITE from the cache (write-back). `call` is the whole call record.
+pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> BytesMut {
+    let Ok(h) = CallHeader::parse(&call) else {
+        return accepted_reply(0, AcceptStat::GARBAGE_ARGS);
+    };
+    let xid = h.xid;
+    let Ok(Args::Write(w)) = Args::decode(Proc::WRITE, &call[h.args_at..]) else {
+        return accepted_reply(xid, AcceptStat::GARBAGE_ARGS);
+    };
+    let cred = Cred::of(&call).expect("parsed above");
+    let fh = w.file.0.to_vec();
+    let (off, count, stable) = (w.offset, w.count, w.stable);
+    let Some(end) = off.checked_add(count as u64) else {
+        return write_fail(xid, Nfsstat3::FBIG, cache, &fh);
+    };
+    let data_at = w.data.as_ptr() as usize - call.as_ptr() as usize;
+    let lock = cache.file_lock(&fh).read().await;
+    let attr = match cache.upstream_attr(&fh) {
+        Some(a) => a,
+        None => match getattr(cache, up, &cred, &fh).await {
+            Ok(a) => a,
+            Err(e) => return write_fail(xid, e.status(), cache, &fh),
+        },
+    };
+    if attr.ftype != nfs3::Ftype3::REG {
+        // Not a regular file: the next hop gives the proper error.
+        drop(lock);
+        return write_through(cache, up, &call, xid, &cred).await;
+    }
+    let before = cache.pre_attr(&fh);
+    let bs = cache.bs;
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut pos = off;
+    while pos < end {
+        let block = pos / bs;
+        let lo = pos - block * bs;
+        let n = (bs - lo).min(end - pos);
+        let s = data_at + (pos - off) as usize;
+        pieces.push((block, lo as u32, s..s + n as usize));
+        pos += n;
+    }
+    if let Err(why) = store_dirty(cache, up, &cred, &fh, &call, pieces).await {
+        warn!(side = "cache", error = %why, "WRITE not taken by the cache; writing it through");
+        drop(lock);
+        return write_through(cache, up, &call, xid, &cred).await;
+    }
+    cache.note_local_write(&fh, end, Some(cred));
+    let mut committed = StableHow::UNSTABLE;
+    if stable != StableHow::UNSTABLE {
+        let c = cache.clone();
+        if let Err(e) = blocking(move || c.store.sync()).await {
+            warn!(side = "cache", error = %e, "cache sync failed");
+            return write_fail(xid, Nfsstat3::IO, cache, &fh);
+        }
+        committed = StableHow::FILE_SYNC;
+    }
+    drop(lock);
+    cache.local_writes.fetch_add(1, Ordering::Relaxed);
+    reply_with(
+        xid,
+        &Res::Write(NfsResult::Ok(WriteResOk {
+            file_wcc: WccData {
+                before,
+                after: cache.effective_attr(&fh),
+            },
+            count,
+            committed,
+            verf: cache.store.verifier(),
+        })),
+    )
+}
+
+/// Puts a WRITE's pieces into the cache as dirty data, filling gaps and making room as
+/// needed. An error means the cache cannot take them (the caller writes through).
+async fn store_dirty(
+    cache: &Arc<CacheLayer>,
+    up: &Arc<Upstream>,
+    cred: &Cred,
+    fh: &[u8],
+    call: &Bytes,
+    mut todo: Vec<Piece>,
+) -> Result<(), String> {
+    for _ in 0..6 {
+        let (c, call2, fh2) = (cache.clone(), call.clone(), fh.to_vec());
+        let outcomes = blocking(move || {
+            todo.into_iter()
+                .map(|(block, lo, r)| {
+                    let o = c.store.put(&fh2, block, lo, &call2[r.clone()], true);
+                    ((block, lo, r), o)
+                })
+                .filter(|(_, o)| !matches!(o, Ok(Put::Stored { .. })))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        todo = Vec::new();
+        for (piece, outcome) in outcomes {
+            match outcome {
+                Ok(Put::NeedsFill { gap }) => {
+                    fill_gap(cache, up, cred, fh, piece.0, gap).await?;
+                }
+                Err(CacheError::SetFull) => make_room(cache, up, fh, piece.0).await,
+                Ok(other) => return Err(format!("unexpected cache answer {other:?}")),
+                Err(e) => return Err(e.to_string()),
+            }
+            todo.push(piece);
+        }
+    }
+    Err("the cache set stays full of dirty blocks".into())
+}
+
+/// Fetches bytes `gap` of a block from the next hop (zeros past its end of file) and
+/// puts them into the cache as clean data, so a partial write lands next to real bytes.
+async fn fill_gap(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    cred: &Cred,
+    fh: &[u8],
+    block: u64,
+    gap: Range<u32>,
+) -> Result<(), String> {
+    let base = block * cache.bs;
+    let (start, end) = (base + gap.start as u64, base + gap.end as u64);
+    let stamp = cache.stamp();
+    let upstream_size = cache.upstream_attr(fh).map_or(0, |a| a.size);
+    let mut bytes = vec![0u8; (end - start) as usize];
+    if start < upstream_size {
+        let want = (end.min(upstream_size) - start) as u32;
+        let got = read_upstream(up, cred, fh, start, want)
+            .await
+            .map_err(|e| format!("gap fill READ: {e}"))?;
+        let n = got.len().min(bytes.len());
+        bytes[..n].copy_from_slice(&got[..n]);
+    }
+    let (c, fh2) = (cache.clone(), fh.to_vec());
+    match blocking(move || c.fill_checked(&fh2, start, &bytes, stamp)).await {
+        Ok(()) => Ok(()),
+        Err(CacheError::SetFull) => {
+            make_room(cache, up, fh, block).await;
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Writes back the dirty blocks of the set that (fh, block) maps to, so it has room.
+async fn make_room(cache: &Arc<CacheLayer>, up: &Upstream, fh: &[u8], block: u64) {
+    let (c, fh2) = (cache.clone(), fh.to_vec());
+    let victims = match blocking(move || c.store.dirty_in_set(&fh2, block)).await {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(side = "cache", error = %e, "cannot list a full set");
+            return;
+        }
+    };
+    debug!(blocks = victims.len(), "set full of dirty blocks: writing them back");
+    for v in victims {
+        // A file being truncated is left alone (its lock is held exclusively).
+        let Ok(_g) = cache.file_lock(&v.fh).try_read() else {
+            continue;
+        };
+        if let Err(e) = writeback_block(cache, up, &v).await {
+            warn!(side = "upstream", error = %e, "write-back of a block to make room failed");
+        }
+    }
+    cache.evictions.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Writes one dirty block back as FILE_SYNC and marks it clean.
+async fn writeback_block(cache: &Arc<CacheLayer>, up: &Upstream, d: &DirtyBlock) -> Result<(), String> {
+    let (c, fh2, block) = (cache.clone(), d.fh.clone(), d.block);
+    let Some(got) = blocking(move || c.store.get(&fh2, block))
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    let Some(dirty) = got.dirty.clone() else {
+        return Ok(());
+    };
+    let cred = cred_or_none(cache, &d.fh);
+    let s = (dirty.start - got.valid.start) as usize;
+    let bytes = &got.data[s..s + (dirty.end - dirty.start) as usize];
+    let off = d.block * cache.bs + dirty.start as u64;
+    match write_upstream(up, &cred, &d.fh, off, bytes, StableHow::FILE_SYNC).await {
+        Ok(_) => {
+            let (c, fh2, seq) = (cache.clone(), d.fh.clone(), got.seq);
+            blocking(move || c.store.mark_clean(&fh2, block, seq))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(e) if e.gone() => {
+            info!(side = "upstream", "file removed at the next hop; its dirty data is dropped");
+            cache.forget_file(&d.fh);
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The WRITE goes to the next hop (FILE_SYNC) after the dirty bytes of the blocks it
+/// touches, under the file's exclusive lock; the reply carries the cache's verifier
+/// (the data is durable at the next hop, so the client needs no COMMIT for it).
+async fn write_through(
+    cache: &Arc<CacheLayer>,
+    up: &Arc<Upstream>,
+    call: &Bytes,
+    xid: u32,
+    cred: &Cred,
+) -> BytesMut {
+    let h = CallHeader::parse(call).expect("parsed by the caller");
+    let Ok(Args::Write(w)) = Args::decode(Proc::WRITE, &call[h.args_at..]) else {
+        return accepted_reply(xid, AcceptStat::GARBAGE_ARGS);
+    };
+    let fh = w.file.0;
+    let _x = cache.file_lock(fh).write().await;
+    let bs = cache.bs;
+    let (first, last) = (
+        w.offset / bs,
+        w.offset.saturating_add(w.count.max(1) as u64 - 1) / bs,
+    );
+    for block in first..=last.min(first + 1024) {
+        let (c, fh2) = (cache.clone(), fh.to_vec());
+        if let Ok(Some(got)) = blocking(move || c.store.get(&fh2, block)).await
+            && got.dirty.is_some()
+        {
+            let d = DirtyBlock {
+                fh: fh.to_vec(),
+                block,
+                seq: got.seq,
+                dirty: got.dirty.clone().unwrap_or_default(),
+            };
+            if let Err(e) = writeback_block(cache, up, &d).await {
+                return write_fail(xid, Nfsstat3::IO, cache, fh).tap_warn(&e);
+            }
+        }
+    }
+    cache.change(fh);
+    let before = cache.pre_attr(fh);
+    let r = write_upstream(up, cred, fh, w.offset, w.data, StableHow::FILE_SYNC).await;
+    cache.change(fh);
+    let (c, fh2) = (cache.clone(), fh.to_vec());
+    let _ = blocking(move || c.store.invalidate_range(&fh2, first, last)).await;
+    cache.write_throughs.fetch_add(1, Ordering::Relaxed);
+    match r {
+        Ok((_, wcc)) => {
+            if let Some(a) = wcc.after.clone() {
+                cache.learn_attr(fh, a, cache.stamp());
+            }
+            cache.extend_local(fh, w.offset + w.count as u64);
+            reply_with(
+                xid,
+                &Res::Write(NfsResult::Ok(WriteResOk {
+                    file_wcc: WccData {
+                        before,
+                        after: cache.effective_attr(fh).or(wcc.after),
+                    },
+                    count: w.count,
+                    committed: StableHow::FILE_SYNC,
+                    verf: cache.store.verifier(),
+                })),
+            )
+        }
+        Err(e) => write_fail(xid, e.status(), cache, fh),
+    }
+}
+
+trait TapWarn {
+    fn tap_warn(self, why: &str) -> Self;
+}
+
+impl TapWarn for BytesMut {
+    fn tap_warn(self, why: &str) -> Self {
+        warn!(side = "upstream", error = why, "write-through failed");
+        self
+    }
+}
+
+/// Answers a COMMIT from the cache: everything written so far is made durable on the
+/// local disk first.
+pub async fn commit(cache: &Arc<CacheLayer>, call: Bytes) -> BytesMut {
+    let Ok(h) = CallHeader::parse(&call) else {
+        return accepted_reply(0, AcceptStat::GARBAGE_ARGS);
+    };
+    let xid = h.xid;
+    let Ok(Args::Commit(a)) = Args::decode(Proc::COMMIT, &call[h.args_at..]) else {
+        return accepted_reply(xid, AcceptStat::GARBAGE_ARGS);
+    };
+    let c = cache.clone();
+    let synced = blocking(move || c.store.sync()).await;
+    let file_wcc = WccData {
+        before: None,
+        after: cache.effective_attr(a.file.0),
+    };
+    match synced {
+        Ok(()) => reply_with(
+            xid,
+            &Res::Commit(NfsResult::Ok(CommitResOk {
+                file_wcc,
+                verf: cache.store.verifier(),
+            })),
+        ),
+        Err(e) => {
+            warn!(side = "cache", error = %e, "cache sync failed; COMMIT answered NFS3ERR_IO");
+            reply_with(
+                xid,
+                &Res::Commit(NfsResult::Fail(
+                    Nfsstat3::IO,
+                    nfs3::CommitResFail { file_wcc },
+                )),
+            )
+        }
+    }
+}
+
+/// SETATTR with a new size (write-back): forwarded under the file's exclusive lock, then
+/// the cache cuts (or zero-extends) the file exactly like a local disk would.
+pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> BytesMut {
+    let Ok(h) = CallHeader::parse(&call) else {
+        return accepted_reply(0, AcceptStat::GARBAGE_ARGS);
+    };
+    let xid = h.xid;
+    let Ok(Args::Setattr(a)) = Args::decode(Proc::SETATTR, &call[h.args_at..]) else {
+        return accepted_reply(xid, AcceptStat::GARBAGE_ARGS);
+    };
+    let Some(new) = a.new_attributes.size else {
+        return accepted_reply(xid, AcceptStat::GARBAGE_ARGS);
+    };
+    let fh = a.object.0.to_vec();
+    let _x = cache.file_lock(&fh).write().await;
+    cache.change(&fh);
+    let reply = match up.call(BytesMut::from(&call[..])).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(side = "upstream", error = %e, "SETATTR not forwarded");
+            return accepted_reply(xid, AcceptStat::SYSTEM_ERR);
+        }
+    };
+    let old = match parse_reply(&reply) {
+        Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
+            match Res::decode(Proc::SETATTR, &reply[results_at..]) {
+                Ok(Res::Setattr(NfsResult::Ok(ok))) => Some(ok.obj_wcc.before.map(|b| b.size)),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if let Some(old) = old {
+        let (c, fh2) = (cache.clone(), fh.clone());
+        if let Err(e) = blocking(move || c.truncated(&fh2, old, new)).await {
+            warn!(side = "cache", error = %e, "cache truncation failed; dropping the file's clean blocks");
+        }
+    }
+    let (c, call2, stamp) = (cache.clone(), call.clone(), cache.stamp());
+    let reply = reply.freeze();
+    let r2 = reply.clone();
+    match blocking(move || c.observe(&call2, &r2, stamp)).await {
+        Some(out) => out,
+        None => BytesMut::from(&reply[..]),
+    }
+}
+
+/// Walks `rel` (`a/b/c`) from a directory handle with LOOKUPs.
+pub async fn lookup_path(
+    cache: &CacheLayer,
+    up: &Upstream,
+    root: &[u8],
+    rel: &str,
+) -> Result<Vec<u8>, String> {
+    let cred = cred_or_none(cache, root);
+    let mut fh = root.to_vec();
+    for name in rel.split('/').filter(|n| !n.is_empty() && *n != ".") {
+        let args = Args::Lookup(nfs3::LookupArgs {
+            what: nfs3::Diropargs3 {
+                dir: Fh(&fh),
+                name: name.as_bytes(),
+            },
+        });
+        let (reply, at) = nfs_call(up, &cred, &args)
+            .await
+            .map_err(|e| format!("LOOKUP {name}: {e}"))?;
+        let Ok(Res::Lookup(NfsResult::Ok(ok))) = Res::decode(Proc::LOOKUP, &reply[at..]) else {
+            return Err(format!("LOOKUP {name}: undecodable reply"));
+        };
+        fh = ok.object.0.to_vec();
+    }
+    Ok(fh)
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone)]
+pub struct FlushReport {
+    /// Dirty bytes written back and committed.
+    pub written: u64,
+    pub files: u64,
+    /// Files whose dirty data was dropped because the next hop no longer has them.
+    pub dropped_files: u64,
+    /// Files that could not be written back (their data stays dirty), with why.
+    pub failed: Vec<String>,
+}
+
+/// Files written back at once.
+const FILES_IN_PARALLEL: usize = 16;
+
+/// Writes back every dirty block (or those of one file). Waits while the next hop is
+/// down (calls are re-sent after reconnects). One flush at a time; clients keep being
+/// served meanwhile.
+pub async fn flush(
+    cache: &Arc<CacheLayer>,
+    up: &Arc<Upstream>,
+    only: Option<Vec<u8>>,
+) -> Result<FlushReport, String> {
+    let _one = cache.flush.lock.lock().await;
+    let c = cache.clone();
+    let mut blocks = blocking(move || c.store.dirty_blocks())
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(f) = &only {
+        blocks.retain(|d| &d.fh == f);
+    }
+    let total: u64 = blocks.iter().map(|d| d.dirty.len() as u64).sum();
+    let p = &cache.flush;
+    p.total.store(total, Ordering::Relaxed);
+    p.done.store(0, Ordering::Relaxed);
+    p.started_ms.store(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64,
+        Ordering::Relaxed,
+    );
+    p.running.store(true, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let mut by_file: Vec<(Vec<u8>, Vec<DirtyBlock>)> = Vec::new();
+    for d in blocks {
+        match by_file.last_mut() {
+            Some((fh, v)) if *fh == d.fh => v.push(d),
+            _ => by_file.push((d.fh.clone(), vec![d])),
+        }
+    }
+    let with_dirty: std::collections::HashSet<Vec<u8>> =
+        by_file.iter().map(|(f, _)| f.clone()).collect();
+    let window = Arc::new(Semaphore::new(cache.cfg.writeback_in_flight));
+    let files = Arc::new(Semaphore::new(FILES_IN_PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (fh, blocks) in by_file {
+        let permit = files.clone().acquire_owned().await.expect("never closed");
+        let (c, up, w) = (cache.clone(), up.clone(), window.clone());
+        tasks.spawn(async move {
+            let r = flush_file(&c, &up, &w, &fh, blocks).await;
+            drop(permit);
+            r
+        });
+    }
+    let mut report = FlushReport::default();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(FileOutcome::Written(n))) => {
+                report.written += n;
+                report.files += 1;
+            }
+            Ok(Ok(FileOutcome::Gone)) => report.dropped_files += 1,
+            Ok(Err(e)) => report.failed.push(e),
+            Err(e) => report.failed.push(format!("write-back task failed: {e}")),
+        }
+    }
+    // Files made local but left without dirty blocks (e.g. truncated to 0): clean now.
+    for (fh, wgen) in cache.local_files() {
+        if only.as_ref().is_none_or(|f| *f == fh) && !with_dirty.contains(&fh) {
+            cache.written_back(&fh, wgen, None);
+        }
+    }
+    p.running.store(false, Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        written = report.written,
+        files = report.files,
+        dropped_files = report.dropped_files,
+        failed = report.failed.len(),
+        secs = format!("{secs:.2}"),
+        "write-back done"
+    );
+    Ok(report)
+}
+
+enum FileOutcome {
+    Written(u64),
+    /// The file no longer exists at the next hop: its dirty data was dropped.
+    Gone,
+}
+
+/// Times a file's write-back is retried when the next hop's verifier changes under it.
+const VERIFIER_RETRIES: usize = 5;
+
+async fn flush_file(
+    cache: &Arc<CacheLayer>,
+    up: &Arc<Upstream>,
+    window: &Arc<Semaphore>,
+    fh: &[u8],
+    blocks: Vec<DirtyBlock>,
+) -> Result<FileOutcome, String> {
+    let _shared = cache.file_lock(fh).read().await;
+    let cred = cred_or_none(cache, fh);
+    let wgen = cache.wgen(fh);
+    for attempt in 0..VERIFIER_RETRIES {
+        let mut tasks = tokio::task::JoinSet::new();
+        // Increasing offsets: a file grows on the server in order.
+        for d in &blocks {
+            let permit = window.clone().acquire_owned().await.expect("never closed");
+            let (c, up, cred, fh, block) = (
+                cache.clone(),
+                up.clone(),
+                cred.clone(),
+                fh.to_vec(),
+                d.block,
+            );
+            tasks.spawn(async move {
+                let (c2, fh2) = (c.clone(), fh.clone());
+                let got = blocking(move || c2.store.get(&fh2, block))
+                    .await
+                    .map_err(|e| CallError::Rpc(e.to_string()))?;
+                let Some(got) = got else { return Ok(None) };
+                let Some(dirty) = got.dirty.clone() else {
+                    return Ok(None);
+                };
+                let s = (dirty.start - got.valid.start) as usize;
+                let bytes = &got.data[s..s + (dirty.end - dirty.start) as usize];
+                let off = block * c.bs + dirty.start as u64;
+                let (verf, _) =
+                    write_upstream(&up, &cred, &fh, off, bytes, StableHow::UNSTABLE).await?;
+                drop(permit);
+                Ok(Some((block, got.seq, bytes.len() as u64, verf)))
+            });
+        }
+        let mut written = Vec::new();
+        let mut failure: Option<CallError> = None;
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(Some(w))) => written.push(w),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(CallError::Rpc(format!("task failed: {e}"))),
+            }
+        }
+        if let Some(e) = failure {
+            if e.gone() {
+                info!(side = "upstream", "file removed at the next hop; its dirty data is dropped");
+                cache.forget_file(fh);
+                return Ok(FileOutcome::Gone);
+            }
+            warn!(side = "upstream", error = %e, "write-back of a file failed; its data stays dirty");
+            return Err(format!("write-back failed: {e}"));
+        }
+        let args = Args::Commit(CommitArgs {
+            file: Fh(fh),
+            offset: 0,
+            count: 0,
+        });
+        let (reply, at) = match nfs_call(up, &cred, &args).await {
+            Ok(r) => r,
+            Err(e) if e.gone() => {
+                cache.forget_file(fh);
+                return Ok(FileOutcome::Gone);
+            }
+            Err(e) => return Err(format!("write-back COMMIT failed: {e}")),
+        };
+        let Ok(Res::Commit(NfsResult::Ok(ok))) = Res::decode(Proc::COMMIT, &reply[at..]) else {
+            return Err("undecodable COMMIT reply".into());
+        };
+        if written.iter().any(|w| w.3 != ok.verf) {
+            warn!(
+                side = "upstream",
+                attempt, "next hop's write verifier changed during write-back; re-sending the file"
+            );
+            continue;
+        }
+        let mut bytes = 0;
+        let mut all_clean = true;
+        for (block, seq, n, _) in written {
+            let (c, fh2) = (cache.clone(), fh.to_vec());
+            let clean = blocking(move || c.store.mark_clean(&fh2, block, seq))
+                .await
+                .unwrap_or(false);
+            all_clean &= clean;
+            bytes += n;
+            cache.flush.done.fetch_add(n, Ordering::Relaxed);
+        }
+        if all_clean {
+            cache.written_back(fh, wgen, ok.file_wcc.after.clone());
+        }
+        return Ok(FileOutcome::Written(bytes));
+    }
+    Err("the next hop's write verifier kept changing".into())
+}
+
+/// Progress of the running flush as JSON: bytes left and the rate so far.
+pub fn progress_json(cache: &CacheLayer) -> String {
+    let p = &cache.flush;
+    let (total, done) = (p.total.load(Ordering::Relaxed), p.done.load(Ordering::Relaxed));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let secs = (now_ms.saturating_sub(p.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0).max(0.001);
+    format!(
+        "{{\"running\":{},\"bytes_total\":{total},\"bytes_done\":{done},\"bytes_left\":{},\"rate_bytes_per_s\":{:.0}}}",
+        p.running.load(Ordering::Relaxed),
+        total.saturating_sub(done),
+        done as f64 / secs
+    )
+}
