@@ -101,9 +101,104 @@ struct Recorder {
     /// The verifier of this proxy lifetime, once seen.
     verf: Option<writeverf3>,
     stats: Stats,
+    /// Every call answered (and the one in flight at each kill), for failure messages.
+    journal: Vec<Entry>,
+    /// The current round (proxy lifetime).
+    round: usize,
+}
+
+/// A call in the journal: enough to say which write's bytes a reader got.
+#[derive(Debug, Clone)]
+struct Entry {
+    round: usize,
+    file: usize,
+    call: Call,
+}
+
+#[derive(Debug, Clone)]
+enum Call {
+    /// `data` is `pseudo_random(len, seed)`.
+    Write {
+        off: u64,
+        len: u64,
+        seed: u64,
+        stable: stable_how,
+        answered: Option<stable_how>,
+    },
+    Resend {
+        off: u64,
+        len: u64,
+    },
+    SetSize {
+        from: u64,
+        to: u64,
+    },
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Call::Write {
+                off,
+                len,
+                stable,
+                answered,
+                ..
+            } => write!(f, "WRITE {off}+{len} {stable:?}, answered {answered:?}"),
+            Call::Resend { off, len } => write!(f, "WRITE {off}+{len} (re-sent)"),
+            Call::SetSize { from, to } => write!(f, "SETATTR size {from} -> {to}"),
+        }
+    }
 }
 
 impl Recorder {
+    fn note(&mut self, file: usize, call: Call) {
+        let round = self.round;
+        self.journal.push(Entry { round, file, call });
+    }
+
+    /// Which calls wrote or cut byte `at` of `file` (the last few), and whether the
+    /// `got` bytes from `at` on are those of an earlier write: for failure messages.
+    fn explain(&self, file: usize, at: usize, got: &[u8]) -> String {
+        let mut out = String::new();
+        let touching: Vec<&Entry> = self
+            .journal
+            .iter()
+            .filter(|e| e.file == file)
+            .filter(|e| match e.call {
+                Call::Write { off, len, .. } | Call::Resend { off, len } => {
+                    (off..off + len).contains(&(at as u64))
+                }
+                Call::SetSize { from, to } => (to.min(from)..to.max(from)).contains(&(at as u64)),
+            })
+            .collect();
+        for e in touching.iter().rev().take(8).rev() {
+            out += &format!("\n  round {}: {}", e.round, e.call);
+        }
+        let run = got.get(at..got.len().min(at + 32)).unwrap_or_default();
+        if run.is_empty() {
+            return out + &format!("\n  nothing read at {at} (the file is {} bytes)", got.len());
+        }
+        for e in touching.iter().rev() {
+            if let Call::Write { off, len, seed, .. } = e.call {
+                let data = pseudo_random(len as usize, seed);
+                let from = at - off as usize;
+                let theirs = &data[from..data.len().min(from + run.len())];
+                if run.starts_with(theirs) {
+                    out += &format!(
+                        "\n  the bytes read at {at} are those of the round {} write at {off}+{len}",
+                        e.round
+                    );
+                    break;
+                }
+            }
+        }
+        if run.iter().all(|&b| b == 0) {
+            out += &format!("\n  the bytes read at {at} are zeros");
+        }
+        out
+    }
+
     /// Every verifier answered within one proxy lifetime must be the same.
     fn saw(&mut self, v: writeverf3, what: &str) {
         match self.verf {
@@ -154,9 +249,21 @@ async fn workload(
                 80..92 => stable_how::FILE_SYNC,
                 _ => stable_how::DATA_SYNC,
             };
-            let data = pseudo_random(len as usize, rng.next());
+            let seed = rng.next();
+            let data = pseudo_random(len as usize, seed);
             common::apply(&mut r.images[file], off, &data);
             r.unknown = Some(Unknown::Write { file, off, len });
+            let answered = None;
+            r.note(
+                file,
+                Call::Write {
+                    off,
+                    len,
+                    seed,
+                    stable,
+                    answered,
+                },
+            );
             let args = WRITE3args {
                 file: fh,
                 offset: off,
@@ -172,6 +279,13 @@ async fn workload(
             assert_eq!(ok.count as u64, len, "short WRITE");
             r.saw(ok.verf, "WRITE");
             r.stats.writes += 1;
+            if let Some(Entry {
+                call: Call::Write { answered, .. },
+                ..
+            }) = r.journal.last_mut()
+            {
+                *answered = Some(ok.committed);
+            }
             if ok.committed == stable_how::UNSTABLE {
                 assert_eq!(
                     stable,
@@ -210,6 +324,7 @@ async fn workload(
             let to = rng.below(SPAN + MAX_WRITE);
             r.images[file].resize(to as usize, 0);
             r.unknown = Some(Unknown::SetSize { file, from, to });
+            r.note(file, Call::SetSize { from, to });
             let args = SETATTR3args {
                 object: fh,
                 new_attributes: sattr3 {
@@ -278,7 +393,8 @@ async fn recover(c: &mut Client, fhs: &[nfs_fh3], r: &mut Recorder, round: usize
         masks[p.file].push((p.off, p.off + p.len));
     }
     let mut set_again = None;
-    match r.unknown.take() {
+    let unknown = r.unknown.take();
+    match unknown.clone() {
         Some(Unknown::Write { file, off, len }) => {
             masks[file].push((off, off + len));
             resend.push(Pending {
@@ -313,17 +429,24 @@ async fn recover(c: &mut Client, fhs: &[nfs_fh3], r: &mut Recorder, round: usize
         let ctx = || {
             format!(
                 "round {round}, f{file}: read {} bytes, want {} (at least {}); may differ: {:?}\n\
-                 proxy logs:\n{logs}",
+                 unknown: {unknown:?}\nproxy logs:\n{logs}",
                 got.len(),
                 want.len(),
                 lower[file],
-                masks[file]
+                masks[file],
             )
+        };
+        // Where to look: the first byte that should not be there, or the last missing one.
+        let edge = if got.len() > want.len() {
+            want.len()
+        } else {
+            (lower[file] as usize).max(1) - 1
         };
         assert!(
             got.len() as u64 >= lower[file] && got.len() <= longest,
-            "acknowledged size lost: {}",
-            ctx()
+            "acknowledged size lost: {}\ncalls at {edge}:{}",
+            ctx(),
+            r.explain(file, edge, &got)
         );
         let bad: Vec<usize> = (0..masked.len())
             .filter(|&i| !masked[i])
@@ -336,10 +459,11 @@ async fn recover(c: &mut Client, fhs: &[nfs_fh3], r: &mut Recorder, round: usize
             .collect();
         assert!(
             bad.is_empty(),
-            "{} acknowledged bytes lost or wrong after a crash, first at {}: {}",
+            "{} acknowledged bytes lost or wrong after a crash, first at {}: {}\ncalls there:{}",
             bad.len(),
             bad[0],
-            ctx()
+            ctx(),
+            r.explain(file, bad[0], &got)
         );
     }
 
@@ -359,6 +483,8 @@ async fn recover(c: &mut Client, fhs: &[nfs_fh3], r: &mut Recorder, round: usize
             }
             let data = &img[p.off as usize..end as usize];
             let ok = common::write(c, &fhs[p.file], p.off, data, stable_how::UNSTABLE).await;
+            let (off, len) = (p.off, end - p.off);
+            r.note(p.file, Call::Resend { off, len });
             r.stats.resent += 1;
             sent.push(Pending { verf: ok.verf, ..p });
         }
@@ -435,6 +561,8 @@ async fn crash_loop_loses_nothing_acknowledged() {
         unknown: None,
         verf: None,
         stats: Stats::default(),
+        journal: Vec::new(),
+        round: 0,
     };
     let tmp = tempfile::tempdir().unwrap();
     let cache_dir = tmp.path().join("cache");
@@ -465,6 +593,7 @@ async fn crash_loop_loses_nothing_acknowledged() {
             break;
         }
 
+        r.round = round;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn(workload(c, fhs, r, Rng(rng.next() | 1), stop.clone()));
         let mut delay = Duration::from_millis(50 + rng.below(700));

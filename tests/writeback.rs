@@ -676,3 +676,51 @@ async fn remove_and_rename_of_dirty_files() {
     assert_eq!(p.dirty_bytes(), 0);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Truncation of a file whose blocks fill their cache sets with dirty data (a tiny cache:
+/// 2 sets of 2 ways of 16 KiB): the cut block cannot be rewritten copy-on-write in its
+/// full set, yet the truncation must hold like on a local disk — the size, the bytes,
+/// and what the flush leaves on the server.
+#[tokio::test]
+async fn truncation_in_a_cache_full_of_dirty_blocks() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("wb-trunc-full");
+    let tiny = "size = \"64KiB\"\nblock_size = \"16KiB\"\nways = 2\nbanks = 1\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = write_back_cache(&tmp.path().join("cache"), "").replace(
+        "size = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n",
+        tiny,
+    );
+    let p = Proxy {
+        gridvfs: Gridvfs::start_with(
+            lab.endpoint(),
+            "127.0.0.1:0",
+            "",
+            &format!("{cache}{}", control_section(&tmp.path().join("ctl.sock"))),
+        ),
+        tmp,
+    };
+    let mut c = mount(p.gridvfs.endpoints(), &lab.export).await;
+    let d = scratch_fh(&mut c, &name).await;
+    let fh = create(&mut c, &d, "f.bin").await;
+    let mut img = pseudo_random(64 << 10, 71);
+    write_chunks(&mut c, &fh, 0, &img, 16 << 10, stable_how::UNSTABLE).await;
+    commit(&mut c, &fh).await;
+    assert!(p.dirty_bytes() > 0);
+
+    set_size(&mut c, &fh, 20_000).await;
+    img.truncate(20_000);
+    assert_eq!(
+        getattr(&mut c, &fh).await.size,
+        20_000,
+        "size after truncation"
+    );
+    assert_same_bytes("read after truncation", &read_all(&mut c, &fh).await, &img);
+    p.flush();
+    assert_same_bytes(
+        "the server's file after the flush",
+        &on_disk(&dir.join("f.bin")),
+        &img,
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
