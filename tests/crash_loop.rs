@@ -596,14 +596,14 @@ async fn crash_loop_loses_nothing_acknowledged() {
         r.round = round;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn(workload(c, fhs, r, Rng(rng.next() | 1), stop.clone()));
-        let mut delay = Duration::from_millis(50 + rng.below(700));
+        let mut delay = Duration::from_millis(100 + rng.below(1400));
         if rng.percent(40) {
-            // Kill it in (or after) a write-back.
-            let first = Duration::from_millis(rng.below(delay.as_millis() as u64));
-            tokio::time::sleep(first).await;
+            // Kill it during (or after) a write-back: SIGUSR1 0-40 ms before the kill.
+            let gap = Duration::from_millis(rng.below(40)).min(delay);
+            tokio::time::sleep(delay - gap).await;
             signal(p.pid(), "USR1");
             usr1 += 1;
-            delay -= first;
+            delay = gap;
         }
         tokio::time::sleep(delay).await;
         p.kill();
@@ -647,6 +647,6 @@ async fn crash_loop_loses_nothing_acknowledged() {
             assert_same_bytes(&format!("f{i} on the server (seed {seed})"), &disk, img);
         }
     }
-    assert!(r.stats.writes > 500, "too little traffic: {:?}", r.stats);
+    assert!(r.stats.writes > 300, "too little traffic: {:?}", r.stats);
     std::fs::remove_dir_all(dir).unwrap();
 }
