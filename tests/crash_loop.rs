@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Client, Gridvfs, Lab, OkOrPanic, assert_same_bytes, commit, control_section, ctl, lookup_in,
-    mount, pseudo_random, read_all, scratch_fh, signal, write_back_cache,
+    mount, pseudo_random, read_all, scratch_fh, signal, write_back_cache_with,
 };
 use nfs3_types::nfs3::{
     COMMIT3args, Nfs3Option, SETATTR3args, WRITE3args, nfs_fh3, sattr3, stable_how, writeverf3,
@@ -336,7 +336,14 @@ async fn workload(
             let Ok(res) = c.setattr(&args).await else {
                 return r;
             };
-            res.ok_or_panic(|| format!("SETATTR size={to} of f{file}"));
+            let ok = res.ok_or_panic(|| format!("SETATTR size={to} of f{file}"));
+            if let Nfs3Option::Some(after) = ok.obj_wcc.after {
+                assert_eq!(
+                    after.size, to,
+                    "round {}: SETATTR size {from} -> {to} of f{file} answered size {}",
+                    r.round, after.size
+                );
+            }
             r.unknown = None;
             r.sure_len[file] = to;
             r.stats.truncations += 1;
@@ -523,10 +530,7 @@ fn cache_usage(dir: &Path) -> (u64, u64) {
 }
 
 fn start(lab: &Lab, listen: &str, tmp: &Path) -> Gridvfs {
-    let cache = write_back_cache(&tmp.join("cache"), "").replace(
-        "size = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n",
-        CACHE_GEOMETRY,
-    );
+    let cache = write_back_cache_with(&tmp.join("cache"), CACHE_GEOMETRY, "");
     let cfg = format!("{cache}{}", control_section(&tmp.join("ctl.sock")));
     Gridvfs::start_with(lab.endpoint(), listen, "", &cfg)
 }

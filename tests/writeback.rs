@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use common::{
     Client, Gridvfs, Lab, apply, assert_same_bytes, commit, control_section, create, ctl,
     ctl_spawn, ctl_wait, getattr, logged, lookup_in, mount, pseudo_random, read, read_all,
-    scratch_fh, set_size, signal, write, write_back_cache, write_chunks,
+    scratch_fh, set_size, signal, write, write_back_cache, write_back_cache_with, write_chunks,
 };
 use nfs3_types::nfs3::{Nfs3Option, Nfs3Result, REMOVE3args, diropargs3, nfs_fh3, stable_how};
 
@@ -687,10 +687,7 @@ async fn truncation_in_a_cache_full_of_dirty_blocks() {
     let (dir, name) = lab.scratch("wb-trunc-full");
     let tiny = "size = \"64KiB\"\nblock_size = \"16KiB\"\nways = 2\nbanks = 1\n";
     let tmp = tempfile::tempdir().unwrap();
-    let cache = write_back_cache(&tmp.path().join("cache"), "").replace(
-        "size = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n",
-        tiny,
-    );
+    let cache = write_back_cache_with(&tmp.path().join("cache"), tiny, "");
     let p = Proxy {
         gridvfs: Gridvfs::start_with(
             lab.endpoint(),

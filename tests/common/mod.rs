@@ -388,13 +388,20 @@ pub fn random_file(p: &Path, len: usize, seed: u64) {
     std::fs::write(p, pseudo_random(len, seed)).unwrap();
 }
 
-/// A `[cache]` section for a write-back cache in `dir` (64 MiB of 64 KiB blocks), with
-/// `extra` keys appended (e.g. `flush_on_exit = false`). Goes in `upstream_extra` of
+/// Cache geometry of most write-back tests: 64 MiB of 64 KiB blocks, 8 ways, 4 banks.
+pub const CACHE_64M: &str = "size = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n";
+
+/// A `[cache]` section for a write-back cache in `dir` ([`CACHE_64M`]), with `extra` keys
+/// appended (e.g. `flush_on_exit = false`). Goes in `upstream_extra` of
 /// [`Gridvfs::start_with`].
 pub fn write_back_cache(dir: &Path, extra: &str) -> String {
+    write_back_cache_with(dir, CACHE_64M, extra)
+}
+
+/// [`write_back_cache`] with another `geometry` (size, block_size, ways, banks lines).
+pub fn write_back_cache_with(dir: &Path, geometry: &str, extra: &str) -> String {
     format!(
-        "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n\
-         write_policy = \"write-back\"\n{extra}\n",
+        "[cache]\ndir = \"{}\"\n{geometry}write_policy = \"write-back\"\n{extra}\n",
         dir.display()
     )
 }
