@@ -139,9 +139,7 @@ fn durable_rewrite_replaces_and_clears_the_old_version() {
     assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 64]);
     let d = s.dirty_blocks().unwrap();
     assert_eq!(
-        d.iter()
-            .map(|d| (d.fh.clone(), d.block, d.seq))
-            .collect::<Vec<_>>(),
+        d.iter().map(|d| (d.fh.clone(), d.block, d.seq)).collect::<Vec<_>>(),
         vec![(b"f".to_vec(), 0, seq)]
     );
     let tags = std::fs::read(dir.path().join("bank-0000.tags")).unwrap();

@@ -213,9 +213,7 @@ impl CacheLayer {
             local_writes: AtomicU64::new(0),
             write_throughs: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-            locks: (0..LOCK_STRIPES)
-                .map(|_| tokio::sync::RwLock::new(()))
-                .collect(),
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
         };
         // Dirty data found at open (after a restart or a crash): the files are local
         // again, their size at least the end of their dirty bytes until the next hop's
@@ -362,12 +360,10 @@ impl CacheLayer {
     /// The attributes a client must see: the next hop's, with the local size and times
     /// while the file has dirty data.
     pub fn effective_attr(&self, fh: &[u8]) -> Option<Fattr3> {
-        self.with_file(fh, |s| {
-            s.attr.clone().map(|a| match &s.local {
-                Some(l) => overlay(a, l),
-                None => a,
-            })
-        })
+        self.with_file(fh, |s| s.attr.clone().map(|a| match &s.local {
+            Some(l) => overlay(a, l),
+            None => a,
+        }))
     }
 
     /// Dirty data in the cache (for `gridvfs status`).
@@ -407,13 +403,7 @@ impl CacheLayer {
     }
 
     /// Puts clean bytes fetched by a call stamped `stamp`, unless the file changed since.
-    pub fn fill_checked(
-        &self,
-        fh: &[u8],
-        off: u64,
-        data: &[u8],
-        stamp: u64,
-    ) -> Result<(), CacheError> {
+    pub fn fill_checked(&self, fh: &[u8], off: u64, data: &[u8], stamp: u64) -> Result<(), CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         if !self.unchanged_since(fh, stamp) {
             return Ok(());
@@ -570,8 +560,7 @@ impl CacheLayer {
             self.store
                 .truncate_block(fh, cut / self.bs, (cut % self.bs) as u32)?;
         }
-        self.store
-            .invalidate_range(fh, first_whole, top.max(first_whole))?;
+        self.store.invalidate_range(fh, first_whole, top.max(first_whole))?;
         let t = now();
         self.with_file(fh, |s| {
             if let Some(l) = &mut s.local {
@@ -590,14 +579,7 @@ impl CacheLayer {
     /// Builds a READ reply for a file with local writes from the next hop's bytes
     /// (`upstream`, may be short) with the dirty bytes laid over them, up to the local
     /// size; bytes past both are zeros (a hole the local writes made).
-    fn merged_read(
-        &self,
-        xid: u32,
-        fh: &[u8],
-        off: u64,
-        count: u32,
-        upstream: &[u8],
-    ) -> Option<BytesMut> {
+    fn merged_read(&self, xid: u32, fh: &[u8], off: u64, count: u32, upstream: &[u8]) -> Option<BytesMut> {
         let attr = self.effective_attr(fh)?;
         let end = off.saturating_add(count as u64).min(attr.size);
         let n = end.saturating_sub(off) as usize;
@@ -614,8 +596,7 @@ impl CacheLayer {
                 let lo = (base + d.start as u64).max(off);
                 let hi = (base + d.end as u64).min(end);
                 for pos in lo..hi {
-                    buf[(pos - off) as usize] =
-                        c.data[(pos - base - c.valid.start as u64) as usize];
+                    buf[(pos - off) as usize] = c.data[(pos - base - c.valid.start as u64) as usize];
                 }
             }
         }
@@ -727,9 +708,7 @@ impl CacheLayer {
                 self.changed(w.file.0, attr);
                 let last = w.offset.saturating_add(w.count.max(1) as u64 - 1) / self.bs;
                 self.invalidate(w.file.0, w.offset / self.bs, last);
-                if self.policy == WritePolicy::WriteThrough
-                    && matches!(r, Res::Write(NfsResult::Ok(_)))
-                {
+                if self.policy == WritePolicy::WriteThrough && matches!(r, Res::Write(NfsResult::Ok(_))) {
                     // The bytes are the next hop's now: keep them for later reads.
                     self.fill(w.file.0, w.offset, w.data);
                 }

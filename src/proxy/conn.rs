@@ -134,8 +134,7 @@ pub(super) async fn serve(
                             (Some(cache), Target::Nfs) if cached::touches_store(proc_) => {
                                 // Cache work (disk I/O, maybe calls of its own) runs beside
                                 // the reader, so one slow WRITE does not stall the others.
-                                let (p, tx, cache) =
-                                    (proxy.clone(), reply_tx.clone(), cache.clone());
+                                let (p, tx, cache) = (proxy.clone(), reply_tx.clone(), cache.clone());
                                 tokio::spawn(async move {
                                     via_cache(&p, &cache, call, rec, tx).await;
                                 });
