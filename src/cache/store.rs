@@ -964,7 +964,11 @@ impl Store {
     /// Sorts by (fh, block) and keeps the newest version of each block.
     fn newest_dirty(mut out: Vec<DirtyBlock>) -> Result<Vec<DirtyBlock>> {
         out.sort_by(|a, b| {
-            (&a.fh, a.block, std::cmp::Reverse(a.seq)).cmp(&(&b.fh, b.block, std::cmp::Reverse(b.seq)))
+            (&a.fh, a.block, std::cmp::Reverse(a.seq)).cmp(&(
+                &b.fh,
+                b.block,
+                std::cmp::Reverse(b.seq),
+            ))
         });
         out.dedup_by(|a, b| a.fh == b.fh && a.block == b.block);
         Ok(out)

@@ -139,7 +139,9 @@ fn durable_rewrite_replaces_and_clears_the_old_version() {
     assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 64]);
     let d = s.dirty_blocks().unwrap();
     assert_eq!(
-        d.iter().map(|d| (d.fh.clone(), d.block, d.seq)).collect::<Vec<_>>(),
+        d.iter()
+            .map(|d| (d.fh.clone(), d.block, d.seq))
+            .collect::<Vec<_>>(),
         vec![(b"f".to_vec(), 0, seq)]
     );
     let tags = std::fs::read(dir.path().join("bank-0000.tags")).unwrap();
@@ -377,7 +379,10 @@ fn truncate_block_cuts_dirty_and_clean_bytes_and_survives_reopen() {
         s.sync().unwrap(); // the dirty version is durable: the cut must copy-on-write
         s.truncate_block(b"f", 0, 1500).unwrap();
         let c = s.get(b"f", 0).unwrap().unwrap();
-        assert_eq!((c.valid.clone(), c.dirty.clone()), (0..1500, Some(1000..1500)));
+        assert_eq!(
+            (c.valid.clone(), c.dirty.clone()),
+            (0..1500, Some(1000..1500))
+        );
         assert_eq!(&c.data[1000..1500], &bytes(2000, 2)[..500]);
         // Cut below the dirty bytes: clean data stays, the block is no longer dirty.
         s.truncate_block(b"f", 0, 800).unwrap();
@@ -430,7 +435,10 @@ fn dirty_in_set_lists_the_dirty_blocks_sharing_a_set() {
         .map(|d| (d.fh, d.block, d.dirty.start, d.dirty.end))
         .collect();
     d.sort();
-    assert_eq!(d, vec![(b"a".to_vec(), 0, 0, 10), (b"b".to_vec(), 5, 0, 10)]);
+    assert_eq!(
+        d,
+        vec![(b"a".to_vec(), 0, 0, 10), (b"b".to_vec(), 5, 0, 10)]
+    );
 }
 
 #[test]
@@ -472,7 +480,10 @@ fn a_crash_with_unsynced_dirty_writes_changes_the_verifier() {
     let v1 = {
         let s = Store::open(dir.path(), g).unwrap();
         stored(s.put(b"f", 0, 0, &bytes(100, 1), true).unwrap());
-        assert!(dir.path().join("unstable").exists(), "marker before the reply");
+        assert!(
+            dir.path().join("unstable").exists(),
+            "marker before the reply"
+        );
         s.sync().unwrap();
         assert!(!dir.path().join("unstable").exists(), "retired by the sync");
         stored(s.put(b"f", 1, 0, &bytes(100, 2), false).unwrap()); // clean: no marker
@@ -488,6 +499,10 @@ fn a_crash_with_unsynced_dirty_writes_changes_the_verifier() {
         s.verifier()
     };
     let s = Store::open(dir.path(), g).unwrap();
-    assert_ne!(s.verifier(), v2, "unsynced writes at the crash: new verifier");
+    assert_ne!(
+        s.verifier(),
+        v2,
+        "unsynced writes at the crash: new verifier"
+    );
     assert!(!dir.path().join("unstable").exists());
 }

@@ -404,7 +404,10 @@ async fn make_room(cache: &Arc<CacheLayer>, up: &Upstream, fh: &[u8], block: u64
             return;
         }
     };
-    debug!(blocks = victims.len(), "set full of dirty blocks: writing them back");
+    debug!(
+        blocks = victims.len(),
+        "set full of dirty blocks: writing them back"
+    );
     for v in victims {
         // A file being truncated is left alone (its lock is held exclusively).
         let Ok(_g) = cache.file_lock(&v.fh).try_read() else {
@@ -418,7 +421,11 @@ async fn make_room(cache: &Arc<CacheLayer>, up: &Upstream, fh: &[u8], block: u64
 }
 
 /// Writes one dirty block back as FILE_SYNC and marks it clean.
-async fn writeback_block(cache: &Arc<CacheLayer>, up: &Upstream, d: &DirtyBlock) -> Result<(), String> {
+async fn writeback_block(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    d: &DirtyBlock,
+) -> Result<(), String> {
     let (c, fh2, block) = (cache.clone(), d.fh.clone(), d.block);
     let Some(got) = blocking(move || c.store.get(&fh2, block))
         .await
@@ -442,7 +449,10 @@ async fn writeback_block(cache: &Arc<CacheLayer>, up: &Upstream, d: &DirtyBlock)
             Ok(())
         }
         Err(e) if e.gone() => {
-            info!(side = "upstream", "file removed at the next hop; its dirty data is dropped");
+            info!(
+                side = "upstream",
+                "file removed at the next hop; its dirty data is dropped"
+            );
             cache.forget_file(&d.fh);
             Ok(())
         }
@@ -796,7 +806,10 @@ async fn flush_file(
         }
         if let Some(e) = failure {
             if e.gone() {
-                info!(side = "upstream", "file removed at the next hop; its dirty data is dropped");
+                info!(
+                    side = "upstream",
+                    "file removed at the next hop; its dirty data is dropped"
+                );
                 cache.forget_file(fh);
                 return Ok(FileOutcome::Gone);
             }
@@ -848,12 +861,16 @@ async fn flush_file(
 /// Progress of the running flush as JSON: bytes left and the rate so far.
 pub fn progress_json(cache: &CacheLayer) -> String {
     let p = &cache.flush;
-    let (total, done) = (p.total.load(Ordering::Relaxed), p.done.load(Ordering::Relaxed));
+    let (total, done) = (
+        p.total.load(Ordering::Relaxed),
+        p.done.load(Ordering::Relaxed),
+    );
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64;
-    let secs = (now_ms.saturating_sub(p.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0).max(0.001);
+    let secs =
+        (now_ms.saturating_sub(p.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0).max(0.001);
     format!(
         "{{\"running\":{},\"bytes_total\":{total},\"bytes_done\":{done},\"bytes_left\":{},\"rate_bytes_per_s\":{:.0}}}",
         p.running.load(Ordering::Relaxed),
