@@ -126,7 +126,20 @@ pub struct Store {
     /// proxy must change its write verifier.
     lost_unstable: AtomicBool,
     verifier: [u8; 8],
+    /// Held shared by every dirty write, exclusively by `sync` when it retires the
+    /// `unstable` marker file (see `UNSTABLE`).
+    unstable: std::sync::RwLock<()>,
+    /// The `unstable` marker file exists.
+    marked: AtomicBool,
 }
+
+/// Present (durably) while dirty data may have been written but not synced. A power
+/// failure can lose such writes *and* their tags, leaving an older version that still
+/// verifies: the loss would go unseen. So a start that finds this file changes the write
+/// verifier, and clients re-send what they have not seen committed. Created before the
+/// first dirty write after a durable point; removed by the `sync` that leaves no
+/// unsynced dirty write behind.
+const UNSTABLE: &str = "unstable";
 
 fn fingerprint(fh: &[u8], block: u64) -> u64 {
     let mut b = Vec::with_capacity(fh.len() + 8);
@@ -230,10 +243,23 @@ impl Store {
             seq: AtomicU64::new(max_seq),
             lost_unstable: AtomicBool::new(false),
             verifier: [0; 8],
+            unstable: std::sync::RwLock::new(()),
+            marked: AtomicBool::new(false),
         };
         let mut store = store;
         store.verify_dirty()?;
+        let marker = dir.join(UNSTABLE);
+        if marker.exists() {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the cache stopped with unsynced writes: the write verifier changes, clients re-send what they did not see committed"
+            );
+            store.lost_unstable.store(true, Ordering::Relaxed);
+        }
         store.verifier = load_verifier(dir, store.lost_unstable_writes())?;
+        if marker.exists() {
+            std::fs::remove_file(&marker).map_err(io(&marker))?;
+        }
         let clean = dir.join(CLEAN);
         let was_clean = clean.exists();
         if was_clean {
@@ -482,6 +508,11 @@ impl Store {
             .and_then(|n| off.checked_add(n))
             .filter(|&e| e <= self.geo.block_size)
             .ok_or(CacheError::OutsideBlock)?;
+        let _unstable = if dirty {
+            Some(self.unstable_guard()?)
+        } else {
+            None
+        };
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -631,6 +662,7 @@ impl Store {
     /// version with the copy-on-write rule of `put`. Nothing left: every version goes.
     /// Durable at the next `sync_all`.
     pub fn truncate_block(&self, fh: &[u8], block: u64, keep: u32) -> Result<()> {
+        let _unstable = self.unstable_guard()?;
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -642,6 +674,7 @@ impl Store {
         }
         if c.valid.start >= keep {
             drop(bank);
+            drop(_unstable);
             return self.invalidate(fh, block);
         }
         let valid = c.valid.start..keep;
@@ -711,7 +744,46 @@ impl Store {
                 self.clear(&mut bank, f)?;
             }
         }
+        if self.marked.load(Ordering::SeqCst) {
+            // No dirty write can start while we look (they hold the lock shared).
+            let _x = self.unstable.write().expect("unstable lock");
+            let all_synced = self.banks.iter().all(|b| {
+                let b = b.lock().expect("bank lock");
+                b.written.iter().all(|&li| !b.meta[li].dirty)
+            });
+            if all_synced {
+                let p = self.dir.join(UNSTABLE);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&p)(e)),
+                }
+                self.marked.store(false, Ordering::SeqCst);
+            }
+        }
         Ok(())
+    }
+
+    /// Shared hold on the `unstable` marker, creating it (durably) first if needed.
+    fn unstable_guard(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        loop {
+            let g = self.unstable.read().expect("unstable lock");
+            if self.marked.load(Ordering::SeqCst) {
+                return Ok(g);
+            }
+            drop(g);
+            let _x = self.unstable.write().expect("unstable lock");
+            if !self.marked.load(Ordering::SeqCst) {
+                let p = self.dir.join(UNSTABLE);
+                File::create(&p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io(&p))?;
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(&self.dir))?;
+                self.marked.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     /// After write-back: the block is clean, unless it was rewritten since (`seq`).
@@ -892,7 +964,11 @@ impl Store {
     /// Sorts by (fh, block) and keeps the newest version of each block.
     fn newest_dirty(mut out: Vec<DirtyBlock>) -> Result<Vec<DirtyBlock>> {
         out.sort_by(|a, b| {
-            (&a.fh, a.block, std::cmp::Reverse(a.seq)).cmp(&(&b.fh, b.block, std::cmp::Reverse(b.seq)))
+            (&a.fh, a.block, std::cmp::Reverse(a.seq)).cmp(&(
+                &b.fh,
+                b.block,
+                std::cmp::Reverse(b.seq),
+            ))
         });
         out.dedup_by(|a, b| a.fh == b.fh && a.block == b.block);
         Ok(out)

@@ -139,7 +139,9 @@ fn durable_rewrite_replaces_and_clears_the_old_version() {
     assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 64]);
     let d = s.dirty_blocks().unwrap();
     assert_eq!(
-        d.iter().map(|d| (d.fh.clone(), d.block, d.seq)).collect::<Vec<_>>(),
+        d.iter()
+            .map(|d| (d.fh.clone(), d.block, d.seq))
+            .collect::<Vec<_>>(),
         vec![(b"f".to_vec(), 0, seq)]
     );
     let tags = std::fs::read(dir.path().join("bank-0000.tags")).unwrap();
@@ -364,4 +366,143 @@ fn another_geometry_is_refused() {
         .err()
         .expect("must refuse");
     assert!(matches!(e, CacheError::GeometryChanged { .. }), "{e}");
+}
+
+#[test]
+fn truncate_block_cuts_dirty_and_clean_bytes_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 16);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &bytes(4096, 1), false).unwrap());
+        stored(s.put(b"f", 0, 1000, &bytes(2000, 2), true).unwrap());
+        s.sync().unwrap(); // the dirty version is durable: the cut must copy-on-write
+        s.truncate_block(b"f", 0, 1500).unwrap();
+        let c = s.get(b"f", 0).unwrap().unwrap();
+        assert_eq!(
+            (c.valid.clone(), c.dirty.clone()),
+            (0..1500, Some(1000..1500))
+        );
+        assert_eq!(&c.data[1000..1500], &bytes(2000, 2)[..500]);
+        // Cut below the dirty bytes: clean data stays, the block is no longer dirty.
+        s.truncate_block(b"f", 0, 800).unwrap();
+        let c = s.get(b"f", 0).unwrap().unwrap();
+        assert_eq!((c.valid.clone(), c.dirty.clone()), (0..800, None));
+        // Cut at or below the first valid byte: the block is gone.
+        stored(s.put(b"g", 3, 100, &bytes(50, 3), true).unwrap());
+        s.truncate_block(b"g", 3, 100).unwrap();
+        assert!(s.get(b"g", 3).unwrap().is_none());
+        s.sync_all().unwrap();
+        s.close().unwrap();
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    let c = s.get(b"f", 0).unwrap().unwrap();
+    assert_eq!((c.valid, c.dirty), (0..800, None));
+    assert!(s.get(b"g", 3).unwrap().is_none());
+    assert!(s.dirty_blocks().unwrap().is_empty());
+}
+
+#[test]
+fn clean_invalidation_keeps_dirty_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 16)).unwrap();
+    stored(s.put(b"f", 0, 0, &bytes(4096, 1), false).unwrap());
+    stored(s.put(b"f", 1, 0, &bytes(100, 2), true).unwrap());
+    stored(s.put(b"f", 2, 0, &bytes(4096, 3), false).unwrap());
+    s.invalidate_range_clean(b"f", 0, 2).unwrap();
+    assert!(s.get(b"f", 0).unwrap().is_none());
+    assert_eq!(s.get(b"f", 1).unwrap().unwrap().dirty, Some(0..100));
+    assert!(s.get(b"f", 2).unwrap().is_none());
+    // The whole-cache pass (a range longer than the sets) keeps it too.
+    s.invalidate_range_clean(b"f", 0, u64::MAX / 4096).unwrap();
+    assert_eq!(s.get(b"f", 1).unwrap().unwrap().dirty, Some(0..100));
+    s.invalidate_range(b"f", 0, u64::MAX / 4096).unwrap();
+    assert!(s.get(b"f", 1).unwrap().is_none());
+}
+
+#[test]
+fn dirty_in_set_lists_the_dirty_blocks_sharing_a_set() {
+    let dir = tempfile::tempdir().unwrap();
+    // One set: every block of every file lands in it.
+    let s = Store::open(dir.path(), geo(4, 1)).unwrap();
+    stored(s.put(b"a", 0, 0, &bytes(10, 1), true).unwrap());
+    stored(s.put(b"b", 5, 0, &bytes(10, 2), true).unwrap());
+    stored(s.put(b"c", 1, 0, &bytes(10, 3), false).unwrap());
+    let mut d: Vec<_> = s
+        .dirty_in_set(b"zzz", 9)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.fh, d.block, d.dirty.start, d.dirty.end))
+        .collect();
+    d.sort();
+    assert_eq!(
+        d,
+        vec![(b"a".to_vec(), 0, 0, 10), (b"b".to_vec(), 5, 0, 10)]
+    );
+}
+
+#[test]
+fn write_verifier_is_stable_until_dirty_data_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 16);
+    let v1 = {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &bytes(100, 1), true).unwrap());
+        s.sync().unwrap();
+        s.verifier()
+    }; // dropped without close(): a crash, but everything dirty was durable
+    let v2 = Store::open(dir.path(), g).unwrap().verifier();
+    assert_eq!(v1, v2, "no data lost: same verifier");
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &bytes(100, 9), true).unwrap()); // unstable rewrite
+    }
+    // Damage the unstable version's data, as a crash before its write reached the disk.
+    let data = dir.path().join("bank-0000.data");
+    let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    use std::os::unix::fs::FileExt;
+    let whole = std::fs::read(&data).unwrap();
+    let at = whole
+        .windows(100)
+        .position(|w| w == bytes(100, 9))
+        .expect("the unstable version's bytes");
+    f.write_all_at(&[0xEE; 10], at as u64).unwrap();
+    let s = Store::open(dir.path(), g).unwrap();
+    assert!(s.lost_unstable_writes());
+    assert_ne!(s.verifier(), v2, "lost unstable data: a new verifier");
+    assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, bytes(100, 1));
+}
+
+#[test]
+fn a_crash_with_unsynced_dirty_writes_changes_the_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 16);
+    let v1 = {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &bytes(100, 1), true).unwrap());
+        assert!(
+            dir.path().join("unstable").exists(),
+            "marker before the reply"
+        );
+        s.sync().unwrap();
+        assert!(!dir.path().join("unstable").exists(), "retired by the sync");
+        stored(s.put(b"f", 1, 0, &bytes(100, 2), false).unwrap()); // clean: no marker
+        assert!(!dir.path().join("unstable").exists());
+        s.verifier()
+    };
+    let v2 = {
+        let s = Store::open(dir.path(), g).unwrap();
+        assert_eq!(s.verifier(), v1);
+        // An unstable write whose data and tag may both be lost by a power failure;
+        // "crash" without a sync.
+        stored(s.put(b"f", 0, 0, &bytes(100, 3), true).unwrap());
+        s.verifier()
+    };
+    let s = Store::open(dir.path(), g).unwrap();
+    assert_ne!(
+        s.verifier(),
+        v2,
+        "unsynced writes at the crash: new verifier"
+    );
+    assert!(!dir.path().join("unstable").exists());
 }

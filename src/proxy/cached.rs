@@ -98,6 +98,12 @@ impl Cred {
     }
 }
 
+/// The block number under which a file's last known attributes are kept in the store
+/// (clean data, so dropped with the cache and after an unclean stop): a restarted proxy
+/// can answer READs of cached files, and GETATTRs while the next hop is down, before
+/// any reply has told it the file's size again.
+const ATTR_BLOCK: u64 = u64::MAX;
+
 /// Where the credential of the last writer is kept, so a restarted proxy can write back
 /// dirty data before any client has called again.
 const CRED_FILE: &str = "credential";
@@ -159,6 +165,8 @@ pub struct CacheLayer {
     pub write_throughs: AtomicU64,
     /// Sets that were full of dirty blocks and written back to make room.
     pub evictions: AtomicU64,
+    /// GETATTRs answered from the cache while the next hop was down.
+    pub offline_getattrs: AtomicU64,
     /// Per-file locks, striped by handle: WRITEs and write-back share a file; a
     /// truncation or a write-through has it alone.
     locks: Vec<tokio::sync::RwLock<()>>,
@@ -213,7 +221,10 @@ impl CacheLayer {
             local_writes: AtomicU64::new(0),
             write_throughs: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+            offline_getattrs: AtomicU64::new(0),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
         };
         // Dirty data found at open (after a restart or a crash): the files are local
         // again, their size at least the end of their dirty bytes until the next hop's
@@ -221,7 +232,10 @@ impl CacheLayer {
         let t = now();
         let dirty = layer.store.dirty_blocks()?;
         for d in &dirty {
-            let end = d.block * layer.bs + d.dirty.end as u64;
+            let end = d
+                .block
+                .saturating_mul(layer.bs)
+                .saturating_add(d.dirty.end as u64);
             layer.with_file(&d.fh, |s| {
                 let l = s.local.get_or_insert(Local {
                     size: 0,
@@ -360,10 +374,44 @@ impl CacheLayer {
     /// The attributes a client must see: the next hop's, with the local size and times
     /// while the file has dirty data.
     pub fn effective_attr(&self, fh: &[u8]) -> Option<Fattr3> {
-        self.with_file(fh, |s| s.attr.clone().map(|a| match &s.local {
-            Some(l) => overlay(a, l),
-            None => a,
-        }))
+        let (attr, local) = self.with_file(fh, |s| (s.attr.clone(), s.local));
+        let attr = attr.or_else(|| self.persisted_attr(fh))?;
+        Some(match &local {
+            Some(l) => overlay(attr, l),
+            None => attr,
+        })
+    }
+
+    /// Attributes kept in the store by an earlier run (see `ATTR_BLOCK`); remembered
+    /// for this run unless a change came meanwhile.
+    fn persisted_attr(&self, fh: &[u8]) -> Option<Fattr3> {
+        let stamp = self.stamp();
+        let c = self.store.get(fh, ATTR_BLOCK).ok()??;
+        let a = crate::xdr::decode_all::<Fattr3>(&c.data).ok()?;
+        // Checked and set under the file table's lock (not `mutate`: callers may hold
+        // it), so a change since the stamp wins.
+        self.with_file(fh, |s| {
+            if s.changed_at > stamp {
+                return None;
+            }
+            if let Some(l) = &mut s.local {
+                l.size = l.size.max(a.size);
+            }
+            Some(s.attr.get_or_insert(a).clone())
+        })
+    }
+
+    /// Keeps a file's attributes in the store when they changed (no disk write for a
+    /// GETATTR that shows the same attributes again).
+    fn persist_attr(&self, fh: &[u8], before: Option<&Fattr3>, now: &Fattr3) {
+        if before == Some(now) || now.ftype != Ftype3::REG {
+            return;
+        }
+        let mut b = BytesMut::with_capacity(96);
+        now.encode(&mut b);
+        if let Err(e) = self.store.put(fh, ATTR_BLOCK, 0, &b, false) {
+            tracing::debug!(side = "cache", error = %e, "attributes not kept in the cache");
+        }
     }
 
     /// Dirty data in the cache (for `gridvfs status`).
@@ -403,7 +451,13 @@ impl CacheLayer {
     }
 
     /// Puts clean bytes fetched by a call stamped `stamp`, unless the file changed since.
-    pub fn fill_checked(&self, fh: &[u8], off: u64, data: &[u8], stamp: u64) -> Result<(), CacheError> {
+    pub fn fill_checked(
+        &self,
+        fh: &[u8],
+        off: u64,
+        data: &[u8],
+        stamp: u64,
+    ) -> Result<(), CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         if !self.unchanged_since(fh, stamp) {
             return Ok(());
@@ -481,7 +535,8 @@ impl CacheLayer {
     /// changes: one small durable write per session, not per WRITE).
     fn remember_cred(&self, c: Cred) {
         let mut last = self.last_cred.lock().expect("cred lock");
-        if last.as_ref() == Some(&c) {
+        // AUTH_NONE never replaces a real credential for write-backs.
+        if last.as_ref() == Some(&c) || (c.flavor == 0 && last.is_some()) {
             return;
         }
         let dir = &self.cfg.dir;
@@ -530,6 +585,7 @@ impl CacheLayer {
         let _m = self.mutate.lock().expect("mutate lock");
         self.changed(fh, None);
         self.with_file(fh, |s| s.local = None);
+        let _ = self.store.invalidate(fh, ATTR_BLOCK);
         if let Err(e) = self.store.invalidate_range(fh, 0, u64::MAX / self.bs) {
             warn!(side = "cache", error = %e, "cache invalidation failed");
         }
@@ -560,7 +616,8 @@ impl CacheLayer {
             self.store
                 .truncate_block(fh, cut / self.bs, (cut % self.bs) as u32)?;
         }
-        self.store.invalidate_range(fh, first_whole, top.max(first_whole))?;
+        self.store
+            .invalidate_range(fh, first_whole, top.max(first_whole))?;
         let t = now();
         self.with_file(fh, |s| {
             if let Some(l) = &mut s.local {
@@ -579,7 +636,14 @@ impl CacheLayer {
     /// Builds a READ reply for a file with local writes from the next hop's bytes
     /// (`upstream`, may be short) with the dirty bytes laid over them, up to the local
     /// size; bytes past both are zeros (a hole the local writes made).
-    fn merged_read(&self, xid: u32, fh: &[u8], off: u64, count: u32, upstream: &[u8]) -> Option<BytesMut> {
+    fn merged_read(
+        &self,
+        xid: u32,
+        fh: &[u8],
+        off: u64,
+        count: u32,
+        upstream: &[u8],
+    ) -> Option<BytesMut> {
         let attr = self.effective_attr(fh)?;
         let end = off.saturating_add(count as u64).min(attr.size);
         let n = end.saturating_sub(off) as usize;
@@ -596,7 +660,8 @@ impl CacheLayer {
                 let lo = (base + d.start as u64).max(off);
                 let hi = (base + d.end as u64).min(end);
                 for pos in lo..hi {
-                    buf[(pos - off) as usize] = c.data[(pos - base - c.valid.start as u64) as usize];
+                    buf[(pos - off) as usize] =
+                        c.data[(pos - base - c.valid.start as u64) as usize];
                 }
             }
         }
@@ -693,6 +758,7 @@ impl CacheLayer {
                 }
                 s.attr.replace(f.clone())
             });
+            self.persist_attr(&fh, before.as_ref(), &f);
             let Some(b) = before else { continue };
             if attributes_mode && !own_change && (f.mtime != b.mtime || f.size != b.size) {
                 stale.push((fh, 0, b.size.max(f.size) / self.bs));
@@ -708,7 +774,9 @@ impl CacheLayer {
                 self.changed(w.file.0, attr);
                 let last = w.offset.saturating_add(w.count.max(1) as u64 - 1) / self.bs;
                 self.invalidate(w.file.0, w.offset / self.bs, last);
-                if self.policy == WritePolicy::WriteThrough && matches!(r, Res::Write(NfsResult::Ok(_))) {
+                if self.policy == WritePolicy::WriteThrough
+                    && matches!(r, Res::Write(NfsResult::Ok(_)))
+                {
                     // The bytes are the next hop's now: keep them for later reads.
                     self.fill(w.file.0, w.offset, w.data);
                 }
@@ -842,6 +910,18 @@ pub async fn before_forward(
     p: Proc,
     call: &bytes::Bytes,
 ) -> Before {
+    if p == Proc::GETATTR {
+        // Only routed here while the next hop is down (conn.rs): answer from what the
+        // cache knows, in the session model where the cache is trusted anyway.
+        let (c, call) = (cache.clone(), call.clone());
+        let hit = tokio::task::spawn_blocking(move || c.getattr_offline(&call)).await;
+        return match hit {
+            Ok(Some(r)) => Before::Hit(r),
+            _ => Before::Forward {
+                stamp: cache.stamp(),
+            },
+        };
+    }
     // Only these touch the store before forwarding; every other call just takes a stamp
     // here, without a trip through the blocking pool on each RPC.
     if !touches_store(p) {
@@ -893,6 +973,31 @@ pub async fn before_forward(
         // Not an NFS call we can read (cannot happen for routed calls): a stamp of 0
         // makes the reply teach nothing.
         .unwrap_or(Before::Forward { stamp: 0 })
+}
+
+impl CacheLayer {
+    /// Whether a GETATTR should be tried on the cache: the next hop is down and the
+    /// cache is trusted (`session`).
+    pub fn answers_getattr_offline(&self, up: &crate::upstream::Upstream) -> bool {
+        self.consistency == Consistency::Session && up.is_down()
+    }
+
+    /// A GETATTR answered from the cache's attributes (the next hop is down).
+    fn getattr_offline(&self, call: &[u8]) -> Option<BytesMut> {
+        let (p, at) = nfs_call(call)?;
+        let Ok(Args::Getattr(a)) = Args::decode(p, &call[at..]) else {
+            return None;
+        };
+        let attr = self.effective_attr(a.object.0)?;
+        let xid = u32::from_be_bytes(call[..4].try_into().ok()?);
+        let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
+        Res::Getattr(NfsResult::Ok(nfs3::GetattrResOk {
+            obj_attributes: attr,
+        }))
+        .encode(&mut out);
+        self.offline_getattrs.fetch_add(1, Ordering::Relaxed);
+        Some(out)
+    }
 }
 
 /// A SETATTR call that sets the size.

@@ -364,7 +364,7 @@ async fn store_dirty(
 /// puts them into the cache as clean data, so a partial write lands next to real bytes.
 async fn fill_gap(
     cache: &Arc<CacheLayer>,
-    up: &Upstream,
+    up: &Arc<Upstream>,
     cred: &Cred,
     fh: &[u8],
     block: u64,
@@ -394,8 +394,20 @@ async fn fill_gap(
     }
 }
 
-/// Writes back the dirty blocks of the set that (fh, block) maps to, so it has room.
-async fn make_room(cache: &Arc<CacheLayer>, up: &Upstream, fh: &[u8], block: u64) {
+/// Writes back the dirty blocks of the set that (fh, block) maps to, so it has room (all
+/// at once, FILE_SYNC), and starts a background write-back of everything if none is
+/// running: a cache full of dirty data is cleaned at the pipelined rate of a flush, not
+/// a set at a time.
+async fn make_room(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, fh: &[u8], block: u64) {
+    if let Ok(_running) = cache.flush.lock.try_lock() {
+        let (c, u) = (cache.clone(), up.clone());
+        info!(side = "cache", "a cache set is full of dirty blocks: writing back in the background");
+        tokio::spawn(async move {
+            if let Err(e) = flush(&c, &u, None).await {
+                warn!(side = "cache", error = %e, "background write-back failed");
+            }
+        });
+    }
     let (c, fh2) = (cache.clone(), fh.to_vec());
     let victims = match blocking(move || c.store.dirty_in_set(&fh2, block)).await {
         Ok(v) => v,
@@ -405,20 +417,29 @@ async fn make_room(cache: &Arc<CacheLayer>, up: &Upstream, fh: &[u8], block: u64
         }
     };
     debug!(blocks = victims.len(), "set full of dirty blocks: writing them back");
+    let mut tasks = tokio::task::JoinSet::new();
     for v in victims {
-        // A file being truncated is left alone (its lock is held exclusively).
-        let Ok(_g) = cache.file_lock(&v.fh).try_read() else {
-            continue;
-        };
-        if let Err(e) = writeback_block(cache, up, &v).await {
-            warn!(side = "upstream", error = %e, "write-back of a block to make room failed");
-        }
+        let (c, u) = (cache.clone(), up.clone());
+        tasks.spawn(async move {
+            // A file being truncated is left alone (its lock is held exclusively).
+            let Ok(_g) = c.file_lock(&v.fh).try_read() else {
+                return;
+            };
+            if let Err(e) = writeback_block(&c, &u, &v).await {
+                warn!(side = "upstream", error = %e, "write-back of a block to make room failed");
+            }
+        });
     }
+    while tasks.join_next().await.is_some() {}
     cache.evictions.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Writes one dirty block back as FILE_SYNC and marks it clean.
-async fn writeback_block(cache: &Arc<CacheLayer>, up: &Upstream, d: &DirtyBlock) -> Result<(), String> {
+async fn writeback_block(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    d: &DirtyBlock,
+) -> Result<(), String> {
     let (c, fh2, block) = (cache.clone(), d.fh.clone(), d.block);
     let Some(got) = blocking(move || c.store.get(&fh2, block))
         .await
@@ -442,7 +463,10 @@ async fn writeback_block(cache: &Arc<CacheLayer>, up: &Upstream, d: &DirtyBlock)
             Ok(())
         }
         Err(e) if e.gone() => {
-            info!(side = "upstream", "file removed at the next hop; its dirty data is dropped");
+            info!(
+                side = "upstream",
+                "file removed at the next hop; its dirty data is dropped"
+            );
             cache.forget_file(&d.fh);
             Ok(())
         }
@@ -796,7 +820,10 @@ async fn flush_file(
         }
         if let Some(e) = failure {
             if e.gone() {
-                info!(side = "upstream", "file removed at the next hop; its dirty data is dropped");
+                info!(
+                    side = "upstream",
+                    "file removed at the next hop; its dirty data is dropped"
+                );
                 cache.forget_file(fh);
                 return Ok(FileOutcome::Gone);
             }
@@ -848,12 +875,16 @@ async fn flush_file(
 /// Progress of the running flush as JSON: bytes left and the rate so far.
 pub fn progress_json(cache: &CacheLayer) -> String {
     let p = &cache.flush;
-    let (total, done) = (p.total.load(Ordering::Relaxed), p.done.load(Ordering::Relaxed));
+    let (total, done) = (
+        p.total.load(Ordering::Relaxed),
+        p.done.load(Ordering::Relaxed),
+    );
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64;
-    let secs = (now_ms.saturating_sub(p.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0).max(0.001);
+    let secs =
+        (now_ms.saturating_sub(p.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0).max(0.001);
     format!(
         "{{\"running\":{},\"bytes_total\":{total},\"bytes_done\":{done},\"bytes_left\":{},\"rate_bytes_per_s\":{:.0}}}",
         p.running.load(Ordering::Relaxed),
