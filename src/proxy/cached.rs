@@ -170,6 +170,16 @@ pub struct CacheLayer {
     /// Per-file locks, striped by handle: WRITEs and write-back share a file; a
     /// truncation or a write-through has it alone.
     locks: Vec<tokio::sync::RwLock<()>>,
+    /// Per-file write-back locks (striped): one write-back of a file's blocks at a time.
+    wb_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// A block a truncation could not cut in the cache (see `CacheLayer::truncated`).
+pub struct Uncut {
+    pub block: u64,
+    /// Bytes of the block that stay.
+    pub keep: u32,
+    pub c: crate::cache::store::Cached,
 }
 
 /// How much dirty data the cache holds.
@@ -195,6 +205,8 @@ pub struct FlushProgress {
     pub started_ms: AtomicU64,
     /// Serialises flushes.
     pub lock: tokio::sync::Mutex<()>,
+    /// A background write-back has been asked for and has not started yet.
+    pub bg_pending: std::sync::atomic::AtomicBool,
 }
 
 impl CacheLayer {
@@ -224,6 +236,9 @@ impl CacheLayer {
             offline_getattrs: AtomicU64::new(0),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
+            wb_locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         };
         // Dirty data found at open (after a restart or a crash): the files are local
@@ -271,9 +286,16 @@ impl CacheLayer {
         let now = files.tick;
         if files.map.len() >= MAX_FILES && !files.map.contains_key(fh) {
             // Forget the least recently used eighth; remember their newest change.
-            let mut ages: Vec<u64> = files.map.values().map(|s| s.used).collect();
+            // Files with local writes are never forgotten; if they are all there is,
+            // the table grows (bounded by the dirty frames) instead.
+            let mut ages: Vec<u64> = files
+                .map
+                .values()
+                .filter(|s| s.local.is_none())
+                .map(|s| s.used)
+                .collect();
             ages.sort_unstable();
-            let cut = ages[ages.len() / 8];
+            let cut = ages.get(ages.len() / 8).copied().unwrap_or(0);
             let mut forgotten = files.forgotten;
             files.map.retain(|_, s| {
                 let keep = s.used > cut || s.local.is_some();
@@ -429,6 +451,11 @@ impl CacheLayer {
     /// The lock of a file (a stripe shared with other handles).
     pub fn file_lock(&self, fh: &[u8]) -> &tokio::sync::RwLock<()> {
         &self.locks[(crate::cache::layout::fnv1a(fh) % LOCK_STRIPES as u64) as usize]
+    }
+
+    /// The write-back lock of a file (a stripe shared with other handles).
+    pub fn wb_lock(&self, fh: &[u8]) -> &tokio::sync::Mutex<()> {
+        &self.wb_locks[(crate::cache::layout::fnv1a(fh) % LOCK_STRIPES as u64) as usize]
     }
 
     /// Files with local writes, with their write counts.
@@ -603,7 +630,16 @@ impl CacheLayer {
     /// or not; growing reads zeros. The old size is the local one for a file with dirty
     /// data, else the reply's "before" (unknown: everything past the new size goes).
     /// Made durable before returning, so a crash cannot bring cut bytes back.
-    pub fn truncated(&self, fh: &[u8], old: Option<u64>, new: u64) -> Result<(), CacheError> {
+    ///
+    /// If the block holding the new end cannot be rewritten (its set is full of dirty
+    /// blocks, or the disk fails), it is returned as it is: the caller writes its dirty
+    /// bytes below the cut to the next hop and then drops it (`drop_block`).
+    pub fn truncated(
+        &self,
+        fh: &[u8],
+        old: Option<u64>,
+        new: u64,
+    ) -> Result<Option<Uncut>, CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         let local = self.with_file(fh, |s| s.local);
         let old = local.map(|l| l.size).or(old);
@@ -612,9 +648,18 @@ impl CacheLayer {
         let attr = self.with_file(fh, |s| s.attr.clone());
         self.changed(fh, attr);
         let first_whole = cut.div_ceil(self.bs);
+        let mut uncut = None;
         if !cut.is_multiple_of(self.bs) {
-            self.store
-                .truncate_block(fh, cut / self.bs, (cut % self.bs) as u32)?;
+            let (block, keep) = (cut / self.bs, (cut % self.bs) as u32);
+            if let Err(e) = self.store.truncate_block(fh, block, keep) {
+                warn!(side = "cache", error = %e, "cannot cut a cached block; writing its kept dirty bytes through");
+                match self.store.get(fh, block)? {
+                    Some(c) if c.dirty.as_ref().is_some_and(|d| d.start < keep) => {
+                        uncut = Some(Uncut { block, keep, c });
+                    }
+                    _ => self.store.invalidate(fh, block)?,
+                }
+            }
         }
         self.store
             .invalidate_range(fh, first_whole, top.max(first_whole))?;
@@ -630,7 +675,15 @@ impl CacheLayer {
         if local.is_some() {
             self.store.sync_all()?;
         }
-        Ok(())
+        Ok(uncut)
+    }
+
+    /// Forgets every version of a block and makes that durable (after its dirty bytes
+    /// were written through).
+    pub fn drop_block(&self, fh: &[u8], block: u64) -> Result<(), CacheError> {
+        let _m = self.mutate.lock().expect("mutate lock");
+        self.store.invalidate(fh, block)?;
+        self.store.sync_all()
     }
 
     /// Builds a READ reply for a file with local writes from the next hop's bytes
@@ -643,9 +696,15 @@ impl CacheLayer {
         off: u64,
         count: u32,
         upstream: &[u8],
+        upstream_eof: bool,
     ) -> Option<BytesMut> {
         let attr = self.effective_attr(fh)?;
-        let end = off.saturating_add(count as u64).min(attr.size);
+        let mut end = off.saturating_add(count as u64).min(attr.size);
+        if !upstream_eof {
+            // A short read from the server that is not at its end of file: answer as
+            // short (the client asks again for the rest), never with invented zeros.
+            end = end.min(off + upstream.len() as u64);
+        }
         let n = end.saturating_sub(off) as usize;
         let mut buf = vec![0u8; n];
         let k = upstream.len().min(n);
@@ -827,7 +886,7 @@ impl CacheLayer {
                 return Some(out);
             }
             if let NfsResult::Ok(ok) = rr {
-                return self.merged_read(xid, r.file.0, r.offset, r.count, ok.data);
+                return self.merged_read(xid, r.file.0, r.offset, r.count, ok.data, ok.eof);
             }
         }
         let mut touched = false;
@@ -937,6 +996,15 @@ pub async fn before_forward(
             Proc::SETATTR if setattr_size(call) => {
                 return Before::Hit(writeback::setattr_size(cache, up, call.clone()).await);
             }
+            Proc::SETATTR => {
+                // Times set on a file with local writes: write it back first, or the
+                // flush's WRITEs would overwrite the time set (cp -p, tar, rsync -t).
+                if let Some(fh) = setattr_times(call).filter(|fh| cache.local(fh).is_some())
+                    && let Err(e) = writeback::flush(cache, up, Some(fh)).await
+                {
+                    warn!(side = "cache", error = %e, "write-back before a SETATTR of times failed");
+                }
+            }
             _ => {}
         }
     }
@@ -997,6 +1065,20 @@ impl CacheLayer {
         .encode(&mut out);
         self.offline_getattrs.fetch_add(1, Ordering::Relaxed);
         Some(out)
+    }
+}
+
+/// The file of a SETATTR call that sets its mtime or atime.
+fn setattr_times(call: &[u8]) -> Option<Vec<u8>> {
+    let (p, at) = nfs_call(call)?;
+    match Args::decode(p, &call[at..]) {
+        Ok(Args::Setattr(a))
+            if a.new_attributes.mtime != nfs3::SetTime::DontChange
+                || a.new_attributes.atime != nfs3::SetTime::DontChange =>
+        {
+            Some(a.object.0.to_vec())
+        }
+        _ => None,
     }
 }
 

@@ -293,7 +293,10 @@ pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> 
         drop(lock);
         return write_through(cache, up, &call, xid, &cred).await;
     }
-    cache.note_local_write(&fh, end, Some(cred));
+    if count > 0 {
+        // A zero-byte WRITE changes nothing, not even the size.
+        cache.note_local_write(&fh, end, Some(cred));
+    }
     let mut committed = StableHow::UNSTABLE;
     if stable != StableHow::UNSTABLE {
         let c = cache.clone();
@@ -373,16 +376,14 @@ async fn fill_gap(
     let base = block * cache.bs;
     let (start, end) = (base + gap.start as u64, base + gap.end as u64);
     let stamp = cache.stamp();
-    let upstream_size = cache.upstream_attr(fh).map_or(0, |a| a.size);
+    // Always asked (the size the cache knows may be old): past the server's end of file
+    // the READ comes back short, and those bytes are a hole, zeros.
     let mut bytes = vec![0u8; (end - start) as usize];
-    if start < upstream_size {
-        let want = (end.min(upstream_size) - start) as u32;
-        let got = read_upstream(up, cred, fh, start, want)
-            .await
-            .map_err(|e| format!("gap fill READ: {e}"))?;
-        let n = got.len().min(bytes.len());
-        bytes[..n].copy_from_slice(&got[..n]);
-    }
+    let got = read_upstream(up, cred, fh, start, (end - start) as u32)
+        .await
+        .map_err(|e| format!("gap fill READ: {e}"))?;
+    let n = got.len().min(bytes.len());
+    bytes[..n].copy_from_slice(&got[..n]);
     let (c, fh2) = (cache.clone(), fh.to_vec());
     match blocking(move || c.fill_checked(&fh2, start, &bytes, stamp)).await {
         Ok(()) => Ok(()),
@@ -399,9 +400,13 @@ async fn fill_gap(
 /// running: a cache full of dirty data is cleaned at the pipelined rate of a flush, not
 /// a set at a time.
 async fn make_room(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, fh: &[u8], block: u64) {
-    if let Ok(_running) = cache.flush.lock.try_lock() {
+    if cache.flush.lock.try_lock().is_ok() && !cache.flush.bg_pending.swap(true, Ordering::Relaxed)
+    {
         let (c, u) = (cache.clone(), up.clone());
-        info!(side = "cache", "a cache set is full of dirty blocks: writing back in the background");
+        info!(
+            side = "cache",
+            "a cache set is full of dirty blocks: writing back in the background"
+        );
         tokio::spawn(async move {
             if let Err(e) = flush(&c, &u, None).await {
                 warn!(side = "cache", error = %e, "background write-back failed");
@@ -416,7 +421,10 @@ async fn make_room(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, fh: &[u8], block
             return;
         }
     };
-    debug!(blocks = victims.len(), "set full of dirty blocks: writing them back");
+    debug!(
+        blocks = victims.len(),
+        "set full of dirty blocks: writing them back"
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for v in victims {
         let (c, u) = (cache.clone(), up.clone());
@@ -425,6 +433,7 @@ async fn make_room(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, fh: &[u8], block
             let Ok(_g) = c.file_lock(&v.fh).try_read() else {
                 return;
             };
+            let _wb = c.wb_lock(&v.fh).lock().await;
             if let Err(e) = writeback_block(&c, &u, &v).await {
                 warn!(side = "upstream", error = %e, "write-back of a block to make room failed");
             }
@@ -490,6 +499,7 @@ async fn write_through(
     };
     let fh = w.file.0;
     let _x = cache.file_lock(fh).write().await;
+    let _wb = cache.wb_lock(fh).lock().await;
     let bs = cache.bs;
     let (first, last) = (
         w.offset / bs,
@@ -623,8 +633,41 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     };
     if let Some(old) = old {
         let (c, fh2) = (cache.clone(), fh.clone());
-        if let Err(e) = blocking(move || c.truncated(&fh2, old, new)).await {
-            warn!(side = "cache", error = %e, "cache truncation failed; dropping the file's clean blocks");
+        let fail = |why: String| {
+            warn!(side = "cache", error = %why, "truncation in the cache failed; SETATTR answered NFS3ERR_IO (the client retries)");
+            reply_with(
+                xid,
+                &Res::Setattr(NfsResult::Fail(
+                    Nfsstat3::IO,
+                    nfs3::SetattrResFail {
+                        obj_wcc: WccData::default(),
+                    },
+                )),
+            )
+        };
+        match blocking(move || c.truncated(&fh2, old, new)).await {
+            Ok(None) => {}
+            Ok(Some(u)) => {
+                // The cut block could not be rewritten: its dirty bytes below the cut go
+                // to the next hop (inside the new size, so they cannot extend the file),
+                // then the block goes.
+                let d = u.c.dirty.clone().expect("uncut blocks are dirty");
+                let (from, to) = (d.start, d.end.min(u.keep));
+                let s = (from - u.c.valid.start) as usize;
+                let bytes = &u.c.data[s..s + (to - from) as usize];
+                let off = u.block * cache.bs + from as u64;
+                let cred = cred_or_none(cache, &fh);
+                if let Err(e) =
+                    write_upstream(up, &cred, &fh, off, bytes, StableHow::FILE_SYNC).await
+                {
+                    return fail(format!("writing the cut block through: {e}"));
+                }
+                let (c, fh2, block) = (cache.clone(), fh.clone(), u.block);
+                if let Err(e) = blocking(move || c.drop_block(&fh2, block)).await {
+                    return fail(e.to_string());
+                }
+            }
+            Err(e) => return fail(e.to_string()),
         }
     }
     let (c, call2, stamp) = (cache.clone(), call.clone(), cache.stamp());
@@ -687,6 +730,11 @@ pub async fn flush(
     only: Option<Vec<u8>>,
 ) -> Result<FlushReport, String> {
     let _one = cache.flush.lock.lock().await;
+    cache.flush.bg_pending.store(false, Ordering::Relaxed);
+    // Files with local writes and their write counts, taken *before* the list of dirty
+    // blocks: a file written after this point keeps its local view (a WRITE counts only
+    // after its bytes are stored).
+    let wgens: std::collections::HashMap<Vec<u8>, u64> = cache.local_files().into_iter().collect();
     let c = cache.clone();
     let mut blocks = blocking(move || c.store.dirty_blocks())
         .await
@@ -716,14 +764,16 @@ pub async fn flush(
     }
     let with_dirty: std::collections::HashSet<Vec<u8>> =
         by_file.iter().map(|(f, _)| f.clone()).collect();
+    let wgens = Arc::new(wgens);
     let window = Arc::new(Semaphore::new(cache.cfg.writeback_in_flight));
     let files = Arc::new(Semaphore::new(FILES_IN_PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
     for (fh, blocks) in by_file {
         let permit = files.clone().acquire_owned().await.expect("never closed");
         let (c, up, w) = (cache.clone(), up.clone(), window.clone());
+        let wgen = wgens.get(&fh).copied();
         tasks.spawn(async move {
-            let r = flush_file(&c, &up, &w, &fh, blocks).await;
+            let r = flush_file(&c, &up, &w, &fh, blocks, wgen).await;
             drop(permit);
             r
         });
@@ -741,9 +791,9 @@ pub async fn flush(
         }
     }
     // Files made local but left without dirty blocks (e.g. truncated to 0): clean now.
-    for (fh, wgen) in cache.local_files() {
-        if only.as_ref().is_none_or(|f| *f == fh) && !with_dirty.contains(&fh) {
-            cache.written_back(&fh, wgen, None);
+    for (fh, wgen) in wgens.iter() {
+        if only.as_ref().is_none_or(|f| f == fh) && !with_dirty.contains(fh) {
+            cache.written_back(fh, *wgen, None);
         }
     }
     p.running.store(false, Ordering::Relaxed);
@@ -774,10 +824,13 @@ async fn flush_file(
     window: &Arc<Semaphore>,
     fh: &[u8],
     blocks: Vec<DirtyBlock>,
+    wgen: Option<u64>,
 ) -> Result<FileOutcome, String> {
     let _shared = cache.file_lock(fh).read().await;
+    // One write-back of a file at a time: two WRITEs of the same block must not race
+    // to the server (the older could land last while the newer is marked clean).
+    let _wb = cache.wb_lock(fh).lock().await;
     let cred = cred_or_none(cache, fh);
-    let wgen = cache.wgen(fh);
     for attempt in 0..VERIFIER_RETRIES {
         let mut tasks = tokio::task::JoinSet::new();
         // Increasing offsets: a file grows on the server in order.
@@ -864,7 +917,7 @@ async fn flush_file(
             bytes += n;
             cache.flush.done.fetch_add(n, Ordering::Relaxed);
         }
-        if all_clean {
+        if let (true, Some(wgen)) = (all_clean, wgen) {
             cache.written_back(fh, wgen, ok.file_wcc.after.clone());
         }
         return Ok(FileOutcome::Written(bytes));
