@@ -506,3 +506,52 @@ fn a_crash_with_unsynced_dirty_writes_changes_the_verifier() {
     );
     assert!(!dir.path().join("unstable").exists());
 }
+
+/// A clean cut version (dirty bytes all past the cut) newer than the old dirty version,
+/// then a crash before the old one was cleared: the unclean start must not drop the
+/// clean newest version first and bring the uncut dirty one back.
+#[test]
+fn unclean_start_keeps_the_newest_version_even_if_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 64);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"F", 0, 0, &[0u8; 1000], false).unwrap());
+        stored(s.put(b"F", 0, 1000, &[9u8; 2000], true).unwrap());
+        s.sync().unwrap();
+        s.truncate_block(b"F", 0, 500).unwrap();
+        // kill -9: no sync_all, no close
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    let c = s.get(b"F", 0).unwrap();
+    assert!(
+        c.as_ref()
+            .is_none_or(|c| c.dirty.is_none() && c.valid.end <= 500),
+        "cut bytes back after restart: {:?}",
+        c.map(|c| (c.valid, c.dirty))
+    );
+    assert!(s.dirty_blocks().unwrap().is_empty());
+}
+
+/// An acknowledged UNSTABLE write lost at run time (its frame damaged) changes the
+/// verifier the next COMMIT returns.
+#[test]
+fn runtime_loss_of_an_unstable_write_changes_the_verifier() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 64)).unwrap();
+    let v0 = s.verifier();
+    stored(s.put(b"F", 0, 0, &[5u8; 4096], true).unwrap());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("bank-0000.data"))
+        .unwrap();
+    for frame in 0..4 * 64u64 {
+        f.write_all_at(&[0xAA; 16], frame * 4096).unwrap();
+    }
+    assert!(s.get(b"F", 0).unwrap().is_none());
+    s.sync().unwrap();
+    assert_ne!(s.verifier(), v0);
+    let again = Store::open(dir.path(), geo(4, 64)).unwrap().verifier();
+    assert_eq!(again, s.verifier(), "the new verifier is kept");
+}

@@ -1095,3 +1095,7 @@ fn nfs_call(call: &[u8]) -> Option<(Proc, usize)> {
     let h = CallHeader::parse(call).ok()?;
     (h.prog == nfs3::PROGRAM && h.vers == nfs3::VERSION).then_some((Proc(h.proc_), h.args_at))
 }
+
+#[cfg(test)]
+#[path = "cached_tests.rs"]
+mod tests;
