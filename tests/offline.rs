@@ -127,7 +127,7 @@ async fn a_restarted_proxy_serves_cached_files_and_takes_writes_while_the_server
         .args(["flush", "--socket"])
         .arg(&ctl)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_secs(2));
