@@ -92,8 +92,30 @@ fn call_msg(cred: &Cred, args: &Args<'_>) -> BytesMut {
     b
 }
 
+/// NFS3ERR_JUKEBOX ("busy, try later") is retried this often, this far apart.
+const JUKEBOX_RETRIES: u32 = 120;
+const JUKEBOX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Sends a call and returns the reply with the offset of its results, or the failure.
+/// A server that answers NFS3ERR_JUKEBOX is asked again a little later, as a client would.
 async fn nfs_call(
+    up: &Upstream,
+    cred: &Cred,
+    args: &Args<'_>,
+) -> Result<(BytesMut, usize), CallError> {
+    let mut tries = 0;
+    loop {
+        match nfs_call_once(up, cred, args).await {
+            Err(CallError::Status(s)) if s == Nfsstat3::JUKEBOX && tries < JUKEBOX_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(JUKEBOX_WAIT).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn nfs_call_once(
     up: &Upstream,
     cred: &Cred,
     args: &Args<'_>,
