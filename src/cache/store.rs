@@ -202,8 +202,8 @@ impl Store {
         let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
         let mut max_seq = 0;
         // Blocks found in more than one frame (a crash before superseded versions were
-        // cleared): sorted out below, before anything else looks at them.
-        let mut seen: std::collections::HashMap<u64, (Vec<u8>, u64, u32)> = Default::default();
+        // cleared): sorted out below, before anything else looks at them. All versions
+        // of a block share its set, so duplicates are found set by set.
         let mut multi: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut banks = Vec::with_capacity(geo.banks as usize);
         for b in 0..geo.banks {
@@ -224,9 +224,10 @@ impl Store {
                         Slot::Tag(t) => {
                             max_seq = max_seq.max(t.seq);
                             let fp = fingerprint(&t.fh, t.block);
-                            let n = &mut seen.entry(fp).or_insert((t.fh.clone(), t.block, 0)).2;
-                            *n += 1;
-                            if *n == 2 {
+                            let set_start = i - i % geo.ways as usize;
+                            if (set_start..i).any(|j| bank.meta[j].fp == fp)
+                                && !multi.iter().any(|(f, b)| *f == t.fh && *b == t.block)
+                            {
                                 multi.push((t.fh.clone(), t.block));
                             }
                             bank.meta[i] = Meta {
@@ -256,7 +257,6 @@ impl Store {
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
         };
-        drop(seen);
         store.verify_dirty()?;
         // Of several versions of a block, the newest that verifies wins and the others
         // go now — before an unclean start drops clean blocks, which could otherwise
@@ -397,6 +397,9 @@ impl Store {
                 }
                 let li = self.local(f);
                 bank.meta[li].referenced = true;
+                // The version served is never cleared as superseded (its newer copy
+                // may have been lost).
+                bank.superseded.retain(|&x| x != li);
                 if !bank.meta[li].unsynced {
                     // Older versions behind a durable one (left by a crash before their
                     // clearing): cleared at the next sync.
@@ -660,8 +663,13 @@ impl Store {
         };
         if let Err(e) = written {
             if in_place.is_some_and(|(_, old_dirty)| old_dirty) {
-                // The version overwritten in place held acknowledged (unsynced) bytes.
+                // The version overwritten in place held acknowledged (unsynced) bytes;
+                // the durable version it superseded, if any, is the block again.
                 let _ = self.clear(bank, f);
+                for (w, _) in self.versions(bank, set, fp, fh, block).unwrap_or_default() {
+                    let old = self.local(self.geo.frame(set, w));
+                    bank.superseded.retain(|&x| x != old);
+                }
                 self.lost("rewriting an unsynced dirty block failed");
             }
             return Err(e);
@@ -706,22 +714,32 @@ impl Store {
             drop(_unstable);
             return self.invalidate(fh, block);
         }
+        // The kept bytes are a prefix of the frame's data, already there: only the tag
+        // changes, in place (one 128-byte sector write: old or new after a crash, and
+        // the caller makes it durable before the truncation is acknowledged). No second
+        // frame is needed, so a set full of dirty blocks cannot stop a truncation.
         let valid = c.valid.start..keep;
-        let buf = c.data[..(keep - c.valid.start) as usize].to_vec();
+        let kept = &c.data[..(keep - c.valid.start) as usize];
         let dirty = c
             .dirty
             .clone()
             .map(|d| d.start..d.end.min(keep))
             .filter(|d| d.start < d.end);
-        self.write_version(
-            &mut bank,
-            set,
-            fp,
-            fh,
+        let f = self.geo.frame(set, way);
+        let tag = Tag {
+            fh: fh.to_vec(),
             block,
-            Version { valid, buf, dirty },
-            Some((way, c.dirty.is_some())),
-        )?;
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            valid,
+            dirty: dirty.clone(),
+            data_crc: crc32fast::hash(kept),
+        };
+        let (_, tfile) = bank.files.as_ref().expect("tags imply files");
+        tfile
+            .write_all_at(&tag.encode(), self.tag_offset(f))
+            .map_err(io(&self.tags_path(f.bank)))?;
+        let li = self.local(f);
+        bank.meta[li].dirty = dirty.is_some();
         Ok(())
     }
 
@@ -768,7 +786,10 @@ impl Store {
                     .and_then(|_| t.sync_data().map_err(io(&self.tags_path(b as u32))));
                 if let Err(e) = synced {
                     // Linux reports a writeback error once: a later fdatasync may
-                    // succeed although the data never reached the disk.
+                    // succeed although the data never reached the disk. So the older,
+                    // durable versions stay (never cleared as superseded), and clients
+                    // re-send what they have not seen committed.
+                    bank.superseded.clear();
                     if bank.written.iter().any(|&li| bank.meta[li].dirty) {
                         self.lost("syncing the cache failed");
                     }

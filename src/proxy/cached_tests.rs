@@ -40,27 +40,21 @@ fn attr(size: u64) -> Fattr3 {
     }
 }
 
-/// The cut block's set is full of durable dirty blocks: the cut cannot be written as a
-/// new version, so `truncated` hands the block back (for a write-through of its kept
-/// dirty bytes) and still applies the new size and drops what lies past it.
+/// The cut block's set is full of durable dirty blocks: the cut still happens (the tag
+/// is rewritten in place), the size changes, nothing past the cut stays.
 #[test]
-fn a_cut_that_cannot_be_written_is_handed_back_and_the_size_still_changes() {
+fn a_cut_in_a_set_full_of_dirty_blocks_holds() {
     let dir = tempfile::tempdir().unwrap();
     let c = layer(dir.path(), 2, 1); // one set, two ways
     c.learn_attr(b"F", attr(0), c.stamp());
     c.store.put(b"F", 0, 0, &[1u8; 4096], true).unwrap();
     c.note_local_write(b"F", 4096, None);
     c.store.put(b"G", 0, 0, &[2u8; 4096], true).unwrap();
-    c.store.sync().unwrap(); // both durable dirty: no free way for a copy-on-write
-    let u = c
-        .truncated(b"F", Some(0), 100)
-        .unwrap()
-        .expect("the cut block is handed back");
-    assert_eq!((u.block, u.keep), (0, 100));
-    assert_eq!(u.c.dirty, Some(0..4096));
+    c.store.sync().unwrap(); // both durable dirty: no free way
+    assert!(c.truncated(b"F", Some(0), 100).unwrap().is_none());
     assert_eq!(c.effective_attr(b"F").unwrap().size, 100);
-    c.drop_block(b"F", 0).unwrap();
-    assert!(c.store.get(b"F", 0).unwrap().is_none());
+    let b = c.store.get(b"F", 0).unwrap().unwrap();
+    assert_eq!((b.valid, b.dirty), (0..100, Some(0..100)));
 }
 
 /// A file with dirty data shows its local size and time in every attribute; a larger

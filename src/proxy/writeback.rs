@@ -310,6 +310,9 @@ pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> 
         pieces.push((block, lo as u32, s..s + n as usize));
         pos += n;
     }
+    // The verifier as it was before the bytes went in: if the cache loses unstable data
+    // meanwhile (and so changes it), the client sees the change and re-sends this WRITE.
+    let verf = cache.store.verifier();
     if let Err(why) = store_dirty(cache, up, &cred, &fh, &call, pieces).await {
         warn!(side = "cache", error = %why, "WRITE not taken by the cache; writing it through");
         drop(lock);
@@ -326,6 +329,10 @@ pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> 
             warn!(side = "cache", error = %e, "cache sync failed");
             return write_fail(xid, Nfsstat3::IO, cache, &fh);
         }
+        if cache.store.verifier() != verf {
+            // Another task's sync failed (and consumed the error): not durable.
+            return write_fail(xid, Nfsstat3::IO, cache, &fh);
+        }
         committed = StableHow::FILE_SYNC;
     }
     drop(lock);
@@ -339,7 +346,7 @@ pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> 
             },
             count,
             committed,
-            verf: cache.store.verifier(),
+            verf,
         })),
     )
 }
@@ -354,7 +361,14 @@ async fn store_dirty(
     call: &Bytes,
     mut todo: Vec<Piece>,
 ) -> Result<(), String> {
-    for _ in 0..6 {
+    let started = std::time::Instant::now();
+    let mut attempt = 0;
+    // A few tries; while a write-back runs (it frees frames batch by batch), up to
+    // `ROOM_WAIT` before the WRITE is written through instead.
+    while attempt < 6
+        || (cache.flush.running.load(Ordering::Relaxed) && started.elapsed() < ROOM_WAIT)
+    {
+        attempt += 1;
         let (c, call2, fh2) = (cache.clone(), call.clone(), fh.to_vec());
         let outcomes = blocking(move || {
             todo.into_iter()
@@ -384,6 +398,9 @@ async fn store_dirty(
     }
     Err("the cache set stays full of dirty blocks".into())
 }
+
+/// How long a WRITE waits for room while a write-back is running.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Fetches bytes `gap` of a block from the next hop (zeros past its end of file) and
 /// puts them into the cache as clean data, so a partial write lands next to real bytes.
@@ -451,17 +468,28 @@ async fn make_room(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, fh: &[u8], block
     for v in victims {
         let (c, u) = (cache.clone(), up.clone());
         tasks.spawn(async move {
-            // A file being truncated is left alone (its lock is held exclusively).
+            // A file being truncated is left alone (its lock is held exclusively), and
+            // so is one being written back (that write-back frees its blocks).
             let Ok(_g) = c.file_lock(&v.fh).try_read() else {
-                return;
+                return false;
             };
-            let _wb = c.wb_lock(&v.fh).lock().await;
+            let Ok(_wb) = c.wb_lock(&v.fh).try_lock() else {
+                return false;
+            };
             if let Err(e) = writeback_block(&c, &u, &v).await {
                 warn!(side = "upstream", error = %e, "write-back of a block to make room failed");
             }
+            true
         });
     }
-    while tasks.join_next().await.is_some() {}
+    let mut skipped = false;
+    while let Some(r) = tasks.join_next().await {
+        skipped |= !r.unwrap_or(true);
+    }
+    if skipped {
+        // Let the write-back that holds those blocks make progress.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     cache.evictions.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -849,14 +877,51 @@ async fn flush_file(
     wgen: Option<u64>,
 ) -> Result<FileOutcome, String> {
     let _shared = cache.file_lock(fh).read().await;
-    // One write-back of a file at a time: two WRITEs of the same block must not race
-    // to the server (the older could land last while the newer is marked clean).
-    let _wb = cache.wb_lock(fh).lock().await;
     let cred = cred_or_none(cache, fh);
+    let mut bytes = 0;
+    let mut all_clean = true;
+    let mut after = None;
+    // In batches, each committed and marked clean before the next: a big file frees its
+    // frames as the write-back goes, not only at its end.
+    for batch in blocks.chunks(BATCH_BLOCKS) {
+        // One write-back of a file's blocks at a time: two WRITEs of the same block
+        // must not race to the server (the older could land last while the newer is
+        // marked clean).
+        let _wb = cache.wb_lock(fh).lock().await;
+        match flush_batch(cache, up, window, fh, &cred, batch).await? {
+            None => return Ok(FileOutcome::Gone),
+            Some((n, clean, a)) => {
+                bytes += n;
+                all_clean &= clean;
+                after = a;
+            }
+        }
+    }
+    if let (true, Some(wgen)) = (all_clean, wgen) {
+        cache.written_back(fh, wgen, after);
+    }
+    Ok(FileOutcome::Written(bytes))
+}
+
+/// Blocks written back (and committed) per batch: 512 blocks, 32 MiB at 64 KiB.
+const BATCH_BLOCKS: usize = 512;
+
+/// Writes a batch of a file's dirty blocks (UNSTABLE, pipelined), COMMITs, re-sends the
+/// batch if the verifier changed, and marks the blocks clean. None: the file is gone at
+/// the next hop (its dirty data dropped). Otherwise (bytes, all marked clean, the
+/// COMMIT's post-op attributes).
+async fn flush_batch(
+    cache: &Arc<CacheLayer>,
+    up: &Arc<Upstream>,
+    window: &Arc<Semaphore>,
+    fh: &[u8],
+    cred: &Cred,
+    blocks: &[DirtyBlock],
+) -> Result<Option<(u64, bool, Option<Fattr3>)>, String> {
     for attempt in 0..VERIFIER_RETRIES {
         let mut tasks = tokio::task::JoinSet::new();
         // Increasing offsets: a file grows on the server in order.
-        for d in &blocks {
+        for d in blocks {
             let permit = window.clone().acquire_owned().await.expect("never closed");
             let (c, up, cred, fh, block) = (
                 cache.clone(),
@@ -900,7 +965,7 @@ async fn flush_file(
                     "file removed at the next hop; its dirty data is dropped"
                 );
                 cache.forget_file(fh);
-                return Ok(FileOutcome::Gone);
+                return Ok(None);
             }
             warn!(side = "upstream", error = %e, "write-back of a file failed; its data stays dirty");
             return Err(format!("write-back failed: {e}"));
@@ -910,11 +975,11 @@ async fn flush_file(
             offset: 0,
             count: 0,
         });
-        let (reply, at) = match nfs_call(up, &cred, &args).await {
+        let (reply, at) = match nfs_call(up, cred, &args).await {
             Ok(r) => r,
             Err(e) if e.gone() => {
                 cache.forget_file(fh);
-                return Ok(FileOutcome::Gone);
+                return Ok(None);
             }
             Err(e) => return Err(format!("write-back COMMIT failed: {e}")),
         };
@@ -939,10 +1004,7 @@ async fn flush_file(
             bytes += n;
             cache.flush.done.fetch_add(n, Ordering::Relaxed);
         }
-        if let (true, Some(wgen)) = (all_clean, wgen) {
-            cache.written_back(fh, wgen, ok.file_wcc.after.clone());
-        }
-        return Ok(FileOutcome::Written(bytes));
+        return Ok(Some((bytes, all_clean, ok.file_wcc.after.clone())));
     }
     Err("the next hop's write verifier kept changing".into())
 }
