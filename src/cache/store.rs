@@ -799,9 +799,18 @@ impl Store {
             for li in std::mem::take(&mut bank.written) {
                 bank.meta[li].unsynced = false;
             }
-            for li in std::mem::take(&mut bank.superseded) {
+            let superseded = std::mem::take(&mut bank.superseded);
+            for &li in &superseded {
                 let f = self.frame_of(b as u32, li);
                 self.clear(&mut bank, f)?;
+            }
+            if !superseded.is_empty()
+                && let Some((_, t)) = &bank.files
+            {
+                // Durable too: the newer version's frame may later be rewritten in place
+                // (clean, or not yet synced), and a torn rewrite must not let a stale
+                // older version win after a power failure.
+                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
             }
         }
         if self.marked.load(Ordering::SeqCst) {
@@ -1064,6 +1073,18 @@ impl Store {
     /// or dropped must not come back after a crash).
     pub fn sync_all(&self) -> Result<()> {
         self.sync()?;
+        for (b, bank) in self.banks.iter().enumerate() {
+            let bank = bank.lock().expect("bank lock");
+            if let Some((_, t)) = &bank.files {
+                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes cleared and rewritten tags durable (after a batch of `mark_clean`, which
+    /// clears the versions a written-back block superseded).
+    pub fn sync_tags(&self) -> Result<()> {
         for (b, bank) in self.banks.iter().enumerate() {
             let bank = bank.lock().expect("bank lock");
             if let Some((_, t)) = &bank.files {

@@ -1004,6 +1004,12 @@ async fn flush_batch(
             bytes += n;
             cache.flush.done.fetch_add(n, Ordering::Relaxed);
         }
+        // The versions those blocks superseded were cleared: durably, before anything
+        // can rewrite the clean blocks in place.
+        let c = cache.clone();
+        if let Err(e) = blocking(move || c.store.sync_tags()).await {
+            warn!(side = "cache", error = %e, "cache tag sync after write-back failed");
+        }
         return Ok(Some((bytes, all_clean, ok.file_wcc.after.clone())));
     }
     Err("the next hop's write verifier kept changing".into())
