@@ -158,7 +158,9 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
         c.flush_on_exit && c.write_policy == crate::config::WritePolicy::WriteBack
     });
     if flush_on_exit && !hurry {
-        info!("writing back dirty data before exit (a second signal skips this; the data stays in the cache)");
+        info!(
+            "writing back dirty data before exit (a second signal skips this; the data stays in the cache)"
+        );
         tokio::select! {
             r = proxy.flush(None, false) => match r {
                 Ok((rep, _)) if rep.failed.is_empty() => {}

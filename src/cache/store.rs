@@ -125,7 +125,7 @@ pub struct Store {
     /// Set when recovery found a dirty version that never reached a durable point: the
     /// proxy must change its write verifier.
     lost_unstable: AtomicBool,
-    verifier: [u8; 8],
+    verifier: Mutex<[u8; 8]>,
     /// Held shared by every dirty write, exclusively by `sync` when it retires the
     /// `unstable` marker file (see `UNSTABLE`).
     unstable: std::sync::RwLock<()>,
@@ -201,6 +201,10 @@ impl Store {
         }
         let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
         let mut max_seq = 0;
+        // Blocks found in more than one frame (a crash before superseded versions were
+        // cleared): sorted out below, before anything else looks at them. All versions
+        // of a block share its set, so duplicates are found set by set.
+        let mut multi: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut banks = Vec::with_capacity(geo.banks as usize);
         for b in 0..geo.banks {
             let mut bank = Bank {
@@ -219,6 +223,13 @@ impl Store {
                     match Tag::decode(slot, geo.block_size) {
                         Slot::Tag(t) => {
                             max_seq = max_seq.max(t.seq);
+                            let fp = fingerprint(&t.fh, t.block);
+                            let set_start = i - i % geo.ways as usize;
+                            if (set_start..i).any(|j| bank.meta[j].fp == fp)
+                                && !multi.iter().any(|(f, b)| *f == t.fh && *b == t.block)
+                            {
+                                multi.push((t.fh.clone(), t.block));
+                            }
                             bank.meta[i] = Meta {
                                 fp: fingerprint(&t.fh, t.block),
                                 fh_hash: fnv1a(&t.fh),
@@ -242,12 +253,19 @@ impl Store {
             banks,
             seq: AtomicU64::new(max_seq),
             lost_unstable: AtomicBool::new(false),
-            verifier: [0; 8],
+            verifier: Mutex::new([0; 8]),
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
         };
-        let mut store = store;
         store.verify_dirty()?;
+        // Of several versions of a block, the newest that verifies wins and the others
+        // go now — before an unclean start drops clean blocks, which could otherwise
+        // drop a clean newest version (a cut, or a written-back block) and let an older
+        // dirty one come back.
+        for (fh, block) in multi {
+            store.get(&fh, block)?;
+        }
+        store.sync()?;
         let marker = dir.join(UNSTABLE);
         if marker.exists() {
             tracing::warn!(
@@ -256,7 +274,8 @@ impl Store {
             );
             store.lost_unstable.store(true, Ordering::Relaxed);
         }
-        store.verifier = load_verifier(dir, store.lost_unstable_writes())?;
+        *store.verifier.lock().expect("verifier lock") =
+            load_verifier(dir, store.lost_unstable_writes())?;
         if marker.exists() {
             std::fs::remove_file(&marker).map_err(io(&marker))?;
         }
@@ -374,10 +393,13 @@ impl Store {
                 .map_err(io(&self.data_path(f.bank)))?;
             if crc32fast::hash(&data) == t.data_crc {
                 if dropped_dirty {
-                    self.lost_unstable.store(true, Ordering::Relaxed);
+                    self.lost("a dirty cache block failed its checksum");
                 }
                 let li = self.local(f);
                 bank.meta[li].referenced = true;
+                // The version served is never cleared as superseded (its newer copy
+                // may have been lost).
+                bank.superseded.retain(|&x| x != li);
                 if !bank.meta[li].unsynced {
                     // Older versions behind a durable one (left by a crash before their
                     // clearing): cleared at the next sync.
@@ -410,7 +432,7 @@ impl Store {
             self.clear(bank, f)?;
         }
         if dropped_dirty {
-            self.lost_unstable.store(true, Ordering::Relaxed);
+            self.lost("a dirty cache block failed its checksum");
         }
         Ok(None)
     }
@@ -628,14 +650,29 @@ impl Store {
             dirty: dirty_range.clone(),
             data_crc: crc32fast::hash(&buf),
         };
-        {
+        let written = {
             let (dfile, tfile) = bank.files.as_ref().expect("opened above");
             dfile
                 .write_all_at(&buf, self.geo.data_offset(f) + valid.start as u64)
-                .map_err(io(&self.data_path(f.bank)))?;
-            tfile
-                .write_all_at(&tag.encode(), self.tag_offset(f))
-                .map_err(io(&self.tags_path(f.bank)))?;
+                .map_err(io(&self.data_path(f.bank)))
+                .and_then(|_| {
+                    tfile
+                        .write_all_at(&tag.encode(), self.tag_offset(f))
+                        .map_err(io(&self.tags_path(f.bank)))
+                })
+        };
+        if let Err(e) = written {
+            if in_place.is_some_and(|(_, old_dirty)| old_dirty) {
+                // The version overwritten in place held acknowledged (unsynced) bytes;
+                // the durable version it superseded, if any, is the block again.
+                let _ = self.clear(bank, f);
+                for (w, _) in self.versions(bank, set, fp, fh, block).unwrap_or_default() {
+                    let old = self.local(self.geo.frame(set, w));
+                    bank.superseded.retain(|&x| x != old);
+                }
+                self.lost("rewriting an unsynced dirty block failed");
+            }
+            return Err(e);
         }
         let li = self.local(f);
         let was_unsynced = bank.meta[li].unsynced;
@@ -677,22 +714,32 @@ impl Store {
             drop(_unstable);
             return self.invalidate(fh, block);
         }
+        // The kept bytes are a prefix of the frame's data, already there: only the tag
+        // changes, in place (one 128-byte sector write: old or new after a crash, and
+        // the caller makes it durable before the truncation is acknowledged). No second
+        // frame is needed, so a set full of dirty blocks cannot stop a truncation.
         let valid = c.valid.start..keep;
-        let buf = c.data[..(keep - c.valid.start) as usize].to_vec();
+        let kept = &c.data[..(keep - c.valid.start) as usize];
         let dirty = c
             .dirty
             .clone()
             .map(|d| d.start..d.end.min(keep))
             .filter(|d| d.start < d.end);
-        self.write_version(
-            &mut bank,
-            set,
-            fp,
-            fh,
+        let f = self.geo.frame(set, way);
+        let tag = Tag {
+            fh: fh.to_vec(),
             block,
-            Version { valid, buf, dirty },
-            Some((way, c.dirty.is_some())),
-        )?;
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            valid,
+            dirty: dirty.clone(),
+            data_crc: crc32fast::hash(kept),
+        };
+        let (_, tfile) = bank.files.as_ref().expect("tags imply files");
+        tfile
+            .write_all_at(&tag.encode(), self.tag_offset(f))
+            .map_err(io(&self.tags_path(f.bank)))?;
+        let li = self.local(f);
+        bank.meta[li].dirty = dirty.is_some();
         Ok(())
     }
 
@@ -733,15 +780,37 @@ impl Store {
                 continue;
             }
             if let Some((d, t)) = &bank.files {
-                d.sync_data().map_err(io(&self.data_path(b as u32)))?;
-                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
+                let synced = d
+                    .sync_data()
+                    .map_err(io(&self.data_path(b as u32)))
+                    .and_then(|_| t.sync_data().map_err(io(&self.tags_path(b as u32))));
+                if let Err(e) = synced {
+                    // Linux reports a writeback error once: a later fdatasync may
+                    // succeed although the data never reached the disk. So the older,
+                    // durable versions stay (never cleared as superseded), and clients
+                    // re-send what they have not seen committed.
+                    bank.superseded.clear();
+                    if bank.written.iter().any(|&li| bank.meta[li].dirty) {
+                        self.lost("syncing the cache failed");
+                    }
+                    return Err(e);
+                }
             }
             for li in std::mem::take(&mut bank.written) {
                 bank.meta[li].unsynced = false;
             }
-            for li in std::mem::take(&mut bank.superseded) {
+            let superseded = std::mem::take(&mut bank.superseded);
+            for &li in &superseded {
                 let f = self.frame_of(b as u32, li);
                 self.clear(&mut bank, f)?;
+            }
+            if !superseded.is_empty()
+                && let Some((_, t)) = &bank.files
+            {
+                // Durable too: the newer version's frame may later be rewritten in place
+                // (clean, or not yet synced), and a torn rewrite must not let a stale
+                // older version win after a power failure.
+                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
             }
         }
         if self.marked.load(Ordering::SeqCst) {
@@ -964,7 +1033,11 @@ impl Store {
     /// Sorts by (fh, block) and keeps the newest version of each block.
     fn newest_dirty(mut out: Vec<DirtyBlock>) -> Result<Vec<DirtyBlock>> {
         out.sort_by(|a, b| {
-            (&a.fh, a.block, std::cmp::Reverse(a.seq)).cmp(&(&b.fh, b.block, std::cmp::Reverse(b.seq)))
+            (&a.fh, a.block, std::cmp::Reverse(a.seq)).cmp(&(
+                &b.fh,
+                b.block,
+                std::cmp::Reverse(b.seq),
+            ))
         });
         out.dedup_by(|a, b| a.fh == b.fh && a.block == b.block);
         Ok(out)
@@ -1009,10 +1082,42 @@ impl Store {
         Ok(())
     }
 
+    /// Makes cleared and rewritten tags durable (after a batch of `mark_clean`, which
+    /// clears the versions a written-back block superseded).
+    pub fn sync_tags(&self) -> Result<()> {
+        for (b, bank) in self.banks.iter().enumerate() {
+            let bank = bank.lock().expect("bank lock");
+            if let Some((_, t)) = &bank.files {
+                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The write verifier: the same across restarts while no dirty data was lost; a new
     /// one after recovery dropped a dirty version that never reached a durable point.
     pub fn verifier(&self) -> [u8; 8] {
-        self.verifier
+        *self.verifier.lock().expect("verifier lock")
+    }
+
+    /// Dirty data that was acknowledged UNSTABLE may be lost (a dirty version failed its
+    /// checksum, a rewrite in place or a sync failed): a new write verifier, so clients
+    /// re-send what they have not seen committed.
+    fn lost(&self, why: &str) {
+        self.lost_unstable.store(true, Ordering::Relaxed);
+        let mut v = self.verifier.lock().expect("verifier lock");
+        match load_verifier(&self.dir, true) {
+            Ok(new) => {
+                *v = new;
+                tracing::warn!(why, "unstable data may be lost: the write verifier changed");
+            }
+            Err(e) => {
+                // Not durable, but still new for this run: clients re-send now.
+                v[0] ^= 0x80;
+                v[7] = v[7].wrapping_add(1);
+                tracing::warn!(why, error = %e, "unstable data may be lost; the new write verifier could not be saved");
+            }
+        }
     }
 
     fn read_tag(&self, bank: &Bank, f: Frame) -> Result<Slot> {

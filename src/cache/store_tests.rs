@@ -139,7 +139,9 @@ fn durable_rewrite_replaces_and_clears_the_old_version() {
     assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 64]);
     let d = s.dirty_blocks().unwrap();
     assert_eq!(
-        d.iter().map(|d| (d.fh.clone(), d.block, d.seq)).collect::<Vec<_>>(),
+        d.iter()
+            .map(|d| (d.fh.clone(), d.block, d.seq))
+            .collect::<Vec<_>>(),
         vec![(b"f".to_vec(), 0, seq)]
     );
     let tags = std::fs::read(dir.path().join("bank-0000.tags")).unwrap();
@@ -377,7 +379,10 @@ fn truncate_block_cuts_dirty_and_clean_bytes_and_survives_reopen() {
         s.sync().unwrap(); // the dirty version is durable: the cut must copy-on-write
         s.truncate_block(b"f", 0, 1500).unwrap();
         let c = s.get(b"f", 0).unwrap().unwrap();
-        assert_eq!((c.valid.clone(), c.dirty.clone()), (0..1500, Some(1000..1500)));
+        assert_eq!(
+            (c.valid.clone(), c.dirty.clone()),
+            (0..1500, Some(1000..1500))
+        );
         assert_eq!(&c.data[1000..1500], &bytes(2000, 2)[..500]);
         // Cut below the dirty bytes: clean data stays, the block is no longer dirty.
         s.truncate_block(b"f", 0, 800).unwrap();
@@ -430,7 +435,10 @@ fn dirty_in_set_lists_the_dirty_blocks_sharing_a_set() {
         .map(|d| (d.fh, d.block, d.dirty.start, d.dirty.end))
         .collect();
     d.sort();
-    assert_eq!(d, vec![(b"a".to_vec(), 0, 0, 10), (b"b".to_vec(), 5, 0, 10)]);
+    assert_eq!(
+        d,
+        vec![(b"a".to_vec(), 0, 0, 10), (b"b".to_vec(), 5, 0, 10)]
+    );
 }
 
 #[test]
@@ -472,7 +480,10 @@ fn a_crash_with_unsynced_dirty_writes_changes_the_verifier() {
     let v1 = {
         let s = Store::open(dir.path(), g).unwrap();
         stored(s.put(b"f", 0, 0, &bytes(100, 1), true).unwrap());
-        assert!(dir.path().join("unstable").exists(), "marker before the reply");
+        assert!(
+            dir.path().join("unstable").exists(),
+            "marker before the reply"
+        );
         s.sync().unwrap();
         assert!(!dir.path().join("unstable").exists(), "retired by the sync");
         stored(s.put(b"f", 1, 0, &bytes(100, 2), false).unwrap()); // clean: no marker
@@ -488,6 +499,107 @@ fn a_crash_with_unsynced_dirty_writes_changes_the_verifier() {
         s.verifier()
     };
     let s = Store::open(dir.path(), g).unwrap();
-    assert_ne!(s.verifier(), v2, "unsynced writes at the crash: new verifier");
+    assert_ne!(
+        s.verifier(),
+        v2,
+        "unsynced writes at the crash: new verifier"
+    );
     assert!(!dir.path().join("unstable").exists());
+}
+
+/// A clean cut version (dirty bytes all past the cut) newer than the old dirty version,
+/// then a crash before the old one was cleared: the unclean start must not drop the
+/// clean newest version first and bring the uncut dirty one back.
+#[test]
+fn unclean_start_keeps_the_newest_version_even_if_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 64);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"F", 0, 0, &[0u8; 1000], false).unwrap());
+        stored(s.put(b"F", 0, 1000, &[9u8; 2000], true).unwrap());
+        s.sync().unwrap();
+        s.truncate_block(b"F", 0, 500).unwrap();
+        // kill -9: no sync_all, no close
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    let c = s.get(b"F", 0).unwrap();
+    assert!(
+        c.as_ref()
+            .is_none_or(|c| c.dirty.is_none() && c.valid.end <= 500),
+        "cut bytes back after restart: {:?}",
+        c.map(|c| (c.valid, c.dirty))
+    );
+    assert!(s.dirty_blocks().unwrap().is_empty());
+}
+
+/// An acknowledged UNSTABLE write lost at run time (its frame damaged) changes the
+/// verifier the next COMMIT returns.
+#[test]
+fn runtime_loss_of_an_unstable_write_changes_the_verifier() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 64)).unwrap();
+    let v0 = s.verifier();
+    stored(s.put(b"F", 0, 0, &[5u8; 4096], true).unwrap());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("bank-0000.data"))
+        .unwrap();
+    for frame in 0..4 * 64u64 {
+        f.write_all_at(&[0xAA; 16], frame * 4096).unwrap();
+    }
+    assert!(s.get(b"F", 0).unwrap().is_none());
+    s.sync().unwrap();
+    assert_ne!(s.verifier(), v0);
+    let again = Store::open(dir.path(), geo(4, 64)).unwrap().verifier();
+    assert_eq!(again, s.verifier(), "the new verifier is kept");
+}
+
+/// A committed version superseded by an unsynced one that is then lost (damaged) is the
+/// block again: the next sync must not clear it as superseded.
+#[test]
+fn a_lost_newer_version_does_not_take_the_committed_one_with_it() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 1)).unwrap();
+    stored(s.put(b"F", 0, 0, &[1u8; 512], true).unwrap());
+    s.sync().unwrap(); // P committed
+    stored(s.put(b"F", 0, 0, &[2u8; 512], true).unwrap()); // U, copy-on-write, unsynced
+    let p = dir.path().join("bank-0000.data");
+    let data = std::fs::read(&p).unwrap();
+    let u = data.windows(512).position(|w| w == [2u8; 512]).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .write_all_at(&[9u8; 8], u as u64)
+        .unwrap();
+    assert_eq!(s.get(b"F", 0).unwrap().unwrap().data, vec![1u8; 512]);
+    s.sync().unwrap();
+    assert_eq!(
+        s.get(b"F", 0)
+            .unwrap()
+            .expect("committed version cleared")
+            .data,
+        vec![1u8; 512]
+    );
+}
+
+/// Truncation rewrites the tag in place: it works with every frame of the set holding
+/// durable dirty data (no second frame needed).
+#[test]
+fn truncation_needs_no_free_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(2, 1)).unwrap();
+    stored(s.put(b"F", 0, 0, &bytes(4096, 1), true).unwrap());
+    stored(s.put(b"G", 0, 0, &bytes(4096, 2), true).unwrap());
+    s.sync().unwrap();
+    s.truncate_block(b"F", 0, 100).unwrap();
+    s.sync_all().unwrap();
+    let c = s.get(b"F", 0).unwrap().unwrap();
+    assert_eq!(
+        (c.valid, c.dirty, c.data),
+        (0..100, Some(0..100), bytes(100, 1))
+    );
 }

@@ -98,6 +98,12 @@ impl Cred {
     }
 }
 
+/// The block number under which a file's last known attributes are kept in the store
+/// (clean data, so dropped with the cache and after an unclean stop): a restarted proxy
+/// can answer READs of cached files, and GETATTRs while the next hop is down, before
+/// any reply has told it the file's size again.
+const ATTR_BLOCK: u64 = u64::MAX;
+
 /// Where the credential of the last writer is kept, so a restarted proxy can write back
 /// dirty data before any client has called again.
 const CRED_FILE: &str = "credential";
@@ -159,9 +165,21 @@ pub struct CacheLayer {
     pub write_throughs: AtomicU64,
     /// Sets that were full of dirty blocks and written back to make room.
     pub evictions: AtomicU64,
+    /// GETATTRs answered from the cache while the next hop was down.
+    pub offline_getattrs: AtomicU64,
     /// Per-file locks, striped by handle: WRITEs and write-back share a file; a
     /// truncation or a write-through has it alone.
     locks: Vec<tokio::sync::RwLock<()>>,
+    /// Per-file write-back locks (striped): one write-back of a file's blocks at a time.
+    wb_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// A block a truncation could not cut in the cache (see `CacheLayer::truncated`).
+pub struct Uncut {
+    pub block: u64,
+    /// Bytes of the block that stay.
+    pub keep: u32,
+    pub c: crate::cache::store::Cached,
 }
 
 /// How much dirty data the cache holds.
@@ -187,6 +205,8 @@ pub struct FlushProgress {
     pub started_ms: AtomicU64,
     /// Serialises flushes.
     pub lock: tokio::sync::Mutex<()>,
+    /// A background write-back has been asked for and has not started yet.
+    pub bg_pending: std::sync::atomic::AtomicBool,
 }
 
 impl CacheLayer {
@@ -213,7 +233,13 @@ impl CacheLayer {
             local_writes: AtomicU64::new(0),
             write_throughs: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+            offline_getattrs: AtomicU64::new(0),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
+            wb_locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         };
         // Dirty data found at open (after a restart or a crash): the files are local
         // again, their size at least the end of their dirty bytes until the next hop's
@@ -221,7 +247,10 @@ impl CacheLayer {
         let t = now();
         let dirty = layer.store.dirty_blocks()?;
         for d in &dirty {
-            let end = d.block * layer.bs + d.dirty.end as u64;
+            let end = d
+                .block
+                .saturating_mul(layer.bs)
+                .saturating_add(d.dirty.end as u64);
             layer.with_file(&d.fh, |s| {
                 let l = s.local.get_or_insert(Local {
                     size: 0,
@@ -257,9 +286,16 @@ impl CacheLayer {
         let now = files.tick;
         if files.map.len() >= MAX_FILES && !files.map.contains_key(fh) {
             // Forget the least recently used eighth; remember their newest change.
-            let mut ages: Vec<u64> = files.map.values().map(|s| s.used).collect();
+            // Files with local writes are never forgotten; if they are all there is,
+            // the table grows (bounded by the dirty frames) instead.
+            let mut ages: Vec<u64> = files
+                .map
+                .values()
+                .filter(|s| s.local.is_none())
+                .map(|s| s.used)
+                .collect();
             ages.sort_unstable();
-            let cut = ages[ages.len() / 8];
+            let cut = ages.get(ages.len() / 8).copied().unwrap_or(0);
             let mut forgotten = files.forgotten;
             files.map.retain(|_, s| {
                 let keep = s.used > cut || s.local.is_some();
@@ -360,10 +396,44 @@ impl CacheLayer {
     /// The attributes a client must see: the next hop's, with the local size and times
     /// while the file has dirty data.
     pub fn effective_attr(&self, fh: &[u8]) -> Option<Fattr3> {
-        self.with_file(fh, |s| s.attr.clone().map(|a| match &s.local {
-            Some(l) => overlay(a, l),
-            None => a,
-        }))
+        let (attr, local) = self.with_file(fh, |s| (s.attr.clone(), s.local));
+        let attr = attr.or_else(|| self.persisted_attr(fh))?;
+        Some(match &local {
+            Some(l) => overlay(attr, l),
+            None => attr,
+        })
+    }
+
+    /// Attributes kept in the store by an earlier run (see `ATTR_BLOCK`); remembered
+    /// for this run unless a change came meanwhile.
+    fn persisted_attr(&self, fh: &[u8]) -> Option<Fattr3> {
+        let stamp = self.stamp();
+        let c = self.store.get(fh, ATTR_BLOCK).ok()??;
+        let a = crate::xdr::decode_all::<Fattr3>(&c.data).ok()?;
+        // Checked and set under the file table's lock (not `mutate`: callers may hold
+        // it), so a change since the stamp wins.
+        self.with_file(fh, |s| {
+            if s.changed_at > stamp {
+                return None;
+            }
+            if let Some(l) = &mut s.local {
+                l.size = l.size.max(a.size);
+            }
+            Some(s.attr.get_or_insert(a).clone())
+        })
+    }
+
+    /// Keeps a file's attributes in the store when they changed (no disk write for a
+    /// GETATTR that shows the same attributes again).
+    fn persist_attr(&self, fh: &[u8], before: Option<&Fattr3>, now: &Fattr3) {
+        if before == Some(now) || now.ftype != Ftype3::REG {
+            return;
+        }
+        let mut b = BytesMut::with_capacity(96);
+        now.encode(&mut b);
+        if let Err(e) = self.store.put(fh, ATTR_BLOCK, 0, &b, false) {
+            tracing::debug!(side = "cache", error = %e, "attributes not kept in the cache");
+        }
     }
 
     /// Dirty data in the cache (for `gridvfs status`).
@@ -381,6 +451,11 @@ impl CacheLayer {
     /// The lock of a file (a stripe shared with other handles).
     pub fn file_lock(&self, fh: &[u8]) -> &tokio::sync::RwLock<()> {
         &self.locks[(crate::cache::layout::fnv1a(fh) % LOCK_STRIPES as u64) as usize]
+    }
+
+    /// The write-back lock of a file (a stripe shared with other handles).
+    pub fn wb_lock(&self, fh: &[u8]) -> &tokio::sync::Mutex<()> {
+        &self.wb_locks[(crate::cache::layout::fnv1a(fh) % LOCK_STRIPES as u64) as usize]
     }
 
     /// Files with local writes, with their write counts.
@@ -403,7 +478,13 @@ impl CacheLayer {
     }
 
     /// Puts clean bytes fetched by a call stamped `stamp`, unless the file changed since.
-    pub fn fill_checked(&self, fh: &[u8], off: u64, data: &[u8], stamp: u64) -> Result<(), CacheError> {
+    pub fn fill_checked(
+        &self,
+        fh: &[u8],
+        off: u64,
+        data: &[u8],
+        stamp: u64,
+    ) -> Result<(), CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         if !self.unchanged_since(fh, stamp) {
             return Ok(());
@@ -481,7 +562,8 @@ impl CacheLayer {
     /// changes: one small durable write per session, not per WRITE).
     fn remember_cred(&self, c: Cred) {
         let mut last = self.last_cred.lock().expect("cred lock");
-        if last.as_ref() == Some(&c) {
+        // AUTH_NONE never replaces a real credential for write-backs.
+        if last.as_ref() == Some(&c) || (c.flavor == 0 && last.is_some()) {
             return;
         }
         let dir = &self.cfg.dir;
@@ -530,6 +612,7 @@ impl CacheLayer {
         let _m = self.mutate.lock().expect("mutate lock");
         self.changed(fh, None);
         self.with_file(fh, |s| s.local = None);
+        let _ = self.store.invalidate(fh, ATTR_BLOCK);
         if let Err(e) = self.store.invalidate_range(fh, 0, u64::MAX / self.bs) {
             warn!(side = "cache", error = %e, "cache invalidation failed");
         }
@@ -547,7 +630,16 @@ impl CacheLayer {
     /// or not; growing reads zeros. The old size is the local one for a file with dirty
     /// data, else the reply's "before" (unknown: everything past the new size goes).
     /// Made durable before returning, so a crash cannot bring cut bytes back.
-    pub fn truncated(&self, fh: &[u8], old: Option<u64>, new: u64) -> Result<(), CacheError> {
+    ///
+    /// If the block holding the new end cannot be rewritten (its set is full of dirty
+    /// blocks, or the disk fails), it is returned as it is: the caller writes its dirty
+    /// bytes below the cut to the next hop and then drops it (`drop_block`).
+    pub fn truncated(
+        &self,
+        fh: &[u8],
+        old: Option<u64>,
+        new: u64,
+    ) -> Result<Option<Uncut>, CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         let local = self.with_file(fh, |s| s.local);
         let old = local.map(|l| l.size).or(old);
@@ -556,11 +648,21 @@ impl CacheLayer {
         let attr = self.with_file(fh, |s| s.attr.clone());
         self.changed(fh, attr);
         let first_whole = cut.div_ceil(self.bs);
+        let mut uncut = None;
         if !cut.is_multiple_of(self.bs) {
-            self.store
-                .truncate_block(fh, cut / self.bs, (cut % self.bs) as u32)?;
+            let (block, keep) = (cut / self.bs, (cut % self.bs) as u32);
+            if let Err(e) = self.store.truncate_block(fh, block, keep) {
+                warn!(side = "cache", error = %e, "cannot cut a cached block; writing its kept dirty bytes through");
+                match self.store.get(fh, block)? {
+                    Some(c) if c.dirty.as_ref().is_some_and(|d| d.start < keep) => {
+                        uncut = Some(Uncut { block, keep, c });
+                    }
+                    _ => self.store.invalidate(fh, block)?,
+                }
+            }
         }
-        self.store.invalidate_range(fh, first_whole, top.max(first_whole))?;
+        self.store
+            .invalidate_range(fh, first_whole, top.max(first_whole))?;
         let t = now();
         self.with_file(fh, |s| {
             if let Some(l) = &mut s.local {
@@ -573,15 +675,36 @@ impl CacheLayer {
         if local.is_some() {
             self.store.sync_all()?;
         }
-        Ok(())
+        Ok(uncut)
+    }
+
+    /// Forgets every version of a block and makes that durable (after its dirty bytes
+    /// were written through).
+    pub fn drop_block(&self, fh: &[u8], block: u64) -> Result<(), CacheError> {
+        let _m = self.mutate.lock().expect("mutate lock");
+        self.store.invalidate(fh, block)?;
+        self.store.sync_all()
     }
 
     /// Builds a READ reply for a file with local writes from the next hop's bytes
     /// (`upstream`, may be short) with the dirty bytes laid over them, up to the local
     /// size; bytes past both are zeros (a hole the local writes made).
-    fn merged_read(&self, xid: u32, fh: &[u8], off: u64, count: u32, upstream: &[u8]) -> Option<BytesMut> {
+    fn merged_read(
+        &self,
+        xid: u32,
+        fh: &[u8],
+        off: u64,
+        count: u32,
+        upstream: &[u8],
+        upstream_eof: bool,
+    ) -> Option<BytesMut> {
         let attr = self.effective_attr(fh)?;
-        let end = off.saturating_add(count as u64).min(attr.size);
+        let mut end = off.saturating_add(count as u64).min(attr.size);
+        if !upstream_eof {
+            // A short read from the server that is not at its end of file: answer as
+            // short (the client asks again for the rest), never with invented zeros.
+            end = end.min(off + upstream.len() as u64);
+        }
         let n = end.saturating_sub(off) as usize;
         let mut buf = vec![0u8; n];
         let k = upstream.len().min(n);
@@ -596,7 +719,8 @@ impl CacheLayer {
                 let lo = (base + d.start as u64).max(off);
                 let hi = (base + d.end as u64).min(end);
                 for pos in lo..hi {
-                    buf[(pos - off) as usize] = c.data[(pos - base - c.valid.start as u64) as usize];
+                    buf[(pos - off) as usize] =
+                        c.data[(pos - base - c.valid.start as u64) as usize];
                 }
             }
         }
@@ -693,6 +817,7 @@ impl CacheLayer {
                 }
                 s.attr.replace(f.clone())
             });
+            self.persist_attr(&fh, before.as_ref(), &f);
             let Some(b) = before else { continue };
             if attributes_mode && !own_change && (f.mtime != b.mtime || f.size != b.size) {
                 stale.push((fh, 0, b.size.max(f.size) / self.bs));
@@ -708,7 +833,9 @@ impl CacheLayer {
                 self.changed(w.file.0, attr);
                 let last = w.offset.saturating_add(w.count.max(1) as u64 - 1) / self.bs;
                 self.invalidate(w.file.0, w.offset / self.bs, last);
-                if self.policy == WritePolicy::WriteThrough && matches!(r, Res::Write(NfsResult::Ok(_))) {
+                if self.policy == WritePolicy::WriteThrough
+                    && matches!(r, Res::Write(NfsResult::Ok(_)))
+                {
                     // The bytes are the next hop's now: keep them for later reads.
                     self.fill(w.file.0, w.offset, w.data);
                 }
@@ -759,7 +886,7 @@ impl CacheLayer {
                 return Some(out);
             }
             if let NfsResult::Ok(ok) = rr {
-                return self.merged_read(xid, r.file.0, r.offset, r.count, ok.data);
+                return self.merged_read(xid, r.file.0, r.offset, r.count, ok.data, ok.eof);
             }
         }
         let mut touched = false;
@@ -842,6 +969,18 @@ pub async fn before_forward(
     p: Proc,
     call: &bytes::Bytes,
 ) -> Before {
+    if p == Proc::GETATTR {
+        // Only routed here while the next hop is down (conn.rs): answer from what the
+        // cache knows, in the session model where the cache is trusted anyway.
+        let (c, call) = (cache.clone(), call.clone());
+        let hit = tokio::task::spawn_blocking(move || c.getattr_offline(&call)).await;
+        return match hit {
+            Ok(Some(r)) => Before::Hit(r),
+            _ => Before::Forward {
+                stamp: cache.stamp(),
+            },
+        };
+    }
     // Only these touch the store before forwarding; every other call just takes a stamp
     // here, without a trip through the blocking pool on each RPC.
     if !touches_store(p) {
@@ -856,6 +995,15 @@ pub async fn before_forward(
             Proc::COMMIT => return Before::Hit(writeback::commit(cache, call.clone()).await),
             Proc::SETATTR if setattr_size(call) => {
                 return Before::Hit(writeback::setattr_size(cache, up, call.clone()).await);
+            }
+            Proc::SETATTR => {
+                // Times set on a file with local writes: write it back first, or the
+                // flush's WRITEs would overwrite the time set (cp -p, tar, rsync -t).
+                if let Some(fh) = setattr_times(call).filter(|fh| cache.local(fh).is_some())
+                    && let Err(e) = writeback::flush(cache, up, Some(fh)).await
+                {
+                    warn!(side = "cache", error = %e, "write-back before a SETATTR of times failed");
+                }
             }
             _ => {}
         }
@@ -895,6 +1043,45 @@ pub async fn before_forward(
         .unwrap_or(Before::Forward { stamp: 0 })
 }
 
+impl CacheLayer {
+    /// Whether a GETATTR should be tried on the cache: the next hop is down and the
+    /// cache is trusted (`session`).
+    pub fn answers_getattr_offline(&self, up: &crate::upstream::Upstream) -> bool {
+        self.consistency == Consistency::Session && up.is_down()
+    }
+
+    /// A GETATTR answered from the cache's attributes (the next hop is down).
+    fn getattr_offline(&self, call: &[u8]) -> Option<BytesMut> {
+        let (p, at) = nfs_call(call)?;
+        let Ok(Args::Getattr(a)) = Args::decode(p, &call[at..]) else {
+            return None;
+        };
+        let attr = self.effective_attr(a.object.0)?;
+        let xid = u32::from_be_bytes(call[..4].try_into().ok()?);
+        let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
+        Res::Getattr(NfsResult::Ok(nfs3::GetattrResOk {
+            obj_attributes: attr,
+        }))
+        .encode(&mut out);
+        self.offline_getattrs.fetch_add(1, Ordering::Relaxed);
+        Some(out)
+    }
+}
+
+/// The file of a SETATTR call that sets its mtime or atime.
+fn setattr_times(call: &[u8]) -> Option<Vec<u8>> {
+    let (p, at) = nfs_call(call)?;
+    match Args::decode(p, &call[at..]) {
+        Ok(Args::Setattr(a))
+            if a.new_attributes.mtime != nfs3::SetTime::DontChange
+                || a.new_attributes.atime != nfs3::SetTime::DontChange =>
+        {
+            Some(a.object.0.to_vec())
+        }
+        _ => None,
+    }
+}
+
 /// A SETATTR call that sets the size.
 fn setattr_size(call: &[u8]) -> bool {
     let Some((p, at)) = nfs_call(call) else {
@@ -908,3 +1095,7 @@ fn nfs_call(call: &[u8]) -> Option<(Proc, usize)> {
     let h = CallHeader::parse(call).ok()?;
     (h.prog == nfs3::PROGRAM && h.vers == nfs3::VERSION).then_some((Proc(h.proc_), h.args_at))
 }
+
+#[cfg(test)]
+#[path = "cached_tests.rs"]
+mod tests;

@@ -131,10 +131,15 @@ pub(super) async fn serve(
                             held,
                         };
                         match (&proxy.cache, to) {
-                            (Some(cache), Target::Nfs) if cached::touches_store(proc_) => {
+                            (Some(cache), Target::Nfs)
+                                if cached::touches_store(proc_)
+                                    || (proc_ == Proc::GETATTR
+                                        && cache.answers_getattr_offline(&proxy.nfs)) =>
+                            {
                                 // Cache work (disk I/O, maybe calls of its own) runs beside
                                 // the reader, so one slow WRITE does not stall the others.
-                                let (p, tx, cache) = (proxy.clone(), reply_tx.clone(), cache.clone());
+                                let (p, tx, cache) =
+                                    (proxy.clone(), reply_tx.clone(), cache.clone());
                                 tokio::spawn(async move {
                                     via_cache(&p, &cache, call, rec, tx).await;
                                 });

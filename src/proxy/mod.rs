@@ -125,11 +125,16 @@ impl Proxy {
                 .max_by_key(|(n, _, _)| *n);
             match best {
                 Some((_, fh, r)) => (fh, r),
-                None if !path.starts_with('/') && m.len() == 1 => (m[0].1.clone(), path.to_string()),
+                None if !path.starts_with('/') && m.len() == 1 => {
+                    (m[0].1.clone(), path.to_string())
+                }
                 None => {
                     return Err(format!(
                         "{path}: not under an export mounted through this proxy (mounted: {})",
-                        m.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>().join(", ")
+                        m.iter()
+                            .map(|(e, _)| e.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
             }

@@ -92,8 +92,30 @@ fn call_msg(cred: &Cred, args: &Args<'_>) -> BytesMut {
     b
 }
 
+/// NFS3ERR_JUKEBOX ("busy, try later") is retried this often, this far apart.
+const JUKEBOX_RETRIES: u32 = 120;
+const JUKEBOX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Sends a call and returns the reply with the offset of its results, or the failure.
+/// A server that answers NFS3ERR_JUKEBOX is asked again a little later, as a client would.
 async fn nfs_call(
+    up: &Upstream,
+    cred: &Cred,
+    args: &Args<'_>,
+) -> Result<(BytesMut, usize), CallError> {
+    let mut tries = 0;
+    loop {
+        match nfs_call_once(up, cred, args).await {
+            Err(CallError::Status(s)) if s == Nfsstat3::JUKEBOX && tries < JUKEBOX_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(JUKEBOX_WAIT).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn nfs_call_once(
     up: &Upstream,
     cred: &Cred,
     args: &Args<'_>,
@@ -288,17 +310,27 @@ pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> 
         pieces.push((block, lo as u32, s..s + n as usize));
         pos += n;
     }
+    // The verifier as it was before the bytes went in: if the cache loses unstable data
+    // meanwhile (and so changes it), the client sees the change and re-sends this WRITE.
+    let verf = cache.store.verifier();
     if let Err(why) = store_dirty(cache, up, &cred, &fh, &call, pieces).await {
         warn!(side = "cache", error = %why, "WRITE not taken by the cache; writing it through");
         drop(lock);
         return write_through(cache, up, &call, xid, &cred).await;
     }
-    cache.note_local_write(&fh, end, Some(cred));
+    if count > 0 {
+        // A zero-byte WRITE changes nothing, not even the size.
+        cache.note_local_write(&fh, end, Some(cred));
+    }
     let mut committed = StableHow::UNSTABLE;
     if stable != StableHow::UNSTABLE {
         let c = cache.clone();
         if let Err(e) = blocking(move || c.store.sync()).await {
             warn!(side = "cache", error = %e, "cache sync failed");
+            return write_fail(xid, Nfsstat3::IO, cache, &fh);
+        }
+        if cache.store.verifier() != verf {
+            // Another task's sync failed (and consumed the error): not durable.
             return write_fail(xid, Nfsstat3::IO, cache, &fh);
         }
         committed = StableHow::FILE_SYNC;
@@ -314,7 +346,7 @@ pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> 
             },
             count,
             committed,
-            verf: cache.store.verifier(),
+            verf,
         })),
     )
 }
@@ -329,7 +361,14 @@ async fn store_dirty(
     call: &Bytes,
     mut todo: Vec<Piece>,
 ) -> Result<(), String> {
-    for _ in 0..6 {
+    let started = std::time::Instant::now();
+    let mut attempt = 0;
+    // A few tries; while a write-back runs (it frees frames batch by batch), up to
+    // `ROOM_WAIT` before the WRITE is written through instead.
+    while attempt < 6
+        || (cache.flush.running.load(Ordering::Relaxed) && started.elapsed() < ROOM_WAIT)
+    {
+        attempt += 1;
         let (c, call2, fh2) = (cache.clone(), call.clone(), fh.to_vec());
         let outcomes = blocking(move || {
             todo.into_iter()
@@ -360,11 +399,14 @@ async fn store_dirty(
     Err("the cache set stays full of dirty blocks".into())
 }
 
+/// How long a WRITE waits for room while a write-back is running.
+const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Fetches bytes `gap` of a block from the next hop (zeros past its end of file) and
 /// puts them into the cache as clean data, so a partial write lands next to real bytes.
 async fn fill_gap(
     cache: &Arc<CacheLayer>,
-    up: &Upstream,
+    up: &Arc<Upstream>,
     cred: &Cred,
     fh: &[u8],
     block: u64,
@@ -373,16 +415,14 @@ async fn fill_gap(
     let base = block * cache.bs;
     let (start, end) = (base + gap.start as u64, base + gap.end as u64);
     let stamp = cache.stamp();
-    let upstream_size = cache.upstream_attr(fh).map_or(0, |a| a.size);
+    // Always asked (the size the cache knows may be old): past the server's end of file
+    // the READ comes back short, and those bytes are a hole, zeros.
     let mut bytes = vec![0u8; (end - start) as usize];
-    if start < upstream_size {
-        let want = (end.min(upstream_size) - start) as u32;
-        let got = read_upstream(up, cred, fh, start, want)
-            .await
-            .map_err(|e| format!("gap fill READ: {e}"))?;
-        let n = got.len().min(bytes.len());
-        bytes[..n].copy_from_slice(&got[..n]);
-    }
+    let got = read_upstream(up, cred, fh, start, (end - start) as u32)
+        .await
+        .map_err(|e| format!("gap fill READ: {e}"))?;
+    let n = got.len().min(bytes.len());
+    bytes[..n].copy_from_slice(&got[..n]);
     let (c, fh2) = (cache.clone(), fh.to_vec());
     match blocking(move || c.fill_checked(&fh2, start, &bytes, stamp)).await {
         Ok(()) => Ok(()),
@@ -394,8 +434,24 @@ async fn fill_gap(
     }
 }
 
-/// Writes back the dirty blocks of the set that (fh, block) maps to, so it has room.
-async fn make_room(cache: &Arc<CacheLayer>, up: &Upstream, fh: &[u8], block: u64) {
+/// Writes back the dirty blocks of the set that (fh, block) maps to, so it has room (all
+/// at once, FILE_SYNC), and starts a background write-back of everything if none is
+/// running: a cache full of dirty data is cleaned at the pipelined rate of a flush, not
+/// a set at a time.
+async fn make_room(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, fh: &[u8], block: u64) {
+    if cache.flush.lock.try_lock().is_ok() && !cache.flush.bg_pending.swap(true, Ordering::Relaxed)
+    {
+        let (c, u) = (cache.clone(), up.clone());
+        info!(
+            side = "cache",
+            "a cache set is full of dirty blocks: writing back in the background"
+        );
+        tokio::spawn(async move {
+            if let Err(e) = flush(&c, &u, None).await {
+                warn!(side = "cache", error = %e, "background write-back failed");
+            }
+        });
+    }
     let (c, fh2) = (cache.clone(), fh.to_vec());
     let victims = match blocking(move || c.store.dirty_in_set(&fh2, block)).await {
         Ok(v) => v,
@@ -404,21 +460,45 @@ async fn make_room(cache: &Arc<CacheLayer>, up: &Upstream, fh: &[u8], block: u64
             return;
         }
     };
-    debug!(blocks = victims.len(), "set full of dirty blocks: writing them back");
+    debug!(
+        blocks = victims.len(),
+        "set full of dirty blocks: writing them back"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
     for v in victims {
-        // A file being truncated is left alone (its lock is held exclusively).
-        let Ok(_g) = cache.file_lock(&v.fh).try_read() else {
-            continue;
-        };
-        if let Err(e) = writeback_block(cache, up, &v).await {
-            warn!(side = "upstream", error = %e, "write-back of a block to make room failed");
-        }
+        let (c, u) = (cache.clone(), up.clone());
+        tasks.spawn(async move {
+            // A file being truncated is left alone (its lock is held exclusively), and
+            // so is one being written back (that write-back frees its blocks).
+            let Ok(_g) = c.file_lock(&v.fh).try_read() else {
+                return false;
+            };
+            let Ok(_wb) = c.wb_lock(&v.fh).try_lock() else {
+                return false;
+            };
+            if let Err(e) = writeback_block(&c, &u, &v).await {
+                warn!(side = "upstream", error = %e, "write-back of a block to make room failed");
+            }
+            true
+        });
+    }
+    let mut skipped = false;
+    while let Some(r) = tasks.join_next().await {
+        skipped |= !r.unwrap_or(true);
+    }
+    if skipped {
+        // Let the write-back that holds those blocks make progress.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     cache.evictions.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Writes one dirty block back as FILE_SYNC and marks it clean.
-async fn writeback_block(cache: &Arc<CacheLayer>, up: &Upstream, d: &DirtyBlock) -> Result<(), String> {
+async fn writeback_block(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    d: &DirtyBlock,
+) -> Result<(), String> {
     let (c, fh2, block) = (cache.clone(), d.fh.clone(), d.block);
     let Some(got) = blocking(move || c.store.get(&fh2, block))
         .await
@@ -442,7 +522,10 @@ async fn writeback_block(cache: &Arc<CacheLayer>, up: &Upstream, d: &DirtyBlock)
             Ok(())
         }
         Err(e) if e.gone() => {
-            info!(side = "upstream", "file removed at the next hop; its dirty data is dropped");
+            info!(
+                side = "upstream",
+                "file removed at the next hop; its dirty data is dropped"
+            );
             cache.forget_file(&d.fh);
             Ok(())
         }
@@ -466,6 +549,7 @@ async fn write_through(
     };
     let fh = w.file.0;
     let _x = cache.file_lock(fh).write().await;
+    let _wb = cache.wb_lock(fh).lock().await;
     let bs = cache.bs;
     let (first, last) = (
         w.offset / bs,
@@ -599,8 +683,41 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     };
     if let Some(old) = old {
         let (c, fh2) = (cache.clone(), fh.clone());
-        if let Err(e) = blocking(move || c.truncated(&fh2, old, new)).await {
-            warn!(side = "cache", error = %e, "cache truncation failed; dropping the file's clean blocks");
+        let fail = |why: String| {
+            warn!(side = "cache", error = %why, "truncation in the cache failed; SETATTR answered NFS3ERR_IO (the client retries)");
+            reply_with(
+                xid,
+                &Res::Setattr(NfsResult::Fail(
+                    Nfsstat3::IO,
+                    nfs3::SetattrResFail {
+                        obj_wcc: WccData::default(),
+                    },
+                )),
+            )
+        };
+        match blocking(move || c.truncated(&fh2, old, new)).await {
+            Ok(None) => {}
+            Ok(Some(u)) => {
+                // The cut block could not be rewritten: its dirty bytes below the cut go
+                // to the next hop (inside the new size, so they cannot extend the file),
+                // then the block goes.
+                let d = u.c.dirty.clone().expect("uncut blocks are dirty");
+                let (from, to) = (d.start, d.end.min(u.keep));
+                let s = (from - u.c.valid.start) as usize;
+                let bytes = &u.c.data[s..s + (to - from) as usize];
+                let off = u.block * cache.bs + from as u64;
+                let cred = cred_or_none(cache, &fh);
+                if let Err(e) =
+                    write_upstream(up, &cred, &fh, off, bytes, StableHow::FILE_SYNC).await
+                {
+                    return fail(format!("writing the cut block through: {e}"));
+                }
+                let (c, fh2, block) = (cache.clone(), fh.clone(), u.block);
+                if let Err(e) = blocking(move || c.drop_block(&fh2, block)).await {
+                    return fail(e.to_string());
+                }
+            }
+            Err(e) => return fail(e.to_string()),
         }
     }
     let (c, call2, stamp) = (cache.clone(), call.clone(), cache.stamp());
@@ -663,6 +780,11 @@ pub async fn flush(
     only: Option<Vec<u8>>,
 ) -> Result<FlushReport, String> {
     let _one = cache.flush.lock.lock().await;
+    cache.flush.bg_pending.store(false, Ordering::Relaxed);
+    // Files with local writes and their write counts, taken *before* the list of dirty
+    // blocks: a file written after this point keeps its local view (a WRITE counts only
+    // after its bytes are stored).
+    let wgens: std::collections::HashMap<Vec<u8>, u64> = cache.local_files().into_iter().collect();
     let c = cache.clone();
     let mut blocks = blocking(move || c.store.dirty_blocks())
         .await
@@ -692,14 +814,16 @@ pub async fn flush(
     }
     let with_dirty: std::collections::HashSet<Vec<u8>> =
         by_file.iter().map(|(f, _)| f.clone()).collect();
+    let wgens = Arc::new(wgens);
     let window = Arc::new(Semaphore::new(cache.cfg.writeback_in_flight));
     let files = Arc::new(Semaphore::new(FILES_IN_PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
     for (fh, blocks) in by_file {
         let permit = files.clone().acquire_owned().await.expect("never closed");
         let (c, up, w) = (cache.clone(), up.clone(), window.clone());
+        let wgen = wgens.get(&fh).copied();
         tasks.spawn(async move {
-            let r = flush_file(&c, &up, &w, &fh, blocks).await;
+            let r = flush_file(&c, &up, &w, &fh, blocks, wgen).await;
             drop(permit);
             r
         });
@@ -717,9 +841,9 @@ pub async fn flush(
         }
     }
     // Files made local but left without dirty blocks (e.g. truncated to 0): clean now.
-    for (fh, wgen) in cache.local_files() {
-        if only.as_ref().is_none_or(|f| *f == fh) && !with_dirty.contains(&fh) {
-            cache.written_back(&fh, wgen, None);
+    for (fh, wgen) in wgens.iter() {
+        if only.as_ref().is_none_or(|f| f == fh) && !with_dirty.contains(fh) {
+            cache.written_back(fh, *wgen, None);
         }
     }
     p.running.store(false, Ordering::Relaxed);
@@ -750,14 +874,54 @@ async fn flush_file(
     window: &Arc<Semaphore>,
     fh: &[u8],
     blocks: Vec<DirtyBlock>,
+    wgen: Option<u64>,
 ) -> Result<FileOutcome, String> {
     let _shared = cache.file_lock(fh).read().await;
     let cred = cred_or_none(cache, fh);
-    let wgen = cache.wgen(fh);
+    let mut bytes = 0;
+    let mut all_clean = true;
+    let mut after = None;
+    // In batches, each committed and marked clean before the next: a big file frees its
+    // frames as the write-back goes, not only at its end.
+    for batch in blocks.chunks(BATCH_BLOCKS) {
+        // One write-back of a file's blocks at a time: two WRITEs of the same block
+        // must not race to the server (the older could land last while the newer is
+        // marked clean).
+        let _wb = cache.wb_lock(fh).lock().await;
+        match flush_batch(cache, up, window, fh, &cred, batch).await? {
+            None => return Ok(FileOutcome::Gone),
+            Some((n, clean, a)) => {
+                bytes += n;
+                all_clean &= clean;
+                after = a;
+            }
+        }
+    }
+    if let (true, Some(wgen)) = (all_clean, wgen) {
+        cache.written_back(fh, wgen, after);
+    }
+    Ok(FileOutcome::Written(bytes))
+}
+
+/// Blocks written back (and committed) per batch: 512 blocks, 32 MiB at 64 KiB.
+const BATCH_BLOCKS: usize = 512;
+
+/// Writes a batch of a file's dirty blocks (UNSTABLE, pipelined), COMMITs, re-sends the
+/// batch if the verifier changed, and marks the blocks clean. None: the file is gone at
+/// the next hop (its dirty data dropped). Otherwise (bytes, all marked clean, the
+/// COMMIT's post-op attributes).
+async fn flush_batch(
+    cache: &Arc<CacheLayer>,
+    up: &Arc<Upstream>,
+    window: &Arc<Semaphore>,
+    fh: &[u8],
+    cred: &Cred,
+    blocks: &[DirtyBlock],
+) -> Result<Option<(u64, bool, Option<Fattr3>)>, String> {
     for attempt in 0..VERIFIER_RETRIES {
         let mut tasks = tokio::task::JoinSet::new();
         // Increasing offsets: a file grows on the server in order.
-        for d in &blocks {
+        for d in blocks {
             let permit = window.clone().acquire_owned().await.expect("never closed");
             let (c, up, cred, fh, block) = (
                 cache.clone(),
@@ -796,9 +960,12 @@ async fn flush_file(
         }
         if let Some(e) = failure {
             if e.gone() {
-                info!(side = "upstream", "file removed at the next hop; its dirty data is dropped");
+                info!(
+                    side = "upstream",
+                    "file removed at the next hop; its dirty data is dropped"
+                );
                 cache.forget_file(fh);
-                return Ok(FileOutcome::Gone);
+                return Ok(None);
             }
             warn!(side = "upstream", error = %e, "write-back of a file failed; its data stays dirty");
             return Err(format!("write-back failed: {e}"));
@@ -808,11 +975,11 @@ async fn flush_file(
             offset: 0,
             count: 0,
         });
-        let (reply, at) = match nfs_call(up, &cred, &args).await {
+        let (reply, at) = match nfs_call(up, cred, &args).await {
             Ok(r) => r,
             Err(e) if e.gone() => {
                 cache.forget_file(fh);
-                return Ok(FileOutcome::Gone);
+                return Ok(None);
             }
             Err(e) => return Err(format!("write-back COMMIT failed: {e}")),
         };
@@ -837,10 +1004,13 @@ async fn flush_file(
             bytes += n;
             cache.flush.done.fetch_add(n, Ordering::Relaxed);
         }
-        if all_clean {
-            cache.written_back(fh, wgen, ok.file_wcc.after.clone());
+        // The versions those blocks superseded were cleared: durably, before anything
+        // can rewrite the clean blocks in place.
+        let c = cache.clone();
+        if let Err(e) = blocking(move || c.store.sync_tags()).await {
+            warn!(side = "cache", error = %e, "cache tag sync after write-back failed");
         }
-        return Ok(FileOutcome::Written(bytes));
+        return Ok(Some((bytes, all_clean, ok.file_wcc.after.clone())));
     }
     Err("the next hop's write verifier kept changing".into())
 }
@@ -848,12 +1018,16 @@ async fn flush_file(
 /// Progress of the running flush as JSON: bytes left and the rate so far.
 pub fn progress_json(cache: &CacheLayer) -> String {
     let p = &cache.flush;
-    let (total, done) = (p.total.load(Ordering::Relaxed), p.done.load(Ordering::Relaxed));
+    let (total, done) = (
+        p.total.load(Ordering::Relaxed),
+        p.done.load(Ordering::Relaxed),
+    );
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64;
-    let secs = (now_ms.saturating_sub(p.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0).max(0.001);
+    let secs =
+        (now_ms.saturating_sub(p.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0).max(0.001);
     format!(
         "{{\"running\":{},\"bytes_total\":{total},\"bytes_done\":{done},\"bytes_left\":{},\"rate_bytes_per_s\":{:.0}}}",
         p.running.load(Ordering::Relaxed),

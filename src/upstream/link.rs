@@ -200,10 +200,12 @@ async fn run(ctx: LinkCtx) {
         };
         let mut broken = ctx.shared.broken.subscribe();
         let mut replies = 0u64;
+        ctx.stats.links_up.fetch_add(1, Ordering::Relaxed);
         let why = tokio::select! {
             r = read_replies(&ctx, rd, &mut replies) => r,
             _ = broken.wait_for(|g| *g == generation) => "a write to the next hop failed".into(),
         };
+        ctx.stats.links_up.fetch_sub(1, Ordering::Relaxed);
         ctx.shared.writer.lock().await.half = None;
         warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
             link = ctx.index, reason = %why, waiting = ctx.waiting(), replies,

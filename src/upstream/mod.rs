@@ -49,6 +49,8 @@ pub struct UpstreamStats {
     pub resent: std::sync::atomic::AtomicU64,
     /// Successful (re)connections.
     pub connects: std::sync::atomic::AtomicU64,
+    /// Links connected now.
+    pub links_up: AtomicUsize,
 }
 
 /// One endpoint of the next hop, with its pool of links.
@@ -102,6 +104,11 @@ impl Upstream {
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             stats,
         })
+    }
+
+    /// No link is connected: the next hop is down or unreachable (or not yet reached).
+    pub fn is_down(&self) -> bool {
+        self.stats.links_up.load(Ordering::Relaxed) == 0
     }
 
     pub fn name(&self) -> &'static str {

@@ -11,8 +11,13 @@ use std::time::{Duration, Instant};
 pub mod raw;
 
 use nfs3_client::Nfs3ConnectionBuilder;
-use nfs3_client::tokio::{TokioConnector, TokioIo};
+use nfs3_types::nfs3::{
+    COMMIT3args, COMMIT3resok, CREATE3args, GETATTR3args, LOOKUP3args, LOOKUP3resok, Nfs3Option,
+    Nfs3Result, READ3args, READ3resok, SETATTR3args, SETATTR3resok, WRITE3args, WRITE3resok,
+    createhow3, diropargs3, fattr3, filename3, nfs_fh3, sattr3, stable_how, writeverf3,
+};
 use nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_types::xdr_codec::Opaque;
 
 /// The real NFS server the tests run against.
 #[derive(Debug, Clone)]
@@ -160,6 +165,38 @@ impl Gridvfs {
         matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
     }
 
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits (up to 60 s) until `needle` is in at least `times` log lines; returns the log.
+    pub fn wait_log(&self, needle: &str, times: usize) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = self.log_text();
+            if log.lines().filter(|l| l.contains(needle)).count() >= times {
+                return log;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no {times} log lines with {needle:?} after 60 s; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap (the cache directory is left as the crash left it).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "KILL");
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM and wait; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
@@ -201,7 +238,49 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
-pub type Client = nfs3_client::Nfs3Connection<TokioIo<tokio::net::TcpStream>>;
+pub type Client = nfs3_client::Nfs3Connection<Io>;
+
+/// A TCP stream for nfs3_client on which end of stream is an error. nfs3_client 0.9's
+/// `async_read_exact` retries a read of 0 bytes forever, so with its own stream a client
+/// whose server died (a proxy killed on purpose, or a crash) spins instead of failing.
+pub struct Io(tokio::net::TcpStream);
+
+impl nfs3_client::io::AsyncRead for Io {
+    async fn async_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = tokio::io::AsyncReadExt::read(&mut self.0, buf).await?;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(n)
+    }
+}
+
+impl nfs3_client::io::AsyncWrite for Io {
+    async fn async_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = tokio::io::AsyncWriteExt::write(&mut self.0, buf).await?;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        Ok(n)
+    }
+}
+
+/// Connects [`Io`] streams (from any local port: the proxy and the lab allow that).
+pub struct Connector;
+
+impl nfs3_client::net::Connector for Connector {
+    type Connection = Io;
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Io> {
+        Ok(Io(tokio::net::TcpStream::connect(addr).await?))
+    }
+
+    async fn connect_with_port(&self, addr: SocketAddr, local_port: u16) -> std::io::Result<Io> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([0, 0, 0, 0], local_port)))?;
+        Ok(Io(socket.connect(addr).await?))
+    }
+}
 
 /// AUTH_SYS as root (Ganesha refuses AUTH_NONE with AUTH_TOOWEAK).
 pub fn root_cred() -> opaque_auth<'static> {
@@ -216,7 +295,7 @@ pub fn root_cred() -> opaque_auth<'static> {
 
 /// Mounts `export` at `ep` with an NFSv3 client (explicit ports, no portmapper).
 pub async fn mount(ep: Endpoints, export: &str) -> Client {
-    Nfs3ConnectionBuilder::new(TokioConnector, ep.nfs.ip().to_string(), export)
+    Nfs3ConnectionBuilder::new(Connector, ep.nfs.ip().to_string(), export)
         .mount_port(ep.mount.port())
         .nfs3_port(ep.nfs.port())
         .connect_from_privileged_port(false)
@@ -307,4 +386,267 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// Writes `len` pseudo-random bytes (deterministic per seed) to `p`.
 pub fn random_file(p: &Path, len: usize, seed: u64) {
     std::fs::write(p, pseudo_random(len, seed)).unwrap();
+}
+
+/// Cache geometry of most write-back tests: 64 MiB of 64 KiB blocks, 8 ways, 4 banks.
+pub const CACHE_64M: &str = "size = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n";
+
+/// A `[cache]` section for a write-back cache in `dir` ([`CACHE_64M`]), with `extra` keys
+/// appended (e.g. `flush_on_exit = false`). Goes in `upstream_extra` of
+/// [`Gridvfs::start_with`].
+pub fn write_back_cache(dir: &Path, extra: &str) -> String {
+    write_back_cache_with(dir, CACHE_64M, extra)
+}
+
+/// [`write_back_cache`] with another `geometry` (size, block_size, ways, banks lines).
+pub fn write_back_cache_with(dir: &Path, geometry: &str, extra: &str) -> String {
+    format!(
+        "[cache]\ndir = \"{}\"\n{geometry}write_policy = \"write-back\"\n{extra}\n",
+        dir.display()
+    )
+}
+
+/// A `[control]` section: the proxy's control socket at `socket`.
+pub fn control_section(socket: &Path) -> String {
+    format!("[control]\nsocket = \"{}\"\n", socket.display())
+}
+
+/// Runs `gridvfs ARGS --socket SOCKET` (e.g. `["flush"]`, `["status"]`), giving it up to
+/// 120 s; returns its exit status and the JSON of its last line on stdout.
+pub fn ctl(socket: &Path, args: &[&str]) -> (bool, serde_json::Value) {
+    let child = ctl_spawn(socket, args);
+    ctl_wait(child, Duration::from_secs(120))
+}
+
+/// Starts `gridvfs ARGS --socket SOCKET` in the background (stdout and stderr piped).
+pub fn ctl_spawn(socket: &Path, args: &[&str]) -> Child {
+    Command::new(bin())
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits up to `limit` for a [`ctl_spawn`]ed command (killed, by its handle, and a panic
+/// if it takes longer); returns its exit status and the JSON of its last stdout line.
+pub fn ctl_wait(mut child: Child, limit: Duration) -> (bool, serde_json::Value) {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "gridvfs control command still running after {limit:?}; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let v = serde_json::from_str(last.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+/// Asserts byte equality, reporting the first differing offset instead of two dumps.
+pub fn assert_same_bytes(what: &str, got: &[u8], want: &[u8]) {
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        let (g, w) = (got[i], want[i]);
+        let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
+        panic!("{what}: first difference at byte {i}: {g:#04x}, want {w:#04x} ({n} bytes differ)");
+    }
+    assert_eq!(got.len(), want.len(), "{what}: length");
+}
+
+/// Writes `data` at `off` into a model of a file's bytes (extended with zeros as needed).
+pub fn apply(image: &mut Vec<u8>, off: u64, data: &[u8]) {
+    let (off, end) = (off as usize, off as usize + data.len());
+    if image.len() < end {
+        image.resize(end, 0);
+    }
+    image[off..end].copy_from_slice(data);
+}
+
+// ---- NFSv3 calls for the tests: an RPC-level failure or an error status panics ----
+
+/// `Nfs3Result::expect` with a message built only on failure.
+pub trait OkOrPanic<T> {
+    fn ok_or_panic(self, what: impl FnOnce() -> String) -> T;
+}
+
+impl<T, E: std::fmt::Debug> OkOrPanic<T> for Nfs3Result<T, E> {
+    fn ok_or_panic(self, what: impl FnOnce() -> String) -> T {
+        match self {
+            Nfs3Result::Ok(v) => v,
+            Nfs3Result::Err((st, e)) => panic!("{}: {st:?} {e:?}", what()),
+        }
+    }
+}
+
+/// Handle of `name` in directory `dir` (LOOKUP).
+pub async fn lookup_in(c: &mut Client, dir: &nfs_fh3, name: &str) -> LOOKUP3resok {
+    let args = LOOKUP3args {
+        what: diropargs3 {
+            dir: dir.clone(),
+            name: filename3(Opaque::owned(name.as_bytes().to_vec())),
+        },
+    };
+    c.lookup(&args)
+        .await
+        .unwrap_or_else(|e| panic!("LOOKUP {name}: {e}"))
+        .ok_or_panic(|| format!("LOOKUP {name}"))
+}
+
+/// CREATE (UNCHECKED, mode 0644) of `name` in `dir`; returns its handle.
+pub async fn create(c: &mut Client, dir: &nfs_fh3, name: &str) -> nfs_fh3 {
+    let args = CREATE3args {
+        where_: diropargs3 {
+            dir: dir.clone(),
+            name: filename3(Opaque::owned(name.as_bytes().to_vec())),
+        },
+        how: createhow3::UNCHECKED(sattr3 {
+            mode: Nfs3Option::Some(0o644),
+            ..Default::default()
+        }),
+    };
+    let ok = c
+        .create(&args)
+        .await
+        .unwrap_or_else(|e| panic!("CREATE {name}: {e}"))
+        .ok_or_panic(|| format!("CREATE {name}"));
+    match ok.obj {
+        Nfs3Option::Some(fh) => fh,
+        Nfs3Option::None => lookup_in(c, dir, name).await.object,
+    }
+}
+
+/// One WRITE of all of `data` at `off`.
+pub async fn write(
+    c: &mut Client,
+    fh: &nfs_fh3,
+    off: u64,
+    data: &[u8],
+    stable: stable_how,
+) -> WRITE3resok {
+    let args = WRITE3args {
+        file: fh.clone(),
+        offset: off,
+        count: data.len() as u32,
+        stable,
+        data: data.into(),
+    };
+    let ok = c
+        .write(&args)
+        .await
+        .unwrap_or_else(|e| panic!("WRITE at {off}: {e}"))
+        .ok_or_panic(|| format!("WRITE at {off}"));
+    assert_eq!(ok.count as usize, data.len(), "short WRITE at {off}");
+    ok
+}
+
+/// WRITEs `data` at `off` in `chunk`-byte calls; returns the verifiers answered, in order.
+pub async fn write_chunks(
+    c: &mut Client,
+    fh: &nfs_fh3,
+    off: u64,
+    data: &[u8],
+    chunk: usize,
+    stable: stable_how,
+) -> Vec<writeverf3> {
+    let mut verfs = Vec::new();
+    for (i, part) in data.chunks(chunk).enumerate() {
+        let at = off + (i * chunk) as u64;
+        verfs.push(write(c, fh, at, part, stable).await.verf);
+    }
+    verfs
+}
+
+/// COMMIT of the whole file.
+pub async fn commit(c: &mut Client, fh: &nfs_fh3) -> COMMIT3resok {
+    let args = COMMIT3args {
+        file: fh.clone(),
+        offset: 0,
+        count: 0,
+    };
+    c.commit(&args)
+        .await
+        .unwrap_or_else(|e| panic!("COMMIT: {e}"))
+        .expect("COMMIT")
+}
+
+/// One READ.
+pub async fn read(c: &mut Client, fh: &nfs_fh3, offset: u64, count: u32) -> READ3resok<'static> {
+    let args = READ3args {
+        file: fh.clone(),
+        offset,
+        count,
+    };
+    c.read(&args)
+        .await
+        .unwrap_or_else(|e| panic!("READ at {offset}: {e}"))
+        .ok_or_panic(|| format!("READ at {offset}"))
+}
+
+/// The whole file, in READs of 1 MiB until EOF.
+pub async fn read_all(c: &mut Client, fh: &nfs_fh3) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let ok = read(c, fh, out.len() as u64, 1 << 20).await;
+        assert_eq!(
+            ok.count as usize,
+            ok.data.len(),
+            "READ count != data length"
+        );
+        out.extend_from_slice(&ok.data);
+        if ok.eof {
+            return out;
+        }
+        assert!(ok.count > 0, "READ at {}: 0 bytes and no EOF", out.len());
+    }
+}
+
+/// GETATTR.
+pub async fn getattr(c: &mut Client, fh: &nfs_fh3) -> fattr3 {
+    let args = GETATTR3args { object: fh.clone() };
+    c.getattr(&args)
+        .await
+        .unwrap_or_else(|e| panic!("GETATTR: {e}"))
+        .expect("GETATTR")
+        .obj_attributes
+}
+
+/// SETATTR of the size only (truncate or extend).
+pub async fn set_size(c: &mut Client, fh: &nfs_fh3, size: u64) -> SETATTR3resok {
+    let args = SETATTR3args {
+        object: fh.clone(),
+        new_attributes: sattr3 {
+            size: Nfs3Option::Some(size),
+            ..Default::default()
+        },
+        guard: Nfs3Option::None,
+    };
+    c.setattr(&args)
+        .await
+        .unwrap_or_else(|e| panic!("SETATTR size={size}: {e}"))
+        .ok_or_panic(|| format!("SETATTR size={size}"))
+}
+
+/// The handle of the export's subdirectory `name` (one LOOKUP from the root).
+pub async fn scratch_fh(c: &mut Client, name: &str) -> nfs_fh3 {
+    let root = c.root_nfs_fh3();
+    lookup_in(c, &root, name).await.object
 }

@@ -1,0 +1,85 @@
+//! Tests of the cache layer's local view (no next hop needed; the write-back paths that
+//! talk to a server are tested against Ganesha in tests/writeback.rs).
+use super::*;
+use crate::config::{CacheConfig, Consistency, WritePolicy};
+
+fn layer(dir: &std::path::Path, ways: u32, sets: u64) -> CacheLayer {
+    CacheLayer::open(&CacheConfig {
+        dir: dir.to_path_buf(),
+        size: sets * ways as u64 * 4096,
+        block_size: 4096,
+        ways,
+        banks: 1,
+        consistency: Consistency::Session,
+        write_policy: WritePolicy::WriteBack,
+        flush_on_exit: true,
+        writeback_in_flight: 4,
+    })
+    .unwrap()
+}
+
+fn attr(size: u64) -> Fattr3 {
+    let t = Nfstime3 {
+        seconds: 1,
+        nseconds: 0,
+    };
+    Fattr3 {
+        ftype: Ftype3::REG,
+        mode: 0o644,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        size,
+        used: size,
+        rdev: nfs3::Specdata3::default(),
+        fsid: 1,
+        fileid: 2,
+        atime: t,
+        mtime: t,
+        ctime: t,
+    }
+}
+
+/// The cut block's set is full of durable dirty blocks: the cut still happens (the tag
+/// is rewritten in place), the size changes, nothing past the cut stays.
+#[test]
+fn a_cut_in_a_set_full_of_dirty_blocks_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = layer(dir.path(), 2, 1); // one set, two ways
+    c.learn_attr(b"F", attr(0), c.stamp());
+    c.store.put(b"F", 0, 0, &[1u8; 4096], true).unwrap();
+    c.note_local_write(b"F", 4096, None);
+    c.store.put(b"G", 0, 0, &[2u8; 4096], true).unwrap();
+    c.store.sync().unwrap(); // both durable dirty: no free way
+    assert!(c.truncated(b"F", Some(0), 100).unwrap().is_none());
+    assert_eq!(c.effective_attr(b"F").unwrap().size, 100);
+    let b = c.store.get(b"F", 0).unwrap().unwrap();
+    assert_eq!((b.valid, b.dirty), (0..100, Some(0..100)));
+}
+
+/// A file with dirty data shows its local size and time in every attribute; a larger
+/// size seen upstream (another writer) raises it; after a write-back with no WRITE
+/// since, the server's attributes are shown again.
+#[test]
+fn local_view_overlays_and_ends_with_the_write_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = layer(dir.path(), 4, 16);
+    c.learn_attr(b"F", attr(10), c.stamp());
+    c.store.put(b"F", 0, 0, &[3u8; 200], true).unwrap();
+    c.note_local_write(b"F", 200, None);
+    let a = c.effective_attr(b"F").unwrap();
+    assert_eq!(a.size, 200);
+    assert_ne!(a.mtime, attr(0).mtime);
+    let wgen = c.wgen(b"F");
+    c.store.put(b"F", 0, 200, &[4u8; 50], true).unwrap();
+    c.note_local_write(b"F", 250, None);
+    c.written_back(b"F", wgen, Some(attr(200)));
+    assert!(
+        c.local(b"F").is_some(),
+        "a WRITE came after the write-back began"
+    );
+    let wgen = c.wgen(b"F");
+    c.written_back(b"F", wgen, Some(attr(250)));
+    assert!(c.local(b"F").is_none());
+    assert_eq!(c.effective_attr(b"F").unwrap(), attr(250));
+}
