@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 pub const NFS: u32 = 100003;
 pub const MOUNT: u32 = 100005;
 
-type Waiters = Arc<Mutex<HashMap<u32, oneshot::Sender<Bytes>>>>;
+/// Calls waiting for their reply, by xid; `None` once the connection is closed (a call
+/// then fails at once instead of waiting forever).
+type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Bytes>>>>>;
 
 #[derive(Clone)]
 pub struct Client {
@@ -78,7 +80,7 @@ impl Client {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         let (mut rd, wr) = s.into_split();
-        let waiters: Waiters = Arc::default();
+        let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let (tx, mut rx) = mpsc::channel::<Bytes>(256);
         tokio::spawn(async move {
             let mut wr = tokio::io::BufWriter::with_capacity(1 << 20, wr);
@@ -93,22 +95,37 @@ impl Client {
         });
         let w = waiters.clone();
         tokio::spawn(async move {
-            let mut rd = tokio::io::BufReader::with_capacity(1 << 20, &mut rd);
-            loop {
-                let mut hdr = [0u8; 4];
-                if rd.read_exact(&mut hdr).await.is_err() {
-                    return;
+            // Records are read straight into one growing buffer (one copy from the
+            // socket, no zero-filling) and handed out as slices of it.
+            let mut buf = BytesMut::with_capacity(2 << 20);
+            'conn: loop {
+                while buf.len() < 4 {
+                    if !matches!(rd.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                        break 'conn;
+                    }
                 }
-                let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
-                let mut body = vec![0u8; len];
-                if rd.read_exact(&mut body).await.is_err() {
-                    return;
+                let len = (u32::from_be_bytes(buf[..4].try_into().unwrap()) & 0x7fff_ffff) as usize;
+                if buf.capacity() < 4 + len {
+                    buf.reserve(4 + len - buf.len());
+                }
+                while buf.len() < 4 + len {
+                    if !matches!(rd.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                        break 'conn;
+                    }
+                }
+                let mut rec = buf.split_to(4 + len);
+                let body = rec.split_off(4).freeze();
+                if buf.capacity() < 64 << 10 {
+                    buf.reserve(2 << 20);
                 }
                 let xid = u32::from_be_bytes(body[..4].try_into().unwrap());
-                if let Some(t) = w.lock().unwrap().remove(&xid) {
-                    let _ = t.send(Bytes::from(body));
+                let t = w.lock().unwrap().as_mut().and_then(|m| m.remove(&xid));
+                if let Some(t) = t {
+                    let _ = t.send(body);
                 }
             }
+            // Closed (servers close idle connections): waiting calls fail, later ones too.
+            *w.lock().unwrap() = None;
         });
         Ok(Client {
             tx,
@@ -139,7 +156,12 @@ impl Client {
         let len = (m.len() - 4) as u32 | 0x8000_0000;
         m[..4].copy_from_slice(&len.to_be_bytes());
         let (t, r) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(xid, t);
+        self.waiters
+            .lock()
+            .unwrap()
+            .as_mut()
+            .expect("connection closed by the server")
+            .insert(xid, t);
         self.tx
             .send(m.freeze())
             .await
@@ -210,6 +232,22 @@ impl Client {
         self.create_like(8, dir, name, &t).await
     }
 
+    /// SETATTR of the size only (what the Linux client sends for `open(O_TRUNC)` or
+    /// `truncate(2)` on a file it knows).
+    pub async fn set_size(&self, fh: &[u8], size: u64) {
+        let mut a = BytesMut::new();
+        put_opaque(&mut a, fh);
+        for v in [0, 0, 0, 1] {
+            a.put_u32(v); // mode, uid, gid unset; size set...
+        }
+        a.put_u64(size);
+        for v in [0, 0, 0] {
+            a.put_u32(v); // atime, mtime: don't change; no guard
+        }
+        let r = self.call(NFS, 2, &a).await;
+        assert_eq!(R(&r).u32(), 0, "SETATTR(size) failed");
+    }
+
     pub async fn mkdir(&self, dir: &[u8], name: &str) -> Vec<u8> {
         if let Some(fh) = self.lookup(dir, name).await {
             return fh;
@@ -251,6 +289,36 @@ impl Client {
         r.wcc();
         assert_eq!(r.u32() as usize, data.len());
         r.u32();
+        r.0[..8].try_into().unwrap()
+    }
+
+    /// READ; returns (data, eof). The data is a slice of the reply, not a copy.
+    pub async fn read_data(&self, fh: &[u8], off: u64, count: u32) -> (Bytes, bool) {
+        let mut a = BytesMut::new();
+        put_opaque(&mut a, fh);
+        a.put_u64(off);
+        a.put_u32(count);
+        let reply = self.call(NFS, 6, &a).await;
+        let mut r = R(&reply);
+        assert_eq!(r.u32(), 0, "READ failed");
+        r.post_op_attr();
+        let n = r.u32() as usize;
+        let eof = r.u32() == 1;
+        assert_eq!(r.u32() as usize, n, "READ count and data length differ");
+        let at = reply.len() - r.0.len();
+        (reply.slice(at..at + n), eof)
+    }
+
+    /// COMMIT of the whole file; returns the write verifier.
+    pub async fn commit_verf(&self, fh: &[u8]) -> [u8; 8] {
+        let mut a = BytesMut::new();
+        put_opaque(&mut a, fh);
+        a.put_u64(0);
+        a.put_u32(0);
+        let r = self.call(NFS, 21, &a).await;
+        let mut r = R(&r);
+        assert_eq!(r.u32(), 0, "COMMIT failed");
+        r.wcc();
         r.0[..8].try_into().unwrap()
     }
 

@@ -50,6 +50,11 @@ impl Proxy {
         }
     }
 
+    /// The daemon's process id (for perf, /proc sampling).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Peak resident set size (VmHWM) in KiB.
     pub fn rss_peak_kib(&self) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
