@@ -851,8 +851,9 @@ pub struct FlushReport {
     pub failed: Vec<String>,
 }
 
-/// Files written back at once.
-const FILES_IN_PARALLEL: usize = 16;
+/// Files written back at once (small files cost a WRITE and a COMMIT round trip each;
+/// `writeback_in_flight` still bounds the WRITEs in flight).
+const FILES_IN_PARALLEL: usize = 64;
 
 /// Writes back every dirty block (or those of one file). Waits while the next hop is
 /// down (calls are re-sent after reconnects). One flush at a time; clients keep being
