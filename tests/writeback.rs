@@ -764,3 +764,46 @@ async fn writes_during_a_flush_are_kept() {
     assert_same_bytes("read back", &read_all(&mut c, &fh).await, &img);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// CREATE UNCHECKED with `size = 0` of an existing file with dirty data (NFSv3's
+/// create-or-truncate in one call): the old dirty bytes go, the size is the new one,
+/// and after the flush the server has exactly the new contents.
+#[tokio::test]
+async fn create_with_a_size_truncates_a_dirty_file() {
+    use nfs3_types::nfs3::{CREATE3args, createhow3, filename3, sattr3};
+    use nfs3_types::xdr_codec::Opaque;
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("wb-create-trunc");
+    let p = Proxy::start(lab.endpoint(), "");
+    let mut c = mount(p.gridvfs.endpoints(), &lab.export).await;
+    let d = scratch_fh(&mut c, &name).await;
+    let fh = create(&mut c, &d, "f").await;
+    let old = pseudo_random(200_000, 91);
+    write(&mut c, &fh, 0, &old, stable_how::UNSTABLE).await;
+    commit(&mut c, &fh).await;
+    let args = CREATE3args {
+        where_: diropargs3 {
+            dir: d.clone(),
+            name: filename3(Opaque::owned(b"f".to_vec())),
+        },
+        how: createhow3::UNCHECKED(sattr3 {
+            size: Nfs3Option::Some(0),
+            ..Default::default()
+        }),
+    };
+    let Nfs3Result::Ok(_) = c.create(&args).await.unwrap() else {
+        panic!("CREATE with size 0 failed");
+    };
+    assert_eq!(
+        getattr(&mut c, &fh).await.size,
+        0,
+        "size after CREATE size=0"
+    );
+    let new = pseudo_random(30_000, 92);
+    write(&mut c, &fh, 0, &new, stable_how::UNSTABLE).await;
+    commit(&mut c, &fh).await;
+    assert_eq!(getattr(&mut c, &fh).await.size, new.len() as u64);
+    assert_same_bytes("read through the proxy", &read_all(&mut c, &fh).await, &new);
+    p.flush();
+    assert_same_bytes("server copy", &std::fs::read(dir.join("f")).unwrap(), &new);
+}

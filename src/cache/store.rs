@@ -115,6 +115,8 @@ struct Bank {
     written: Vec<usize>,
     /// Superseded versions to clear once their successors are durable.
     superseded: Vec<usize>,
+    /// Tags were rewritten or cleared since the tag file was last synced.
+    tags_dirty: bool,
 }
 
 pub struct Store {
@@ -213,6 +215,7 @@ impl Store {
                 hands: vec![0; geo.sets_per_bank as usize],
                 written: Vec::new(),
                 superseded: Vec::new(),
+                tags_dirty: false,
             };
             let tags_path = dir.join(format!("bank-{b:04}.tags"));
             if tags_path.exists() {
@@ -740,6 +743,7 @@ impl Store {
             .map_err(io(&self.tags_path(f.bank)))?;
         let li = self.local(f);
         bank.meta[li].dirty = dirty.is_some();
+        bank.tags_dirty = true;
         Ok(())
     }
 
@@ -796,6 +800,9 @@ impl Store {
                     return Err(e);
                 }
             }
+            if bank.files.is_some() {
+                bank.tags_dirty = false;
+            }
             for li in std::mem::take(&mut bank.written) {
                 bank.meta[li].unsynced = false;
             }
@@ -811,6 +818,7 @@ impl Store {
                 // (clean, or not yet synced), and a torn rewrite must not let a stale
                 // older version win after a power failure.
                 t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
+                bank.tags_dirty = false;
             }
         }
         if self.marked.load(Ordering::SeqCst) {
@@ -881,6 +889,7 @@ impl Store {
             .map_err(io(&self.tags_path(f.bank)))?;
         let li = self.local(f);
         bank.meta[li].dirty = false;
+        bank.tags_dirty = true;
         // Older versions of the block (durable dirty ones kept by copy-on-write) must
         // not outlive the clean newest one: evicting it would bring them back.
         for (w, _) in self.versions(&bank, set, fp, fh, block)? {
@@ -1073,23 +1082,21 @@ impl Store {
     /// or dropped must not come back after a crash).
     pub fn sync_all(&self) -> Result<()> {
         self.sync()?;
-        for (b, bank) in self.banks.iter().enumerate() {
-            let bank = bank.lock().expect("bank lock");
-            if let Some((_, t)) = &bank.files {
-                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
-            }
-        }
-        Ok(())
+        self.sync_tags()
     }
 
     /// Makes cleared and rewritten tags durable (after a batch of `mark_clean`, which
     /// clears the versions a written-back block superseded).
     pub fn sync_tags(&self) -> Result<()> {
         for (b, bank) in self.banks.iter().enumerate() {
-            let bank = bank.lock().expect("bank lock");
+            let mut bank = bank.lock().expect("bank lock");
+            if !bank.tags_dirty {
+                continue;
+            }
             if let Some((_, t)) = &bank.files {
                 t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
             }
+            bank.tags_dirty = false;
         }
         Ok(())
     }
@@ -1141,6 +1148,7 @@ impl Store {
             tfile
                 .write_all_at(&[0u8; TAG_SIZE], self.tag_offset(f))
                 .map_err(io(&self.tags_path(f.bank)))?;
+            bank.tags_dirty = true;
         }
         Ok(())
     }

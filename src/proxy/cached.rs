@@ -957,7 +957,10 @@ pub enum Before {
 /// Whether a call of this procedure goes through the cache before it is forwarded (and
 /// may be answered there): the connection handles these off its reader.
 pub fn touches_store(p: Proc) -> bool {
-    matches!(p, Proc::READ | Proc::WRITE | Proc::SETATTR | Proc::COMMIT)
+    matches!(
+        p,
+        Proc::READ | Proc::WRITE | Proc::SETATTR | Proc::COMMIT | Proc::CREATE
+    )
 }
 
 /// Tries a READ on the cache; answers WRITE, COMMIT and SETATTR(size) in write-back
@@ -995,6 +998,9 @@ pub async fn before_forward(
             Proc::COMMIT => return Before::Hit(writeback::commit(cache, call.clone()).await),
             Proc::SETATTR if setattr_size(call) => {
                 return Before::Hit(writeback::setattr_size(cache, up, call.clone()).await);
+            }
+            Proc::CREATE if create_size(call).is_some() => {
+                return Before::Hit(writeback::create_sized(cache, up, call.clone()).await);
             }
             Proc::SETATTR => {
                 // Times set on a file with local writes: write it back first, or the
@@ -1078,6 +1084,19 @@ fn setattr_times(call: &[u8]) -> Option<Vec<u8>> {
         {
             Some(a.object.0.to_vec())
         }
+        _ => None,
+    }
+}
+
+/// The size a CREATE sets on the file (UNCHECKED or GUARDED with a size): on an
+/// existing file, NFSv3's create-or-truncate.
+pub(super) fn create_size(call: &[u8]) -> Option<u64> {
+    let (p, at) = nfs_call(call)?;
+    match Args::decode(p, &call[at..]) {
+        Ok(Args::Create(c)) => match c.how {
+            nfs3::CreateHow3::Unchecked(a) | nfs3::CreateHow3::Guarded(a) => a.size,
+            nfs3::CreateHow3::Exclusive(_) => None,
+        },
         _ => None,
     }
 }

@@ -756,6 +756,89 @@ pub async fn lookup_path(
     Ok(fh)
 }
 
+/// CREATE with a size (write-back): on an existing file it truncates, like SETATTR. The
+/// handle is known only from the reply, so the CREATE is forwarded first; then, under
+/// the file's exclusive lock, the cache cuts the file, and if the file had local writes
+/// the size is set again at the server (a write-back of the file may have landed
+/// between the CREATE and the lock).
+pub async fn create_sized(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> BytesMut {
+    let Ok(h) = CallHeader::parse(&call) else {
+        return accepted_reply(0, AcceptStat::GARBAGE_ARGS);
+    };
+    let xid = h.xid;
+    let Some(new) = super::cached::create_size(&call) else {
+        return accepted_reply(xid, AcceptStat::GARBAGE_ARGS);
+    };
+    let stamp = cache.stamp();
+    let reply = match up.call(BytesMut::from(&call[..])).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(side = "upstream", error = %e, "CREATE not forwarded");
+            return accepted_reply(xid, AcceptStat::SYSTEM_ERR);
+        }
+    };
+    let fh = match parse_reply(&reply) {
+        Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
+            match Res::decode(Proc::CREATE, &reply[results_at..]) {
+                Ok(Res::Create(NfsResult::Ok(ok))) => ok.obj.map(|f| f.0.to_vec()),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let mut stamp = stamp;
+    if let Some(fh) = fh {
+        let _x = cache.file_lock(&fh).write().await;
+        let had_local = cache.local(&fh).is_some();
+        let (c, fh2) = (cache.clone(), fh.clone());
+        match blocking(move || c.truncated(&fh2, None, new)).await {
+            Ok(None) => {}
+            Ok(Some(u)) => {
+                // The cut block could not be rewritten: its dirty bytes below the cut go
+                // to the server, then the block goes (as in `setattr_size`).
+                let d = u.c.dirty.clone().unwrap_or_default();
+                let (from, to) = (d.start, d.end.min(u.keep));
+                if from < to {
+                    let s = (from - u.c.valid.start) as usize;
+                    let bytes = &u.c.data[s..s + (to - from) as usize];
+                    let cred = cred_or_none(cache, &fh);
+                    let off = u.block * cache.bs + from as u64;
+                    if let Err(e) =
+                        write_upstream(up, &cred, &fh, off, bytes, StableHow::FILE_SYNC).await
+                    {
+                        warn!(side = "upstream", error = %e, "writing a cut block through failed");
+                    }
+                }
+                let (c, fh2, block) = (cache.clone(), fh.clone(), u.block);
+                let _ = blocking(move || c.drop_block(&fh2, block)).await;
+            }
+            Err(e) => warn!(side = "cache", error = %e, "cache truncation after CREATE failed"),
+        }
+        if had_local {
+            let cred = Cred::of(&call).expect("parsed above");
+            let args = Args::Setattr(nfs3::SetattrArgs {
+                object: Fh(&fh),
+                new_attributes: nfs3::Sattr3 {
+                    size: Some(new),
+                    ..Default::default()
+                },
+                guard: None,
+            });
+            if let Err(e) = nfs_call(up, &cred, &args).await {
+                warn!(side = "upstream", error = %e, "re-applying a CREATE's truncation failed");
+            }
+        }
+        stamp = cache.stamp();
+    }
+    let (c, call2) = (cache.clone(), call.clone());
+    let reply = reply.freeze();
+    let r2 = reply.clone();
+    match blocking(move || c.observe(&call2, &r2, stamp)).await {
+        Some(out) => out,
+        None => BytesMut::from(&reply[..]),
+    }
+}
+
 /// What a flush did.
 #[derive(Debug, Default, Clone)]
 pub struct FlushReport {
@@ -768,8 +851,9 @@ pub struct FlushReport {
     pub failed: Vec<String>,
 }
 
-/// Files written back at once.
-const FILES_IN_PARALLEL: usize = 16;
+/// Files written back at once (small files cost a WRITE and a COMMIT round trip each;
+/// `writeback_in_flight` still bounds the WRITEs in flight).
+const FILES_IN_PARALLEL: usize = 64;
 
 /// Writes back every dirty block (or those of one file). Waits while the next hop is
 /// down (calls are re-sent after reconnects). One flush at a time; clients keep being
