@@ -63,6 +63,14 @@ pub struct Cached {
     pub seq: u64,
 }
 
+impl Cached {
+    /// The bytes of `r` (a sub-range of `valid`), e.g. the dirty bytes to write back.
+    pub fn bytes(&self, r: Range<u32>) -> &[u8] {
+        let s = (r.start - self.valid.start) as usize;
+        &self.data[s..s + r.len()]
+    }
+}
+
 /// What `put` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Put {
@@ -1023,20 +1031,23 @@ impl Store {
                 if !m.dirty {
                     continue;
                 }
-                let f = self.frame_of(b as u32, i);
-                if let Slot::Tag(t) = self.read_tag(&bank, f)?
-                    && let Some(dirty) = t.dirty
-                {
-                    out.push(DirtyBlock {
-                        fh: t.fh,
-                        block: t.block,
-                        seq: t.seq,
-                        dirty,
-                    });
-                }
+                out.extend(self.dirty_block_at(&bank, self.frame_of(b as u32, i))?);
             }
         }
         Self::newest_dirty(out)
+    }
+
+    /// The dirty block a frame holds, read from its tag.
+    fn dirty_block_at(&self, bank: &Bank, f: Frame) -> Result<Option<DirtyBlock>> {
+        Ok(match self.read_tag(bank, f)? {
+            Slot::Tag(t) => t.dirty.map(|dirty| DirtyBlock {
+                fh: t.fh,
+                block: t.block,
+                seq: t.seq,
+                dirty,
+            }),
+            _ => None,
+        })
     }
 
     /// Sorts by (fh, block) and keeps the newest version of each block.
@@ -1061,18 +1072,8 @@ impl Store {
         let mut out = Vec::new();
         for way in 0..self.geo.ways {
             let f = self.geo.frame(set, way);
-            if !bank.meta[self.local(f)].dirty {
-                continue;
-            }
-            if let Slot::Tag(t) = self.read_tag(&bank, f)?
-                && let Some(dirty) = t.dirty
-            {
-                out.push(DirtyBlock {
-                    fh: t.fh,
-                    block: t.block,
-                    seq: t.seq,
-                    dirty,
-                });
+            if bank.meta[self.local(f)].dirty {
+                out.extend(self.dirty_block_at(&bank, f)?);
             }
         }
         Self::newest_dirty(out)

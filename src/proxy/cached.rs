@@ -714,13 +714,13 @@ impl CacheLayer {
                 let Ok(Some(c)) = self.store.get(fh, block) else {
                     continue;
                 };
-                let Some(d) = c.dirty else { continue };
+                let Some(d) = c.dirty.clone() else { continue };
                 let base = block * self.bs;
                 let lo = (base + d.start as u64).max(off);
                 let hi = (base + d.end as u64).min(end);
-                for pos in lo..hi {
-                    buf[(pos - off) as usize] =
-                        c.data[(pos - base - c.valid.start as u64) as usize];
+                if lo < hi {
+                    let r = (lo - base) as u32..(hi - base) as u32;
+                    buf[(lo - off) as usize..(hi - off) as usize].copy_from_slice(c.bytes(r));
                 }
             }
         }

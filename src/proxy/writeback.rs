@@ -510,8 +510,7 @@ async fn writeback_block(
         return Ok(());
     };
     let cred = cred_or_none(cache, &d.fh);
-    let s = (dirty.start - got.valid.start) as usize;
-    let bytes = &got.data[s..s + (dirty.end - dirty.start) as usize];
+    let bytes = got.bytes(dirty.clone());
     let off = d.block * cache.bs + dirty.start as u64;
     match write_upstream(up, &cred, &d.fh, off, bytes, StableHow::FILE_SYNC).await {
         Ok(_) => {
@@ -698,18 +697,7 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
         match blocking(move || c.truncated(&fh2, old, new)).await {
             Ok(None) => {}
             Ok(Some(u)) => {
-                // The cut block could not be rewritten: its dirty bytes below the cut go
-                // to the next hop (inside the new size, so they cannot extend the file),
-                // then the block goes.
-                let d = u.c.dirty.clone().expect("uncut blocks are dirty");
-                let (from, to) = (d.start, d.end.min(u.keep));
-                let s = (from - u.c.valid.start) as usize;
-                let bytes = &u.c.data[s..s + (to - from) as usize];
-                let off = u.block * cache.bs + from as u64;
-                let cred = cred_or_none(cache, &fh);
-                if let Err(e) =
-                    write_upstream(up, &cred, &fh, off, bytes, StableHow::FILE_SYNC).await
-                {
+                if let Err(e) = write_cut_through(cache, up, &fh, &u).await {
                     return fail(format!("writing the cut block through: {e}"));
                 }
                 let (c, fh2, block) = (cache.clone(), fh.clone(), u.block);
@@ -756,6 +744,34 @@ pub async fn lookup_path(
     Ok(fh)
 }
 
+/// A block a truncation could not cut in the cache: its dirty bytes below the cut go to
+/// the next hop as FILE_SYNC (inside the new size, so they cannot extend the file); the
+/// caller then drops the block.
+async fn write_cut_through(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    fh: &[u8],
+    u: &super::cached::Uncut,
+) -> Result<(), CallError> {
+    let d = u.c.dirty.clone().unwrap_or_default();
+    let (from, to) = (d.start, d.end.min(u.keep));
+    if from >= to {
+        return Ok(());
+    }
+    let cred = cred_or_none(cache, fh);
+    let off = u.block * cache.bs + from as u64;
+    write_upstream(
+        up,
+        &cred,
+        fh,
+        off,
+        u.c.bytes(from..to),
+        StableHow::FILE_SYNC,
+    )
+    .await
+    .map(|_| ())
+}
+
 /// CREATE with a size (write-back): on an existing file it truncates, like SETATTR. The
 /// handle is known only from the reply, so the CREATE is forwarded first; then, under
 /// the file's exclusive lock, the cache cuts the file, and if the file had local writes
@@ -794,20 +810,8 @@ pub async fn create_sized(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
         match blocking(move || c.truncated(&fh2, None, new)).await {
             Ok(None) => {}
             Ok(Some(u)) => {
-                // The cut block could not be rewritten: its dirty bytes below the cut go
-                // to the server, then the block goes (as in `setattr_size`).
-                let d = u.c.dirty.clone().unwrap_or_default();
-                let (from, to) = (d.start, d.end.min(u.keep));
-                if from < to {
-                    let s = (from - u.c.valid.start) as usize;
-                    let bytes = &u.c.data[s..s + (to - from) as usize];
-                    let cred = cred_or_none(cache, &fh);
-                    let off = u.block * cache.bs + from as u64;
-                    if let Err(e) =
-                        write_upstream(up, &cred, &fh, off, bytes, StableHow::FILE_SYNC).await
-                    {
-                        warn!(side = "upstream", error = %e, "writing a cut block through failed");
-                    }
+                if let Err(e) = write_cut_through(cache, up, &fh, &u).await {
+                    warn!(side = "upstream", error = %e, "writing a cut block through failed");
                 }
                 let (c, fh2, block) = (cache.clone(), fh.clone(), u.block);
                 let _ = blocking(move || c.drop_block(&fh2, block)).await;
@@ -1023,8 +1027,7 @@ async fn flush_batch(
                 let Some(dirty) = got.dirty.clone() else {
                     return Ok(None);
                 };
-                let s = (dirty.start - got.valid.start) as usize;
-                let bytes = &got.data[s..s + (dirty.end - dirty.start) as usize];
+                let bytes = got.bytes(dirty.clone());
                 let off = block * c.bs + dirty.start as u64;
                 let (verf, _) =
                     write_upstream(&up, &cred, &fh, off, bytes, StableHow::UNSTABLE).await?;
