@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod nfs3;
 pub mod proxy;
 pub mod rpc;
+pub mod server;
 pub mod transport;
 pub mod upstream;
 pub mod xdr;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub portmap: AtomicU64,
     /// Calls answered GARBAGE_ARGS, PROC_UNAVAIL, PROG_UNAVAIL/MISMATCH, RPC_MISMATCH.
     pub garbage_args: AtomicU64,
+    /// Calls the server role refused (unissued handle, export not allowed, credential).
+    pub refused: AtomicU64,
     pub proc_unavail: AtomicU64,
     pub prog_unavail: AtomicU64,
     pub rpc_mismatch: AtomicU64,

@@ -27,6 +27,7 @@ async fn dropped_connection_is_reopened_from_the_same_port_and_the_call_resent()
     let cfg = UpstreamConfig {
         nfs: ep.clone(),
         mount: ep.clone(),
+        ssh: None,
         connections: 1,
         max_in_flight: 8,
         connect_timeout: Duration::from_secs(2),

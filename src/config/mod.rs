@@ -48,14 +48,47 @@ pub enum LogFormat {
 pub enum Endpoint {
     /// Plain TCP: `tcp://host:port` or `host:port`.
     Tcp(String),
+    /// An SSH tunnel: `ssh://user@host[:port]` (port 22 by default). How the far end is
+    /// reached (gridvfs's own SSH server, or a stock sshd forwarding to a server proxy)
+    /// is in `[upstream.ssh]`.
+    Ssh {
+        user: String,
+        host: String,
+        port: u16,
+    },
 }
 
 impl Endpoint {
     fn parse(s: &str) -> Result<Endpoint, String> {
+        if let Some(rest) = s.strip_prefix("ssh://") {
+            let (user, hostport) = rest.split_once('@').ok_or_else(|| {
+                format!("`{s}`: an ssh endpoint needs a user (ssh://user@host:port)")
+            })?;
+            if user.is_empty() {
+                return Err(format!("`{s}`: empty user"));
+            }
+            let (host, port) = match hostport.rsplit_once(':') {
+                Some((h, p)) if !hostport.ends_with(']') => (
+                    h,
+                    p.parse::<u16>()
+                        .map_err(|_| format!("`{s}`: `{p}` is not a port"))?,
+                ),
+                _ => (hostport, 22),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() || host.contains('/') {
+                return Err(format!("`{s}` is not ssh://user@host:port"));
+            }
+            return Ok(Endpoint::Ssh {
+                user: user.to_string(),
+                host: host.to_string(),
+                port,
+            });
+        }
         let rest = s.strip_prefix("tcp://").unwrap_or(s);
         if rest.contains("://") {
             return Err(format!(
-                "`{s}`: unsupported scheme (this build supports tcp://host:port)"
+                "`{s}`: unsupported scheme (use tcp://host:port or ssh://user@host:port)"
             ));
         }
         match rest.rsplit_once(':') {
@@ -71,8 +104,32 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Ssh { user, host, port } if host.contains(':') => {
+                write!(f, "ssh://{user}@[{host}]:{port}")
+            }
+            Endpoint::Ssh { user, host, port } => write!(f, "ssh://{user}@{host}:{port}"),
         }
     }
+}
+
+/// How an `ssh://` next hop is reached and trusted (`[upstream.ssh]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshClientConfig {
+    /// Our private key (OpenSSH format, not passphrase-protected).
+    pub key: PathBuf,
+    /// OpenSSH known_hosts file the server's host key is checked against.
+    pub known_hosts: PathBuf,
+    /// An unknown host key is learnt (appended) instead of refused. A changed one is
+    /// always refused.
+    pub accept_new: bool,
+    /// Where channels go at the far end: `None` = the `gridvfs` subsystem of a gridvfs
+    /// server proxy; `Some((host, port))` = a direct-tcpip channel through a stock sshd
+    /// to a server proxy listening there (usually its loopback).
+    pub forward_to: Option<(String, u16)>,
+    /// SSH channel window, bytes.
+    pub window: u32,
+    /// SSH keepalive interval: a silent peer is declared dead after 3 of them.
+    pub keepalive: Duration,
 }
 
 /// The front door: where clients connect.
@@ -102,6 +159,8 @@ pub struct ListenConfig {
 pub struct UpstreamConfig {
     pub nfs: Endpoint,
     pub mount: Endpoint,
+    /// Required when either endpoint is `ssh://`.
+    pub ssh: Option<SshClientConfig>,
     /// Long-lived connections per endpoint; requests are spread over them.
     pub connections: usize,
     /// Requests in flight to one endpoint at once; callers wait beyond it (backpressure).
@@ -109,6 +168,60 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+}
+
+/// The server role (`[server]`): the proxy next to the real NFS server, which maps each
+/// authenticated client onto an account and confines it to the configured exports.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Paths a client may MNT (exactly as the NFS server exports them).
+    pub exports: Vec<String>,
+    /// Where the handles this proxy has issued are kept, so confinement survives a restart.
+    pub state_dir: PathBuf,
+    /// Account for clients of the plain TCP `[listen]` port (e.g. tunnelled through a
+    /// stock sshd); `None` = such clients are refused.
+    pub tcp_account: Option<String>,
+    /// The built-in SSH server, if any.
+    pub ssh: Option<SshServerConfig>,
+    pub accounts: Vec<Account>,
+}
+
+/// The built-in SSH server (`[server.ssh]`).
+#[derive(Debug, Clone)]
+pub struct SshServerConfig {
+    pub listen: SocketAddr,
+    pub host_key: PathBuf,
+    pub authorized_keys: PathBuf,
+    pub window: u32,
+}
+
+/// Who a client's calls run as on the NFS server (`[[server.account]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    /// SHA256 fingerprints (as `ssh-keygen -l` prints them) of the authorized keys that
+    /// act as this account; `*` = any authorized key without an account of its own.
+    pub keys: Vec<String>,
+    pub mapping: Mapping,
+    /// Stands in for a uid (gid) the mapping has no entry for, and for root.
+    pub squash_uid: u32,
+    pub squash_gid: u32,
+    /// Whether uid 0 may reach the server (only when the mapping says 0).
+    pub allow_root: bool,
+    /// AUTH_NONE calls: run as the account (`true`) or refused with AUTH_TOOWEAK.
+    pub map_auth_none: bool,
+}
+
+/// How an AUTH_SYS credential is rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapping {
+    /// Every call runs as this uid, gid and supplementary groups.
+    Fixed { uid: u32, gid: u32, gids: Vec<u32> },
+    /// uids (and gids) through tables; anything not in them is squashed.
+    Table {
+        uids: std::collections::BTreeMap<u32, u32>,
+        gids: std::collections::BTreeMap<u32, u32>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +289,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
     pub cache: Option<CacheConfig>,
+    /// The server role, if this proxy sits next to the real NFS server.
+    pub server: Option<ServerConfig>,
     /// The control socket (`gridvfs status`, `gridvfs flush`), if any.
     pub control_socket: Option<PathBuf>,
 }
@@ -273,6 +388,21 @@ impl RawConfig {
                 "must be non-zero and not above upstream.backoff_max".into(),
             ));
         }
+        let uses_ssh = matches!(nfs, Endpoint::Ssh { .. }) || matches!(mount, Endpoint::Ssh { .. });
+        let ssh = match (u.ssh, uses_ssh) {
+            (None, true) => {
+                return Err(invalid(
+                    "upstream.ssh",
+                    "an ssh:// next hop needs [upstream.ssh] with key and known_hosts".into(),
+                ));
+            }
+            (None, false) => None,
+            (Some(s), _) => Some(validate_ssh_client(s, &invalid)?),
+        };
+        let server = match self.server {
+            None => None,
+            Some(s) => Some(validate_server(s, &invalid)?),
+        };
         let format = match self.log.format.as_str() {
             "human" => LogFormat::Human,
             "json" => LogFormat::Json,
@@ -340,6 +470,7 @@ impl RawConfig {
         Ok(Config {
             control_socket: self.control.map(|c| c.socket),
             cache,
+            server,
             listen: ListenConfig {
                 addr,
                 max_record: max_record as usize,
@@ -353,6 +484,7 @@ impl RawConfig {
             upstream: UpstreamConfig {
                 nfs,
                 mount,
+                ssh,
                 connections: u.connections,
                 max_in_flight: u.max_in_flight,
                 connect_timeout: u.connect_timeout.0,
@@ -365,6 +497,211 @@ impl RawConfig {
             },
         })
     }
+}
+
+type Invalid<'a> = dyn Fn(&'static str, String) -> ConfigError + 'a;
+
+/// Smallest SSH window we accept: below it a WAN tunnel crawls.
+const MIN_WINDOW: u64 = 64 << 10;
+
+fn window(w: u64, key: &'static str, invalid: &Invalid<'_>) -> Result<u32, ConfigError> {
+    if !(MIN_WINDOW..=(1 << 30)).contains(&w) {
+        return Err(invalid(key, format!("{w} bytes is outside 64KiB..=1GiB")));
+    }
+    Ok(w as u32)
+}
+
+fn validate_ssh_client(
+    s: raw::RawSshClient,
+    invalid: &Invalid<'_>,
+) -> Result<SshClientConfig, ConfigError> {
+    let accept_new = match s.host_key_policy.as_str() {
+        "strict" => false,
+        "accept-new" => true,
+        other => {
+            return Err(invalid(
+                "upstream.ssh.host_key_policy",
+                format!("`{other}`: use \"strict\" or \"accept-new\""),
+            ));
+        }
+    };
+    let forward_to = match s.forward_to {
+        None => None,
+        Some(t) => match t.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {
+                Some((h.to_string(), p.parse().expect("checked")))
+            }
+            _ => {
+                return Err(invalid(
+                    "upstream.ssh.forward_to",
+                    format!("`{t}` is not host:port"),
+                ));
+            }
+        },
+    };
+    if s.keepalive.0 < Duration::from_secs(1) {
+        return Err(invalid(
+            "upstream.ssh.keepalive",
+            "must be at least 1 s".into(),
+        ));
+    }
+    Ok(SshClientConfig {
+        key: s.key,
+        known_hosts: s.known_hosts,
+        accept_new,
+        forward_to,
+        window: window(s.window.0, "upstream.ssh.window", invalid)?,
+        keepalive: s.keepalive.0,
+    })
+}
+
+fn validate_server(s: raw::RawServer, invalid: &Invalid<'_>) -> Result<ServerConfig, ConfigError> {
+    if s.exports.is_empty() {
+        return Err(invalid(
+            "server.exports",
+            "list at least one export path".into(),
+        ));
+    }
+    for e in &s.exports {
+        if !e.starts_with('/') || e.len() > crate::nfs3::MAX_PATH_LEN {
+            return Err(invalid(
+                "server.exports",
+                format!("`{e}` is not an absolute path"),
+            ));
+        }
+    }
+    let mut accounts = Vec::new();
+    for a in s.account {
+        accounts.push(validate_account(a, invalid)?);
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for a in &accounts {
+        if !names.insert(a.name.as_str()) {
+            return Err(invalid(
+                "server.account.name",
+                format!("`{}` is defined twice", a.name),
+            ));
+        }
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for a in &accounts {
+        for k in &a.keys {
+            if let Some(other) = seen.insert(k.as_str(), a.name.as_str()) {
+                return Err(invalid(
+                    "server.account.keys",
+                    format!("`{k}` is listed for both `{other}` and `{}`", a.name),
+                ));
+            }
+        }
+    }
+    if let Some(t) = &s.tcp_account
+        && !names.contains(t.as_str())
+    {
+        return Err(invalid(
+            "server.tcp_account",
+            format!("`{t}`: no [[server.account]] has that name"),
+        ));
+    }
+    let ssh = match s.ssh {
+        None => None,
+        Some(h) => Some(SshServerConfig {
+            listen: h.listen.parse().map_err(|_| {
+                invalid(
+                    "server.ssh.listen",
+                    format!("`{}` is not ip:port", h.listen),
+                )
+            })?,
+            host_key: h.host_key,
+            authorized_keys: h.authorized_keys,
+            window: window(h.window.0, "server.ssh.window", invalid)?,
+        }),
+    };
+    if ssh.is_some() && accounts.iter().all(|a| a.keys.is_empty()) {
+        return Err(invalid(
+            "server.account.keys",
+            "[server.ssh] is on but no account lists a key (or \"*\")".into(),
+        ));
+    }
+    Ok(ServerConfig {
+        exports: s.exports,
+        state_dir: s.state_dir,
+        tcp_account: s.tcp_account,
+        ssh,
+        accounts,
+    })
+}
+
+fn validate_account(a: raw::RawAccount, invalid: &Invalid<'_>) -> Result<Account, ConfigError> {
+    let name = a.name.clone();
+    let bad = |key: &'static str, m: String| invalid(key, format!("account `{name}`: {m}"));
+    for k in &a.keys {
+        if k != "*" && !k.starts_with("SHA256:") {
+            return Err(bad(
+                "server.account.keys",
+                format!(
+                    "`{k}`: give the key's SHA256 fingerprint (ssh-keygen -l -f key.pub) or \"*\""
+                ),
+            ));
+        }
+    }
+    let table = |m: Option<std::collections::BTreeMap<String, u32>>,
+                 key: &'static str|
+     -> Result<std::collections::BTreeMap<u32, u32>, ConfigError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (from, to) in m.unwrap_or_default() {
+            let f = from
+                .parse::<u32>()
+                .map_err(|_| bad(key, format!("`{from}` is not a numeric id")))?;
+            out.insert(f, to);
+        }
+        Ok(out)
+    };
+    let mapping = match (a.uid, a.gid, a.uid_map.is_some() || a.gid_map.is_some()) {
+        (Some(uid), Some(gid), false) => Mapping::Fixed {
+            uid,
+            gid,
+            gids: a.gids.clone(),
+        },
+        (None, None, true) if a.gids.is_empty() => Mapping::Table {
+            uids: table(a.uid_map, "server.account.uid_map")?,
+            gids: table(a.gid_map, "server.account.gid_map")?,
+        },
+        _ => {
+            return Err(bad(
+                "server.account",
+                "give either uid + gid (+ gids), or uid_map (+ gid_map)".into(),
+            ));
+        }
+    };
+    let gives_root = match &mapping {
+        Mapping::Fixed { uid, .. } => *uid == 0,
+        Mapping::Table { uids, .. } => uids.values().any(|&u| u == 0),
+    } || a.squash_uid == 0;
+    if gives_root && !a.allow_root {
+        return Err(bad(
+            "server.account.allow_root",
+            "the mapping gives uid 0; set allow_root = true if that is meant".into(),
+        ));
+    }
+    let map_auth_none = match a.auth_none.as_str() {
+        "map" => true,
+        "refuse" => false,
+        other => {
+            return Err(bad(
+                "server.account.auth_none",
+                format!("`{other}`: use \"map\" or \"refuse\""),
+            ));
+        }
+    };
+    Ok(Account {
+        name: a.name,
+        keys: a.keys,
+        mapping,
+        squash_uid: a.squash_uid,
+        squash_gid: a.squash_gid,
+        allow_root: a.allow_root,
+        map_auth_none,
+    })
 }
 
 #[cfg(test)]

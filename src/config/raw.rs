@@ -19,6 +19,89 @@ pub(super) struct RawConfig {
     pub cache: Option<RawCache>,
     #[serde(default)]
     pub control: Option<RawControl>,
+    #[serde(default)]
+    pub server: Option<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub exports: Vec<String>,
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub tcp_account: Option<String>,
+    #[serde(default)]
+    pub ssh: Option<RawSshServer>,
+    #[serde(default)]
+    pub account: Vec<RawAccount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSshServer {
+    pub listen: String,
+    pub host_key: PathBuf,
+    pub authorized_keys: PathBuf,
+    #[serde(default = "default_window")]
+    pub window: ByteSize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccount {
+    pub name: String,
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub gids: Vec<u32>,
+    #[serde(default)]
+    pub uid_map: Option<std::collections::BTreeMap<String, u32>>,
+    #[serde(default)]
+    pub gid_map: Option<std::collections::BTreeMap<String, u32>>,
+    #[serde(default = "default_squash")]
+    pub squash_uid: u32,
+    #[serde(default = "default_squash")]
+    pub squash_gid: u32,
+    #[serde(default)]
+    pub allow_root: bool,
+    #[serde(default = "default_auth_none")]
+    pub auth_none: String,
+}
+
+fn default_squash() -> u32 {
+    65534
+}
+fn default_auth_none() -> String {
+    "refuse".into()
+}
+fn default_window() -> ByteSize {
+    ByteSize(32 << 20)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSshClient {
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    #[serde(default = "default_host_key_policy")]
+    pub host_key_policy: String,
+    #[serde(default)]
+    pub forward_to: Option<String>,
+    #[serde(default = "default_window")]
+    pub window: ByteSize,
+    #[serde(default = "default_keepalive")]
+    pub keepalive: Millis,
+}
+
+fn default_host_key_policy() -> String {
+    "strict".into()
+}
+fn default_keepalive() -> Millis {
+    Millis(std::time::Duration::from_secs(15))
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +199,8 @@ pub(super) struct RawUpstream {
     pub backoff_min: Millis,
     #[serde(default = "default_backoff_max")]
     pub backoff_max: Millis,
+    #[serde(default)]
+    pub ssh: Option<RawSshClient>,
 }
 
 fn default_connections() -> usize {

@@ -16,18 +16,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::dispatch::{self, Route, Target};
 use super::drc::{self, Key, Lookup};
 use super::{Proxy, cached};
+use crate::config::Account;
 use crate::metrics::Metrics;
 use crate::nfs3::Proc;
 use crate::rpc::{RecordError, RecordReader, write_record};
+use crate::server::Admit;
+use crate::transport::BoxStream;
 use crate::upstream::Completion;
 
 /// A reply on its way out, with what the call held until it is written.
@@ -37,14 +38,16 @@ struct Outgoing {
     _budget: Option<OwnedSemaphorePermit>,
 }
 
+/// Serves one client connection (a TCP socket or an SSH channel). In the server role
+/// `account` is who the client's calls run as; every call passes `server::Policy::admit`.
 pub(super) async fn serve(
     proxy: Arc<Proxy>,
-    stream: TcpStream,
+    stream: BoxStream,
     peer: SocketAddr,
+    account: Option<Arc<Account>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let limit = proxy.cfg.listen.max_requests_per_conn;
     let (reply_tx, reply_rx) = mpsc::channel::<Outgoing>(limit);
     let (closing_tx, closing_rx) = oneshot::channel();
@@ -91,9 +94,27 @@ pub(super) async fn serve(
                 key,
                 cost,
             } => {
+                // Server role: the account's credential, and only issued handles.
+                let mut rec = rec;
+                if let (Some(policy), Some(account)) = (&proxy.policy, &account) {
+                    match policy.admit(account, &rec) {
+                        Admit::Forward(r) => rec = r,
+                        Admit::Reply(reply) => {
+                            Metrics::inc(&proxy.metrics.refused);
+                            let o = Outgoing {
+                                reply: reply.freeze(),
+                                _slot: slot,
+                                _budget: None,
+                            };
+                            if reply_tx.send(o).await.is_err() {
+                                break "client write side failed".into();
+                            }
+                            continue;
+                        }
+                    }
+                }
                 // Memory budget: wait (and so stop reading this client) until the bytes
                 // this call will hold are available.
-                let mut rec = rec;
                 if to == Target::Nfs {
                     dispatch::clamp_counts(&mut rec, proc_, proxy.cfg.listen.max_io);
                 }
@@ -220,9 +241,12 @@ async fn forward(
         Target::Mount => &proxy.mount,
     };
     let key = call.key;
-    // A MNT's reply names the export's root handle (for `gridvfs flush --file`).
+    // A MNT's reply names the export's root handle (for `gridvfs flush --file`); the
+    // server role records the handles replies issue.
     let mnt = (call.to == Target::Mount && call.proc_.0 == MNT_PROC).then(|| rec.clone());
-    let done = completion(proxy, call, tx, observe, mnt);
+    let issues = proxy.policy.is_some() && issues_handles(call.to, call.proc_);
+    let issued = issues.then(|| rec.clone());
+    let done = completion(proxy, call, tx, observe, mnt, issued);
     if let Err(e) = upstream.send(rec, done).await {
         warn!(side = "upstream", error = %e, "call dropped");
         if let Some(k) = key {
@@ -238,6 +262,7 @@ fn completion(
     tx: mpsc::Sender<Outgoing>,
     observe: Option<cached::Observe>,
     mnt: Option<Bytes>,
+    issued: Option<Bytes>,
 ) -> Completion {
     let proxy = proxy.clone();
     let Call {
@@ -250,6 +275,11 @@ fn completion(
         dispatch::fix_reply(to, proc_, &mut reply, proxy.cfg.listen.max_io);
         if let Some(call) = mnt {
             remember_mount(&proxy, &call, &reply);
+        }
+        if let (Some(call), Some(policy)) = (issued, &proxy.policy)
+            && let Some(changed) = policy.observe(&call, &reply)
+        {
+            reply = changed;
         }
         match observe {
             // Off the link reader (the cache does file I/O), and the reply goes out
@@ -285,6 +315,24 @@ fn completion(
 
 /// MOUNT v3 procedure MNT.
 const MNT_PROC: u32 = 1;
+/// MOUNT v3 procedure EXPORT.
+const EXPORT_PROC: u32 = 5;
+
+/// Replies the server role must see: those that issue handles, and EXPORT lists.
+fn issues_handles(to: Target, p: Proc) -> bool {
+    match to {
+        Target::Mount => p.0 == MNT_PROC || p.0 == EXPORT_PROC,
+        Target::Nfs => matches!(
+            p,
+            Proc::LOOKUP
+                | Proc::CREATE
+                | Proc::MKDIR
+                | Proc::SYMLINK
+                | Proc::MKNOD
+                | Proc::READDIRPLUS
+        ),
+    }
+}
 
 fn remember_mount(proxy: &Proxy, call: &[u8], reply: &[u8]) {
     use crate::nfs3::mount::{MountArgs, MountProc, MountRes, Mountres3};
@@ -309,7 +357,7 @@ const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Writes replies until every sender is gone, or, once `closing` fires, until the
 /// queue is empty. Fails if the client stops taking replies for `CLIENT_WRITE_TIMEOUT`.
 async fn write_replies(
-    wr: OwnedWriteHalf,
+    wr: WriteHalf<BoxStream>,
     mut rx: mpsc::Receiver<Outgoing>,
     mut closing: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {

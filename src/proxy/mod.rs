@@ -42,6 +42,8 @@ pub struct Proxy {
     pub cache: Option<Arc<cached::CacheLayer>>,
     /// Exports mounted through this proxy: (path, root handle), newest last (bounded).
     pub mounts: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    /// The server role's identity mapping and export confinement, if configured.
+    pub policy: Option<Arc<crate::server::Policy>>,
 }
 
 /// Mounted exports remembered for `gridvfs flush --file`.
@@ -73,6 +75,19 @@ impl Budget {
 }
 
 impl Proxy {
+    /// Serves one already authenticated client stream (an SSH channel of the built-in
+    /// server) as `account`, until it closes or the proxy stops.
+    pub async fn serve_stream(
+        self: Arc<Self>,
+        stream: crate::transport::BoxStream,
+        peer: SocketAddr,
+        account: Arc<crate::config::Account>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        Metrics::inc(&self.metrics.connections);
+        conn::serve(self, stream, peer, Some(account), shutdown).await;
+    }
+
     /// Writes back all dirty data (or one file's); `drop` then forgets the clean blocks.
     /// Without a write-back cache there is nothing to write: an empty report.
     pub async fn flush(
@@ -194,6 +209,23 @@ impl Bound {
             }
             None => None,
         };
+        let policy = match &cfg.server {
+            Some(s) => {
+                let s = s.clone();
+                let dir = s.state_dir.clone();
+                let p = tokio::task::spawn_blocking(move || crate::server::Policy::open(&s))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(|e| {
+                        std::io::Error::other(format!(
+                            "cannot open the server state in {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                Some(Arc::new(p))
+            }
+            None => None,
+        };
         let nfs = Upstream::start("nfs", cfg.upstream.nfs.clone(), &cfg.upstream, max);
         let mount = Upstream::start("mount", cfg.upstream.mount.clone(), &cfg.upstream, max);
         Ok(Bound {
@@ -208,6 +240,7 @@ impl Bound {
                 buffers: Budget::new(max_buffered),
                 cache,
                 mounts: std::sync::Mutex::default(),
+                policy,
             }),
         })
     }
@@ -241,12 +274,25 @@ impl Bound {
             while tasks.try_join_next().is_some() {}
             match accepted {
                 Ok((stream, peer)) => {
+                    // In the server role, plain TCP clients (e.g. tunnelled by a stock
+                    // sshd) run as `server.tcp_account`, or are not served at all.
+                    let account = match &proxy.policy {
+                        None => None,
+                        Some(p) => match p.tcp_account() {
+                            Some(a) => Some(a),
+                            None => {
+                                warn!(side = "client", %peer, "TCP client refused: no server.tcp_account is configured");
+                                continue;
+                            }
+                        },
+                    };
                     Metrics::inc(&proxy.metrics.connections);
                     info!(%peer, "client connected");
+                    let _ = stream.set_nodelay(true);
                     let proxy = proxy.clone();
                     let sd = shutdown.clone();
                     tasks.spawn(async move {
-                        conn::serve(proxy, stream, peer, sd).await;
+                        conn::serve(proxy, Box::pin(stream), peer, account, sd).await;
                         drop(permit);
                     });
                 }

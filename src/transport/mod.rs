@@ -66,6 +66,9 @@ pub async fn connect(
                 local_port,
             })
         }
+        Endpoint::Ssh { .. } => Err(std::io::Error::other(
+            "ssh endpoints are dialled through transport::Dialer",
+        )),
     }
 }
 

@@ -1,0 +1,316 @@
+//! The server role: the proxy next to the real NFS server (paper §3.1, Fig. 2).
+//!
+//! Clients reach it through an authenticated channel (gridvfs's SSH server, or a stock
+//! sshd forwarding to its loopback port); each connection carries an [`Account`]. Before
+//! a call is forwarded:
+//! - `identity`: its AUTH_SYS credential is rewritten to the account (fixed uid/gid/
+//!   groups, or uid/gid tables), so a grid user's short-lived identity lands on the
+//!   account that owns the files; uid 0 never passes unless the config allows it;
+//!   AUTH_NONE is mapped or refused.
+//! - `handles`: every file handle in its arguments must be one this proxy issued (seen
+//!   in a MNT, LOOKUP, CREATE, MKDIR, SYMLINK, MKNOD or READDIRPLUS reply for an allowed
+//!   export); any other gets NFS3ERR_STALE without reaching the server. Issued handles
+//!   are kept on disk, so confinement survives a restart. Handles themselves pass
+//!   through unchanged (no growth across cascades).
+//! - MNT of a path not in `server.exports` gets MNT3ERR_ACCES; EXPORT replies list only
+//!   the allowed exports.
+
+mod handles;
+mod identity;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tracing::{debug, warn};
+
+pub use handles::HandleSet;
+pub use identity::{Denied, rewrite_credential};
+
+use crate::config::{Account, ServerConfig};
+use crate::nfs3::mount::{self, MountArgs, MountProc, MountRes, Mountres3, Mountstat3};
+use crate::nfs3::{self, Args, Nfsstat3, Proc, Res};
+use crate::rpc::msg::{AcceptStat, accepted_reply};
+use crate::rpc::{CallHeader, ReplyKind, parse_reply};
+
+/// The server role's shared state.
+pub struct Policy {
+    exports: Vec<Vec<u8>>,
+    handles: HandleSet,
+    accounts: Vec<Arc<Account>>,
+    tcp_account: Option<Arc<Account>>,
+}
+
+/// What to do with a call from a confined client.
+pub enum Admit {
+    /// Forward this record (credential rewritten).
+    Forward(BytesMut),
+    /// Answer with this reply; nothing reaches the server.
+    Reply(BytesMut),
+}
+
+impl Policy {
+    /// Opens the issued-handle store in `state_dir` (created if missing).
+    pub fn open(cfg: &ServerConfig) -> std::io::Result<Policy> {
+        let accounts: Vec<Arc<Account>> = cfg.accounts.iter().cloned().map(Arc::new).collect();
+        let tcp_account = cfg
+            .tcp_account
+            .as_ref()
+            .and_then(|n| accounts.iter().find(|a| &a.name == n).cloned());
+        Ok(Policy {
+            exports: cfg
+                .exports
+                .iter()
+                .map(|e| e.trim_end_matches('/').as_bytes().to_vec())
+                .map(|e| if e.is_empty() { b"/".to_vec() } else { e })
+                .collect(),
+            handles: HandleSet::open(&cfg.state_dir.join("handles"))?,
+            accounts,
+            tcp_account,
+        })
+    }
+
+    /// The account of a client authenticated by the key with this SHA256 fingerprint:
+    /// the account that lists it, else one that lists `*`.
+    pub fn account_for_key(&self, fingerprint: &str) -> Option<Arc<Account>> {
+        let exact = self
+            .accounts
+            .iter()
+            .find(|a| a.keys.iter().any(|k| k == fingerprint));
+        exact
+            .or_else(|| {
+                self.accounts
+                    .iter()
+                    .find(|a| a.keys.iter().any(|k| k == "*"))
+            })
+            .cloned()
+    }
+
+    /// The account of clients on the plain TCP port, if they are allowed at all.
+    pub fn tcp_account(&self) -> Option<Arc<Account>> {
+        self.tcp_account.clone()
+    }
+
+    /// Handles issued so far (for status and tests).
+    pub fn issued(&self) -> usize {
+        self.handles.len()
+    }
+
+    fn export_allowed(&self, path: &[u8]) -> bool {
+        let p = trim_slash(path);
+        self.exports.iter().any(|e| e.as_slice() == p)
+    }
+
+    /// Checks and rewrites one call record of a client acting as `account`.
+    pub fn admit(&self, account: &Account, rec: &[u8]) -> Admit {
+        let Ok(h) = CallHeader::parse(rec) else {
+            // dispatch::route answered malformed headers already; never forward one.
+            return Admit::Reply(accepted_reply(0, AcceptStat::GARBAGE_ARGS));
+        };
+        let args = &rec[h.args_at..];
+        // NULL touches nothing; clients ping with AUTH_NONE (mount.nfs does).
+        if h.proc_ == 0 {
+            return Admit::Forward(BytesMut::from(rec));
+        }
+        match (h.prog, h.vers) {
+            (nfs3::PROGRAM, nfs3::VERSION) => {
+                let p = Proc(h.proc_);
+                if let Ok(a) = Args::decode(p, args) {
+                    for fh in handles_in(&a) {
+                        if !self.handles.contains(fh) {
+                            debug!(
+                                proc_ = p.name(),
+                                len = fh.len(),
+                                "handle not issued by this proxy: STALE"
+                            );
+                            return Admit::Reply(nfs_error(h.xid, p, Nfsstat3::STALE));
+                        }
+                    }
+                }
+            }
+            (mount::PROGRAM, mount::VERSION) => {
+                if let Ok(MountArgs::Mnt(path)) = MountArgs::decode(MountProc(h.proc_), args)
+                    && !self.export_allowed(path)
+                {
+                    warn!(side = "client", account = %account.name,
+                        path = %String::from_utf8_lossy(path), "MNT of a path that is not an allowed export");
+                    let mut r = accepted_reply(h.xid, AcceptStat::SUCCESS);
+                    MountRes::Mnt(Mountres3::Fail(Mountstat3::ACCES)).encode(&mut r);
+                    return Admit::Reply(r);
+                }
+            }
+            _ => {}
+        }
+        match rewrite_credential(account, rec, &h) {
+            Ok(r) => Admit::Forward(r),
+            Err(d) => Admit::Reply(d.reply(h.xid)),
+        }
+    }
+
+    /// Looks at a reply on its way to the client: records the handles it issues, and
+    /// filters EXPORT lists. Returns a replacement reply if it changed one. Must run
+    /// before the client sees the reply (the client may use a handle at once).
+    pub fn observe(&self, call: &[u8], reply: &[u8]) -> Option<BytesMut> {
+        let h = CallHeader::parse(call).ok()?;
+        let Ok((_, ReplyKind::Accepted { stat, results_at })) = parse_reply(reply) else {
+            return None;
+        };
+        if stat != AcceptStat::SUCCESS {
+            return None;
+        }
+        let body = &reply[results_at..];
+        match (h.prog, h.vers) {
+            (nfs3::PROGRAM, nfs3::VERSION) => {
+                let p = Proc(h.proc_);
+                if !matches!(
+                    p,
+                    Proc::LOOKUP
+                        | Proc::CREATE
+                        | Proc::MKDIR
+                        | Proc::SYMLINK
+                        | Proc::MKNOD
+                        | Proc::READDIRPLUS
+                ) {
+                    return None;
+                }
+                // A LOOKUP of ".." at an export's root would climb out of it: what ".."
+                // names is never issued here (inside an export the parent was issued
+                // on the way down anyway).
+                if p == Proc::LOOKUP
+                    && let Ok(Args::Lookup(a)) = Args::decode(p, &call[h.args_at..])
+                    && a.what.name == b".."
+                {
+                    return None;
+                }
+                match Res::decode(p, body) {
+                    Ok(res) => self.record_nfs(&res),
+                    Err(e) => {
+                        debug!(proc_ = p.name(), error = %e, "reply not decodable; no handles recorded")
+                    }
+                }
+                None
+            }
+            (mount::PROGRAM, mount::VERSION) => match MountProc(h.proc_) {
+                MountProc::MNT => {
+                    let Ok(MountArgs::Mnt(path)) =
+                        MountArgs::decode(MountProc::MNT, &call[h.args_at..])
+                    else {
+                        return None;
+                    };
+                    if let Ok(MountRes::Mnt(Mountres3::Ok(ok))) =
+                        MountRes::decode(MountProc::MNT, body)
+                        && self.export_allowed(path)
+                    {
+                        self.record(ok.fhandle.0);
+                    }
+                    None
+                }
+                MountProc::EXPORT => {
+                    let Ok(MountRes::Export(list)) = MountRes::decode(MountProc::EXPORT, body)
+                    else {
+                        return None;
+                    };
+                    let kept: Vec<_> = list
+                        .iter()
+                        .filter(|n| self.export_allowed(n.ex_dir))
+                        .cloned()
+                        .collect();
+                    if kept.len() == list.len() {
+                        return None;
+                    }
+                    let mut out = BytesMut::with_capacity(reply.len());
+                    out.extend_from_slice(&reply[..results_at]);
+                    MountRes::Export(kept).encode(&mut out);
+                    Some(out)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn record_nfs(&self, res: &Res<'_>) {
+        match res {
+            Res::Lookup(nfs3::NfsResult::Ok(ok)) => self.record(ok.object.0),
+            Res::Create(nfs3::NfsResult::Ok(ok))
+            | Res::Mkdir(nfs3::NfsResult::Ok(ok))
+            | Res::Symlink(nfs3::NfsResult::Ok(ok))
+            | Res::Mknod(nfs3::NfsResult::Ok(ok)) => {
+                if let Some(fh) = &ok.obj {
+                    self.record(fh.0);
+                }
+            }
+            Res::Readdirplus(nfs3::NfsResult::Ok(ok)) => {
+                for e in &ok.reply.entries {
+                    if e.name == b".." {
+                        continue;
+                    }
+                    if let Some(fh) = &e.name_handle {
+                        self.record(fh.0);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn record(&self, fh: &[u8]) {
+        if let Err(e) = self.handles.insert(fh) {
+            // The handle still works until a restart; then the client gets STALE and
+            // looks it up again. Worth a warning, not a failed call.
+            warn!(side = "internal", error = %e, "issued handle not saved");
+        }
+    }
+}
+
+fn trim_slash(p: &[u8]) -> &[u8] {
+    let mut end = p.len();
+    while end > 1 && p[end - 1] == b'/' {
+        end -= 1;
+    }
+    &p[..end]
+}
+
+/// Every file handle a call names.
+fn handles_in<'a>(a: &Args<'a>) -> Vec<&'a [u8]> {
+    [a.fh(), a.fh2()]
+        .into_iter()
+        .flatten()
+        .map(|f| f.0)
+        .collect()
+}
+
+/// An NFS error reply for `p`: the status, then its resfail with every optional
+/// attribute absent (post_op_attr / wcc_data as FALSE words).
+pub fn nfs_error(xid: u32, p: Proc, status: Nfsstat3) -> BytesMut {
+    let mut r = accepted_reply(xid, AcceptStat::SUCCESS);
+    r.put_u32(status.0);
+    let absent_words = match p {
+        Proc::GETATTR => 0,
+        Proc::LOOKUP
+        | Proc::ACCESS
+        | Proc::READLINK
+        | Proc::READ
+        | Proc::READDIR
+        | Proc::READDIRPLUS
+        | Proc::FSSTAT
+        | Proc::FSINFO
+        | Proc::PATHCONF => 1,
+        Proc::LINK => 3,
+        Proc::RENAME => 4,
+        // SETATTR, WRITE, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, COMMIT: wcc_data.
+        _ => 2,
+    };
+    for _ in 0..absent_words {
+        r.put_u32(0);
+    }
+    r
+}
+
+/// Checks that `dir` can hold the handle store (for `check-config`-time messages).
+pub fn state_dir_usable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(test)]
+mod tests;
