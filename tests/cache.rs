@@ -322,3 +322,92 @@ async fn append_then_read_at_the_old_end_sees_the_new_bytes() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The paper's shared golden-image cache: a second proxy on the same host opens the
+/// first one's cache directory read-only (`shared = true`) and serves the image from it
+/// without a READ reaching the next hop; a file it writes is no longer served from the
+/// shared copy (stale for it), and it never changes the owner's files.
+#[tokio::test]
+async fn a_second_proxy_shares_the_owners_cache_read_only() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("cache-shared");
+    random_file(&dir.join("golden.img"), 6 << 20, 31);
+    random_file(&dir.join("scratch.bin"), 1 << 20, 32);
+    let want = std::fs::read(dir.join("golden.img")).unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let hop = Gridvfs::start(lab.endpoint(), "");
+    let owner = front(&hop, cache_dir.path());
+    let (image, scratch) = (format!("{name}/golden.img"), format!("{name}/scratch.bin"));
+    assert!(
+        nfs_cat(owner.endpoints(), &lab.export, &image) == want,
+        "owner's read differs"
+    );
+    let old = nfs_cat(owner.endpoints(), &lab.export, &scratch);
+    let listing = || {
+        let mut v: Vec<(String, u64, std::time::SystemTime)> = std::fs::read_dir(cache_dir.path())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    m.len(),
+                    m.modified().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing();
+    let ctl_dir = tempfile::tempdir().unwrap();
+    let socket = ctl_dir.path().join("ctl");
+    let mut reader = Gridvfs::start_with(
+        hop.endpoints(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nblock_size = \"64KiB\"\nways = 8\nbanks = 4\n\
+             write_policy = \"read-only\"\nshared = true\n{}",
+            cache_dir.path().display(),
+            common::control_section(&socket)
+        ),
+    );
+    assert!(
+        nfs_cat(reader.endpoints(), &lab.export, &image) == want,
+        "shared read differs"
+    );
+    let (ok, st) = common::ctl(&socket, &["status"]);
+    assert!(ok, "{st}");
+    assert_eq!(
+        st["cache"]["misses"], 0,
+        "image READs went past the shared cache: {st}"
+    );
+    assert!(st["cache"]["hits"].as_u64().unwrap() >= 6, "{st}");
+    // The reader writes the scratch file (the owner has it cached): from then on the
+    // reader must see the new bytes, not the owner's stale copy.
+    let new = pseudo_random(old.len(), 33);
+    let mut c = common::mount(reader.endpoints(), &lab.export).await;
+    let fh = lookup_path(&mut c, &name, "scratch.bin").await;
+    for (i, chunk) in new.chunks(256 << 10).enumerate() {
+        let off = (i * (256 << 10)) as u64;
+        common::write(
+            &mut c,
+            &fh,
+            off,
+            chunk,
+            nfs3_types::nfs3::stable_how::FILE_SYNC,
+        )
+        .await;
+    }
+    assert!(
+        nfs_cat(reader.endpoints(), &lab.export, &scratch) == new,
+        "stale shared copy served"
+    );
+    reader.stop();
+    assert_eq!(
+        listing(),
+        before,
+        "the shared reader changed the owner's cache files"
+    );
+}

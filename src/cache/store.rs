@@ -141,6 +141,18 @@ pub struct Store {
     unstable: std::sync::RwLock<()>,
     /// The `unstable` marker file exists.
     marked: AtomicBool,
+    /// Opened with `open_shared`: another proxy owns (fills) this directory.
+    shared: Option<SharedView>,
+}
+
+/// A read-only view of a cache directory that another proxy owns and fills (the paper's
+/// shared cache for golden images). It never writes: tags are read from the owner's tag
+/// files at every lookup (the in-memory index would go stale as the owner fills and
+/// evicts), only clean blocks are served, a block that fails its checksum (the owner
+/// rewriting the frame under us) is a miss, and a file this proxy changes (WRITE,
+/// truncation) is bypassed from then on, since the owner's copy of it is now stale.
+struct SharedView {
+    bypass: Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// Present (durably) while dirty data may have been written but not synced. A power
@@ -267,6 +279,7 @@ impl Store {
             verifier: Mutex::new([0; 8]),
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
+            shared: None,
         };
         store.verify_dirty()?;
         // Of several versions of a block, the newest that verifies wins and the others
@@ -303,6 +316,97 @@ impl Store {
                 "cache was not closed cleanly: clean blocks dropped (dirty ones kept)");
         }
         Ok(store)
+    }
+
+    /// Opens a cache directory that another proxy owns, read-only (see `SharedView`).
+    /// The directory must already hold a cache of this geometry.
+    pub fn open_shared(dir: &Path, geo: Geometry) -> Result<Store> {
+        let sb = dir.join(SUPERBLOCK);
+        let want = format!(
+            "{SB_MAGIC}\nblock_size={} ways={} banks={} sets_per_bank={}\n",
+            geo.block_size, geo.ways, geo.banks, geo.sets_per_bank
+        );
+        match std::fs::read_to_string(&sb) {
+            Ok(found) if found == want => {}
+            Ok(found) if found.starts_with(SB_MAGIC) => {
+                return Err(CacheError::GeometryChanged {
+                    path: dir.to_path_buf(),
+                    found: found.lines().nth(1).unwrap_or("").into(),
+                    configured: want.lines().nth(1).unwrap_or("").into(),
+                });
+            }
+            Ok(_) => {
+                return Err(CacheError::BadSuperblock {
+                    path: sb,
+                    why: "not a gridvfs cache superblock".into(),
+                });
+            }
+            Err(e) => return Err(io(&sb)(e)),
+        }
+        let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
+        let banks = (0..geo.banks)
+            .map(|b| {
+                let open = |name: String| {
+                    let p = dir.join(name);
+                    match File::open(&p) {
+                        Ok(f) => Ok(Some(f)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                        Err(e) => Err(io(&p)(e)),
+                    }
+                };
+                let files = match (
+                    open(format!("bank-{b:04}.data"))?,
+                    open(format!("bank-{b:04}.tags"))?,
+                ) {
+                    (Some(d), Some(t)) => Some((d, t)),
+                    _ => None,
+                };
+                Ok(Mutex::new(Bank {
+                    files,
+                    meta: vec![Meta::default(); per_bank],
+                    hands: vec![0; geo.sets_per_bank as usize],
+                    written: Vec::new(),
+                    superseded: Vec::new(),
+                    tags_dirty: false,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Store {
+            geo,
+            dir: dir.to_path_buf(),
+            banks,
+            seq: AtomicU64::new(0),
+            lost_unstable: AtomicBool::new(false),
+            verifier: Mutex::new([0; 8]),
+            unstable: std::sync::RwLock::new(()),
+            marked: AtomicBool::new(false),
+            shared: Some(SharedView {
+                bypass: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Read-only view of another proxy's cache (`open_shared`).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// In a shared view: stop serving this file's blocks (we changed it upstream).
+    /// Returns true if the store is a shared view (the caller must not write).
+    fn bypassed_now(&self, fh: &[u8]) -> bool {
+        match &self.shared {
+            Some(v) => {
+                v.bypass.lock().expect("bypass lock").insert(fh.to_vec());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_bypassed(&self, fh: &[u8]) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|v| v.bypass.lock().expect("bypass lock").contains(fh))
     }
 
     /// At open: every dirty version's data must verify. One that does not is a write that
@@ -344,6 +448,9 @@ impl Store {
     /// Makes everything durable and marks the cache as cleanly closed, so the next open
     /// keeps its clean blocks.
     pub fn close(&self) -> Result<()> {
+        if self.is_shared() {
+            return Ok(());
+        }
         self.sync()?;
         for (b, bank) in self.banks.iter().enumerate() {
             let bank = bank.lock().expect("bank lock");
@@ -376,6 +483,9 @@ impl Store {
 
     /// The newest intact version of a block, if cached.
     pub fn get(&self, fh: &[u8], block: u64) -> Result<Option<Cached>> {
+        if self.is_bypassed(fh) {
+            return Ok(None);
+        }
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -439,6 +549,10 @@ impl Store {
                 dirty = t.dirty.is_some(),
                 "cached block failed its checksum; treated as a miss"
             );
+            if self.is_shared() {
+                // The owner may be rewriting this frame: a miss, and not ours to clear.
+                continue;
+            }
             dropped_dirty |= t.dirty.is_some();
             self.clear(bank, f)?;
         }
@@ -458,6 +572,9 @@ impl Store {
         want: Range<u32>,
         dst: &mut bytes::BytesMut,
     ) -> Result<bool> {
+        if self.is_bypassed(fh) {
+            return Ok(false);
+        }
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -514,14 +631,17 @@ impl Store {
         block: u64,
     ) -> Result<Vec<(u32, Tag)>> {
         let mut versions = Vec::new();
+        let shared = self.is_shared();
         for way in 0..self.geo.ways {
             let f = self.geo.frame(set, way);
-            if bank.meta[self.local(f)].fp != fp {
+            // A shared view has no index of its own: the owner's tags are the truth.
+            if !shared && bank.meta[self.local(f)].fp != fp {
                 continue;
             }
             if let Slot::Tag(t) = self.read_tag(bank, f)?
                 && t.fh == fh
                 && t.block == block
+                && !(shared && t.dirty.is_some())
             {
                 versions.push((way, t));
             }
@@ -533,6 +653,13 @@ impl Store {
     /// Stores `data` at byte `off` of block `block`. `dirty`: written by a client (must
     /// be written back); otherwise a clean fill from upstream.
     pub fn put(&self, fh: &[u8], block: u64, off: u32, data: &[u8], dirty: bool) -> Result<Put> {
+        if let Some(v) = &self.shared {
+            // Fills are the owner's job; a write means our view of the file is stale.
+            if dirty {
+                v.bypass.lock().expect("bypass lock").insert(fh.to_vec());
+            }
+            return Ok(Put::Skipped);
+        }
         if fh.len() > MAX_FH {
             return Err(CacheError::FhTooLong);
         }
@@ -710,6 +837,9 @@ impl Store {
     /// version with the copy-on-write rule of `put`. Nothing left: every version goes.
     /// Durable at the next `sync_all`.
     pub fn truncate_block(&self, fh: &[u8], block: u64, keep: u32) -> Result<()> {
+        if self.bypassed_now(fh) {
+            return Ok(());
+        }
         let _unstable = self.unstable_guard()?;
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
@@ -786,6 +916,9 @@ impl Store {
     /// then superseded versions are cleared. Each bank stays locked while it is synced,
     /// so a write cannot slip in between the fsync and the bookkeeping.
     pub fn sync(&self) -> Result<()> {
+        if self.is_shared() {
+            return Ok(());
+        }
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
             if bank.written.is_empty() && bank.superseded.is_empty() {
@@ -873,6 +1006,9 @@ impl Store {
 
     /// After write-back: the block is clean, unless it was rewritten since (`seq`).
     pub fn mark_clean(&self, fh: &[u8], block: u64, seq: u64) -> Result<bool> {
+        if self.is_shared() {
+            return Ok(false);
+        }
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -919,6 +1055,9 @@ impl Store {
     /// versions it supersedes), so a write-back cache never loses data to an
     /// invalidation.
     fn invalidate_block(&self, fh: &[u8], block: u64, keep_dirty: bool) -> Result<()> {
+        if self.bypassed_now(fh) {
+            return Ok(());
+        }
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -955,6 +1094,9 @@ impl Store {
     }
 
     fn invalidate_blocks(&self, fh: &[u8], from: u64, to: u64, keep_dirty: bool) -> Result<()> {
+        if self.bypassed_now(fh) {
+            return Ok(());
+        }
         if to < from {
             return Ok(());
         }
@@ -995,6 +1137,10 @@ impl Store {
     /// Forgets every clean block (SIGUSR2 after write-back); dirty ones stay. One read and
     /// one write of each bank's tag file, then an fdatasync.
     pub fn drop_clean(&self) -> Result<u64> {
+        if self.is_shared() {
+            // Not ours to drop; the owner drops its own cache.
+            return Ok(0);
+        }
         let mut dropped = 0;
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
@@ -1089,6 +1235,9 @@ impl Store {
     /// Makes cleared and rewritten tags durable (after a batch of `mark_clean`, which
     /// clears the versions a written-back block superseded).
     pub fn sync_tags(&self) -> Result<()> {
+        if self.is_shared() {
+            return Ok(());
+        }
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
             if !bank.tags_dirty {

@@ -603,3 +603,88 @@ fn truncation_needs_no_free_frame() {
         (0..100, Some(0..100), bytes(100, 1))
     );
 }
+
+/// The shared golden-image cache: a reader proxy sees what the owner filled (also after
+/// it opened), never the owner's dirty data, writes nothing, and bypasses a file it was
+/// told changed.
+#[test]
+fn shared_view_reads_the_owners_clean_blocks_and_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 64);
+    let owner = Store::open(dir.path(), g).unwrap();
+    stored(
+        owner
+            .put(b"golden", 0, 0, &bytes(BS as usize, 1), false)
+            .unwrap(),
+    );
+    stored(
+        owner
+            .put(b"golden", 1, 0, &bytes(BS as usize, 2), true)
+            .unwrap(),
+    );
+    owner.sync_all().unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<(String, u64, std::time::SystemTime)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    m.len(),
+                    m.modified().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let reader = Store::open_shared(dir.path(), g).unwrap();
+    assert_eq!(
+        reader.get(b"golden", 0).unwrap().unwrap().data,
+        bytes(BS as usize, 1)
+    );
+    assert!(
+        reader.get(b"golden", 1).unwrap().is_none(),
+        "owner's dirty data is not served"
+    );
+    // Filled by the owner after the reader opened: seen at once.
+    stored(
+        owner
+            .put(b"golden", 2, 0, &bytes(BS as usize, 3), false)
+            .unwrap(),
+    );
+    let mut dst = bytes::BytesMut::new();
+    assert!(reader.read_into(b"golden", 2, 0..BS, &mut dst).unwrap());
+    assert_eq!(&dst[..], &bytes(BS as usize, 3)[..]);
+    // The reader's own fills, invalidations, syncs and close write nothing.
+    assert_eq!(
+        reader.put(b"other", 0, 0, &bytes(10, 4), false).unwrap(),
+        Put::Skipped
+    );
+    reader.invalidate(b"golden", 0).unwrap();
+    reader.sync_all().unwrap();
+    assert_eq!(reader.drop_clean().unwrap(), 0);
+    reader.close().unwrap();
+    // ...but the invalidated file is bypassed by this reader from now on.
+    assert!(reader.get(b"golden", 0).unwrap().is_none());
+    assert_eq!(
+        owner.get(b"golden", 0).unwrap().unwrap().data,
+        bytes(BS as usize, 1)
+    );
+    // The owner is idle now: another reader's writes must leave every file as it is.
+    let after_reader = listing(dir.path());
+    let reader2 = Store::open_shared(dir.path(), g).unwrap();
+    reader2.put(b"x", 0, 0, &bytes(10, 5), true).unwrap();
+    reader2.truncate_block(b"golden", 2, 0).unwrap();
+    reader2.close().unwrap();
+    assert_eq!(
+        listing(dir.path()),
+        after_reader,
+        "a shared view wrote to the cache"
+    );
+    // Opening a directory that is not a cache is an error, not a new cache.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(Store::open_shared(empty.path(), g).is_err());
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}

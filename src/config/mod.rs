@@ -248,6 +248,8 @@ pub struct CacheConfig {
     pub flush_on_exit: bool,
     /// WRITEs in flight to the next hop during a write-back.
     pub writeback_in_flight: usize,
+    /// `dir` is another proxy's cache, used read-only (the shared golden-image cache).
+    pub shared: bool,
 }
 
 /// What the cache does with a client's WRITE.
@@ -454,7 +456,14 @@ impl RawConfig {
                         "must be between 1 and 4096".into(),
                     ));
                 }
+                if c.shared && write_policy != WritePolicy::ReadOnly {
+                    return Err(invalid(
+                        "cache.shared",
+                        "a shared cache is read-only: set write_policy = \"read-only\"".into(),
+                    ));
+                }
                 Some(CacheConfig {
+                    shared: c.shared,
                     consistency,
                     write_policy,
                     flush_on_exit: c.flush_on_exit,

@@ -129,6 +129,8 @@ pub(super) struct RawCache {
     pub flush_on_exit: bool,
     #[serde(default = "default_writeback_in_flight")]
     pub writeback_in_flight: usize,
+    #[serde(default)]
+    pub shared: bool,
 }
 
 fn default_write_policy() -> String {

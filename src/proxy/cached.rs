@@ -212,7 +212,11 @@ pub struct FlushProgress {
 impl CacheLayer {
     pub fn open(cfg: &CacheConfig) -> Result<CacheLayer, CacheError> {
         let geo = Geometry::new(cfg.size, cfg.block_size, cfg.ways, cfg.banks)?;
-        let store = Store::open(&cfg.dir, geo)?;
+        let store = if cfg.shared {
+            Store::open_shared(&cfg.dir, geo)?
+        } else {
+            Store::open(&cfg.dir, geo)?
+        };
         let last_cred = std::fs::read(cfg.dir.join(CRED_FILE))
             .ok()
             .and_then(|b| Cred::from_bytes(&b));

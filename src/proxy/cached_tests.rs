@@ -14,6 +14,7 @@ fn layer(dir: &std::path::Path, ways: u32, sets: u64) -> CacheLayer {
         write_policy: WritePolicy::WriteBack,
         flush_on_exit: true,
         writeback_in_flight: 4,
+        shared: false,
     })
     .unwrap()
 }

@@ -81,6 +81,8 @@ pub struct Endpoints {
 pub struct Gridvfs {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The built-in SSH server's address (server role with `[server.ssh]`).
+    pub ssh: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
 }
@@ -102,18 +104,19 @@ impl Gridvfs {
         listen_extra: &str,
         upstream_extra: &str,
     ) -> Gridvfs {
+        Self::start_config(&format!(
+            "[listen]\naddr = \"{listen}\"\n{listen_extra}\n\
+             [upstream]\nnfs = \"tcp://{}\"\nmount = \"tcp://{}\"\n\
+             backoff_max = \"500ms\"\n{upstream_extra}\n[log]\nlevel = \"info\"\n",
+            up.nfs, up.mount
+        ))
+    }
+
+    /// Starts `gridvfs run` with this whole config text; waits until it is ready.
+    pub fn start_config(config: &str) -> Gridvfs {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("gridvfs.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[listen]\naddr = \"{listen}\"\n{listen_extra}\n\
-                 [upstream]\nnfs = \"tcp://{}\"\nmount = \"tcp://{}\"\n\
-                 backoff_max = \"500ms\"\n{upstream_extra}\n[log]\nlevel = \"info\"\n",
-                up.nfs, up.mount
-            ),
-        )
-        .unwrap();
+        std::fs::write(&cfg, config).unwrap();
         let ready = dir.path().join("ready");
         let log = dir.path().join("gridvfs.log");
         let child = Command::new(bin())
@@ -126,9 +129,14 @@ impl Gridvfs {
             .spawn()
             .expect("start gridvfs");
         let t0 = Instant::now();
-        let addr = loop {
+        let (addr, ssh) = loop {
             if let Ok(s) = std::fs::read_to_string(&ready) {
-                break s.trim().parse().unwrap();
+                let mut lines = s.lines();
+                let addr = lines.next().unwrap().trim().parse().unwrap();
+                let ssh = lines
+                    .find_map(|l| l.strip_prefix("ssh="))
+                    .map(|a| a.trim().parse().unwrap());
+                break (addr, ssh);
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
@@ -140,6 +148,7 @@ impl Gridvfs {
         Gridvfs {
             child: Some(child),
             addr,
+            ssh,
             dir,
             log,
         }

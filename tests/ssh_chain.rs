@@ -1,0 +1,463 @@
+//! The SSH tunnel between proxies, against the real parts: the lab's Ganesha behind a
+//! server-role gridvfs (its built-in russh server, or Debian's OpenSSH sshd forwarding
+//! to it), a client gridvfs dialling `ssh://`, and libnfs's nfs-cp / nfs-cat on top.
+//! Keys are made with `gridvfs keygen`; host keys are checked against known_hosts.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Endpoints, Gridvfs, Lab, nfs_url, random_file, sha256_file};
+
+/// The account every tunnelled client runs as on Ganesha.
+const UID: u32 = 3142;
+const GID: u32 = 3143;
+
+fn keygen(path: &Path) -> String {
+    let out = Command::new(common::bin())
+        .args(["keygen", "--out"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gridvfs keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path.with_extension("pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Keys and files of one tunnel.
+struct Keys {
+    dir: tempfile::TempDir,
+    host_pub: String,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let host_pub = keygen(&dir.path().join("host_key"));
+        let client_pub = keygen(&dir.path().join("client_key"));
+        keygen(&dir.path().join("stranger_key"));
+        std::fs::write(
+            dir.path().join("authorized_keys"),
+            format!("{client_pub}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("known_hosts"), "").unwrap();
+        Keys { dir, host_pub }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Trusts the server's host key at `addr` (the `[host]:port` form OpenSSH writes).
+    fn trust(&self, addr: SocketAddr, host_pub: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path("known_hosts"))
+            .unwrap();
+        let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        writeln!(f, "[{}]:{} {}", addr.ip(), addr.port(), key.join(" ")).unwrap();
+    }
+}
+
+/// A server-role gridvfs in front of the lab's Ganesha with its own SSH server.
+fn server_proxy(lab: &Lab, keys: &Keys, state: &Path) -> Gridvfs {
+    Gridvfs::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"tcp://{}\"\nmount = \"tcp://{}\"\nbackoff_max = \"500ms\"\n\
+         [server]\nexports = [\"{}\"]\nstate_dir = \"{}\"\n\
+         [server.ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\nauthorized_keys = \"{}\"\n\
+         [[server.account]]\nname = \"grid\"\nkeys = [\"*\"]\nuid = {UID}\ngid = {GID}\n\
+         [log]\nlevel = \"info\"\n",
+        lab.nfs,
+        lab.mount,
+        lab.export,
+        state.display(),
+        keys.path("host_key").display(),
+        keys.path("authorized_keys").display(),
+    ))
+}
+
+/// A client gridvfs whose next hop is `ssh://grid@addr`.
+fn client_proxy(keys: &Keys, addr: SocketAddr, key: &str, extra_ssh: &str) -> Gridvfs {
+    Gridvfs::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"ssh://grid@{addr}\"\nbackoff_max = \"500ms\"\n\
+         [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\n{extra_ssh}\n\
+         [log]\nlevel = \"info\"\n",
+        keys.path(key).display(),
+        keys.path("known_hosts").display(),
+    ))
+}
+
+fn nfs_cp(from: &str, to: &str) -> Result<(), String> {
+    let out = Command::new("nfs-cp")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("run nfs-cp (apt: libnfs-utils)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nfs-cp {from} {to}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A scratch directory the mapped account may write in.
+fn open_scratch(lab: &Lab, test: &str) -> (PathBuf, String) {
+    let (dir, name) = lab.scratch(test);
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    (dir, name)
+}
+
+/// Up and down through `ep`: the file lands byte-equal on Ganesha's disk, owned by the
+/// mapped account, and reads back byte-equal.
+fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
+    let (dir, name) = open_scratch(lab, test);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.bin");
+    random_file(&src, mib << 20, 11);
+    let want = sha256_file(&src);
+    nfs_cp(
+        src.to_str().unwrap(),
+        &nfs_url(ep, &lab.export, &format!("{name}/in.bin")),
+    )
+    .unwrap();
+    let on_disk = dir.join("in.bin");
+    assert_eq!(sha256_file(&on_disk), want, "upload differs on the server");
+    let md = std::fs::metadata(&on_disk).unwrap();
+    assert_eq!((md.uid(), md.gid()), (UID, GID), "owner on Ganesha's disk");
+    let back = tmp.path().join("back.bin");
+    nfs_cp(
+        &nfs_url(ep, &lab.export, &format!("{name}/in.bin")),
+        back.to_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sha256_file(&back), want, "download differs");
+}
+
+fn ssh_addr(p: &Gridvfs) -> SocketAddr {
+    p.ssh
+        .expect("server proxy wrote its ssh address to the ready file")
+}
+
+#[test]
+fn libnfs_through_the_builtin_ssh_server_byte_equal_and_mapped() {
+    let lab = Lab::get();
+    let keys = Keys::new();
+    let state = tempfile::tempdir().unwrap();
+    let server = server_proxy(&lab, &keys, state.path());
+    keys.trust(ssh_addr(&server), &keys.host_pub);
+    let client = client_proxy(&keys, ssh_addr(&server), "client_key", "");
+    round_trip(client.endpoints(), &lab, "ssh-builtin", 48);
+    assert!(client.log_text().contains("ssh"), "{}", client.log_text());
+}
+
+/// The call must fail; the client proxy says why (it keeps retrying in the background).
+fn expect_refused(client: &Gridvfs, lab: &Lab, needle: &str) {
+    let t0 = Instant::now();
+    let mut child = Command::new("nfs-ls")
+        .arg(nfs_url(client.endpoints(), &lab.export, ""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = client.wait_log(needle, 1);
+    // No data may come back while the tunnel is refused.
+    std::thread::sleep(Duration::from_millis(300));
+    match child.try_wait().unwrap() {
+        Some(st) => assert!(!st.success(), "nfs-ls succeeded through a refused tunnel"),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(30), "{log}");
+}
+
+#[test]
+fn a_client_key_not_in_authorized_keys_is_refused() {
+    let lab = Lab::get();
+    let keys = Keys::new();
+    let state = tempfile::tempdir().unwrap();
+    let server = server_proxy(&lab, &keys, state.path());
+    keys.trust(ssh_addr(&server), &keys.host_pub);
+    let client = client_proxy(&keys, ssh_addr(&server), "stranger_key", "");
+    expect_refused(&client, &lab, "authentication");
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_unless_accept_new() {
+    let lab = Lab::get();
+    let keys = Keys::new();
+    let state = tempfile::tempdir().unwrap();
+    let server = server_proxy(&lab, &keys, state.path());
+    // known_hosts is empty: strict refuses.
+    let client = client_proxy(&keys, ssh_addr(&server), "client_key", "");
+    expect_refused(&client, &lab, "host key");
+    drop(client);
+    // A wrong key on file for this host is refused even with accept-new.
+    let other = keygen(&keys.path("other_host_key"));
+    keys.trust(ssh_addr(&server), &other);
+    let client = client_proxy(
+        &keys,
+        ssh_addr(&server),
+        "client_key",
+        "host_key_policy = \"accept-new\"",
+    );
+    expect_refused(&client, &lab, "host key");
+    drop(client);
+    // accept-new learns an unknown key and works.
+    std::fs::write(keys.path("known_hosts"), "").unwrap();
+    let client = client_proxy(
+        &keys,
+        ssh_addr(&server),
+        "client_key",
+        "host_key_policy = \"accept-new\"",
+    );
+    round_trip(client.endpoints(), &lab, "ssh-accept-new", 1);
+    let kh = std::fs::read_to_string(keys.path("known_hosts")).unwrap();
+    let host_key = keys.host_pub.split_whitespace().nth(1).unwrap();
+    assert!(
+        kh.contains(host_key),
+        "learnt key missing from known_hosts:\n{kh}"
+    );
+}
+
+/// A TCP relay whose connections can be cut at will (the tunnel's path).
+struct CutRelay {
+    addr: SocketAddr,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    cuts: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CutRelay {
+    fn start(to: SocketAddr) -> CutRelay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, stop2) = (streams.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                let Ok(u) = TcpStream::connect(to) else {
+                    continue;
+                };
+                s2.lock()
+                    .unwrap()
+                    .extend([c.try_clone().unwrap(), u.try_clone().unwrap()]);
+                for (mut a, mut b) in [(c.try_clone().unwrap(), u.try_clone().unwrap()), (u, c)] {
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            match a.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if b.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = b.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CutRelay {
+            addr,
+            streams,
+            cuts: Arc::default(),
+            stop,
+        }
+    }
+
+    /// Severs every connection now passing through (both directions, at once).
+    fn cut(&self) {
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.cuts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for CutRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+        self.cut();
+    }
+}
+
+#[test]
+fn the_tunnel_cut_mid_transfer_completes_correctly_after_reconnect() {
+    let lab = Lab::get();
+    let keys = Keys::new();
+    let state = tempfile::tempdir().unwrap();
+    let server = server_proxy(&lab, &keys, state.path());
+    let relay = CutRelay::start(ssh_addr(&server));
+    keys.trust(relay.addr, &keys.host_pub);
+    let client = client_proxy(&keys, relay.addr, "client_key", "");
+    let (dir, name) = open_scratch(&lab, "ssh-cut");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src.bin");
+    random_file(&src, 64 << 20, 5);
+    let want = sha256_file(&src);
+    let url = nfs_url(client.endpoints(), &lab.export, &format!("{name}/in.bin"));
+    // Upload and download while the tunnel is cut twice each way.
+    let up = {
+        let (s, u) = (src.to_str().unwrap().to_string(), url.clone());
+        std::thread::spawn(move || nfs_cp(&s, &u))
+    };
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(700));
+        relay.cut();
+    }
+    up.join().unwrap().expect("upload through a cut tunnel");
+    assert_eq!(
+        sha256_file(&dir.join("in.bin")),
+        want,
+        "upload differs on the server"
+    );
+    let back = tmp.path().join("back.bin");
+    let down = {
+        let (b, u) = (back.to_str().unwrap().to_string(), url.clone());
+        std::thread::spawn(move || nfs_cp(&u, &b))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    relay.cut();
+    down.join().unwrap().expect("download through a cut tunnel");
+    assert_eq!(sha256_file(&back), want, "download differs");
+    assert!(
+        client.log_count("connected") >= 2,
+        "the tunnel was re-established:\n{}",
+        client.log_text()
+    );
+}
+
+/// Debian's OpenSSH sshd on a loopback port, killed (by PID) on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    fn start(authorized: &str) -> Option<Sshd> {
+        if !Path::new("/usr/sbin/sshd").exists() {
+            eprintln!("SKIP: /usr/sbin/sshd is missing (apt: openssh-server)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("hostkey"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(d.join("authorized_keys"), format!("{authorized}\n")).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 PermitRootLogin prohibit-password\nStrictModes no\nAllowTcpForwarding yes\n\
+                 PidFile {}\n",
+                d.join("hostkey").display(),
+                d.join("authorized_keys").display(),
+                d.join("sshd.pid").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "sshd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Sshd {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    fn host_pub(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("hostkey.pub")).unwrap()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        common::signal(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn through_openssh_sshd_with_direct_tcpip() {
+    let lab = Lab::get();
+    let keys = Keys::new();
+    let client_pub = std::fs::read_to_string(keys.path("client_key.pub")).unwrap();
+    let Some(sshd) = Sshd::start(client_pub.trim()) else {
+        return;
+    };
+    // The server proxy listens on loopback only; sshd authenticates and forwards to it.
+    let state = tempfile::tempdir().unwrap();
+    let server = Gridvfs::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"tcp://{}\"\nmount = \"tcp://{}\"\n\
+         [server]\nexports = [\"{}\"]\nstate_dir = \"{}\"\ntcp_account = \"grid\"\n\
+         [[server.account]]\nname = \"grid\"\nuid = {UID}\ngid = {GID}\n",
+        lab.nfs,
+        lab.mount,
+        lab.export,
+        state.path().display(),
+    ));
+    let sshd_addr: SocketAddr = ([127, 0, 0, 1], sshd.port).into();
+    keys.trust(sshd_addr, &sshd.host_pub());
+    let client = Gridvfs::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"ssh://root@{sshd_addr}\"\nbackoff_max = \"500ms\"\n\
+         [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\nforward_to = \"{}\"\n",
+        keys.path("client_key").display(),
+        keys.path("known_hosts").display(),
+        server.addr,
+    ));
+    round_trip(client.endpoints(), &lab, "ssh-openssh", 32);
+}
