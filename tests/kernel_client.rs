@@ -5,28 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-use std::sync::Mutex;
-
-use common::{Gridvfs, Lab};
-
-/// One VM at a time: two TCG guests on two cores would only slow each other down, and
-/// they share the initramfs that the script may rebuild.
-static VM: Mutex<()> = Mutex::new(());
-
-/// Boots the guest with `vars` (see tests/lab/kernel-client-vm.sh) and returns its output.
-fn boot(vars: &[(&str, String)]) -> Output {
-    let vm = std::env::var("GRIDVFS_LAB_VM").expect(
-        "GRIDVFS_LAB_VM (path of tests/lab/kernel-client-vm.sh) is not set; run scripts/test.sh",
-    );
-    let _one = VM.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cmd = Command::new("bash");
-    cmd.arg(&vm);
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
+use common::{Gridvfs, Lab, boot_vm as boot};
 
 #[test]
 fn kernel_client_through_the_proxy() {

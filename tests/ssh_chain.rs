@@ -461,3 +461,108 @@ fn through_openssh_sshd_with_direct_tcpip() {
     ));
     round_trip(client.endpoints(), &lab, "ssh-openssh", 32);
 }
+
+/// The paper's deployment, three proxies deep: the kernel client in qemu → a client
+/// proxy (write-back cache) → a LAN proxy (second-level cache, TCP) → over SSH → the
+/// server proxy (identity mapping, confinement) → Ganesha. Handles pass unchanged at
+/// every level; writes land byte-equal as the mapped owner after the flush at the end;
+/// a second reader through the same LAN proxy is served from its cache.
+#[test]
+fn kernel_client_through_a_three_level_cascade() {
+    let lab = Lab::get();
+    let keys = Keys::new();
+    let state = tempfile::tempdir().unwrap();
+    let server = server_proxy(&lab, &keys, state.path());
+    keys.trust(ssh_addr(&server), &keys.host_pub);
+    let lan_cache = tempfile::tempdir().unwrap();
+    let mut lan = Gridvfs::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"ssh://grid@{}\"\nbackoff_max = \"500ms\"\n\
+         [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\n\
+         [cache]\ndir = \"{}\"\nsize = \"128MiB\"\nwrite_policy = \"write-through\"\n",
+        ssh_addr(&server),
+        keys.path("client_key").display(),
+        keys.path("known_hosts").display(),
+        lan_cache.path().display(),
+    ));
+    let client_cache = tempfile::tempdir().unwrap();
+    let client = Gridvfs::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"tcp://{}\"\nbackoff_max = \"500ms\"\n\
+         [cache]\ndir = \"{}\"\nsize = \"128MiB\"\nwrite_policy = \"write-back\"\n",
+        lan.addr,
+        client_cache.path().display(),
+    ));
+    let (dir, name) = open_scratch(&lab, "ssh-cascade");
+    std::fs::write(
+        dir.join("scenario.sh"),
+        format!(
+            r#"set -e
+D=/mnt/{name}
+mkdir $D/vm
+dd if=/dev/urandom of=$D/vm/disk.img bs=64k count=64 2>/dev/null
+sha256sum $D/vm/disk.img | cut -d' ' -f1 > $D/vm/disk.sum
+echo appended >> $D/vm/disk.img
+sha256sum $D/vm/disk.img | cut -d' ' -f1 > $D/vm/disk.sum2
+ls -l $D/vm > $D/vm/listing
+"#
+        ),
+    )
+    .unwrap();
+    let out = common::boot_vm(&[
+        ("PORT", client.addr.port().to_string()),
+        ("EXPORT", lab.export.clone()),
+        ("MB", "8".into()),
+        ("SCRIPT", format!("{name}/scenario.sh")),
+    ]);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kernel client run failed:\n{console}\n{}\nclient log:\n{}\nlan log:\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        client.log_text(),
+        lan.log_text(),
+        server.log_text()
+    );
+    assert!(console.contains("CHECKSUM OK"), "{console}");
+    // Write-back at the client proxy: make it write everything down the chain.
+    common::signal(client.pid(), "USR1");
+    client.wait_log("write-back done", 1);
+    let img = dir.join("vm/disk.img");
+    let want = std::fs::read_to_string(dir.join("vm/disk.sum2")).unwrap();
+    let t0 = Instant::now();
+    while sha256_file(&img) != want.trim() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "disk.img on Ganesha's disk differs after the flush\n{}",
+            client.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let md = std::fs::metadata(&img).unwrap();
+    assert_eq!((md.uid(), md.gid()), (UID, GID), "owner on Ganesha's disk");
+    assert_eq!(md.len(), (64 << 16) + "appended\n".len() as u64);
+    // A second compute node behind the same LAN proxy reads the image from its cache.
+    let second = Gridvfs::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nnfs = \"tcp://{}\"\n",
+        lan.addr
+    ));
+    let got = common::nfs_cat(
+        second.endpoints(),
+        &lab.export,
+        &format!("{name}/vm/disk.img"),
+    );
+    assert_eq!(sha256_bytes(&got), want.trim());
+    lan.stop();
+    assert!(
+        common::logged(&lan.log_text(), "cache_hits=") > 0,
+        "the LAN cache served nothing:\n{}",
+        lan.log_text()
+    );
+}
+
+fn sha256_bytes(b: &[u8]) -> String {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), b).unwrap();
+    sha256_file(f.path())
+}

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
+    /// The built-in SSH server's address, for a server-role proxy with `[server.ssh]`.
+    pub ssh: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -16,16 +18,17 @@ impl Proxy {
     /// Starts `gridvfs run` with `[listen] addr = 127.0.0.1:0`, the upstream endpoints,
     /// and `extra` TOML sections appended (e.g. a `[cache]` section).
     pub fn start(nfs: SocketAddr, mount: SocketAddr, extra: &str) -> Proxy {
+        Self::start_config(&format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nnfs = \"{nfs}\"\nmount = \"{mount}\"\n\
+             [log]\nlevel = \"warn\"\n{extra}\n"
+        ))
+    }
+
+    /// Starts `gridvfs run` with this whole config text.
+    pub fn start_config(config: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nnfs = \"{nfs}\"\nmount = \"{mount}\"\n\
-                 [log]\nlevel = \"warn\"\n{extra}\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&cfg, config).unwrap();
         let ready = dir.path().join("ready");
         let child = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
             .args(["run", "--config"])
@@ -36,9 +39,14 @@ impl Proxy {
             .spawn()
             .unwrap();
         let t0 = Instant::now();
-        let addr = loop {
+        let (addr, ssh) = loop {
             if let Ok(s) = std::fs::read_to_string(&ready) {
-                break s.trim().parse().unwrap();
+                let mut lines = s.lines();
+                let addr = lines.next().unwrap().trim().parse().unwrap();
+                let ssh = lines
+                    .find_map(|l| l.strip_prefix("ssh="))
+                    .map(|a| a.trim().parse().unwrap());
+                break (addr, ssh);
             }
             assert!(t0.elapsed() < Duration::from_secs(10), "proxy not ready");
             std::thread::sleep(Duration::from_millis(20));
@@ -46,6 +54,7 @@ impl Proxy {
         Proxy {
             child,
             addr,
+            ssh,
             _dir: dir,
         }
     }

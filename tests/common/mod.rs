@@ -659,3 +659,22 @@ pub async fn scratch_fh(c: &mut Client, name: &str) -> nfs_fh3 {
     let root = c.root_nfs_fh3();
     lookup_in(c, &root, name).await.object
 }
+
+/// One VM at a time within a test binary: two TCG guests on two cores would only slow
+/// each other down, and they share the initramfs that the script may rebuild.
+static VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Boots the kernel-client guest (tests/lab/kernel-client-vm.sh) with `vars`; returns
+/// its output.
+pub fn boot_vm(vars: &[(&str, String)]) -> std::process::Output {
+    let vm = std::env::var("GRIDVFS_LAB_VM").expect(
+        "GRIDVFS_LAB_VM (path of tests/lab/kernel-client-vm.sh) is not set; run scripts/test.sh",
+    );
+    let _one = VM.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new("bash");
+    cmd.arg(&vm);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}

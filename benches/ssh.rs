@@ -1,0 +1,301 @@
+//! Cost of the SSH tunnel between proxies (issue 4), measured in one run on loopback.
+//! Every chain ends in the same server-role gridvfs in front of NFS-Ganesha and starts at
+//! a client gridvfs; only the hop between them differs:
+//!
+//! - `tcp`: plain TCP to the server proxy's `[listen]` port (the baseline);
+//! - `ssh`: gridvfs's russh tunnel to the server proxy's built-in SSH server;
+//! - `ssh -L`: OpenSSH's `ssh -N -L` port forward through Debian's sshd to the server
+//!   proxy's TCP port (the client proxy dials the forward's local port);
+//! - `sshd direct-tcpip`: gridvfs's russh client through the same sshd (`forward_to`).
+//!
+//! Per chain: sequential WRITE (UNSTABLE + COMMIT) and READ of `GRIDVFS_BENCH_MIB`
+//! (default 1024) MiB in 1 MiB calls with 16 in flight, and sequential GETATTR latency.
+//! Medians of `GRIDVFS_BENCH_ROUNDS` (default 5) rounds, chains alternating within a
+//! round. Targets: ssh ≥ 0.8× tcp throughput and ≥ ssh -L; GETATTR latency ≤ 1.2× tcp.
+//! Needs the lab (`scripts/bench.sh ssh`) and openssh-server / openssh-client.
+
+#[path = "common/nfs.rs"]
+mod nfs;
+#[path = "common/proxy.rs"]
+mod proxy;
+#[path = "common/util.rs"]
+mod util;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nfs::{Client, seq_read, seq_write};
+use proxy::Proxy;
+use util::{env_addr, env_u64, median};
+
+const IO: u32 = 1 << 20;
+const WINDOW: usize = 16;
+
+fn keygen(path: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+        .args(["keygen", "--out"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(path.with_extension("pub")).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A process we started, ended by PID on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sshd(dir: &Path, authorized: &str) -> (Proc, u16) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(dir.join("sshd_host"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(dir.join("sshd_authorized"), authorized).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             PermitRootLogin prohibit-password\nStrictModes no\nAllowTcpForwarding yes\n\
+             PidFile {}\n",
+            dir.join("sshd_host").display(),
+            dir.join("sshd_authorized").display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port, "sshd");
+    (Proc(child), port)
+}
+
+/// One chain's client proxy, mounted, with the bench directory's handle.
+struct Side {
+    name: &'static str,
+    c: Client,
+    dir: Vec<u8>,
+    _proxy: Proxy,
+}
+
+async fn side(name: &'static str, proxy: Proxy, export: &str, dir: &str) -> Side {
+    let m = Client::connect(proxy.addr).await.unwrap();
+    let root = m.mnt(export).await;
+    let c = Client::connect(proxy.addr).await.unwrap();
+    let dir = match c.lookup(&root, dir).await {
+        Some(d) => d,
+        None => c.mkdir(&root, dir).await,
+    };
+    Side {
+        name,
+        c,
+        dir,
+        _proxy: proxy,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let nfs_addr = env_addr("GRIDVFS_LAB_NFS");
+    let mount_addr = env_addr("GRIDVFS_LAB_MOUNT");
+    let export = std::env::var("GRIDVFS_LAB_EXPORT").unwrap_or("/export".into());
+    let mib = env_u64("GRIDVFS_BENCH_MIB", 1024);
+    let rounds = env_u64("GRIDVFS_BENCH_ROUNDS", 5) as usize;
+    let small_n = env_u64("GRIDVFS_BENCH_SMALL_N", 2000) as u32;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let host_pub = keygen(&t.join("host_key"));
+    let client_pub = keygen(&t.join("client_key"));
+    std::fs::write(t.join("authorized_keys"), &client_pub).unwrap();
+
+    // The server proxy: built-in SSH server and a loopback TCP port, one account.
+    let server = Proxy::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"tcp://{nfs_addr}\"\nmount = \"tcp://{mount_addr}\"\n\
+         [server]\nexports = [\"{export}\"]\nstate_dir = \"{}\"\ntcp_account = \"bench\"\n\
+         [server.ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\nauthorized_keys = \"{}\"\n\
+         [[server.account]]\nname = \"bench\"\nkeys = [\"*\"]\nuid = 0\ngid = 0\nallow_root = true\n\
+         [log]\nlevel = \"warn\"\n",
+        t.join("state").display(),
+        t.join("host_key").display(),
+        t.join("authorized_keys").display(),
+    ));
+    let ssh_addr = server.ssh.expect("ssh= line in the ready file");
+    let (_sshd, sshd_port) = sshd(t, &client_pub);
+    let sshd_pub = std::fs::read_to_string(t.join("sshd_host.pub")).unwrap();
+    let key2 = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    std::fs::write(
+        t.join("known_hosts"),
+        format!(
+            "[127.0.0.1]:{} {}\n[127.0.0.1]:{sshd_port} {}\n",
+            ssh_addr.port(),
+            key2(&host_pub),
+            key2(&sshd_pub)
+        ),
+    )
+    .unwrap();
+    // OpenSSH's own port forward to the server proxy's TCP port.
+    let fwd_port = free_port();
+    let _ssh_l = Proc(
+        Command::new("ssh")
+            .args([
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                t.join("known_hosts").display()
+            ))
+            .arg("-i")
+            .arg(t.join("client_key"))
+            .arg("-L")
+            .arg(format!("127.0.0.1:{fwd_port}:{}", server.addr))
+            .args(["-p", &sshd_port.to_string(), "root@127.0.0.1"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(fwd_port, "ssh -L");
+    let ssh_section = |extra: &str| {
+        format!(
+            "[upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\n{extra}\n",
+            t.join("client_key").display(),
+            t.join("known_hosts").display()
+        )
+    };
+    let client = |upstream: String, extra: String| {
+        Proxy::start_config(&format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nnfs = \"{upstream}\"\n{extra}\n\
+             [log]\nlevel = \"warn\"\n"
+        ))
+    };
+    let dir = format!("bench-ssh-{}", std::process::id());
+    let sides = [
+        side(
+            "tcp",
+            client(format!("tcp://{}", server.addr), String::new()),
+            &export,
+            &dir,
+        )
+        .await,
+        side(
+            "ssh",
+            client(format!("ssh://bench@{ssh_addr}"), ssh_section("")),
+            &export,
+            &dir,
+        )
+        .await,
+        side(
+            "ssh -L",
+            client(format!("tcp://127.0.0.1:{fwd_port}"), String::new()),
+            &export,
+            &dir,
+        )
+        .await,
+        side(
+            "sshd direct-tcpip",
+            client(
+                format!("ssh://root@127.0.0.1:{sshd_port}"),
+                ssh_section(&format!("forward_to = \"{}\"", server.addr)),
+            ),
+            &export,
+            &dir,
+        )
+        .await,
+    ];
+    let n = sides.len();
+    let (mut w, mut r, mut g) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        for (k, s) in sides.iter().enumerate() {
+            let fh = s.c.create(&s.dir, &format!("f{k}")).await;
+            let len = mib << 20;
+            let t0 = Instant::now();
+            seq_write(&s.c, &fh, len, IO, WINDOW).await;
+            w[k].push(mib as f64 / t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            assert_eq!(seq_read(&s.c, &fh, len, IO, WINDOW).await, len);
+            r[k].push(mib as f64 / t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            for _ in 0..small_n {
+                s.c.getattr(&fh).await;
+            }
+            g[k].push(t0.elapsed().as_secs_f64() * 1e6 / small_n as f64);
+            s.c.set_size(&fh, 0).await;
+        }
+    }
+    let med = |v: &Vec<Vec<f64>>| v.iter().map(|x| median(x.clone())).collect::<Vec<_>>();
+    let (w, r, g) = (med(&w), med(&r), med(&g));
+    println!(
+        "\n### SSH tunnel, loopback: {mib} MiB sequential, 1 MiB calls, {WINDOW} in flight; \
+         GETATTR x{small_n}; median of {rounds} rounds\n"
+    );
+    println!(
+        "| chain (client proxy → ? → server proxy → Ganesha) | write MiB/s | read MiB/s | GETATTR µs | write vs tcp | read vs tcp | GETATTR vs tcp |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for k in 0..n {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2}× | {:.2}× |",
+            sides[k].name,
+            w[k],
+            r[k],
+            g[k],
+            w[k] / w[0],
+            r[k] / r[0],
+            g[k] / g[0]
+        );
+    }
+    println!(
+        "\nTargets: ssh ≥ 0.8× tcp → write {:.2}×, read {:.2}×; ssh ≥ ssh -L → write {:.2}×, read {:.2}×; \
+         GETATTR ssh ≤ 1.2× tcp → {:.2}×",
+        w[1] / w[0],
+        r[1] / r[0],
+        w[1] / w[2],
+        r[1] / r[2],
+        g[1] / g[0]
+    );
+}
