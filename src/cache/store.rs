@@ -596,14 +596,14 @@ impl Store {
         }
         let f = self.geo.frame(set, way);
         let start = dst.len();
-        dst.resize(start + want.len(), 0);
         let (dfile, _) = bank.files.as_ref().expect("tags imply files");
-        dfile
-            .read_exact_at(
-                &mut dst[start..],
-                self.geo.data_offset(f) + want.start as u64,
-            )
-            .map_err(io(&self.data_path(f.bank)))?;
+        read_append(
+            dfile,
+            dst,
+            want.len(),
+            self.geo.data_offset(f) + want.start as u64,
+        )
+        .map_err(io(&self.data_path(f.bank)))?;
         if crc32fast::hash(&dst[start..]) == t.data_crc {
             let li = self.local(f);
             bank.meta[li].referenced = true;
@@ -1361,6 +1361,52 @@ fn load_verifier(dir: &Path, lost: bool) -> Result<[u8; 8]> {
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
     Ok(v)
+}
+
+/// Appends `len` bytes read from `file` at `off` to `dst`, reading straight into its spare
+/// capacity: a cache hit is one copy (disk page cache → reply buffer), with no zero fill
+/// first (that memset was 16% of a warm re-read's CPU). On error `dst` is unchanged.
+fn read_append(
+    file: &File,
+    dst: &mut bytes::BytesMut,
+    len: usize,
+    off: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    dst.reserve(len);
+    let spare = &mut dst.spare_capacity_mut()[..len];
+    let mut done = 0;
+    while done < len {
+        // SAFETY: `spare` is `len` bytes of owned, writable (uninitialised) capacity of
+        // `dst`; pread writes at most `len - done` bytes at its offset `done` and never
+        // reads them. The bytes only count as initialised after pread filled them all.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().add(done).cast(),
+                len - done,
+                (off + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cache bank shorter than its geometry",
+                ));
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    // SAFETY: the `len` bytes after the old length were all written by pread above.
+    unsafe { dst.set_len(dst.len() + len) };
+    Ok(())
 }
 
 /// Opens (creating, sparse, at full size) a bank's data and tag files.
