@@ -7,6 +7,7 @@
 //! - SIGUSR2: write back, then drop the whole cache.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,6 +34,10 @@ pub fn tune_allocator() {
 
 /// How long rpcbind may take to answer a registration.
 const RPCBIND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes an SSH channel may have sent that the server proxy has not read yet (see
+/// `ssh::pump`): above what a gridvfs client can have in flight with the default
+/// `upstream.max_in_flight` (256 calls of at most 1 MiB plus headers).
+const SSH_MAX_UNREAD: usize = 320 << 20;
 
 async fn unregister(register: bool, socket: &Path, addr: std::net::SocketAddr) {
     if !register {
@@ -103,9 +108,24 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
         .context("listen.register_rpcbind is on, but registration failed")?;
         info!(socket = %rpcbind_socket.display(), "registered NFS v3 and MOUNT v3 with rpcbind");
     }
+    // The server role's SSH server: bound now, so its address is in the ready file.
+    let ssh_listener = match cfg.server.as_ref().and_then(|s| s.ssh.as_ref()) {
+        Some(s) => {
+            let l = tokio::net::TcpListener::bind(s.listen)
+                .await
+                .with_context(|| format!("cannot listen for SSH on {}", s.listen))?;
+            Some((l, s.clone()))
+        }
+        None => None,
+    };
+    let ssh_addr = ssh_listener.as_ref().and_then(|(l, _)| l.local_addr().ok());
     if let Some(p) = ready_file {
         let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string())
+        let text = match ssh_addr {
+            Some(a) => format!("{addr}\nssh={a}\n"),
+            None => addr.to_string(),
+        };
+        std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, p))
             .with_context(|| format!("cannot write ready file {}", p.display()))?;
     }
@@ -119,6 +139,50 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
             })?;
             info!(socket = %path.display(), "control socket ready");
             Some(tokio::spawn(crate::control::serve(l, proxy.clone())))
+        }
+        None => None,
+    };
+    let ssh_task = match ssh_listener {
+        Some((l, s)) => {
+            let opts = crate::ssh::server::SshServerOptions {
+                host_key: s.host_key.clone(),
+                authorized_keys: s.authorized_keys.clone(),
+                window: s.window,
+                subsystem: crate::ssh::SUBSYSTEM.into(),
+                max_unread: SSH_MAX_UNREAD,
+            };
+            // Fail now (exit 1 with the reason) rather than refuse every login later.
+            crate::ssh::keys::load_private(&s.host_key).with_context(|| {
+                format!(
+                    "server.ssh.host_key: make one with `gridvfs keygen --out {}`",
+                    s.host_key.display()
+                )
+            })?;
+            let p = proxy.clone();
+            let sd = rx.clone();
+            let on_channel: crate::ssh::server::OnChannel = Arc::new(move |stream, peer| {
+                let Some(policy) = &p.policy else { return };
+                match policy.account_for_key(&peer.key_fingerprint) {
+                    Some(account) => {
+                        info!(peer = %peer.addr, key = %peer.key_fingerprint, account = %account.name,
+                            "ssh channel: serving");
+                        tokio::spawn(p.clone().serve_stream(
+                            stream,
+                            peer.addr,
+                            account,
+                            sd.clone(),
+                        ));
+                    }
+                    None => warn!(side = "client", peer = %peer.addr, key = %peer.key_fingerprint,
+                        "ssh channel refused: the key is authorized but no [[server.account]] lists it (or \"*\")"),
+                }
+            });
+            let sd = rx.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::ssh::server::serve(l, opts, on_channel, sd).await {
+                    warn!(error = %e, "ssh server stopped");
+                }
+            }))
         }
         None => None,
     };
@@ -175,6 +239,9 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     unregister(register, &rpcbind_socket, addr).await;
     if let Some(p) = ready_file {
         let _ = std::fs::remove_file(p);
+    }
+    if let Some(t) = ssh_task {
+        t.abort();
     }
     if let (Some(task), Some(path)) = (control, &cfg.control_socket) {
         task.abort();

@@ -34,6 +34,7 @@ pub mod nfs3;
 pub mod proxy;
 pub mod rpc;
 pub mod server;
+pub mod ssh;
 pub mod transport;
 pub mod upstream;
 pub mod xdr;

@@ -34,6 +34,16 @@ enum Cmd {
         /// The TOML config file.
         config: PathBuf,
     },
+    /// Write a new ed25519 key pair in OpenSSH format: OUT (private, mode 0600; never
+    /// overwritten) and OUT.pub. Prints the public line and its SHA256 fingerprint.
+    Keygen {
+        /// Where the private key goes.
+        #[arg(long)]
+        out: PathBuf,
+        /// The key's comment (default: gridvfs@HOSTNAME).
+        #[arg(long)]
+        comment: Option<String>,
+    },
     /// Ask a running proxy for its counters (JSON) over its control socket.
     Status {
         /// The proxy's `[control] socket`.
@@ -119,6 +129,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Status { socket } => control(&socket, "status"),
+        Cmd::Keygen { out, comment } => {
+            let comment = comment.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "localhost".into());
+                format!("gridvfs@{host}")
+            });
+            match gridvfs::ssh::keys::keygen(&out, &comment) {
+                Ok(public) => {
+                    let fp = gridvfs::ssh::keys::parse_authorized_line(&public)
+                        .map(|(k, _)| gridvfs::ssh::keys::fingerprint(&k))
+                        .unwrap_or_default();
+                    println!("{public}");
+                    eprintln!(
+                        "gridvfs: wrote {} and {}.pub ({fp})",
+                        out.display(),
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gridvfs: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Flush { socket, drop, file } => {
             let mut line = String::from("flush");
             if drop {

@@ -326,15 +326,26 @@ fn the_tunnel_cut_mid_transfer_completes_correctly_after_reconnect() {
     random_file(&src, 64 << 20, 5);
     let want = sha256_file(&src);
     let url = nfs_url(client.endpoints(), &lab.export, &format!("{name}/in.bin"));
-    // Upload and download while the tunnel is cut twice each way.
+    // Cut the tunnel when the transfer is well under way (bytes seen on the far side),
+    // twice during the upload and once during the download.
+    let cut_at = |path: &Path, at: u64, done: &std::thread::JoinHandle<Result<(), String>>| {
+        let t0 = Instant::now();
+        while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < at {
+            assert!(
+                !done.is_finished(),
+                "transfer ended before {at} bytes: too fast to cut"
+            );
+            assert!(t0.elapsed() < Duration::from_secs(60), "transfer stalled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        relay.cut();
+    };
     let up = {
         let (s, u) = (src.to_str().unwrap().to_string(), url.clone());
         std::thread::spawn(move || nfs_cp(&s, &u))
     };
-    for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(700));
-        relay.cut();
-    }
+    cut_at(&dir.join("in.bin"), 16 << 20, &up);
+    cut_at(&dir.join("in.bin"), 40 << 20, &up);
     up.join().unwrap().expect("upload through a cut tunnel");
     assert_eq!(
         sha256_file(&dir.join("in.bin")),
@@ -346,14 +357,15 @@ fn the_tunnel_cut_mid_transfer_completes_correctly_after_reconnect() {
         let (b, u) = (back.to_str().unwrap().to_string(), url.clone());
         std::thread::spawn(move || nfs_cp(&u, &b))
     };
-    std::thread::sleep(Duration::from_millis(500));
-    relay.cut();
+    cut_at(&back, 16 << 20, &down);
     down.join().unwrap().expect("download through a cut tunnel");
     assert_eq!(sha256_file(&back), want, "download differs");
+    assert_eq!(relay.cuts.load(Ordering::Relaxed), 3);
+    let log = client.log_text();
     assert!(
-        client.log_count("connected") >= 2,
-        "the tunnel was re-established:\n{}",
-        client.log_text()
+        client.log_count("connection to the next hop lost") >= 3
+            && client.log_count("ssh session established") >= 4,
+        "every cut must be seen and the session re-made:\n{log}"
     );
 }
 

@@ -34,7 +34,7 @@ async fn dropped_connection_is_reopened_from_the_same_port_and_the_call_resent()
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
     };
-    let up = Upstream::start("nfs", ep, &cfg, 1 << 20);
+    let up = Upstream::start("nfs", gridvfs::transport::Dialer::Tcp(ep), &cfg, 1 << 20);
     let mut call = BytesMut::new();
     call.extend_from_slice(&7u32.to_be_bytes()); // the client's xid
     call.extend_from_slice(b"call body, not parsed by the link");

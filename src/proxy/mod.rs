@@ -226,8 +226,9 @@ impl Bound {
             }
             None => None,
         };
-        let nfs = Upstream::start("nfs", cfg.upstream.nfs.clone(), &cfg.upstream, max);
-        let mount = Upstream::start("mount", cfg.upstream.mount.clone(), &cfg.upstream, max);
+        let (nfs_dialer, mount_dialer) = crate::transport::dialers(&cfg.upstream);
+        let nfs = Upstream::start("nfs", nfs_dialer, &cfg.upstream, max);
+        let mount = Upstream::start("mount", mount_dialer, &cfg.upstream, max);
         Ok(Bound {
             listener,
             proxy: Arc::new(Proxy {

@@ -96,9 +96,16 @@ impl Policy {
         self.handles.len()
     }
 
+    /// An allowed export, or a directory below one (clients such as libnfs mount the
+    /// directory of the file they open). `..` components are never allowed.
     fn export_allowed(&self, path: &[u8]) -> bool {
         let p = trim_slash(path);
-        self.exports.iter().any(|e| e.as_slice() == p)
+        if p.split(|&b| b == b'/').any(|c| c == b"..") {
+            return false;
+        }
+        self.exports.iter().any(|e| {
+            p == e.as_slice() || (p.starts_with(e) && (e.as_slice() == b"/" || p[e.len()] == b'/'))
+        })
     }
 
     /// Checks and rewrites one call record of a client acting as `account`.

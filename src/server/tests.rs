@@ -230,3 +230,25 @@ fn error_replies_decode_for_every_procedure() {
         assert_eq!(res.status(), Some(Nfsstat3::STALE), "{}", p.name());
     }
 }
+
+#[test]
+fn directories_below_an_export_mount_but_never_through_dotdot() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy(dir.path());
+    for (path, ok) in [
+        (&b"/export"[..], true),
+        (b"/export/", true),
+        (b"/export/vm/images", true),
+        (b"/exported", false),
+        (b"/export/../etc", false),
+        (b"/export/vm/..", false),
+        (b"/", false),
+    ] {
+        assert_eq!(
+            p.export_allowed(path),
+            ok,
+            "{}",
+            String::from_utf8_lossy(path)
+        );
+    }
+}

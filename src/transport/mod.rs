@@ -1,5 +1,5 @@
-//! Byte streams to the next hop. Knows nothing of RPC or NFS: an `Endpoint` goes in, a
-//! connected bidirectional stream comes out. TCP today; the SSH tunnel plugs in here.
+//! Byte streams to the next hop. Knows nothing of RPC or NFS: a `Dialer` (plain TCP, or
+//! a channel of an SSH session, see `crate::ssh`) gives connected bidirectional streams.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -14,6 +14,111 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 pub type BoxStream = Pin<Box<dyn Stream>>;
+
+/// How to reach one next-hop endpoint.
+#[derive(Clone)]
+pub enum Dialer {
+    Tcp(Endpoint),
+    /// A channel on the (shared) SSH session to the next hop.
+    Ssh {
+        endpoint: Endpoint,
+        connector: std::sync::Arc<crate::ssh::client::SshConnector>,
+    },
+}
+
+impl std::fmt::Display for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dialer::Tcp(e) => e.fmt(f),
+            Dialer::Ssh {
+                endpoint,
+                connector,
+            } => match &connector.options().target {
+                crate::ssh::client::ChannelTarget::Subsystem(s) => write!(f, "{endpoint} ({s})"),
+                crate::ssh::client::ChannelTarget::DirectTcpip { host, port } => {
+                    write!(f, "{endpoint} (direct-tcpip to {host}:{port})")
+                }
+            },
+        }
+    }
+}
+
+/// The dialers of a proxy's NFS and MOUNT upstreams. Two `ssh://` endpoints that are
+/// the same share one SSH session.
+pub fn dialers(cfg: &crate::config::UpstreamConfig) -> (Dialer, Dialer) {
+    use crate::ssh::client::{ChannelTarget, SshClientOptions, SshConnector};
+    let mut made: Vec<(Endpoint, std::sync::Arc<SshConnector>)> = Vec::new();
+    let mut dial = |ep: &Endpoint| -> Dialer {
+        let Endpoint::Ssh { user, host, port } = ep else {
+            return Dialer::Tcp(ep.clone());
+        };
+        if let Some((_, c)) = made.iter().find(|(e, _)| e == ep) {
+            return Dialer::Ssh {
+                endpoint: ep.clone(),
+                connector: c.clone(),
+            };
+        }
+        let s = cfg
+            .ssh
+            .as_ref()
+            .expect("config validation requires [upstream.ssh] for ssh:// endpoints");
+        let c = std::sync::Arc::new(SshConnector::new(SshClientOptions {
+            user: user.clone(),
+            host: host.clone(),
+            port: *port,
+            key: s.key.clone(),
+            known_hosts: s.known_hosts.clone(),
+            accept_new: s.accept_new,
+            target: match &s.forward_to {
+                None => ChannelTarget::Subsystem(crate::ssh::SUBSYSTEM.into()),
+                Some((h, p)) => ChannelTarget::DirectTcpip {
+                    host: h.clone(),
+                    port: *p,
+                },
+            },
+            window: s.window,
+            connect_timeout: cfg.connect_timeout,
+            keepalive: s.keepalive,
+        }));
+        made.push((ep.clone(), c.clone()));
+        Dialer::Ssh {
+            endpoint: ep.clone(),
+            connector: c,
+        }
+    };
+    let nfs = dial(&cfg.nfs);
+    let mount = dial(&cfg.mount);
+    (nfs, mount)
+}
+
+impl Dialer {
+    /// A new stream within `timeout`. TCP: from local port `reuse_port` if it is free
+    /// (see `connect`). SSH: a new channel, on the live session or a new one.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        reuse_port: Option<u16>,
+    ) -> std::io::Result<Connected> {
+        match self {
+            Dialer::Tcp(ep) => connect(ep, timeout, reuse_port).await,
+            Dialer::Ssh { connector, .. } => {
+                let stream = tokio::time::timeout(timeout * 2, connector.open())
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no SSH channel within {:?}", timeout * 2),
+                        )
+                    })?
+                    .map_err(std::io::Error::other)?;
+                Ok(Connected {
+                    stream,
+                    local_port: None,
+                })
+            }
+        }
+    }
+}
 
 /// A connected stream and, for TCP, the local port it was made from.
 pub struct Connected {

@@ -18,10 +18,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{Completion, UpstreamStats};
-use crate::config::{Endpoint, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::rpc::msg::{AcceptStat, accepted_reply};
 use crate::rpc::{RecordError, RecordReader, write_record_with_xid};
-use crate::transport::{self, BoxStream};
+use crate::transport::{BoxStream, Dialer};
 
 /// A call waiting for its reply.
 pub(super) struct Pending {
@@ -83,7 +83,7 @@ impl Link {
     pub fn start(
         name: &'static str,
         index: usize,
-        endpoint: Endpoint,
+        endpoint: Dialer,
         cfg: UpstreamConfig,
         max_record: usize,
         stats: Arc<UpstreamStats>,
@@ -146,7 +146,7 @@ impl Link {
 struct LinkCtx {
     name: &'static str,
     index: usize,
-    endpoint: Endpoint,
+    endpoint: Dialer,
     cfg: UpstreamConfig,
     max_record: usize,
     stats: Arc<UpstreamStats>,
@@ -166,25 +166,28 @@ async fn run(ctx: LinkCtx) {
     // The local port of the last connection, reused so the server can match re-sends.
     let mut last_port = None;
     loop {
-        let stream =
-            match transport::connect(&ctx.endpoint, ctx.cfg.connect_timeout, last_port).await {
-                Ok(c) => {
-                    last_port = c.local_port;
-                    c.stream
-                }
-                Err(e) => {
-                    failures += 1;
-                    // First failure and then every 10th, so a long outage does not flood the log.
-                    if failures == 1 || failures.is_multiple_of(10) {
-                        warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
+        let stream = match ctx
+            .endpoint
+            .connect(ctx.cfg.connect_timeout, last_port)
+            .await
+        {
+            Ok(c) => {
+                last_port = c.local_port;
+                c.stream
+            }
+            Err(e) => {
+                failures += 1;
+                // First failure and then every 10th, so a long outage does not flood the log.
+                if failures == 1 || failures.is_multiple_of(10) {
+                    warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
                         link = ctx.index, error = %e, waiting = ctx.waiting(), retry_in = ?backoff,
                         "cannot connect to the next hop; will retry");
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ctx.cfg.backoff_max);
-                    continue;
                 }
-            };
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ctx.cfg.backoff_max);
+                continue;
+            }
+        };
         ctx.stats.connects.fetch_add(1, Ordering::Relaxed);
         if connected_before || failures > 0 {
             info!(upstream = ctx.name, endpoint = %ctx.endpoint, link = ctx.index,

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::config::{Endpoint, UpstreamConfig};
+use crate::config::UpstreamConfig;
+use crate::transport::Dialer;
 use link::{Link, Pending};
 
 /// What to do with a reply. Runs on the link's reader task, so it must be quick and must
@@ -57,7 +58,7 @@ pub struct UpstreamStats {
 pub struct Upstream {
     /// "nfs" or "mount": names the side in logs and errors.
     name: &'static str,
-    endpoint: Endpoint,
+    endpoint: Dialer,
     links: Vec<Link>,
     /// Round-robin cursor over `links`.
     next_link: AtomicUsize,
@@ -74,7 +75,7 @@ impl Upstream {
     /// Starts the links' tasks (they connect in the background) and returns at once.
     pub fn start(
         name: &'static str,
-        endpoint: Endpoint,
+        endpoint: Dialer,
         cfg: &UpstreamConfig,
         max_record: usize,
     ) -> Arc<Upstream> {
@@ -115,7 +116,7 @@ impl Upstream {
         self.name
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
+    pub fn endpoint(&self) -> &Dialer {
         &self.endpoint
     }
 

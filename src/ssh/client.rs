@@ -1,0 +1,276 @@
+//! The client end of the tunnel: one long-lived, authenticated SSH session per next hop;
+//! `open` adds a channel to it (making the session first if there is none or it died).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::{self, Handle};
+use russh::keys::known_hosts::{check_known_hosts_path, learn_known_hosts_path};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use tracing::{info, warn};
+
+use super::SshError;
+use super::keys::{fingerprint, load_private};
+use crate::transport::BoxStream;
+
+/// What a channel asks the far end for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelTarget {
+    /// A session channel with this subsystem (`gridvfs`): a gridvfs server proxy.
+    Subsystem(String),
+    /// A direct-tcpip channel to this address as the SSH server sees it: through a stock
+    /// OpenSSH sshd to a server proxy listening on its loopback.
+    DirectTcpip { host: String, port: u16 },
+}
+
+#[derive(Debug, Clone)]
+pub struct SshClientOptions {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    /// Our private key (OpenSSH format, unencrypted).
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    /// Learn (append) an unknown host key instead of refusing it. A changed key is
+    /// refused regardless.
+    pub accept_new: bool,
+    pub target: ChannelTarget,
+    /// Channel window we advertise, bytes.
+    pub window: u32,
+    pub connect_timeout: Duration,
+    /// Keepalive interval; the session is dropped after 3 unanswered.
+    pub keepalive: Duration,
+}
+
+/// One remote: its session, shared by every channel (link) to it.
+pub struct SshConnector {
+    opts: SshClientOptions,
+    session: tokio::sync::Mutex<Option<Arc<Handle<Checker>>>>,
+}
+
+/// Checks the server's host key against known_hosts; keeps why it refused, since russh
+/// only reports "unknown key".
+pub struct Checker {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    accept_new: bool,
+    refused: Arc<Mutex<Option<SshError>>>,
+}
+
+impl client::Handler for Checker {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            *self.refused.lock().expect("refused lock") = Some(SshError::Session {
+                host: self.host.clone(),
+                why: "the server offered a host certificate; only plain host keys are checked"
+                    .into(),
+            });
+            return Ok(false);
+        };
+        let fp = fingerprint(key);
+        let verdict = match check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
+            Ok(true) => return Ok(true),
+            Ok(false) if self.accept_new => {
+                match learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
+                    Ok(()) => {
+                        info!(host = %self.host, port = self.port, fingerprint = %fp,
+                            known_hosts = %self.known_hosts.display(), "new host key learnt (accept-new)");
+                        return Ok(true);
+                    }
+                    Err(e) => SshError::KnownHosts {
+                        path: self.known_hosts.clone(),
+                        why: format!("cannot record the new host key: {e}"),
+                    },
+                }
+            }
+            Ok(false) => SshError::HostKeyUnknown {
+                host: format!("[{}]:{}", self.host, self.port),
+                fingerprint: fp,
+                known_hosts: self.known_hosts.clone(),
+            },
+            Err(russh::keys::Error::KeyChanged { line }) => SshError::HostKeyChanged {
+                host: format!("[{}]:{}", self.host, self.port),
+                fingerprint: fp,
+                known_hosts: self.known_hosts.clone(),
+                line,
+            },
+            Err(e) => SshError::KnownHosts {
+                path: self.known_hosts.clone(),
+                why: e.to_string(),
+            },
+        };
+        *self.refused.lock().expect("refused lock") = Some(verdict);
+        Ok(false)
+    }
+}
+
+impl SshConnector {
+    pub fn new(opts: SshClientOptions) -> SshConnector {
+        SshConnector {
+            opts,
+            session: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn options(&self) -> &SshClientOptions {
+        &self.opts
+    }
+
+    /// A new channel as a byte stream. Reuses the session; makes a new one (with its
+    /// host key check and authentication) if there is none or it has died.
+    pub async fn open(&self) -> Result<BoxStream, SshError> {
+        let handle = {
+            let mut s = self.session.lock().await;
+            match s.as_ref() {
+                Some(h) if !h.is_closed() => h.clone(),
+                _ => {
+                    let h = Arc::new(self.connect().await?);
+                    *s = Some(h.clone());
+                    h
+                }
+            }
+        };
+        match self.channel(&handle).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                // A dead session shows up here first: forget it, so the next try
+                // (the link's backoff) makes a new one.
+                let mut s = self.session.lock().await;
+                if s.as_ref().is_some_and(|h| Arc::ptr_eq(h, &handle)) {
+                    *s = None;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("{}:{}", self.opts.host, self.opts.port)
+    }
+
+    async fn connect(&self) -> Result<Handle<Checker>, SshError> {
+        let o = &self.opts;
+        let key = load_private(&o.key)?;
+        let key_fp = fingerprint(key.public_key());
+        let config = Arc::new(client::Config {
+            window_size: o.window,
+            maximum_packet_size: 256 << 10,
+            channel_buffer_size: 1024,
+            keepalive_interval: Some(o.keepalive),
+            keepalive_max: 3,
+            inactivity_timeout: None,
+            nodelay: true,
+            ..Default::default()
+        });
+        let refused = Arc::new(Mutex::new(None));
+        let checker = Checker {
+            host: o.host.clone(),
+            port: o.port,
+            known_hosts: o.known_hosts.clone(),
+            accept_new: o.accept_new,
+            refused: refused.clone(),
+        };
+        let connecting = client::connect(config, (o.host.as_str(), o.port), checker);
+        let mut handle = match tokio::time::timeout(o.connect_timeout, connecting).await {
+            Err(_) => {
+                return Err(SshError::Connect {
+                    addr: self.host(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no SSH session within {:?}", o.connect_timeout),
+                    ),
+                });
+            }
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                if let Some(why) = refused.lock().expect("refused lock").take() {
+                    return Err(why);
+                }
+                return Err(match e {
+                    russh::Error::IO(source) => SshError::Connect {
+                        addr: self.host(),
+                        source,
+                    },
+                    other => SshError::Session {
+                        host: self.host(),
+                        why: other.to_string(),
+                    },
+                });
+            }
+        };
+        let session_err = |e: russh::Error| SshError::Session {
+            host: self.host(),
+            why: e.to_string(),
+        };
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(session_err)?
+            .flatten();
+        let auth = handle
+            .authenticate_publickey(
+                o.user.clone(),
+                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+            )
+            .await
+            .map_err(session_err)?;
+        if !auth.success() {
+            return Err(SshError::AuthRefused {
+                user: o.user.clone(),
+                host: self.host(),
+                fingerprint: key_fp,
+            });
+        }
+        info!(host = %self.host(), user = %o.user, key = %key_fp, "ssh session established");
+        Ok(handle)
+    }
+
+    async fn channel(&self, h: &Handle<Checker>) -> Result<BoxStream, SshError> {
+        let refused = |what: String| SshError::ChannelRefused {
+            what,
+            host: self.host(),
+        };
+        match &self.opts.target {
+            ChannelTarget::Subsystem(name) => {
+                let mut ch = h
+                    .channel_open_session()
+                    .await
+                    .map_err(|e| refused(format!("session channel ({e})")))?;
+                ch.request_subsystem(true, name.as_str())
+                    .await
+                    .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
+                // The reply to our request comes before any data.
+                loop {
+                    match ch.wait().await {
+                        Some(ChannelMsg::Success) => break,
+                        Some(ChannelMsg::Failure) | None => {
+                            return Err(refused(format!("subsystem {name}")));
+                        }
+                        Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
+                            return Err(refused(format!("subsystem {name} (channel closed)")));
+                        }
+                        Some(other) => {
+                            warn!(msg = ?other, "unexpected SSH message before the subsystem started");
+                        }
+                    }
+                }
+                Ok(Box::pin(ch.into_stream()))
+            }
+            ChannelTarget::DirectTcpip { host, port } => {
+                let ch = h
+                    .channel_open_direct_tcpip(host.as_str(), *port as u32, "127.0.0.1", 0)
+                    .await
+                    .map_err(|e| refused(format!("direct-tcpip to {host}:{port} ({e})")))?;
+                Ok(Box::pin(ch.into_stream()))
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The SSH tunnel between proxies (paper §3.1, Fig. 2), on russh.
+//!
+//! - `keys`: `gridvfs keygen` (ed25519, OpenSSH format), loading keys, fingerprints.
+//! - `client`: one long-lived, authenticated session per next hop, host key checked
+//!   against an OpenSSH known_hosts file; `open` gives a new channel as a byte stream
+//!   (the `gridvfs` subsystem of a gridvfs server, or direct-tcpip through a stock sshd).
+//!   The upstream links each hold one channel, so RPCs are multiplexed by xid over a few
+//!   long-lived channels of one session.
+//! - `server`: the server proxy's built-in SSH server: public keys from an OpenSSH
+//!   authorized_keys file, only the `gridvfs` subsystem served.
+//! - `pump`: keeps an incoming channel drained (see there: russh stalls the whole
+//!   session while any one channel's buffer is full).
+
+pub mod client;
+pub mod keys;
+mod pump;
+pub mod server;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+/// The SSH subsystem a gridvfs server proxy serves.
+pub const SUBSYSTEM: &str = "gridvfs";
+
+/// Why an SSH step failed. Each names the step, so logs say what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("key file {path}: {why}")]
+    KeyFile { path: PathBuf, why: String },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "unknown host key for {host} ({fingerprint}), not in {known_hosts}; add it there, or set host_key_policy = \"accept-new\""
+    )]
+    HostKeyUnknown {
+        host: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "host key for {host} CHANGED ({fingerprint}; {known_hosts} line {line} has another): refused; if the server's key really changed, remove that line"
+    )]
+    HostKeyChanged {
+        host: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
+    #[error("known_hosts {path}: {why}")]
+    KnownHosts { path: PathBuf, why: String },
+    #[error("authentication as {user} with key {fingerprint} refused by {host}")]
+    AuthRefused {
+        user: String,
+        host: String,
+        fingerprint: String,
+    },
+    #[error("{what} refused by {host}")]
+    ChannelRefused { what: String, host: String },
+    #[error("ssh session with {host}: {why}")]
+    Session { host: String, why: String },
+    #[error("ssh server: {0}")]
+    Server(String),
+}

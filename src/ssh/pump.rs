@@ -1,0 +1,98 @@
+//! Keeps an SSH channel's incoming data drained.
+//!
+//! russh adjusts a channel's window as soon as data arrives (not when the application
+//! reads it) and hands the data to a bounded per-channel queue; when that queue is full,
+//! the session's one task waits, and with it every channel of the session and its
+//! outgoing data, including the replies that would let a busy reader make progress. A
+//! server connection that pauses reading for backpressure (its request slots or the
+//! proxy's byte budget are taken until replies go out) would therefore deadlock its own
+//! session. So every channel the server accepts is read at once into this pump, and the
+//! connection reads from the pump at its own pace.
+//!
+//! What the pump may hold is bounded by the peer, not by the window: a gridvfs client
+//! has at most `upstream.max_in_flight` calls out (each at most `max_record` bytes).
+//! Beyond `cap` unread bytes the peer is not behaving like one, and the channel fails
+//! (the client reconnects and re-sends).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::transport::BoxStream;
+
+const CHUNK: usize = 256 << 10;
+
+/// The drained stream: reads come from the pump, writes go straight to the channel.
+pub(super) fn drained<S>(stream: S, cap: usize) -> BoxStream
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::unbounded_channel::<std::io::Result<Bytes>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let q = queued.clone();
+    tokio::spawn(async move {
+        loop {
+            let mut buf = BytesMut::with_capacity(CHUNK);
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if q.fetch_add(n, Ordering::Relaxed) + n > cap {
+                        let _ = tx.send(Err(std::io::Error::other(format!(
+                            "peer sent more than {cap} bytes that were not read yet"
+                        ))));
+                        break;
+                    }
+                    if tx.send(Ok(buf.freeze())).is_err() {
+                        break; // the connection is gone
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    Box::pin(tokio::io::join(
+        PumpReader {
+            rx,
+            cur: Bytes::new(),
+            queued,
+        },
+        wr,
+    ))
+}
+
+struct PumpReader {
+    rx: mpsc::UnboundedReceiver<std::io::Result<Bytes>>,
+    cur: Bytes,
+    queued: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for PumpReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.cur.is_empty() {
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())), // EOF
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(b))) => self.cur = b,
+            }
+        }
+        let n = self.cur.len().min(out.remaining());
+        out.put_slice(&self.cur[..n]);
+        self.cur.advance(n);
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}

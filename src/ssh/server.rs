@@ -1,0 +1,327 @@
+//! The server proxy's built-in SSH server.
+//!
+//! Public-key authentication only, against an OpenSSH `authorized_keys` file that is
+//! re-read at every login (so adding or removing a key needs no restart). A session may
+//! open session channels, and a channel is served only once it asks for the `gridvfs`
+//! subsystem; shell, exec, pty, env, X11 and agent requests, direct-tcpip and
+//! tcpip-forward are refused. Each served channel's bytes go through a pump (see `pump`)
+//! to `on_channel`, with who authenticated.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::ssh_key::PublicKey;
+use russh::server::{self, Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info, warn};
+
+use super::SshError;
+use super::keys::{fingerprint, load_private, parse_authorized_line};
+use super::pump;
+use crate::transport::BoxStream;
+
+#[derive(Debug, Clone)]
+pub struct SshServerOptions {
+    pub host_key: PathBuf,
+    pub authorized_keys: PathBuf,
+    /// Channel window we advertise, bytes.
+    pub window: u32,
+    /// The one subsystem served (`gridvfs`).
+    pub subsystem: String,
+    /// Bytes a channel may have sent that the proxy has not read yet (see `pump`).
+    pub max_unread: usize,
+}
+
+/// Who is on a served channel.
+#[derive(Debug, Clone)]
+pub struct ChannelPeer {
+    pub addr: SocketAddr,
+    pub user: String,
+    /// SHA256 fingerprint of the key that authenticated.
+    pub key_fingerprint: String,
+    /// The key's comment in authorized_keys.
+    pub key_comment: String,
+}
+
+/// Called with each served channel.
+pub type OnChannel = Arc<dyn Fn(BoxStream, ChannelPeer) + Send + Sync>;
+
+/// SSH connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+/// The key in `path` that equals `key`, with its comment. Re-read at each call.
+fn authorized(path: &Path, key: &PublicKey) -> Result<Option<String>, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        match parse_authorized_line(trimmed) {
+            Some((k, comment)) if k.key_data() == key.key_data() => return Ok(Some(comment)),
+            Some(_) => {}
+            None => {
+                warn!(file = %path.display(), line = i + 1, "authorized_keys line not understood; skipped")
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Serves SSH on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    opts: SshServerOptions,
+    on_channel: OnChannel,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SshError> {
+    let key = load_private(&opts.host_key)?;
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        host_key = %fingerprint(key.public_key()), "ssh server listening");
+    let config = Arc::new(server::Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        keys: vec![key],
+        window_size: opts.window,
+        maximum_packet_size: 256 << 10,
+        channel_buffer_size: 1024,
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        max_auth_attempts: 6,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    });
+    let opts = Arc::new(opts);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (socket, addr) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "ssh accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let handler = Conn {
+            addr,
+            opts: opts.clone(),
+            on_channel: on_channel.clone(),
+            opened: HashMap::new(),
+            who: None,
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            debug!(%addr, "ssh connection");
+            match server::run_stream(config, socket, handler).await {
+                Ok(session) => {
+                    if let Err(e) = session.await {
+                        debug!(%addr, error = %e, "ssh session ended");
+                    }
+                }
+                Err(e) => debug!(%addr, error = %e, "ssh handshake failed"),
+            }
+            drop(permit);
+        });
+    }
+    Ok(())
+}
+
+/// One SSH connection.
+struct Conn {
+    addr: SocketAddr,
+    opts: Arc<SshServerOptions>,
+    on_channel: OnChannel,
+    /// Session channels opened but not yet started as the subsystem.
+    opened: HashMap<ChannelId, Channel<Msg>>,
+    /// (user, fingerprint, comment) once authenticated.
+    who: Option<(String, String, String)>,
+}
+
+impl Conn {
+    fn check(&self, key: &PublicKey) -> Option<String> {
+        match authorized(&self.opts.authorized_keys, key) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(file = %self.opts.authorized_keys.display(), error = %e,
+                    "cannot read authorized_keys: every login refused");
+                None
+            }
+        }
+    }
+}
+
+impl server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(match self.check(offer.public_key) {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = fingerprint(key.public_key);
+        match self.check(key.public_key) {
+            Some(comment) => {
+                info!(peer = %self.addr, user, key = %fp, comment = %comment, "ssh login");
+                self.who = Some((user.to_string(), fp, comment));
+                Ok(Auth::Accept)
+            }
+            None => {
+                warn!(side = "client", peer = %self.addr, user, key = %fp,
+                    "ssh login refused: key not in authorized_keys");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.opened.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Some(channel), Some((user, fp, comment))) = (
+            (name == self.opts.subsystem)
+                .then(|| self.opened.remove(&id))
+                .flatten(),
+            self.who.clone(),
+        ) else {
+            warn!(side = "client", peer = %self.addr, subsystem = name, "ssh subsystem refused");
+            session.channel_failure(id)?;
+            return Ok(());
+        };
+        session.channel_success(id)?;
+        let stream = pump::drained(channel.into_stream(), self.opts.max_unread);
+        (self.on_channel)(
+            stream,
+            ChannelPeer {
+                addr: self.addr,
+                user,
+                key_fingerprint: fp,
+                key_comment: comment,
+            },
+        );
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        id: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(id, "exec", session)
+    }
+
+    async fn shell_request(
+        &mut self,
+        id: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(id, "shell", session)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        id: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(id, "pty", session)
+    }
+
+    async fn env_request(
+        &mut self,
+        id: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(id, "env", session)
+    }
+
+    async fn x11_request(
+        &mut self,
+        id: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(id, "x11", session)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        warn!(side = "client", peer = %self.addr, to = %format!("{host_to_connect}:{port_to_connect}"),
+            "ssh direct-tcpip refused (only the gridvfs subsystem is served)");
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+}
+
+impl Conn {
+    fn refuse(
+        &mut self,
+        id: ChannelId,
+        what: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        warn!(side = "client", peer = %self.addr, request = what,
+            "ssh request refused (only the gridvfs subsystem is served)");
+        session.channel_failure(id)
+    }
+}
