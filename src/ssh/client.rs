@@ -168,6 +168,7 @@ impl SshConnector {
             keepalive_max: 3,
             inactivity_timeout: None,
             nodelay: true,
+            preferred: super::preferred(),
             ..Default::default()
         });
         let refused = Arc::new(Mutex::new(None));
@@ -178,7 +179,14 @@ impl SshConnector {
             accept_new: o.accept_new,
             refused: refused.clone(),
         };
-        let connecting = client::connect(config, (o.host.as_str(), o.port), checker);
+        let connecting = async {
+            let tcp = tokio::net::TcpStream::connect((o.host.as_str(), o.port))
+                .await
+                .map_err(russh::Error::IO)?;
+            tcp.set_nodelay(true).map_err(russh::Error::IO)?;
+            let stream = super::decouple::decoupled(tcp, super::MAX_UNSENT);
+            client::connect_stream(config, stream, checker).await
+        };
         let mut handle = match tokio::time::timeout(o.connect_timeout, connecting).await {
             Err(_) => {
                 return Err(SshError::Connect {

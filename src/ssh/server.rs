@@ -96,6 +96,7 @@ pub async fn serve(
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 4,
         nodelay: true,
+        preferred: super::preferred(),
         ..Default::default()
     });
     let opts = Arc::new(opts);
@@ -126,7 +127,8 @@ pub async fn serve(
         let config = config.clone();
         tokio::spawn(async move {
             debug!(%addr, "ssh connection");
-            match server::run_stream(config, socket, handler).await {
+            let stream = super::decouple::decoupled(socket, super::MAX_UNSENT);
+            match server::run_stream(config, stream, handler).await {
                 Ok(session) => {
                     if let Err(e) = session.await {
                         debug!(%addr, error = %e, "ssh session ended");

@@ -1,1 +1,341 @@
+//! The tunnel in process, on loopback: our client against our server (and OpenSSH's
+//! tools where they are the reference: key formats and fingerprints).
 
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::client::{ChannelTarget, SshClientOptions, SshConnector};
+use super::keys::{fingerprint, keygen, load_private, parse_authorized_line};
+use super::server::{ChannelPeer, OnChannel, SshServerOptions, serve};
+use super::*;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    host_pub: String,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let host_pub = keygen(&dir.path().join("host"), "host").unwrap();
+        let client_pub = keygen(&dir.path().join("client"), "client").unwrap();
+        keygen(&dir.path().join("stranger"), "stranger").unwrap();
+        std::fs::write(
+            dir.path().join("authorized_keys"),
+            format!("# comment line\nno-pty,command=\"/bin/false x\" {client_pub}\n"),
+        )
+        .unwrap();
+        Setup { dir, host_pub }
+    }
+
+    fn p(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn trust(&self, port: u16, line: &str) {
+        let key: Vec<&str> = line.split_whitespace().take(2).collect();
+        std::fs::write(
+            self.p("known_hosts"),
+            format!("[127.0.0.1]:{port} {}\n", key.join(" ")),
+        )
+        .unwrap();
+    }
+
+    fn client(&self, port: u16, key: &str, accept_new: bool) -> SshConnector {
+        SshConnector::new(SshClientOptions {
+            user: "grid".into(),
+            host: "127.0.0.1".into(),
+            port,
+            key: self.p(key),
+            known_hosts: self.p("known_hosts"),
+            accept_new,
+            target: ChannelTarget::Subsystem(SUBSYSTEM.into()),
+            window: 16 << 20,
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(5),
+        })
+    }
+}
+
+/// Our server with an echo service behind the subsystem; returns its port and the
+/// sender that stops it.
+async fn echo_server(
+    s: &Setup,
+    peers: Arc<std::sync::Mutex<Vec<ChannelPeer>>>,
+) -> (u16, watch::Sender<bool>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = watch::channel(false);
+    let on: OnChannel = Arc::new(move |stream, peer| {
+        peers.lock().unwrap().push(peer);
+        tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(stream);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+    });
+    let opts = SshServerOptions {
+        host_key: s.p("host"),
+        authorized_keys: s.p("authorized_keys"),
+        window: 16 << 20,
+        subsystem: SUBSYSTEM.into(),
+        max_unread: 64 << 20,
+    };
+    tokio::spawn(async move { serve(l, opts, on, rx).await.unwrap() });
+    (port, tx)
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect()
+}
+
+/// Regression: 4 channels echoing 6 MiB each deadlocked the session (both ends blocked
+/// writing to full sockets, neither reading) until writes were decoupled (`decouple`).
+#[tokio::test]
+async fn several_channels_on_one_session_carry_bytes_both_ways() {
+    let s = Setup::new();
+    let peers = Arc::default();
+    let (port, _stop) = echo_server(&s, Arc::clone(&peers)).await;
+    s.trust(port, &s.host_pub);
+    let c = Arc::new(s.client(port, "client", false));
+    let mut tasks = Vec::new();
+    for i in 0..4u8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = c.open().await.unwrap();
+            let (mut r, mut w) = tokio::io::split(stream);
+            let data = pattern(12 << 20, i);
+            let sent = data.clone();
+            let writer = tokio::spawn(async move { w.write_all(&sent).await.unwrap() });
+            let mut back = vec![0u8; data.len()];
+            r.read_exact(&mut back).await.unwrap();
+            writer.await.unwrap();
+            assert!(back == data, "channel {i}: echo differs");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let peers = peers.lock().unwrap();
+    assert_eq!(peers.len(), 4);
+    let client_pub = std::fs::read_to_string(s.p("client.pub")).unwrap();
+    let (k, _) = parse_authorized_line(&client_pub).unwrap();
+    assert!(
+        peers
+            .iter()
+            .all(|p| p.key_fingerprint == fingerprint(&k) && p.user == "grid")
+    );
+    assert!(peers.iter().all(|p| p.key_comment == "client"));
+}
+
+#[tokio::test]
+async fn wrong_client_key_and_unknown_or_changed_host_keys_are_refused() {
+    let s = Setup::new();
+    let (port, _stop) = echo_server(&s, Arc::default()).await;
+    // Unknown host (empty known_hosts): refused, and the error says how to fix it.
+    std::fs::write(s.p("known_hosts"), "").unwrap();
+    match s.client(port, "client", false).open().await {
+        Err(SshError::HostKeyUnknown { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("unknown host key accepted"),
+    }
+    // A different key on file for this host: refused even with accept-new.
+    let other = keygen(&s.p("other"), "other").unwrap();
+    s.trust(port, &other);
+    match s.client(port, "client", true).open().await {
+        Err(SshError::HostKeyChanged { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("changed host key accepted"),
+    }
+    // accept-new learns an unknown key; strict then accepts it.
+    std::fs::write(s.p("known_hosts"), "").unwrap();
+    s.client(port, "client", true).open().await.unwrap();
+    s.client(port, "client", false).open().await.unwrap();
+    // A key that is not in authorized_keys.
+    match s.client(port, "stranger", false).open().await {
+        Err(SshError::AuthRefused { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("stranger's key accepted"),
+    }
+    // authorized_keys is re-read at each login: adding the key lets it in.
+    let stranger = std::fs::read_to_string(s.p("stranger.pub")).unwrap();
+    let mut ak = std::fs::read_to_string(s.p("authorized_keys")).unwrap();
+    ak.push_str(&stranger);
+    std::fs::write(s.p("authorized_keys"), ak).unwrap();
+    s.client(port, "stranger", false).open().await.unwrap();
+}
+
+/// Only the gridvfs subsystem: a shell, a command, another subsystem or a port forward
+/// are refused (checked with russh's client directly).
+#[tokio::test]
+async fn only_the_gridvfs_subsystem_is_served() {
+    let s = Setup::new();
+    let (port, _stop) = echo_server(&s, Arc::default()).await;
+    struct Any;
+    impl russh::client::Handler for Any {
+        type Error = russh::Error;
+        async fn check_server_key(
+            &mut self,
+            _: &russh::keys::PublicKeyOrCertificate,
+        ) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+    let cfg = Arc::new(russh::client::Config::default());
+    let mut h = russh::client::connect(cfg, ("127.0.0.1", port), Any)
+        .await
+        .unwrap();
+    let key = load_private(&s.p("client")).unwrap();
+    let ok = h
+        .authenticate_publickey(
+            "grid",
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None),
+        )
+        .await
+        .unwrap();
+    assert!(ok.success());
+    async fn answer(ch: &mut russh::Channel<russh::client::Msg>) -> bool {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ch.wait())
+                .await
+                .unwrap()
+            {
+                Some(russh::ChannelMsg::Success) => return true,
+                Some(russh::ChannelMsg::Failure) | None => return false,
+                Some(_) => {}
+            }
+        }
+    }
+    let mut ch = h.channel_open_session().await.unwrap();
+    ch.exec(true, "id").await.unwrap();
+    assert!(!answer(&mut ch).await, "exec served");
+    let mut ch = h.channel_open_session().await.unwrap();
+    ch.request_shell(true).await.unwrap();
+    assert!(!answer(&mut ch).await, "shell served");
+    let mut ch = h.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    assert!(!answer(&mut ch).await, "sftp served");
+    assert!(
+        h.channel_open_direct_tcpip("127.0.0.1", 22, "127.0.0.1", 0)
+            .await
+            .is_err(),
+        "direct-tcpip served"
+    );
+    // The session still serves what it is for.
+    let mut ch = h.channel_open_session().await.unwrap();
+    ch.request_subsystem(true, SUBSYSTEM).await.unwrap();
+    assert!(answer(&mut ch).await);
+}
+
+/// A loopback relay whose connections can be cut (the path of the tunnel).
+async fn relay(to: u16) -> (u16, Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+    let c2 = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = l.accept().await {
+            let t = tokio::spawn(async move {
+                let mut b = tokio::net::TcpStream::connect(("127.0.0.1", to))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            });
+            c2.lock().unwrap().push(t.abort_handle());
+        }
+    });
+    (port, conns)
+}
+
+#[tokio::test]
+async fn a_dead_session_ends_its_streams_and_the_next_open_makes_a_new_one() {
+    let s = Setup::new();
+    let (port, _stop) = echo_server(&s, Arc::default()).await;
+    let (via, conns) = relay(port).await;
+    s.trust(via, &s.host_pub);
+    let c = s.client(via, "client", false);
+    let mut stream = c.open().await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    stream.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+    for t in conns.lock().unwrap().drain(..) {
+        t.abort();
+    }
+    // The stream ends (EOF or error), promptly.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the stream of a dead session did not end");
+    // The next open makes a new session (a new TCP connection through the relay).
+    let mut again = c.open().await.unwrap();
+    again.write_all(b"pong").await.unwrap();
+    again.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"pong");
+    assert_eq!(conns.lock().unwrap().len(), 1, "a new connection was made");
+}
+
+#[test]
+fn keys_interoperate_with_openssh_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = keygen(&dir.path().join("k"), "gridvfs@test").unwrap();
+    let (key, comment) = parse_authorized_line(&line).unwrap();
+    assert_eq!(comment, "gridvfs@test");
+    let mode = std::fs::metadata(dir.path().join("k"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    assert!(
+        keygen(&dir.path().join("k"), "again").is_err(),
+        "overwrote a key"
+    );
+    if !Path::new("/usr/bin/ssh-keygen").exists() {
+        eprintln!("SKIP: ssh-keygen missing (apt: openssh-client)");
+        return;
+    }
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-l", "-f"])
+        .arg(dir.path().join("k.pub"))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains(&fingerprint(&key)), "{printed}");
+    // OpenSSH reads our private key and derives the same public key.
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-y", "-f"])
+        .arg(dir.path().join("k"))
+        .output()
+        .unwrap();
+    let derived = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        derived.split_whitespace().nth(1),
+        line.split_whitespace().nth(1)
+    );
+    // And we read OpenSSH's.
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(dir.path().join("o"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    load_private(&dir.path().join("o")).unwrap();
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "secret", "-f"])
+        .arg(dir.path().join("enc"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = load_private(&dir.path().join("enc"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("passphrase"), "{e}");
+}
