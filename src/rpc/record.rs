@@ -77,7 +77,7 @@ pub async fn read_record<R: AsyncRead + Unpin>(
 /// much as the socket has, and complete records are split off the buffer without being
 /// copied again. Once a large record's bytes are actually arriving, room for the rest of
 /// it is reserved at once (after the size check), so its body is read in place; a bare
-/// header announcing a large record reserves no more than `STEP`.
+/// header announcing a large record reserves no more than `READ_CHUNK`.
 ///
 /// Bounded: a record's body bytes count against `max`, and a record may have at most
 /// `MAX_FRAGMENTS` fragments, so headers alone cannot grow the buffer either. Parsing
@@ -96,7 +96,7 @@ pub struct RecordReader {
 
 /// Bytes asked of the socket when no record size is known yet.
 const READ_CHUNK: usize = 64 << 10;
-/// Most buffer growth on the word of a header alone.
+/// Records up to this size are reserved whole at once (the common small call).
 const STEP: usize = 256 << 10;
 /// Fragments one record may have (clients send one; RFC 5531 sets no limit).
 pub const MAX_FRAGMENTS: usize = 64;
@@ -122,11 +122,15 @@ impl RecordReader {
                 Parsed::Record(rec) => return Ok(Some(rec)),
                 Parsed::Need(n) => n,
             };
+            // Once a first chunk of the record is here, the rest is reserved in one go,
+            // so growing copies at most READ_CHUNK bytes per record (was STEP: a 1 MiB
+            // record read from an SSH channel in small pieces copied 256 KiB, 10% of
+            // the client proxy's CPU).
             let arriving = self.buf.len() >= READ_CHUNK;
             self.buf.reserve(if need <= STEP || arriving {
                 need.max(READ_CHUNK)
             } else {
-                STEP
+                READ_CHUNK
             });
             if r.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() {
