@@ -270,15 +270,104 @@ impl SshConnector {
                         }
                     }
                 }
-                Ok(Box::pin(ch.into_stream()))
+                Ok(Box::pin(Guarded::new(ch.into_stream())))
             }
             ChannelTarget::DirectTcpip { host, port } => {
                 let ch = h
                     .channel_open_direct_tcpip(host.as_str(), *port as u32, "127.0.0.1", 0)
                     .await
                     .map_err(|e| refused(format!("direct-tcpip to {host}:{port} ({e})")))?;
-                Ok(Box::pin(ch.into_stream()))
+                Ok(Box::pin(Guarded::new(ch.into_stream())))
             }
         }
+    }
+}
+
+/// A channel stream whose writes fail once its reads have ended. When a session dies,
+/// russh drops the channels' queues: a reader sees end of stream, but a writer waiting
+/// for window is never woken, and the upstream link holds its writer lock while it
+/// writes, so the reconnect would wait for ever. The link's reader always reads, so it
+/// sees the end first; this wakes the waiting writer with `ConnectionAborted`.
+struct Guarded<S> {
+    inner: S,
+    ended: bool,
+    blocked_writer: Option<std::task::Waker>,
+}
+
+impl<S> Guarded<S> {
+    fn new(inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            ended: false,
+            blocked_writer: None,
+        }
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        if let Some(w) = self.blocked_writer.take() {
+            w.wake();
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &r {
+            std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => self.end(),
+            std::task::Poll::Ready(Err(_)) => self.end(),
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.ended {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the SSH channel's session ended",
+            )));
+        }
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_pending() {
+            self.blocked_writer = Some(cx.waker().clone());
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.ended {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        if r.is_pending() {
+            self.blocked_writer = Some(cx.waker().clone());
+        }
+        r
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.ended {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

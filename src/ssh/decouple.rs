@@ -4,10 +4,12 @@
 //! pending output to the socket before it reads again. When both ends have more to send
 //! than the two sockets' kernel buffers hold (bulk data both ways on several channels,
 //! each allowed a WAN-sized window), both ends wait in that write and neither reads:
-//! the session deadlocks. So the write side here only appends to a buffer that a task of
-//! its own drains to the socket, and the session goes back to reading at once.
+//! the session deadlocks. So a write here goes straight to the socket if it takes it
+//! (non-blocking), and whatever it does not take is queued for a task of its own that
+//! drains the queue; the session goes back to reading at once. While the network keeps
+//! up, nothing is queued and nothing is copied.
 //!
-//! The buffer is bounded by the peer: SSH flow control lets us send at most the peer's
+//! The queue is bounded by the peer: SSH flow control lets us send at most the peer's
 //! open windows, and the peer opens them only as it reads. `cap` is a safety net beyond
 //! that (writes wait above it).
 
@@ -16,28 +18,42 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 #[derive(Default)]
 struct State {
-    data: BytesMut,
-    /// No more writes: the drainer shuts the socket down once `data` is out.
+    queue: BytesMut,
+    /// The drainer holds bytes taken from the queue and not yet written: a direct write
+    /// now would overtake them.
+    draining: bool,
+    /// No more writes: the drainer shuts the socket down once the queue is out.
     closed: bool,
-    /// The drainer failed (or finished): writes fail with this.
+    /// The socket failed: writes fail with this.
     failed: Option<(std::io::ErrorKind, String)>,
     /// A writer waiting for room (above `cap`).
     blocked: Option<Waker>,
 }
 
 struct Shared {
+    wr: OwnedWriteHalf,
     state: Mutex<State>,
     more: Notify,
 }
 
-/// The socket's read half and a buffered, never-blocking write half.
+impl Shared {
+    fn fail(&self, e: &std::io::Error) {
+        let mut st = self.state.lock().expect("decouple lock");
+        st.failed = Some((e.kind(), e.to_string()));
+        if let Some(w) = st.blocked.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The socket's read half and a never-blocking write half.
 pub(super) struct Decoupled {
     rd: OwnedReadHalf,
     shared: Arc<Shared>,
@@ -45,8 +61,9 @@ pub(super) struct Decoupled {
 }
 
 pub(super) fn decoupled(tcp: TcpStream, cap: usize) -> Decoupled {
-    let (rd, mut wr) = tcp.into_split();
+    let (rd, wr) = tcp.into_split();
     let shared = Arc::new(Shared {
+        wr,
         state: Mutex::new(State::default()),
         more: Notify::new(),
     });
@@ -58,23 +75,34 @@ pub(super) fn decoupled(tcp: TcpStream, cap: usize) -> Decoupled {
                 if let Some(w) = st.blocked.take() {
                     w.wake();
                 }
-                (st.data.split(), st.closed)
+                let chunk = st.queue.split();
+                st.draining = !chunk.is_empty();
+                (chunk, st.closed)
             };
             if chunk.is_empty() {
                 if closed {
-                    let _ = wr.shutdown().await;
+                    // Half-close once everything is out.
+                    let _ =
+                        socket2::SockRef::from(s.wr.as_ref()).shutdown(std::net::Shutdown::Write);
                     break;
                 }
                 s.more.notified().await;
                 continue;
             }
-            if let Err(e) = wr.write_all(&chunk).await {
-                let mut st = s.state.lock().expect("decouple lock");
-                st.failed = Some((e.kind(), e.to_string()));
-                if let Some(w) = st.blocked.take() {
-                    w.wake();
+            let mut at = 0;
+            while at < chunk.len() {
+                if let Err(e) = s.wr.writable().await {
+                    s.fail(&e);
+                    return;
                 }
-                break;
+                match s.wr.try_write(&chunk[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        s.fail(&e);
+                        return;
+                    }
+                }
             }
         }
     });
@@ -101,18 +129,33 @@ impl AsyncWrite for Decoupled {
         if let Some((kind, msg)) = &st.failed {
             return Poll::Ready(Err(std::io::Error::new(*kind, msg.clone())));
         }
-        if st.data.len() >= self.cap {
+        let mut rest = buf;
+        if st.queue.is_empty() && !st.draining {
+            // Straight to the socket while it keeps up (the lock keeps the order with
+            // the drainer).
+            match self.shared.wr.try_write(buf) {
+                Ok(n) => rest = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    st.failed = Some((e.kind(), e.to_string()));
+                    return Poll::Ready(Err(e));
+                }
+            }
+            if rest.is_empty() {
+                return Poll::Ready(Ok(buf.len()));
+            }
+        } else if st.queue.len() >= self.cap {
             st.blocked = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        st.data.extend_from_slice(buf);
+        st.queue.extend_from_slice(rest);
         drop(st);
         self.shared.more.notify_one();
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // Handed to the drainer; the session must not wait for the network here.
+        // Queued bytes are the drainer's; the session must not wait for the network.
         Poll::Ready(Ok(()))
     }
 
@@ -125,7 +168,7 @@ impl AsyncWrite for Decoupled {
 
 impl Drop for Decoupled {
     fn drop(&mut self) {
-        // The session is gone: let the drainer finish what is buffered and close.
+        // The session is gone: the drainer writes what is queued, then closes.
         self.shared.state.lock().expect("decouple lock").closed = true;
         self.shared.more.notify_one();
     }

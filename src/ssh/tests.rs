@@ -339,3 +339,101 @@ fn keys_interoperate_with_openssh_tools() {
         .to_string();
     assert!(e.contains("passphrase"), "{e}");
 }
+
+/// Regression: when a session died while a writer waited for window, russh never woke
+/// the writer, so the upstream link (which holds its writer lock while writing) could
+/// not reconnect. The write must fail promptly instead.
+#[tokio::test]
+async fn a_writer_waiting_for_window_fails_when_the_session_dies() {
+    let s = Setup::new();
+    // The server side never reads: nothing it gets is ever answered.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let held: Arc<std::sync::Mutex<Vec<crate::transport::BoxStream>>> = Arc::default();
+    let h2 = held.clone();
+    let on: OnChannel = Arc::new(move |stream, _| h2.lock().unwrap().push(stream));
+    let opts = SshServerOptions {
+        host_key: s.p("host"),
+        authorized_keys: s.p("authorized_keys"),
+        window: 16 << 20,
+        subsystem: SUBSYSTEM.into(),
+        max_unread: 1 << 30,
+    };
+    tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
+    // A relay that can stop forwarding (so no window comes back) and then cut.
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let via = relay.local_addr().unwrap().port();
+    let (pause_tx, pause_rx) = watch::channel(false);
+    let (cut_tx, cut_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let (a, _) = relay.accept().await.unwrap();
+        let b = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (ar, aw) = a.into_split();
+        let (br, bw) = b.into_split();
+        async fn pipe(
+            mut r: tokio::net::tcp::OwnedReadHalf,
+            mut w: tokio::net::tcp::OwnedWriteHalf,
+            mut pause: watch::Receiver<bool>,
+        ) {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                if *pause.borrow() {
+                    let _ = pause.changed().await;
+                    continue;
+                }
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let mut cut = cut_rx;
+        tokio::select! {
+            _ = pipe(ar, bw, pause_rx.clone()) => {}
+            _ = pipe(br, aw, pause_rx) => {}
+            _ = cut.changed() => {}
+        }
+    });
+    s.trust(via, &s.host_pub);
+    let c = s.client(via, "client", false);
+    let stream = c.open().await.unwrap();
+    let (mut r, mut w) = tokio::io::split(stream);
+    tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = r.read_to_end(&mut sink).await;
+    });
+    pause_tx.send(true).unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 1 << 20];
+        loop {
+            if let Err(e) = w.write_all(&chunk).await {
+                return e;
+            }
+        }
+    });
+    // Long enough to send a whole window and block.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !writer.is_finished(),
+        "the writer should be waiting for window"
+    );
+    cut_tx.send(true).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(20), writer)
+        .await
+        .expect("the blocked writer was never woken after the session died")
+        .unwrap();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::BrokenPipe
+        ),
+        "{e}"
+    );
+}
