@@ -17,10 +17,14 @@
 //! - `config`: TOML → validated `Config` (also used by `gridvfs check-config`).
 //! - `xdr`, `rpc`, `nfs3`: bounded, zero-copy wire codecs. Arrows run one way:
 //!   `xdr` ← `rpc` ← `nfs3` ← `proxy`.
-//! - `transport`: byte streams to the next hop; knows nothing of NFS.
+//! - `transport`: byte streams to the next hop (TCP, or a channel of an SSH session);
+//!   knows nothing of NFS.
+//! - `ssh`: the SSH tunnel on russh: client sessions and channels, the built-in server,
+//!   keys, and the fixes that keep russh sessions from stalling (`decouple`, `pump`).
+//! - `server`: the server role: identity mapping and export confinement (issued handles).
 //! - `upstream`: the pipelined RPC client to the next hop.
 //! - `proxy`: listener, connections, routing, portmapper.
-//! - `cache`: the on-disk block cache (geometry and tag format so far; issue 3).
+//! - `cache`: the on-disk block cache: geometry, tags, the store (issue 3).
 //! - `metrics`: counters.
 //! - `control`: the control socket (`gridvfs status`, `gridvfs flush`).
 //! - `daemon`: wires it together for `gridvfs run`: signals, logging, ready file.
