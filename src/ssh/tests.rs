@@ -437,3 +437,68 @@ async fn a_writer_waiting_for_window_fails_when_the_session_dies() {
         "{e}"
     );
 }
+
+/// A served channel whose consumer stops reading must not stall the session: russh
+/// re-opens windows on arrival and waits on a full per-channel queue inside the
+/// session task, so without the pump (`ssh::pump`) the other channel below would freeze.
+#[tokio::test]
+async fn a_stalled_channel_does_not_stall_the_others() {
+    let s = Setup::new();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let held: Arc<std::sync::Mutex<Vec<crate::transport::BoxStream>>> = Arc::default();
+    let h2 = held.clone();
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let on: OnChannel = Arc::new(move |stream, _| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // The first channel's consumer never reads (a connection paused for
+            // backpressure, for ever).
+            h2.lock().unwrap().push(stream);
+        } else {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(stream);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let opts = SshServerOptions {
+        host_key: s.p("host"),
+        authorized_keys: s.p("authorized_keys"),
+        window: 16 << 20,
+        subsystem: SUBSYSTEM.into(),
+        max_unread: 1 << 30,
+    };
+    tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
+    s.trust(port, &s.host_pub);
+    let c = s.client(port, "client", false);
+    let mut stalled = c.open().await.unwrap();
+    // Far more packets than russh's per-channel queue holds (1024): small writes are
+    // small packets.
+    tokio::spawn(async move {
+        let chunk = vec![1u8; 4 << 10];
+        for _ in 0..4096 {
+            if stalled.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        // Keep the channel open.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut other = c.open().await.unwrap();
+    let data = pattern(2 << 20, 9);
+    let echo = async {
+        let (mut r, mut w) = tokio::io::split(&mut other);
+        let sent = data.clone();
+        let wr = async move { w.write_all(&sent).await.unwrap() };
+        let mut back = vec![0u8; data.len()];
+        let rd = async { r.read_exact(&mut back).await.unwrap() };
+        tokio::join!(wr, rd);
+        back
+    };
+    let back = tokio::time::timeout(Duration::from_secs(20), echo)
+        .await
+        .expect("the session stalled behind a channel nobody reads");
+    assert!(back == data);
+}
