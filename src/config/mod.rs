@@ -682,14 +682,18 @@ fn validate_account(a: raw::RawAccount, invalid: &Invalid<'_>) -> Result<Account
             ));
         }
     };
+    // Group 0 (root's group) is as privileged as uid 0 on most systems.
     let gives_root = match &mapping {
-        Mapping::Fixed { uid, .. } => *uid == 0,
-        Mapping::Table { uids, .. } => uids.values().any(|&u| u == 0),
-    } || a.squash_uid == 0;
+        Mapping::Fixed { uid, gid, gids } => *uid == 0 || *gid == 0 || gids.contains(&0),
+        Mapping::Table { uids, gids } => {
+            uids.values().any(|&u| u == 0) || gids.values().any(|&g| g == 0)
+        }
+    } || a.squash_uid == 0
+        || a.squash_gid == 0;
     if gives_root && !a.allow_root {
         return Err(bad(
             "server.account.allow_root",
-            "the mapping gives uid 0; set allow_root = true if that is meant".into(),
+            "the mapping gives uid or gid 0; set allow_root = true if that is meant".into(),
         ));
     }
     let map_auth_none = match a.auth_none.as_str() {

@@ -29,6 +29,38 @@ pub struct HandleSet {
 }
 
 impl HandleSet {
+    /// Opens the set kept in `path` for these exports. Handles were issued for the
+    /// exports in the file's header; if the configured list differs (an export removed),
+    /// the old file is set aside (`.old`) and a new one started, so no handle of a
+    /// removed export stays valid. Clients then look their paths up again.
+    pub fn open_for(path: &Path, exports: &[Vec<u8>]) -> std::io::Result<HandleSet> {
+        let mut want = Vec::new();
+        for e in exports {
+            want.extend_from_slice(e);
+            want.push(0);
+        }
+        let header_path = path.with_extension("exports");
+        match std::fs::read(&header_path) {
+            Ok(found) if found == want => {}
+            Ok(_) => {
+                warn!(file = %path.display(), "server.exports changed: issued handles set aside, clients look their paths up again");
+                let _ = std::fs::rename(path, path.with_extension("old"));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if path.exists() {
+                    let _ = std::fs::rename(path, path.with_extension("old"));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let set = HandleSet::open(path)?;
+        let tmp = header_path.with_extension("tmp");
+        std::fs::write(&tmp, &want)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &header_path))?;
+        Ok(set)
+    }
+
     pub fn open(path: &Path) -> std::io::Result<HandleSet> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -110,6 +142,11 @@ impl HandleSet {
         rec.extend_from_slice(fh);
         let crc = crc32fast::hash(&rec);
         rec.extend_from_slice(&crc.to_be_bytes());
+        // In memory first: the handle is valid for this run even if it cannot be saved.
+        self.set
+            .write()
+            .expect("handle set lock")
+            .insert(Box::<[u8]>::from(fh));
         if let Err(e) = file.write_all(&rec) {
             // A partial append would corrupt what follows: put the file back at the
             // last whole record.
@@ -122,10 +159,6 @@ impl HandleSet {
             ));
         }
         *end += rec.len() as u64;
-        self.set
-            .write()
-            .expect("handle set lock")
-            .insert(Box::<[u8]>::from(fh));
         Ok(true)
     }
 }

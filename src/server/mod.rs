@@ -57,14 +57,17 @@ impl Policy {
             .tcp_account
             .as_ref()
             .and_then(|n| accounts.iter().find(|a| &a.name == n).cloned());
+        let mut exports: Vec<Vec<u8>> = cfg
+            .exports
+            .iter()
+            .map(|e| e.trim_end_matches('/').as_bytes().to_vec())
+            .map(|e| if e.is_empty() { b"/".to_vec() } else { e })
+            .collect();
+        exports.sort();
+        exports.dedup();
         Ok(Policy {
-            exports: cfg
-                .exports
-                .iter()
-                .map(|e| e.trim_end_matches('/').as_bytes().to_vec())
-                .map(|e| if e.is_empty() { b"/".to_vec() } else { e })
-                .collect(),
-            handles: HandleSet::open(&cfg.state_dir.join("handles"))?,
+            handles: HandleSet::open_for(&cfg.state_dir.join("handles"), &exports)?,
+            exports,
             accounts,
             tcp_account,
         })
@@ -263,8 +266,8 @@ impl Policy {
 
     fn record(&self, fh: &[u8]) {
         if let Err(e) = self.handles.insert(fh) {
-            // The handle still works until a restart; then the client gets STALE and
-            // looks it up again. Worth a warning, not a failed call.
+            // The handle works for this run (it is in memory); after a restart the
+            // client gets STALE and looks it up again. Worth a warning, not a failed call.
             warn!(side = "internal", error = %e, "issued handle not saved");
         }
     }

@@ -252,3 +252,17 @@ fn directories_below_an_export_mount_but_never_through_dotdot() {
         );
     }
 }
+
+#[test]
+fn handles_of_a_removed_export_are_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("handles");
+    let both = [b"/export".to_vec(), b"/secret".to_vec()];
+    {
+        let s = HandleSet::open_for(&path, &both).unwrap();
+        s.insert(b"secret-root").unwrap();
+    }
+    assert!(HandleSet::open_for(&path, &both).unwrap().contains(b"secret-root"));
+    let s = HandleSet::open_for(&path, &[b"/export".to_vec()]).unwrap();
+    assert!(!s.contains(b"secret-root"), "a handle of a removed export survived");
+}

@@ -62,7 +62,15 @@ fn authorized(path: &Path, key: &PublicKey) -> Result<Option<String>, std::io::E
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
+        // Options (from=, expiry-time=, restrict, ...) are not enforced here, so a key
+        // that carries any is not let in at all rather than let in unrestricted.
+        let has_options = !trimmed.starts_with("ssh-") && !trimmed.starts_with("ecdsa-");
         match parse_authorized_line(trimmed) {
+            Some((k, _)) if k.key_data() == key.key_data() && has_options => {
+                warn!(file = %path.display(), line = i + 1,
+                    "authorized_keys line with options: refused (options are not supported; list the key without them)");
+                return Ok(None);
+            }
             Some((k, comment)) if k.key_data() == key.key_data() => return Ok(Some(comment)),
             Some(_) => {}
             None => {

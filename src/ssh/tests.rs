@@ -27,7 +27,7 @@ impl Setup {
         keygen(&dir.path().join("stranger"), "stranger").unwrap();
         std::fs::write(
             dir.path().join("authorized_keys"),
-            format!("# comment line\nno-pty,command=\"/bin/false x\" {client_pub}\n"),
+            format!("# comment line\n{client_pub}\n"),
         )
         .unwrap();
         Setup { dir, host_pub }
@@ -164,11 +164,20 @@ async fn wrong_client_key_and_unknown_or_changed_host_keys_are_refused() {
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("stranger's key accepted"),
     }
-    // authorized_keys is re-read at each login: adding the key lets it in.
+    // Listed with options (not enforced here): refused rather than let in unrestricted.
     let stranger = std::fs::read_to_string(s.p("stranger.pub")).unwrap();
-    let mut ak = std::fs::read_to_string(s.p("authorized_keys")).unwrap();
-    ak.push_str(&stranger);
-    std::fs::write(s.p("authorized_keys"), ak).unwrap();
+    let plain = std::fs::read_to_string(s.p("authorized_keys")).unwrap();
+    std::fs::write(
+        s.p("authorized_keys"),
+        format!("{plain}from=\"10.0.0.1\",no-pty {stranger}"),
+    )
+    .unwrap();
+    assert!(matches!(
+        s.client(port, "stranger", false).open().await,
+        Err(SshError::AuthRefused { .. })
+    ));
+    // authorized_keys is re-read at each login: adding the key lets it in.
+    std::fs::write(s.p("authorized_keys"), format!("{plain}{stranger}")).unwrap();
     s.client(port, "stranger", false).open().await.unwrap();
 }
 
