@@ -403,6 +403,19 @@ impl Store {
         }
     }
 
+    /// A shared view opened before the owner created this bank's files: open them once
+    /// they exist (the owner creates a bank on its first fill there).
+    fn open_late(&self, bank: &mut Bank, b: u32) {
+        if self.shared.is_none() || bank.files.is_some() {
+            return;
+        }
+        let data = File::open(self.data_path(b));
+        let tags = File::open(self.tags_path(b));
+        if let (Ok(d), Ok(t)) = (data, tags) {
+            bank.files = Some((d, t));
+        }
+    }
+
     fn is_bypassed(&self, fh: &[u8]) -> bool {
         self.shared
             .as_ref()
@@ -489,6 +502,7 @@ impl Store {
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        self.open_late(&mut bank, frame0.bank);
         Ok(self.newest(&mut bank, set, fp, fh, block)?.map(|(_, c)| c))
     }
 
@@ -578,6 +592,7 @@ impl Store {
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        self.open_late(&mut bank, frame0.bank);
         let versions = self.versions(&bank, set, fp, fh, block)?;
         let Some((way, t)) = versions.into_iter().next() else {
             return Ok(false);

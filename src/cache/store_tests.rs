@@ -688,3 +688,23 @@ fn shared_view_reads_the_owners_clean_blocks_and_never_writes() {
     assert!(Store::open_shared(empty.path(), g).is_err());
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
 }
+
+/// Review finding: a shared view opened before the owner's first fill never saw later
+/// fills (bank files were looked for only at open).
+#[test]
+fn shared_view_opened_before_the_owners_first_fill_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(64 * 4 * BS as u64, BS, 4, 4).unwrap();
+    let owner = Store::open(dir.path(), g).unwrap();
+    let reader = Store::open_shared(dir.path(), g).unwrap();
+    for b in 0..16 {
+        stored(owner.put(b"golden", b, 0, &bytes(BS as usize, b as u8), false).unwrap());
+    }
+    for b in 0..16 {
+        assert_eq!(
+            reader.get(b"golden", b).unwrap().map(|c| c.data),
+            Some(bytes(BS as usize, b as u8)),
+            "block {b}"
+        );
+    }
+}
