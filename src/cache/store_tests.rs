@@ -698,7 +698,11 @@ fn shared_view_opened_before_the_owners_first_fill_sees_it() {
     let owner = Store::open(dir.path(), g).unwrap();
     let reader = Store::open_shared(dir.path(), g).unwrap();
     for b in 0..16 {
-        stored(owner.put(b"golden", b, 0, &bytes(BS as usize, b as u8), false).unwrap());
+        stored(
+            owner
+                .put(b"golden", b, 0, &bytes(BS as usize, b as u8), false)
+                .unwrap(),
+        );
     }
     for b in 0..16 {
         assert_eq!(

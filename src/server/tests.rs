@@ -262,7 +262,14 @@ fn handles_of_a_removed_export_are_not_kept() {
         let s = HandleSet::open_for(&path, &both).unwrap();
         s.insert(b"secret-root").unwrap();
     }
-    assert!(HandleSet::open_for(&path, &both).unwrap().contains(b"secret-root"));
+    assert!(
+        HandleSet::open_for(&path, &both)
+            .unwrap()
+            .contains(b"secret-root")
+    );
     let s = HandleSet::open_for(&path, &[b"/export".to_vec()]).unwrap();
-    assert!(!s.contains(b"secret-root"), "a handle of a removed export survived");
+    assert!(
+        !s.contains(b"secret-root"),
+        "a handle of a removed export survived"
+    );
 }

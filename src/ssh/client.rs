@@ -47,7 +47,55 @@ pub struct SshClientOptions {
 /// One remote: its session, shared by every channel (link) to it.
 pub struct SshConnector {
     opts: SshClientOptions,
-    session: tokio::sync::Mutex<Option<Arc<Handle<Checker>>>>,
+    session: tokio::sync::Mutex<Option<(Arc<Handle<Checker>>, Arc<Life>)>>,
+}
+
+/// Whether a session is alive, for its channels' writers: russh does not wake a writer
+/// waiting for window when the session dies. A monitor task polls the session handle
+/// (every `LIFE_POLL`) and wakes every such writer when it has closed.
+#[derive(Default)]
+struct Life {
+    dead: std::sync::atomic::AtomicBool,
+    waiting: Mutex<Vec<std::task::Waker>>,
+}
+
+const LIFE_POLL: Duration = Duration::from_millis(500);
+
+impl Life {
+    fn is_dead(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn wait(&self, w: &std::task::Waker) {
+        let mut v = self.waiting.lock().expect("life lock");
+        if !v.iter().any(|x| x.will_wake(w)) {
+            v.push(w.clone());
+        }
+    }
+
+    fn kill(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::Release);
+        for w in self.waiting.lock().expect("life lock").drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Watches `h` until it closes (or is dropped everywhere else).
+    fn watch(self: &Arc<Self>, h: &Arc<Handle<Checker>>) {
+        let (life, h) = (self.clone(), Arc::downgrade(h));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LIFE_POLL).await;
+                match h.upgrade() {
+                    Some(h) if !h.is_closed() => {}
+                    _ => {
+                        life.kill();
+                        return;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Checks the server's host key against known_hosts; keeps why it refused, since russh
@@ -127,24 +175,26 @@ impl SshConnector {
     /// A new channel as a byte stream. Reuses the session; makes a new one (with its
     /// host key check and authentication) if there is none or it has died.
     pub async fn open(&self) -> Result<BoxStream, SshError> {
-        let handle = {
+        let (handle, life) = {
             let mut s = self.session.lock().await;
             match s.as_ref() {
-                Some(h) if !h.is_closed() => h.clone(),
+                Some((h, l)) if !h.is_closed() => (h.clone(), l.clone()),
                 _ => {
                     let h = Arc::new(self.connect().await?);
-                    *s = Some(h.clone());
-                    h
+                    let l = Arc::new(Life::default());
+                    l.watch(&h);
+                    *s = Some((h.clone(), l.clone()));
+                    (h, l)
                 }
             }
         };
-        match self.channel(&handle).await {
+        match self.channel(&handle, &life).await {
             Ok(c) => Ok(c),
             Err(e) => {
                 // A dead session shows up here first: forget it, so the next try
                 // (the link's backoff) makes a new one.
                 let mut s = self.session.lock().await;
-                if s.as_ref().is_some_and(|h| Arc::ptr_eq(h, &handle)) {
+                if s.as_ref().is_some_and(|(h, _)| Arc::ptr_eq(h, &handle)) {
                     *s = None;
                 }
                 Err(e)
@@ -241,7 +291,7 @@ impl SshConnector {
         Ok(handle)
     }
 
-    async fn channel(&self, h: &Handle<Checker>) -> Result<BoxStream, SshError> {
+    async fn channel(&self, h: &Handle<Checker>, life: &Arc<Life>) -> Result<BoxStream, SshError> {
         let refused = |what: String| SshError::ChannelRefused {
             what,
             host: self.host(),
@@ -270,14 +320,14 @@ impl SshConnector {
                         }
                     }
                 }
-                Ok(Box::pin(Guarded::new(ch.into_stream())))
+                Ok(Box::pin(Guarded::new(ch.into_stream(), life.clone())))
             }
             ChannelTarget::DirectTcpip { host, port } => {
                 let ch = h
                     .channel_open_direct_tcpip(host.as_str(), *port as u32, "127.0.0.1", 0)
                     .await
                     .map_err(|e| refused(format!("direct-tcpip to {host}:{port} ({e})")))?;
-                Ok(Box::pin(Guarded::new(ch.into_stream())))
+                Ok(Box::pin(Guarded::new(ch.into_stream(), life.clone())))
             }
         }
     }
@@ -292,14 +342,18 @@ struct Guarded<S> {
     inner: S,
     ended: bool,
     blocked_writer: Option<std::task::Waker>,
+    /// The session's life: also fails a waiting writer when nothing is reading (the
+    /// link re-sends its calls before its reader starts).
+    life: Arc<Life>,
 }
 
 impl<S> Guarded<S> {
-    fn new(inner: S) -> Guarded<S> {
+    fn new(inner: S, life: Arc<Life>) -> Guarded<S> {
         Guarded {
             inner,
             ended: false,
             blocked_writer: None,
+            life,
         }
     }
 
@@ -334,7 +388,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<S> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.ended {
+        if self.ended || self.life.is_dead() {
             return std::task::Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "the SSH channel's session ended",
@@ -343,6 +397,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<S> {
         let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
         if r.is_pending() {
             self.blocked_writer = Some(cx.waker().clone());
+            self.life.wait(cx.waker());
         }
         r
     }
@@ -351,12 +406,13 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<S> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if self.ended {
+        if self.ended || self.life.is_dead() {
             return std::task::Poll::Ready(Ok(()));
         }
         let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
         if r.is_pending() {
             self.blocked_writer = Some(cx.waker().clone());
+            self.life.wait(cx.waker());
         }
         r
     }

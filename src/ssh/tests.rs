@@ -354,6 +354,17 @@ fn keys_interoperate_with_openssh_tools() {
 /// not reconnect. The write must fail promptly instead.
 #[tokio::test]
 async fn a_writer_waiting_for_window_fails_when_the_session_dies() {
+    blocked_writer_case(true).await;
+}
+
+/// Review finding: the link re-sends its calls before its reader starts; with nobody
+/// reading, only the session monitor can wake the writer.
+#[tokio::test]
+async fn a_writer_waiting_for_window_fails_even_with_no_reader() {
+    blocked_writer_case(false).await;
+}
+
+async fn blocked_writer_case(read: bool) {
     let s = Setup::new();
     // The server side never reads: nothing it gets is ever answered.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -414,10 +425,18 @@ async fn a_writer_waiting_for_window_fails_when_the_session_dies() {
     let c = s.client(via, "client", false);
     let stream = c.open().await.unwrap();
     let (mut r, mut w) = tokio::io::split(stream);
-    tokio::spawn(async move {
-        let mut sink = Vec::new();
-        let _ = r.read_to_end(&mut sink).await;
-    });
+    if read {
+        tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = r.read_to_end(&mut sink).await;
+        });
+    } else {
+        // Held, never read.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(r);
+        });
+    }
     pause_tx.send(true).unwrap();
     let writer = tokio::spawn(async move {
         let chunk = vec![7u8; 1 << 20];
