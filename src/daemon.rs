@@ -158,6 +158,7 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
                 window: s.window,
                 subsystem: crate::ssh::SUBSYSTEM.into(),
                 max_unread: SSH_MAX_UNREAD,
+                login_grace: crate::ssh::server::LOGIN_GRACE,
             };
             // Fail now (exit 1 with the reason) rather than refuse every login later.
             crate::ssh::keys::load_private(&s.host_key).with_context(|| {

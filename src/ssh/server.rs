@@ -35,6 +35,9 @@ pub struct SshServerOptions {
     pub subsystem: String,
     /// Bytes a channel may have sent that the proxy has not read yet (see `pump`).
     pub max_unread: usize,
+    /// A connection must have logged in within this time, or it is closed (so idle
+    /// connections cannot hold every slot). `LOGIN_GRACE` by default.
+    pub login_grace: Duration,
 }
 
 /// Who is on a served channel.
@@ -53,6 +56,8 @@ pub type OnChannel = Arc<dyn Fn(BoxStream, ChannelPeer) + Send + Sync>;
 
 /// SSH connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
+/// The default `login_grace` (OpenSSH's LoginGraceTime is 120 s).
+pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 
 /// The key in `path` that equals `key`, with its comment. Re-read at each call.
 fn authorized(path: &Path, key: &PublicKey) -> Result<Option<String>, std::io::Error> {
@@ -125,24 +130,67 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = socket.set_nodelay(true);
+        let authed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = Conn {
             addr,
             opts: opts.clone(),
             on_channel: on_channel.clone(),
             opened: HashMap::new(),
             who: None,
+            authed: authed.clone(),
         };
         let config = config.clone();
+        let login_grace = opts.login_grace;
         tokio::spawn(async move {
             debug!(%addr, "ssh connection");
+            let t0 = tokio::time::Instant::now();
             let stream = super::decouple::decoupled(socket, super::MAX_UNSENT);
-            match server::run_stream(config, stream, handler).await {
-                Ok(session) => {
-                    if let Err(e) = session.await {
+            let started =
+                tokio::time::timeout(login_grace, server::run_stream(config, stream, handler))
+                    .await;
+            let session = match started {
+                Ok(Ok(session)) => session,
+                Ok(Err(e)) => {
+                    debug!(%addr, error = %e, "ssh handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    warn!(side = "client", peer = %addr, "ssh connection closed: no SSH handshake within the login grace time");
+                    return;
+                }
+            };
+            let handle = session.handle();
+            let session = tokio::spawn(session);
+            tokio::pin!(session);
+            let grace = tokio::time::sleep_until(t0 + login_grace);
+            tokio::select! {
+                r = &mut session => {
+                    if let Ok(Err(e)) = r {
                         debug!(%addr, error = %e, "ssh session ended");
                     }
+                    drop(permit);
+                    return;
                 }
-                Err(e) => debug!(%addr, error = %e, "ssh handshake failed"),
+                _ = grace => {}
+            }
+            if !authed.load(std::sync::atomic::Ordering::Acquire) {
+                warn!(side = "client", peer = %addr, "ssh connection closed: not logged in within the login grace time");
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "login grace time exceeded".into(),
+                        String::new(),
+                    )
+                    .await;
+                // A peer that ignores the disconnect loses its session anyway.
+                if tokio::time::timeout(Duration::from_secs(5), &mut session)
+                    .await
+                    .is_err()
+                {
+                    session.abort();
+                }
+            } else if let Ok(Err(e)) = (&mut session).await {
+                debug!(%addr, error = %e, "ssh session ended");
             }
             drop(permit);
         });
@@ -159,6 +207,8 @@ struct Conn {
     opened: HashMap<ChannelId, Channel<Msg>>,
     /// (user, fingerprint, comment) once authenticated.
     who: Option<(String, String, String)>,
+    /// Set at login, for the login grace timer.
+    authed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Conn {
@@ -198,6 +248,8 @@ impl server::Handler for Conn {
             Some(comment) => {
                 info!(peer = %self.addr, user, key = %fp, comment = %comment, "ssh login");
                 self.who = Some((user.to_string(), fp, comment));
+                self.authed
+                    .store(true, std::sync::atomic::Ordering::Release);
                 Ok(Auth::Accept)
             }
             None => {

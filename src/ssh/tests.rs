@@ -85,6 +85,7 @@ async fn echo_server(
         window: 16 << 20,
         subsystem: SUBSYSTEM.into(),
         max_unread: 64 << 20,
+        login_grace: Duration::from_secs(1),
     };
     tokio::spawn(async move { serve(l, opts, on, rx).await.unwrap() });
     (port, tx)
@@ -379,6 +380,7 @@ async fn blocked_writer_case(read: bool) {
         window: 16 << 20,
         subsystem: SUBSYSTEM.into(),
         max_unread: 1 << 30,
+        login_grace: Duration::from_secs(30),
     };
     tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
     // A relay that can stop forwarding (so no window comes back) and then cut.
@@ -496,6 +498,7 @@ async fn a_stalled_channel_does_not_stall_the_others() {
         window: 16 << 20,
         subsystem: SUBSYSTEM.into(),
         max_unread: 1 << 30,
+        login_grace: Duration::from_secs(30),
     };
     tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
     s.trust(port, &s.host_pub);
@@ -529,4 +532,28 @@ async fn a_stalled_channel_does_not_stall_the_others() {
         .await
         .expect("the session stalled behind a channel nobody reads");
     assert!(back == data);
+}
+
+/// Review finding: connections that never log in held every slot for ever.
+#[tokio::test]
+async fn connections_that_do_not_log_in_are_closed_after_the_grace_time() {
+    let s = Setup::new();
+    let (port, _stop) = echo_server(&s, Arc::default()).await;
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the server's version line
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle pre-login connection was kept open");
+    // Logging in still works.
+    s.trust(port, &s.host_pub);
+    s.client(port, "client", false).open().await.unwrap();
 }
