@@ -182,3 +182,39 @@ async fn tcp_clients_refused_without_a_tcp_account() {
     assert!(mount_as(p.endpoints(), &lab.export, 4242).await.is_err());
     p.wait_log("TCP client refused", 1);
 }
+
+/// Review finding: MNT of a path below an export used to go to the server's mountd, which
+/// follows symlinks — out of the export. Now the proxy walks it with LOOKUP (which never
+/// follows symlinks): a real directory mounts, a symlink in the path is refused.
+#[tokio::test]
+async fn mount_below_an_export_follows_no_symlink() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("server-mnt-below");
+    std::fs::create_dir_all(dir.join("real/deeper")).unwrap();
+    std::fs::write(dir.join("real/deeper/f"), b"inside").unwrap();
+    std::os::unix::fs::symlink("/etc", dir.join("escape")).unwrap();
+    std::os::unix::fs::symlink("real", dir.join("alias")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let p = server_proxy(&lab, state.path(), true);
+    let below = format!("{}/{name}/real/./deeper/", lab.export);
+    let mut c = mount_as(p.endpoints(), &below, 4242).await.unwrap();
+    let root = c.root_nfs_fh3();
+    let f = lookup_in(&mut c, &root, "f").await.object;
+    assert_eq!(getattr_status(&mut c, &f).await, Ok(()));
+    for bad in ["escape", "alias", "escape/ssh"] {
+        let e = mount_as(p.endpoints(), &format!("{}/{name}/{bad}", lab.export), 4242)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("MNT through the symlink {bad} succeeded"));
+        assert!(e.contains("NOTDIR"), "{bad}: {e}");
+    }
+    let e = mount_as(
+        p.endpoints(),
+        &format!("{}/{name}/missing", lab.export),
+        4242,
+    )
+    .await
+    .err()
+    .expect("MNT of a missing directory succeeded");
+    assert!(e.contains("NOENT"), "{e}");
+}

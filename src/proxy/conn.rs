@@ -111,6 +111,27 @@ pub(super) async fn serve(
                             }
                             continue;
                         }
+                        Admit::MountBelow {
+                            call,
+                            export,
+                            components,
+                        } => {
+                            // A few calls of our own upstream: beside the reader.
+                            let (p, tx, pol) = (proxy.clone(), reply_tx.clone(), policy.clone());
+                            tokio::spawn(async move {
+                                let reply = crate::server::mount_below(
+                                    &pol, &p.mount, &p.nfs, call, export, components,
+                                )
+                                .await;
+                                let o = Outgoing {
+                                    reply: reply.freeze(),
+                                    _slot: slot,
+                                    _budget: None,
+                                };
+                                let _ = tx.send(o).await;
+                            });
+                            continue;
+                        }
                     }
                 }
                 // Memory budget: wait (and so stop reading this client) until the bytes

@@ -47,6 +47,15 @@ pub enum Admit {
     Forward(BytesMut),
     /// Answer with this reply; nothing reaches the server.
     Reply(BytesMut),
+    /// A MNT of a directory below an export: answered by `mount_below` (MNT of the
+    /// export, then LOOKUP of each component), never by the server's mountd, which
+    /// would follow symlinks out of the export.
+    MountBelow {
+        /// The call with its credential rewritten.
+        call: BytesMut,
+        export: Vec<u8>,
+        components: Vec<Vec<u8>>,
+    },
 }
 
 impl Policy {
@@ -99,6 +108,29 @@ impl Policy {
         self.handles.len()
     }
 
+    /// For a path strictly below an allowed export (and allowed): the export and the
+    /// path's components below it (`.` and empty ones dropped).
+    fn below_export(&self, path: &[u8]) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+        let p = trim_slash(path);
+        if !self.export_allowed(p) || self.exports.iter().any(|e| e.as_slice() == p) {
+            return None;
+        }
+        let e = self
+            .exports
+            .iter()
+            .filter(|e| p.starts_with(e) && (e.as_slice() == b"/" || p[e.len()] == b'/'))
+            .max_by_key(|e| e.len())?;
+        let comps: Vec<Vec<u8>> = p[e.len()..]
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .map(|c| c.to_vec())
+            .collect();
+        if comps.is_empty() {
+            return None;
+        }
+        Some((e.clone(), comps))
+    }
+
     /// An allowed export, or a directory below one (clients such as libnfs mount the
     /// directory of the file they open). `..` components are never allowed.
     fn export_allowed(&self, path: &[u8]) -> bool {
@@ -139,6 +171,18 @@ impl Policy {
                 }
             }
             (mount::PROGRAM, mount::VERSION) => {
+                if let Ok(MountArgs::Mnt(path)) = MountArgs::decode(MountProc(h.proc_), args)
+                    && let Some((export, components)) = self.below_export(path)
+                {
+                    return match rewrite_credential(account, rec, &h) {
+                        Ok(call) => Admit::MountBelow {
+                            call,
+                            export,
+                            components,
+                        },
+                        Err(d) => Admit::Reply(d.reply(h.xid)),
+                    };
+                }
                 if let Ok(MountArgs::Mnt(path)) = MountArgs::decode(MountProc(h.proc_), args)
                     && !self.export_allowed(path)
                 {
@@ -264,7 +308,7 @@ impl Policy {
         }
     }
 
-    fn record(&self, fh: &[u8]) {
+    pub(crate) fn record(&self, fh: &[u8]) {
         if let Err(e) = self.handles.insert(fh) {
             // The handle works for this run (it is in memory); after a restart the
             // client gets STALE and looks it up again. Worth a warning, not a failed call.
@@ -279,6 +323,102 @@ fn trim_slash(p: &[u8]) -> &[u8] {
         end -= 1;
     }
     &p[..end]
+}
+
+/// Answers a MNT of a directory below an export (see `Admit::MountBelow`): MNT of the
+/// export itself, then LOOKUP of each component with the client's (rewritten)
+/// credential; every step must be a directory, so a symlink never leads out. Returns the
+/// MNT reply for the client (its xid), recording the handles issued on the way.
+pub async fn mount_below(
+    policy: &Policy,
+    mount_up: &crate::upstream::Upstream,
+    nfs_up: &crate::upstream::Upstream,
+    call: BytesMut,
+    export: Vec<u8>,
+    components: Vec<Vec<u8>>,
+) -> BytesMut {
+    let Ok(h) = CallHeader::parse(&call) else {
+        return accepted_reply(0, AcceptStat::GARBAGE_ARGS);
+    };
+    let xid = h.xid;
+    let fail = |st: Mountstat3| {
+        let mut r = accepted_reply(xid, AcceptStat::SUCCESS);
+        MountRes::Mnt(Mountres3::Fail(st)).encode(&mut r);
+        r
+    };
+    // Header and credential of the client's call, for calls of our own.
+    let head = &call[..h.args_at];
+    let mut mnt = BytesMut::from(head);
+    MountArgs::Mnt(&export).encode(&mut mnt);
+    let Ok(reply) = mount_up.call(mnt).await else {
+        return fail(Mountstat3::SERVERFAULT);
+    };
+    let (root, flavors) = match parse_reply(&reply) {
+        Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
+            match MountRes::decode(MountProc::MNT, &reply[results_at..]) {
+                Ok(MountRes::Mnt(Mountres3::Ok(ok))) => (ok.fhandle.0.to_vec(), ok.auth_flavors),
+                Ok(MountRes::Mnt(Mountres3::Fail(st))) => return fail(st),
+                _ => return fail(Mountstat3::SERVERFAULT),
+            }
+        }
+        _ => return fail(Mountstat3::SERVERFAULT),
+    };
+    policy.record(&root);
+    let mut fh = root;
+    for name in &components {
+        let mut look = BytesMut::from(head);
+        // program NFS v3, procedure LOOKUP (header words 3..5).
+        look[12..16].copy_from_slice(&nfs3::PROGRAM.to_be_bytes());
+        look[16..20].copy_from_slice(&nfs3::VERSION.to_be_bytes());
+        look[20..24].copy_from_slice(&Proc::LOOKUP.0.to_be_bytes());
+        Args::Lookup(nfs3::LookupArgs {
+            what: nfs3::Diropargs3 {
+                dir: nfs3::Fh(&fh),
+                name,
+            },
+        })
+        .encode(&mut look);
+        let Ok(reply) = nfs_up.call(look).await else {
+            return fail(Mountstat3::SERVERFAULT);
+        };
+        let Ok((_, ReplyKind::Accepted { stat, results_at })) = parse_reply(&reply) else {
+            return fail(Mountstat3::SERVERFAULT);
+        };
+        if stat != AcceptStat::SUCCESS {
+            return fail(Mountstat3::SERVERFAULT);
+        }
+        match Res::decode(Proc::LOOKUP, &reply[results_at..]) {
+            Ok(Res::Lookup(nfs3::NfsResult::Ok(ok))) => {
+                let is_dir = ok
+                    .obj_attributes
+                    .as_ref()
+                    .is_some_and(|a| a.ftype == nfs3::Ftype3::DIR);
+                if !is_dir {
+                    warn!(side = "client", path = %String::from_utf8_lossy(name),
+                        "MNT below an export through something that is not a directory (a symlink?): refused");
+                    return fail(Mountstat3::NOTDIR);
+                }
+                fh = ok.object.0.to_vec();
+                policy.record(&fh);
+            }
+            Ok(Res::Lookup(nfs3::NfsResult::Fail(st, _))) => {
+                return fail(match st {
+                    Nfsstat3::NOENT => Mountstat3::NOENT,
+                    Nfsstat3::ACCES | Nfsstat3::PERM => Mountstat3::ACCES,
+                    Nfsstat3::NOTDIR => Mountstat3::NOTDIR,
+                    _ => Mountstat3::SERVERFAULT,
+                });
+            }
+            _ => return fail(Mountstat3::SERVERFAULT),
+        }
+    }
+    let mut r = accepted_reply(xid, AcceptStat::SUCCESS);
+    MountRes::Mnt(Mountres3::Ok(mount::Mountres3Ok {
+        fhandle: nfs3::Fh(&fh),
+        auth_flavors: flavors,
+    }))
+    .encode(&mut r);
+    r
 }
 
 /// Every file handle a call names.
