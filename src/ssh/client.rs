@@ -47,8 +47,11 @@ pub struct SshClientOptions {
 /// One remote: its session, shared by every channel (link) to it.
 pub struct SshConnector {
     opts: SshClientOptions,
-    session: tokio::sync::Mutex<Option<(Arc<Handle<Checker>>, Arc<Life>)>>,
+    session: tokio::sync::Mutex<Option<Live>>,
 }
+
+/// The live session and its life (see `Life`).
+type Live = (Arc<Handle<Checker>>, Arc<Life>);
 
 /// Whether a session is alive, for its channels' writers: russh does not wake a writer
 /// waiting for window when the session dies. A monitor task polls the session handle
