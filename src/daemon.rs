@@ -35,9 +35,10 @@ pub fn tune_allocator() {
 /// How long rpcbind may take to answer a registration.
 const RPCBIND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes an SSH channel may have sent that the server proxy has not read yet (see
-/// `ssh::pump`): above what a gridvfs client can have in flight with the default
-/// `upstream.max_in_flight` (256 calls of at most 1 MiB plus headers).
-const SSH_MAX_UNREAD: usize = 320 << 20;
+/// `ssh::pump`): above what a gridvfs client has in flight on one of its (at least 2)
+/// channels with the default `upstream.max_in_flight` (256 calls of at most 1 MiB,
+/// spread over the channels). Channels per session are capped too (`ssh::server`).
+const SSH_MAX_UNREAD: usize = 192 << 20;
 
 async fn unregister(register: bool, socket: &Path, addr: std::net::SocketAddr) {
     if !register {

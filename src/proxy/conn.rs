@@ -95,6 +95,10 @@ pub(super) async fn serve(
                 cost,
             } => {
                 // Server role: the account's credential, and only issued handles.
+                let key = match &account {
+                    Some(a) => key.map(|k| k.salted(&a.name)),
+                    None => key,
+                };
                 let mut rec = rec;
                 if let (Some(policy), Some(account)) = (&proxy.policy, &account) {
                     match policy.admit(account, &rec) {

@@ -52,6 +52,20 @@ impl Key {
     }
 }
 
+impl Key {
+    /// The key of the same call made by another principal (the server role's account):
+    /// clients tunnelled through one sshd all come from 127.0.0.1, and two accounts'
+    /// calls must never share a cached reply.
+    pub fn salted(self, salt: &str) -> Key {
+        let mut s = DefaultHasher::new();
+        (self.digest, salt).hash(&mut s);
+        Key {
+            digest: s.finish(),
+            ..self
+        }
+    }
+}
+
 /// Whether a completed call's reply is kept for replay.
 pub fn worth_caching(p: Proc) -> bool {
     matches!(

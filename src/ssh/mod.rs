@@ -25,9 +25,10 @@ use std::path::PathBuf;
 /// The SSH subsystem a gridvfs server proxy serves.
 pub const SUBSYSTEM: &str = "gridvfs";
 
-/// Most outgoing bytes buffered for the socket (see `decouple`); far above what SSH
-/// flow control lets a session have in flight.
-pub(crate) const MAX_UNSENT: usize = 1 << 30;
+/// Most outgoing bytes buffered for the socket (see `decouple`); above what SSH flow
+/// control lets a session have in flight with the default windows (a few channels of
+/// 32 MiB), below what a misbehaving peer could make us hold.
+pub(crate) const MAX_UNSENT: usize = 256 << 20;
 
 /// Ciphers in our order of preference: AES-GCM first, since AES-NI makes it several
 /// times faster than ChaCha20-Poly1305 (russh's default first choice) on the x86 servers

@@ -56,6 +56,9 @@ pub type OnChannel = Arc<dyn Fn(BoxStream, ChannelPeer) + Send + Sync>;
 
 /// SSH connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
+/// Channels one session may open (a gridvfs client opens one per upstream link).
+const MAX_CHANNELS: usize = 16;
+
 /// The default `login_grace` (OpenSSH's LoginGraceTime is 120 s).
 pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -138,6 +141,7 @@ pub async fn serve(
             opened: HashMap::new(),
             who: None,
             authed: authed.clone(),
+            channels: 0,
         };
         let config = config.clone();
         let login_grace = opts.login_grace;
@@ -209,6 +213,8 @@ struct Conn {
     who: Option<(String, String, String)>,
     /// Set at login, for the login grace timer.
     authed: Arc<std::sync::atomic::AtomicBool>,
+    /// Channels opened in this session (bounded: each may hold a pump's worth).
+    channels: usize,
 }
 
 impl Conn {
@@ -266,6 +272,12 @@ impl server::Handler for Conn {
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.channels >= MAX_CHANNELS {
+            warn!(side = "client", peer = %self.addr, max = MAX_CHANNELS, "ssh channel refused: too many in one session");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        self.channels += 1;
         self.opened.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
