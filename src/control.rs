@@ -193,9 +193,17 @@ async fn status(p: &Proxy) -> String {
             u.stats.connects.load(Relaxed)
         )
     };
+    let server = match &p.policy {
+        Some(pol) => format!(
+            "{{\"enabled\":true,\"refused\":{},\"issued_handles\":{}}}",
+            m.refused.load(Relaxed),
+            pol.issued()
+        ),
+        None => "{\"enabled\":false}".to_string(),
+    };
     format!(
         "{{\"ok\":true,\"connections\":{},\"calls\":{{{}}},\"mount_calls\":{},\"garbage_args\":{},\
-         \"cache\":{cache},\"upstream\":{{\"nfs\":{},\"mount\":{}}}}}",
+         \"cache\":{cache},\"server\":{server},\"upstream\":{{\"nfs\":{},\"mount\":{}}}}}",
         m.connections.load(Relaxed),
         calls.join(","),
         m.mount.load(Relaxed),

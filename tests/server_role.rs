@@ -42,13 +42,14 @@ async fn mount_as(ep: Endpoints, export: &str, uid: u32) -> Result<common::Clien
 fn server_section(state: &Path, export: &str, tcp_account: bool) -> String {
     format!(
         "\n[server]\nexports = [\"{export}\"]\nstate_dir = \"{}\"\n{}\
-         [[server.account]]\nname = \"grid\"\nuid = {MAPPED_UID}\ngid = {MAPPED_GID}\ngids = [{MAPPED_GID}]\n",
+         [[server.account]]\nname = \"grid\"\nuid = {MAPPED_UID}\ngid = {MAPPED_GID}\ngids = [{MAPPED_GID}]\n{}",
         state.display(),
         if tcp_account {
             "tcp_account = \"grid\"\n"
         } else {
             ""
-        }
+        },
+        common::control_section(&state.join("ctl"))
     )
 }
 
@@ -136,6 +137,14 @@ async fn forged_and_foreign_handles_are_stale_issued_ones_survive_a_restart() {
         getattr_status(&mut c, &g).await,
         Err(nfsstat3::NFS3ERR_STALE),
         "a handle this proxy never issued"
+    );
+
+    let (ok, st) = common::ctl(&state.path().join("ctl"), &["status"]);
+    assert!(ok, "{st}");
+    assert!(st["server"]["refused"].as_u64().unwrap() >= 2, "{st}");
+    assert!(
+        st["server"]["issued_handles"].as_u64().unwrap() >= 3,
+        "{st}"
     );
 
     // Restart the server proxy: handles it issued still work.
