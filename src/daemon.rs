@@ -72,8 +72,8 @@ fn spawn_flush(proxy: &std::sync::Arc<crate::proxy::Proxy>, drop: bool) {
 /// Installs the global tracing subscriber. `RUST_LOG` overrides `log.level`.
 pub fn init_logging(cfg: &Config) {
     // russh logs "Maximum packet size (262144) should not larger than a TCP packet" at
-    // ERROR for every session it makes (an SSH packet is not a TCP segment; 256 KiB
-    // packets are legal and 25% faster here). That line comes from `russh::client`
+    // ERROR for every session it makes (an SSH packet is not a TCP segment; we ask for
+    // 256 KiB packets to cut per-packet work). That line comes from `russh::client`
     // itself; its submodules (kex, encrypted: real protocol errors) keep logging.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(

@@ -188,38 +188,17 @@ impl Store {
     /// Opens (or creates) the cache in `dir` with this geometry and reads all tags.
     pub fn open(dir: &Path, geo: Geometry) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let sb = dir.join(SUPERBLOCK);
-        let want = format!(
-            "{SB_MAGIC}\nblock_size={} ways={} banks={} sets_per_bank={}\n",
-            geo.block_size, geo.ways, geo.banks, geo.sets_per_bank
-        );
-        match std::fs::read_to_string(&sb) {
-            Ok(found) if found == want => {}
-            Ok(found) if found.starts_with(SB_MAGIC) => {
-                return Err(CacheError::GeometryChanged {
-                    path: dir.to_path_buf(),
-                    found: found.lines().nth(1).unwrap_or("").into(),
-                    configured: want.lines().nth(1).unwrap_or("").into(),
-                });
-            }
-            Ok(_) => {
-                return Err(CacheError::BadSuperblock {
-                    path: sb,
-                    why: "not a gridvfs cache superblock".into(),
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let tmp = dir.join("superblock.tmp");
-                std::fs::write(&tmp, &want).map_err(io(&tmp))?;
-                File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io(&tmp))?;
-                std::fs::rename(&tmp, &sb).map_err(io(&sb))?;
-                File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io(dir))?;
-            }
-            Err(e) => return Err(io(&sb)(e)),
+        let (sb, want) = (dir.join(SUPERBLOCK), superblock_text(&geo));
+        if !has_superblock(dir, &want)? {
+            let tmp = dir.join("superblock.tmp");
+            std::fs::write(&tmp, &want).map_err(io(&tmp))?;
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &sb).map_err(io(&sb))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
         }
         let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
         let mut max_seq = 0;
@@ -321,27 +300,9 @@ impl Store {
     /// Opens a cache directory that another proxy owns, read-only (see `SharedView`).
     /// The directory must already hold a cache of this geometry.
     pub fn open_shared(dir: &Path, geo: Geometry) -> Result<Store> {
-        let sb = dir.join(SUPERBLOCK);
-        let want = format!(
-            "{SB_MAGIC}\nblock_size={} ways={} banks={} sets_per_bank={}\n",
-            geo.block_size, geo.ways, geo.banks, geo.sets_per_bank
-        );
-        match std::fs::read_to_string(&sb) {
-            Ok(found) if found == want => {}
-            Ok(found) if found.starts_with(SB_MAGIC) => {
-                return Err(CacheError::GeometryChanged {
-                    path: dir.to_path_buf(),
-                    found: found.lines().nth(1).unwrap_or("").into(),
-                    configured: want.lines().nth(1).unwrap_or("").into(),
-                });
-            }
-            Ok(_) => {
-                return Err(CacheError::BadSuperblock {
-                    path: sb,
-                    why: "not a gridvfs cache superblock".into(),
-                });
-            }
-            Err(e) => return Err(io(&sb)(e)),
+        if !has_superblock(dir, &superblock_text(&geo))? {
+            let sb = dir.join(SUPERBLOCK);
+            return Err(io(&sb)(std::io::Error::from(std::io::ErrorKind::NotFound)));
         }
         let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
         let banks = (0..geo.banks)
@@ -1422,6 +1383,34 @@ fn read_append(
     // SAFETY: the `len` bytes after the old length were all written by pread above.
     unsafe { dst.set_len(dst.len() + len) };
     Ok(())
+}
+
+/// What the superblock of a cache with this geometry says.
+fn superblock_text(geo: &Geometry) -> String {
+    format!(
+        "{SB_MAGIC}\nblock_size={} ways={} banks={} sets_per_bank={}\n",
+        geo.block_size, geo.ways, geo.banks, geo.sets_per_bank
+    )
+}
+
+/// Checks `dir`'s superblock against `want`: true if it matches, false if there is none
+/// yet, an error if it is another geometry or not ours.
+fn has_superblock(dir: &Path, want: &str) -> Result<bool> {
+    let sb = dir.join(SUPERBLOCK);
+    match std::fs::read_to_string(&sb) {
+        Ok(found) if found == want => Ok(true),
+        Ok(found) if found.starts_with(SB_MAGIC) => Err(CacheError::GeometryChanged {
+            path: dir.to_path_buf(),
+            found: found.lines().nth(1).unwrap_or("").into(),
+            configured: want.lines().nth(1).unwrap_or("").into(),
+        }),
+        Ok(_) => Err(CacheError::BadSuperblock {
+            path: sb,
+            why: "not a gridvfs cache superblock".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io(&sb)(e)),
+    }
 }
 
 /// Opens (creating, sparse, at full size) a bank's data and tag files.

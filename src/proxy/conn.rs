@@ -38,6 +38,17 @@ struct Outgoing {
     _budget: Option<OwnedSemaphorePermit>,
 }
 
+impl Outgoing {
+    /// A reply made by the proxy itself (nothing charged to the byte budget).
+    fn local(reply: bytes::BytesMut, slot: OwnedSemaphorePermit) -> Outgoing {
+        Outgoing {
+            reply: reply.freeze(),
+            _slot: slot,
+            _budget: None,
+        }
+    }
+}
+
 /// Serves one client connection (a TCP socket or an SSH channel). In the server role
 /// `account` is who the client's calls run as; every call passes `server::Policy::admit`.
 pub(super) async fn serve(
@@ -79,12 +90,7 @@ pub(super) async fn serve(
         match dispatch::route(&rec, proxy.port, peer.ip(), &proxy.metrics) {
             Route::Drop => debug!(%peer, "dropped a record that is not a call"),
             Route::Reply(reply) => {
-                let o = Outgoing {
-                    reply: reply.freeze(),
-                    _slot: slot,
-                    _budget: None,
-                };
-                if reply_tx.send(o).await.is_err() {
+                if reply_tx.send(Outgoing::local(reply, slot)).await.is_err() {
                     break "client write side failed".into();
                 }
             }
@@ -105,12 +111,7 @@ pub(super) async fn serve(
                         Admit::Forward(r) => rec = r,
                         Admit::Reply(reply) => {
                             Metrics::inc(&proxy.metrics.refused);
-                            let o = Outgoing {
-                                reply: reply.freeze(),
-                                _slot: slot,
-                                _budget: None,
-                            };
-                            if reply_tx.send(o).await.is_err() {
+                            if reply_tx.send(Outgoing::local(reply, slot)).await.is_err() {
                                 break "client write side failed".into();
                             }
                             continue;
@@ -127,12 +128,7 @@ pub(super) async fn serve(
                                     &pol, &p.mount, &p.nfs, call, export, components,
                                 )
                                 .await;
-                                let o = Outgoing {
-                                    reply: reply.freeze(),
-                                    _slot: slot,
-                                    _budget: None,
-                                };
-                                let _ = tx.send(o).await;
+                                let _ = tx.send(Outgoing::local(reply, slot)).await;
                             });
                             continue;
                         }
@@ -347,15 +343,7 @@ const EXPORT_PROC: u32 = 5;
 fn issues_handles(to: Target, p: Proc) -> bool {
     match to {
         Target::Mount => p.0 == MNT_PROC || p.0 == EXPORT_PROC,
-        Target::Nfs => matches!(
-            p,
-            Proc::LOOKUP
-                | Proc::CREATE
-                | Proc::MKDIR
-                | Proc::SYMLINK
-                | Proc::MKNOD
-                | Proc::READDIRPLUS
-        ),
+        Target::Nfs => crate::server::issues_handles(p),
     }
 }
 

@@ -171,9 +171,11 @@ impl Policy {
                 }
             }
             (mount::PROGRAM, mount::VERSION) => {
-                if let Ok(MountArgs::Mnt(path)) = MountArgs::decode(MountProc(h.proc_), args)
-                    && let Some((export, components)) = self.below_export(path)
-                {
+                let mnt = match MountArgs::decode(MountProc(h.proc_), args) {
+                    Ok(MountArgs::Mnt(path)) => Some(path),
+                    _ => None,
+                };
+                if let Some((export, components)) = mnt.and_then(|p| self.below_export(p)) {
                     return match rewrite_credential(account, rec, &h) {
                         Ok(call) => Admit::MountBelow {
                             call,
@@ -183,7 +185,7 @@ impl Policy {
                         Err(d) => Admit::Reply(d.reply(h.xid)),
                     };
                 }
-                if let Ok(MountArgs::Mnt(path)) = MountArgs::decode(MountProc(h.proc_), args)
+                if let Some(path) = mnt
                     && !self.export_allowed(path)
                 {
                     warn!(side = "client", account = %account.name,
@@ -216,15 +218,7 @@ impl Policy {
         match (h.prog, h.vers) {
             (nfs3::PROGRAM, nfs3::VERSION) => {
                 let p = Proc(h.proc_);
-                if !matches!(
-                    p,
-                    Proc::LOOKUP
-                        | Proc::CREATE
-                        | Proc::MKDIR
-                        | Proc::SYMLINK
-                        | Proc::MKNOD
-                        | Proc::READDIRPLUS
-                ) {
+                if !issues_handles(p) {
                     return None;
                 }
                 // A LOOKUP of ".." at an export's root would climb out of it: what ".."
@@ -419,6 +413,14 @@ pub async fn mount_below(
     }))
     .encode(&mut r);
     r
+}
+
+/// The NFS procedures whose replies hand out file handles (recorded by `observe`).
+pub fn issues_handles(p: Proc) -> bool {
+    matches!(
+        p,
+        Proc::LOOKUP | Proc::CREATE | Proc::MKDIR | Proc::SYMLINK | Proc::MKNOD | Proc::READDIRPLUS
+    )
 }
 
 /// Every file handle a call names.

@@ -62,6 +62,18 @@ impl Setup {
     }
 }
 
+/// Options of our server for a test: 16 MiB windows, the gridvfs subsystem.
+fn server_opts(s: &Setup, max_unread: usize, login_grace_secs: u64) -> SshServerOptions {
+    SshServerOptions {
+        host_key: s.p("host"),
+        authorized_keys: s.p("authorized_keys"),
+        window: 16 << 20,
+        subsystem: SUBSYSTEM.into(),
+        max_unread,
+        login_grace: Duration::from_secs(login_grace_secs),
+    }
+}
+
 /// Our server with an echo service behind the subsystem; returns its port and the
 /// sender that stops it.
 async fn echo_server(
@@ -79,14 +91,7 @@ async fn echo_server(
             let _ = w.shutdown().await;
         });
     });
-    let opts = SshServerOptions {
-        host_key: s.p("host"),
-        authorized_keys: s.p("authorized_keys"),
-        window: 16 << 20,
-        subsystem: SUBSYSTEM.into(),
-        max_unread: 64 << 20,
-        login_grace: Duration::from_secs(1),
-    };
+    let opts = server_opts(s, 64 << 20, 1);
     tokio::spawn(async move { serve(l, opts, on, rx).await.unwrap() });
     (port, tx)
 }
@@ -374,14 +379,7 @@ async fn blocked_writer_case(read: bool) {
     let held: Arc<std::sync::Mutex<Vec<crate::transport::BoxStream>>> = Arc::default();
     let h2 = held.clone();
     let on: OnChannel = Arc::new(move |stream, _| h2.lock().unwrap().push(stream));
-    let opts = SshServerOptions {
-        host_key: s.p("host"),
-        authorized_keys: s.p("authorized_keys"),
-        window: 16 << 20,
-        subsystem: SUBSYSTEM.into(),
-        max_unread: 1 << 30,
-        login_grace: Duration::from_secs(30),
-    };
+    let opts = server_opts(&s, 1 << 30, 30);
     tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
     // A relay that can stop forwarding (so no window comes back) and then cut.
     let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -492,14 +490,7 @@ async fn a_stalled_channel_does_not_stall_the_others() {
             });
         }
     });
-    let opts = SshServerOptions {
-        host_key: s.p("host"),
-        authorized_keys: s.p("authorized_keys"),
-        window: 16 << 20,
-        subsystem: SUBSYSTEM.into(),
-        max_unread: 1 << 30,
-        login_grace: Duration::from_secs(30),
-    };
+    let opts = server_opts(&s, 1 << 30, 30);
     tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
     s.trust(port, &s.host_pub);
     let c = s.client(port, "client", false);
