@@ -33,6 +33,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod meta;
 pub mod metrics;
 pub mod nfs3;
 pub mod proxy;
