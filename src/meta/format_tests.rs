@@ -52,7 +52,8 @@ fn zero_queries() {
     assert_eq!(z.data_ranges(2 * 4096, 5 * 4096), Vec::<Range<u64>>::new());
     // Touching and overlapping runs merge.
     let z = ZeroMap::from_runs(512, 10, vec![3..4, 0..2, 2..3, 1..2]);
-    assert_eq!(z.runs(), &[0..4]);
+    assert_eq!(z.runs().len(), 1);
+    assert_eq!(z.runs()[0], 0..4);
 }
 
 #[test]
@@ -104,7 +105,7 @@ fn with_crc(mut body: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn structural_errors_behind_a_valid_checksum_are_refused() {
-    let good = sample(vec![2..10], 100 * 4096, 4096).encode();
+    let good = sample(vec![2..10, 30..31], 100 * 4096, 4096).encode();
     let body = good[..good.len() - 4].to_vec();
     // A run count far beyond the bytes present.
     let mut b = body.clone();
