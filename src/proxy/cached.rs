@@ -65,38 +65,7 @@ pub struct Local {
     pub ctime: Nfstime3,
 }
 
-/// An RPC credential (flavor and body) taken from a client's call, used again for the
-/// calls the cache makes on the client's behalf (gap fills, write-back).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cred {
-    pub flavor: u32,
-    pub body: Vec<u8>,
-}
-
-impl Cred {
-    pub fn of(call: &[u8]) -> Option<Cred> {
-        let h = CallHeader::parse(call).ok()?;
-        Some(Cred {
-            flavor: h.cred.flavor.0,
-            body: h.cred.body.to_vec(),
-        })
-    }
-
-    /// As stored in the cache directory: flavor, then the body.
-    fn to_bytes(&self) -> Vec<u8> {
-        let mut v = self.flavor.to_be_bytes().to_vec();
-        v.extend_from_slice(&self.body);
-        v
-    }
-
-    fn from_bytes(b: &[u8]) -> Option<Cred> {
-        let (f, body) = b.split_first_chunk::<4>()?;
-        (body.len() <= 400).then(|| Cred {
-            flavor: u32::from_be_bytes(*f),
-            body: body.to_vec(),
-        })
-    }
-}
+pub use crate::upstream::calls::Cred;
 
 /// The block number under which a file's last known attributes are kept in the store
 /// (clean data, so dropped with the cache and after an unclean stop): a restarted proxy

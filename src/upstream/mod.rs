@@ -11,6 +11,7 @@
 //! calls in flight per endpoint: beyond it `call` waits, and so does the client connection
 //! that issued it (backpressure all the way to the client's socket).
 
+pub mod calls;
 mod link;
 
 use std::sync::Arc;
