@@ -195,15 +195,58 @@ async fn status(p: &Proxy) -> String {
     };
     let server = match &p.policy {
         Some(pol) => format!(
-            "{{\"enabled\":true,\"refused\":{},\"issued_handles\":{}}}",
+            "{{\"enabled\":true,\"refused\":{},\"issued_handles\":{},\"file_fetches\":{},\
+             \"file_stores\":{},\"file_raw_bytes\":{},\"file_wire_bytes\":{}}}",
             m.refused.load(Relaxed),
-            pol.issued()
+            pol.issued(),
+            m.file_fetches.load(Relaxed),
+            m.file_stores.load(Relaxed),
+            m.file_raw_bytes.load(Relaxed),
+            m.file_wire_bytes.load(Relaxed)
         ),
         None => "{\"enabled\":false}".to_string(),
     };
+    let meta = match p.cache.as_ref().and_then(|c| c.meta.get()) {
+        Some(mt) => {
+            let s = &mt.stats;
+            let whole = match &mt.whole {
+                Some(w) => {
+                    let (files, bytes) = w.usage();
+                    let ws = &w.stats;
+                    format!(
+                        "{{\"files\":{files},\"bytes\":{bytes},\"fetches\":{},\"failed\":{},\
+                         \"raw_bytes\":{},\"wire_bytes\":{},\"reads\":{},\"evicted\":{}}}",
+                        ws.fetches.load(Relaxed),
+                        ws.failed.load(Relaxed),
+                        ws.raw_bytes.load(Relaxed),
+                        ws.wire_bytes.load(Relaxed),
+                        ws.reads.load(Relaxed),
+                        ws.evicted.load(Relaxed)
+                    )
+                }
+                None => "null".into(),
+            };
+            format!(
+                "{{\"enabled\":true,\"file_channel\":{},\"sidecars_found\":{},\"sidecars_absent\":{},\
+                 \"sidecars_stale\":{},\"sidecars_bad\":{},\"zero_reads\":{},\"zero_bytes\":{},\
+                 \"partial_reads\":{},\"uploads\":{},\"upload_bytes\":{},\"whole\":{whole}}}",
+                mt.has_channel(),
+                s.sidecars_found.load(Relaxed),
+                s.sidecars_absent.load(Relaxed),
+                s.sidecars_stale.load(Relaxed),
+                s.sidecars_bad.load(Relaxed),
+                s.zero_reads.load(Relaxed),
+                s.zero_bytes.load(Relaxed),
+                s.partial_reads.load(Relaxed),
+                s.uploads.load(Relaxed),
+                s.upload_bytes.load(Relaxed)
+            )
+        }
+        None => "{\"enabled\":false}".into(),
+    };
     format!(
         "{{\"ok\":true,\"connections\":{},\"calls\":{{{}}},\"mount_calls\":{},\"garbage_args\":{},\
-         \"cache\":{cache},\"server\":{server},\"upstream\":{{\"nfs\":{},\"mount\":{}}}}}",
+         \"cache\":{cache},\"meta\":{meta},\"server\":{server},\"upstream\":{{\"nfs\":{},\"mount\":{}}}}}",
         m.connections.load(Relaxed),
         calls.join(","),
         m.mount.load(Relaxed),

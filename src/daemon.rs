@@ -157,7 +157,10 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
                 host_key: s.host_key.clone(),
                 authorized_keys: s.authorized_keys.clone(),
                 window: s.window,
-                subsystem: crate::ssh::SUBSYSTEM.into(),
+                subsystems: vec![
+                    crate::ssh::SUBSYSTEM.into(),
+                    crate::meta::channel::SUBSYSTEM.into(),
+                ],
                 max_unread: SSH_MAX_UNREAD,
                 login_grace: crate::ssh::server::LOGIN_GRACE,
             };
@@ -174,6 +177,15 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
                 let Some(policy) = &p.policy else { return };
                 match policy.account_for_key(&peer.key_fingerprint) {
                     Some(account) => {
+                        if peer.subsystem == crate::meta::channel::SUBSYSTEM {
+                            tokio::spawn(crate::server::filechan::serve(
+                                p.clone(),
+                                stream,
+                                account,
+                                peer.addr,
+                            ));
+                            return;
+                        }
                         info!(peer = %peer.addr, key = %peer.key_fingerprint, account = %account.name,
                             "ssh channel: serving");
                         tokio::spawn(p.clone().serve_stream(

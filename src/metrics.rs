@@ -27,6 +27,12 @@ pub struct Metrics {
     pub bad_records: AtomicU64,
     /// Client connections accepted.
     pub connections: AtomicU64,
+    /// File channel (server role): fetches and stores served, file bytes sent and the
+    /// bytes they took on the channel.
+    pub file_fetches: AtomicU64,
+    pub file_stores: AtomicU64,
+    pub file_raw_bytes: AtomicU64,
+    pub file_wire_bytes: AtomicU64,
 }
 
 impl Metrics {

@@ -295,6 +295,21 @@ pub struct Config {
     pub server: Option<ServerConfig>,
     /// The control socket (`gridvfs status`, `gridvfs flush`), if any.
     pub control_socket: Option<PathBuf>,
+    /// Sidecars and whole files (needs the cache); None when off.
+    pub meta: Option<MetaConfig>,
+}
+
+/// What the client side does with metadata sidecars (`[meta]`).
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// Where whole files fetched over the file channel are kept; None: no whole-file
+    /// fetches (a shared cache).
+    pub whole_file_dir: Option<PathBuf>,
+    /// Bytes of whole files kept at most (least recently used go first).
+    pub whole_file_max: u64,
+    /// A READ at most this far past what a running whole-file transfer has delivered
+    /// waits for it; one farther away is fetched by blocks meanwhile.
+    pub wait_ahead: u64,
 }
 
 impl Config {
@@ -476,8 +491,23 @@ impl RawConfig {
                 })
             }
         };
+        let raw_meta = self.meta.unwrap_or_default();
+        let meta = match &cache {
+            Some(c) if raw_meta.sidecars => Some(MetaConfig {
+                whole_file_dir: (!c.shared).then(|| {
+                    raw_meta
+                        .whole_file_dir
+                        .clone()
+                        .unwrap_or_else(|| c.dir.join("whole"))
+                }),
+                whole_file_max: raw_meta.whole_file_max.0,
+                wait_ahead: raw_meta.wait_ahead.0,
+            }),
+            _ => None,
+        };
         Ok(Config {
             control_socket: self.control.map(|c| c.socket),
+            meta,
             cache,
             server,
             listen: ListenConfig {

@@ -21,6 +21,28 @@ pub(super) struct RawConfig {
     pub control: Option<RawControl>,
     #[serde(default)]
     pub server: Option<RawServer>,
+    #[serde(default)]
+    pub meta: Option<RawMeta>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawMeta {
+    pub sidecars: bool,
+    pub whole_file_dir: Option<PathBuf>,
+    pub whole_file_max: ByteSize,
+    pub wait_ahead: ByteSize,
+}
+
+impl Default for RawMeta {
+    fn default() -> Self {
+        RawMeta {
+            sidecars: true,
+            whole_file_dir: None,
+            whole_file_max: ByteSize(4 << 30),
+            wait_ahead: ByteSize(256 << 20),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

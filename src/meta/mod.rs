@@ -7,6 +7,7 @@
 //! - `generate`: `gridvfs meta generate|show|verify` (scans files, writes sidecars
 //!   atomically).
 
+pub mod channel;
 pub mod format;
 
 pub use format::{

@@ -141,6 +141,8 @@ pub struct CacheLayer {
     locks: Vec<tokio::sync::RwLock<()>>,
     /// Per-file write-back locks (striped): one write-back of a file's blocks at a time.
     wb_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Sidecars and whole files (`[meta]`), set once the upstream is known.
+    pub meta: std::sync::OnceLock<std::sync::Arc<super::meta::MetaLayer>>,
 }
 
 /// A block a truncation could not cut in the cache (see `CacheLayer::truncated`).
@@ -213,6 +215,7 @@ impl CacheLayer {
             wb_locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            meta: std::sync::OnceLock::new(),
         };
         // Dirty data found at open (after a restart or a crash): the files are local
         // again, their size at least the end of their dirty bytes until the next hop's
@@ -317,7 +320,28 @@ impl CacheLayer {
             }
             f.forgotten = t;
         }
+        if let Some(m) = self.meta.get() {
+            m.drop_all();
+        }
         self.store.drop_clean()
+    }
+
+    /// The bytes of `r` if every block of it is in the store (for READs split around
+    /// zero blocks).
+    pub fn read_range(&self, fh: &[u8], r: std::ops::Range<u64>) -> Option<Vec<u8>> {
+        let mut out = BytesMut::with_capacity((r.end - r.start) as usize);
+        let mut pos = r.start;
+        while pos < r.end {
+            let block = pos / self.bs;
+            let lo = (pos % self.bs) as u32;
+            let hi = (r.end - block * self.bs).min(self.bs) as u32;
+            if !matches!(self.store.read_into(fh, block, lo..hi, &mut out), Ok(true)) {
+                return None;
+            }
+            pos = block * self.bs + hi as u64;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(out.to_vec())
     }
 
     /// Answers a READ from the store: the whole reply record (with `xid`), or None (a
@@ -754,6 +778,9 @@ impl CacheLayer {
         ) else {
             return None;
         };
+        if let Some(m) = self.meta.get() {
+            m.observe(&args, &res);
+        }
         let _m = self.mutate.lock().expect("mutate lock");
         let write_back = self.policy == WritePolicy::WriteBack;
         let own_change = matches!(p, Proc::WRITE | Proc::SETATTR | Proc::COMMIT);
@@ -963,6 +990,12 @@ pub async fn before_forward(
         return Before::Forward {
             stamp: cache.stamp(),
         };
+    }
+    if p == Proc::READ
+        && let Some(m) = cache.meta.get()
+        && let super::meta::MetaRead::Reply(r) = m.read(cache, up, call).await
+    {
+        return Before::Hit(r);
     }
     if cache.policy == WritePolicy::WriteBack {
         use super::writeback;

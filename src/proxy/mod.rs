@@ -6,7 +6,10 @@ pub mod cached;
 mod conn;
 pub mod dispatch;
 pub mod drc;
+pub mod meta;
 pub mod portmap;
+pub mod upload;
+pub mod wholefile;
 pub mod writeback;
 
 use std::net::SocketAddr;
@@ -227,6 +230,16 @@ impl Bound {
             None => None,
         };
         let (nfs_dialer, mount_dialer) = crate::transport::dialers(&cfg.upstream);
+        if let (Some(cache), Some(m)) = (&cache, &cfg.meta) {
+            let connector = match &nfs_dialer {
+                crate::transport::Dialer::Ssh { connector, .. } => Some(connector.clone()),
+                crate::transport::Dialer::Tcp(_) => None,
+            };
+            let layer = meta::MetaLayer::new(m, connector).map_err(|e| {
+                std::io::Error::other(format!("cannot open the whole-file directory: {e}"))
+            })?;
+            let _ = cache.meta.set(Arc::new(layer));
+        }
         let nfs = Upstream::start("nfs", nfs_dialer, &cfg.upstream, max);
         let mount = Upstream::start("mount", mount_dialer, &cfg.upstream, max);
         Ok(Bound {

@@ -804,6 +804,9 @@ async fn flush_file(
     let mut bytes = 0;
     let mut all_clean = true;
     let mut after = None;
+    // Decided once per file: the first batch sent changes the file's mtime, after which
+    // its sidecar no longer counts as fresh.
+    let mut whole = super::upload::plan(cache, up, fh, &cred).await;
     // In batches, each committed and marked clean before the next: a big file frees its
     // frames as the write-back goes, not only at its end.
     for batch in blocks.chunks(BATCH_BLOCKS) {
@@ -811,6 +814,22 @@ async fn flush_file(
         // must not race to the server (the older could land last while the newer is
         // marked clean).
         let _wb = cache.wb_lock(fh).lock().await;
+        if let Some(plan) = &whole {
+            match super::upload::upload(cache, plan, fh, &cred, batch).await {
+                Ok((sent, a)) => {
+                    let (n, clean) = mark_written(cache, fh, sent).await;
+                    bytes += n;
+                    all_clean &= clean;
+                    after = a;
+                    continue;
+                }
+                Err(e) => {
+                    warn!(side = "upstream", error = %e,
+                        "whole-file write-back failed; writing the file back by blocks");
+                    whole = None;
+                }
+            }
+        }
         match flush_batch(cache, up, window, fh, &cred, batch).await? {
             None => return Ok(FileOutcome::Gone),
             Some((n, clean, a)) => {
@@ -915,26 +934,41 @@ async fn flush_batch(
             );
             continue;
         }
-        let mut bytes = 0;
-        let mut all_clean = true;
-        for (block, seq, n, _) in written {
-            let (c, fh2) = (cache.clone(), fh.to_vec());
-            let clean = blocking(move || c.store.mark_clean(&fh2, block, seq))
-                .await
-                .unwrap_or(false);
-            all_clean &= clean;
-            bytes += n;
-            cache.flush.done.fetch_add(n, Ordering::Relaxed);
-        }
-        // The versions those blocks superseded were cleared: durably, before anything
-        // can rewrite the clean blocks in place.
-        let c = cache.clone();
-        if let Err(e) = blocking(move || c.store.sync_tags()).await {
-            warn!(side = "cache", error = %e, "cache tag sync after write-back failed");
-        }
+        let sent = written
+            .into_iter()
+            .map(|(b, seq, n, _)| (b, seq, n))
+            .collect();
+        let (bytes, all_clean) = mark_written(cache, fh, sent).await;
         return Ok(Some((bytes, all_clean, ok.file_wcc.after.clone())));
     }
     Err("the next hop's write verifier kept changing".into())
+}
+
+/// Marks blocks written back (and committed) clean, unless they changed meanwhile
+/// (another version). Returns (bytes, whether all were marked clean).
+async fn mark_written(
+    cache: &Arc<CacheLayer>,
+    fh: &[u8],
+    sent: super::upload::Sent,
+) -> (u64, bool) {
+    let mut bytes = 0;
+    let mut all_clean = true;
+    for (block, seq, n) in sent {
+        let (c, fh2) = (cache.clone(), fh.to_vec());
+        let clean = blocking(move || c.store.mark_clean(&fh2, block, seq))
+            .await
+            .unwrap_or(false);
+        all_clean &= clean;
+        bytes += n;
+        cache.flush.done.fetch_add(n, Ordering::Relaxed);
+    }
+    // The versions those blocks superseded were cleared: durably, before anything can
+    // rewrite the clean blocks in place.
+    let c = cache.clone();
+    if let Err(e) = blocking(move || c.store.sync_tags()).await {
+        warn!(side = "cache", error = %e, "cache tag sync after write-back failed");
+    }
+    (bytes, all_clean)
 }
 
 /// Progress of the running flush as JSON: bytes left and the rate so far.

@@ -95,11 +95,12 @@ pub fn map_ids(a: &Account, uid: u32, gid: u32, gids: &[u32]) -> (u32, u32, Vec<
     (u, g, gs)
 }
 
-/// The call record with its credential replaced by the account's.
-pub fn rewrite_credential(a: &Account, rec: &[u8], h: &CallHeader<'_>) -> Result<BytesMut, Denied> {
-    let (stamp, machine, ids) = match h.cred.flavor {
+/// The account's AUTH_SYS credential body for a client credential (`flavor`, `body`).
+/// The client's stamp and machine name are kept.
+pub fn mapped_sys_body(a: &Account, flavor: u32, body: &[u8]) -> Result<BytesMut, Denied> {
+    let (stamp, machine, ids) = match AuthFlavor(flavor) {
         AuthFlavor::SYS => {
-            let c = parse_sys(h.cred.body).ok_or(Denied::BadCred)?;
+            let c = parse_sys(body).ok_or(Denied::BadCred)?;
             (c.stamp, c.machine, map_ids(a, c.uid, c.gid, &c.gids))
         }
         AuthFlavor::NONE if a.map_auth_none => (
@@ -110,10 +111,6 @@ pub fn rewrite_credential(a: &Account, rec: &[u8], h: &CallHeader<'_>) -> Result
         _ => return Err(Denied::TooWeak),
     };
     let (uid, gid, gids) = ids;
-    // The header before the credential is 6 words; the verifier sits right before
-    // the arguments.
-    const HEAD: usize = 24;
-    let verf_at = h.args_at - 8 - h.verf.body.len() - pad(h.verf.body.len());
     let mut cred = BytesMut::with_capacity(32 + machine.len() + 4 * gids.len());
     cred.put_u32(stamp);
     cred.put_xdr_opaque(machine);
@@ -123,6 +120,16 @@ pub fn rewrite_credential(a: &Account, rec: &[u8], h: &CallHeader<'_>) -> Result
     for g in &gids {
         cred.put_u32(*g);
     }
+    Ok(cred)
+}
+
+/// The call record with its credential replaced by the account's.
+pub fn rewrite_credential(a: &Account, rec: &[u8], h: &CallHeader<'_>) -> Result<BytesMut, Denied> {
+    let cred = mapped_sys_body(a, h.cred.flavor.0, h.cred.body)?;
+    // The header before the credential is 6 words; the verifier sits right before
+    // the arguments.
+    const HEAD: usize = 24;
+    let verf_at = h.args_at - 8 - h.verf.body.len() - pad(h.verf.body.len());
     let mut out = BytesMut::with_capacity(rec.len() + cred.len() + 8);
     out.extend_from_slice(&rec[..HEAD]);
     out.put_u32(AuthFlavor::SYS.0);

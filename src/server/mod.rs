@@ -15,8 +15,9 @@
 //! - MNT of a path not in `server.exports` gets MNT3ERR_ACCES; EXPORT replies list only
 //!   the allowed exports.
 
+pub mod filechan;
 mod handles;
-mod identity;
+pub mod identity;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -101,6 +102,11 @@ impl Policy {
     /// The account of clients on the plain TCP port, if they are allowed at all.
     pub fn tcp_account(&self) -> Option<Arc<Account>> {
         self.tcp_account.clone()
+    }
+
+    /// Whether `fh` was issued to a client (it is inside an allowed export).
+    pub fn was_issued(&self, fh: &[u8]) -> bool {
+        self.handles.contains(fh)
     }
 
     /// Handles issued so far (for status and tests).

@@ -178,6 +178,23 @@ impl SshConnector {
     /// A new channel as a byte stream. Reuses the session; makes a new one (with its
     /// host key check and authentication) if there is none or it has died.
     pub async fn open(&self) -> Result<BoxStream, SshError> {
+        self.open_target(&self.opts.target).await
+    }
+
+    /// Whether the far end is a gridvfs server proxy (not a stock sshd forwarding to
+    /// one), which also serves the file channel.
+    pub fn has_file_channel(&self) -> bool {
+        matches!(self.opts.target, ChannelTarget::Subsystem(_))
+    }
+
+    /// A channel of the file-channel subsystem (`crate::meta::channel`) on the same
+    /// session.
+    pub async fn open_file_channel(&self) -> Result<BoxStream, SshError> {
+        let t = ChannelTarget::Subsystem(crate::meta::channel::SUBSYSTEM.into());
+        self.open_target(&t).await
+    }
+
+    async fn open_target(&self, target: &ChannelTarget) -> Result<BoxStream, SshError> {
         let (handle, life) = {
             let mut s = self.session.lock().await;
             match s.as_ref() {
@@ -191,7 +208,7 @@ impl SshConnector {
                 }
             }
         };
-        match self.channel(&handle, &life).await {
+        match self.channel(&handle, &life, target).await {
             Ok(c) => Ok(c),
             Err(e) => {
                 // A dead session shows up here first: forget it, so the next try
@@ -294,12 +311,17 @@ impl SshConnector {
         Ok(handle)
     }
 
-    async fn channel(&self, h: &Handle<Checker>, life: &Arc<Life>) -> Result<BoxStream, SshError> {
+    async fn channel(
+        &self,
+        h: &Handle<Checker>,
+        life: &Arc<Life>,
+        target: &ChannelTarget,
+    ) -> Result<BoxStream, SshError> {
         let refused = |what: String| SshError::ChannelRefused {
             what,
             host: self.host(),
         };
-        match &self.opts.target {
+        match target {
             ChannelTarget::Subsystem(name) => {
                 let mut ch = h
                     .channel_open_session()

@@ -31,8 +31,8 @@ pub struct SshServerOptions {
     pub authorized_keys: PathBuf,
     /// Channel window we advertise, bytes.
     pub window: u32,
-    /// The one subsystem served (`gridvfs`).
-    pub subsystem: String,
+    /// The subsystems served: `gridvfs` (RPC) and `gridvfs-file` (the file channel).
+    pub subsystems: Vec<String>,
     /// Bytes a channel may have sent that the proxy has not read yet (see `pump`).
     pub max_unread: usize,
     /// A connection must have logged in within this time, or it is closed (so idle
@@ -49,6 +49,8 @@ pub struct ChannelPeer {
     pub key_fingerprint: String,
     /// The key's comment in authorized_keys.
     pub key_comment: String,
+    /// The subsystem the channel asked for.
+    pub subsystem: String,
 }
 
 /// Called with each served channel.
@@ -56,8 +58,9 @@ pub type OnChannel = Arc<dyn Fn(BoxStream, ChannelPeer) + Send + Sync>;
 
 /// SSH connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
-/// Channels one session may open (a gridvfs client opens one per upstream link).
-const MAX_CHANNELS: usize = 16;
+/// Channels one session may have open at once (a gridvfs client opens one per upstream
+/// link, and one per whole-file transfer).
+const MAX_CHANNELS: usize = 32;
 
 /// The default `login_grace` (OpenSSH's LoginGraceTime is 120 s).
 pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
@@ -141,7 +144,7 @@ pub async fn serve(
             opened: HashMap::new(),
             who: None,
             authed: authed.clone(),
-            channels: 0,
+            channels: Default::default(),
         };
         let config = config.clone();
         let login_grace = opts.login_grace;
@@ -213,8 +216,8 @@ struct Conn {
     who: Option<(String, String, String)>,
     /// Set at login, for the login grace timer.
     authed: Arc<std::sync::atomic::AtomicBool>,
-    /// Channels opened in this session (bounded: each may hold a pump's worth).
-    channels: usize,
+    /// Channels open in this session (bounded: each may hold a pump's worth).
+    channels: std::collections::HashSet<ChannelId>,
 }
 
 impl Conn {
@@ -272,12 +275,12 @@ impl server::Handler for Conn {
         reply: server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.channels >= MAX_CHANNELS {
+        if self.channels.len() >= MAX_CHANNELS {
             warn!(side = "client", peer = %self.addr, max = MAX_CHANNELS, "ssh channel refused: too many in one session");
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        self.channels += 1;
+        self.channels.insert(channel.id());
         self.opened.insert(channel.id(), channel);
         reply.accept().await;
         Ok(())
@@ -290,7 +293,10 @@ impl server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let (Some(channel), Some((user, fp, comment))) = (
-            (name == self.opts.subsystem)
+            self.opts
+                .subsystems
+                .iter()
+                .any(|s| s == name)
                 .then(|| self.opened.remove(&id))
                 .flatten(),
             self.who.clone(),
@@ -308,8 +314,19 @@ impl server::Handler for Conn {
                 user,
                 key_fingerprint: fp,
                 key_comment: comment,
+                subsystem: name.to_string(),
             },
         );
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        id: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&id);
+        self.opened.remove(&id);
         Ok(())
     }
 

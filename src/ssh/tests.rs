@@ -68,7 +68,7 @@ fn server_opts(s: &Setup, max_unread: usize, login_grace_secs: u64) -> SshServer
         host_key: s.p("host"),
         authorized_keys: s.p("authorized_keys"),
         window: 16 << 20,
-        subsystem: SUBSYSTEM.into(),
+        subsystems: vec![SUBSYSTEM.into()],
         max_unread,
         login_grace: Duration::from_secs(login_grace_secs),
     }

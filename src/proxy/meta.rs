@@ -1,0 +1,478 @@
+//! The client proxy's use of metadata sidecars (paper §3.2.2).
+//!
+//! - Names: a file handle's parent directory and name are learned from LOOKUP, CREATE
+//!   and READDIRPLUS replies (bounded table), because a sidecar is found by name.
+//! - On the first READ of a file, its sidecar is looked up (one LOOKUP and its READs,
+//!   with the client's credential), parsed and checked against the file's attributes.
+//!   The result, positive or negative, is kept until the file's size or mtime change.
+//!   A stale sidecar is ignored with a warning, a malformed one with the parse error.
+//! - READs of zero blocks are answered here without any upstream call; a READ that is
+//!   partly zero asks the next hop only for its other bytes.
+//! - `fetch = "whole-file"`: the first READ starts a whole-file transfer over the file
+//!   channel (`wholefile`), and READs are answered from it as their range arrives.
+//!
+//! Files with local writes (write-back) are left to the block path: the sidecar
+//! describes the next hop's file, and the cache's dirty data wins.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, BytesMut};
+use tracing::{debug, warn};
+
+use super::cached::CacheLayer;
+use super::wholefile::WholeFiles;
+use crate::config::MetaConfig;
+use crate::meta::{Fetch, FileTime, Sidecar, sidecar_name};
+use crate::nfs3::{self, Args, Fattr3, Fh, Ftype3, LookupArgs, NfsResult, Nfstime3, Proc, Res};
+use crate::rpc::msg::accepted_reply;
+use crate::rpc::{AcceptStat, CallHeader};
+use crate::ssh::client::SshConnector;
+use crate::upstream::Upstream;
+use crate::upstream::calls::{CallError, Cred, nfs_call, read_upstream};
+use crate::xdr::{Encode, XdrWrite};
+
+/// Names remembered at most (a handle and a name each).
+const MAX_NAMES: usize = 65_536;
+/// Sidecar lookups remembered at most.
+const MAX_SIDECARS: usize = 16_384;
+
+/// The outcome of a sidecar lookup for a file as it was (size, mtime).
+struct Lookup {
+    size: u64,
+    mtime: Nfstime3,
+    sidecar: Option<Arc<Sidecar>>,
+}
+
+/// (directory handle, name) of a file.
+type DirName = (Vec<u8>, Vec<u8>);
+/// A file's sidecar lookup: later READs wait for the first one's.
+type Slot = Arc<tokio::sync::Mutex<Option<Lookup>>>;
+
+/// Counters for `gridvfs status`.
+#[derive(Default)]
+pub struct MetaStats {
+    pub sidecars_found: AtomicU64,
+    pub sidecars_absent: AtomicU64,
+    pub sidecars_stale: AtomicU64,
+    pub sidecars_bad: AtomicU64,
+    /// READs answered entirely from zero maps, and the zero bytes answered (also those
+    /// in partly zero READs).
+    pub zero_reads: AtomicU64,
+    pub zero_bytes: AtomicU64,
+    /// READs split around zero blocks (only their other bytes asked upstream).
+    pub partial_reads: AtomicU64,
+    /// Whole-file write-backs over the file channel, and their file bytes.
+    pub uploads: AtomicU64,
+    pub upload_bytes: AtomicU64,
+}
+
+pub struct MetaLayer {
+    cfg: MetaConfig,
+    /// handle → (directory handle, name).
+    names: Mutex<HashMap<Vec<u8>, DirName>>,
+    /// handle → its sidecar lookup (one at a time per file: later READs wait for it).
+    lookups: Mutex<HashMap<Vec<u8>, Slot>>,
+    pub whole: Option<Arc<WholeFiles>>,
+    /// The SSH session to a gridvfs server proxy, for the file channel.
+    connector: Option<Arc<SshConnector>>,
+    pub stats: MetaStats,
+}
+
+/// What the sidecar path did with a READ.
+pub enum MetaRead {
+    /// The whole reply.
+    Reply(BytesMut),
+    /// Not ours: the block path answers it.
+    Pass,
+}
+
+impl MetaLayer {
+    pub fn new(
+        cfg: &MetaConfig,
+        connector: Option<Arc<SshConnector>>,
+    ) -> std::io::Result<MetaLayer> {
+        let connector = connector.filter(|c| c.has_file_channel());
+        let whole = match (&cfg.whole_file_dir, &connector) {
+            (Some(dir), Some(_)) => Some(Arc::new(WholeFiles::open(dir, cfg.whole_file_max)?)),
+            _ => None,
+        };
+        Ok(MetaLayer {
+            cfg: cfg.clone(),
+            names: Mutex::default(),
+            lookups: Mutex::default(),
+            whole,
+            connector,
+            stats: MetaStats::default(),
+        })
+    }
+
+    /// Whether whole files can be moved over the file channel.
+    pub fn has_channel(&self) -> bool {
+        self.connector.is_some()
+    }
+
+    pub fn connector(&self) -> Option<&Arc<SshConnector>> {
+        self.connector.as_ref()
+    }
+
+    fn learn_name(&self, fh: &[u8], dir: &[u8], name: &[u8]) {
+        if name == b"." || name == b".." {
+            return;
+        }
+        let mut m = self.names.lock().expect("names");
+        if m.len() >= MAX_NAMES && !m.contains_key(fh) {
+            // Forget an arbitrary half: a forgotten file just has no sidecar until it is
+            // looked up again.
+            let drop: Vec<Vec<u8>> = m.keys().take(MAX_NAMES / 2).cloned().collect();
+            for k in drop {
+                m.remove(&k);
+            }
+        }
+        m.insert(fh.to_vec(), (dir.to_vec(), name.to_vec()));
+    }
+
+    /// Learns names from a reply (called by the cache's `observe`).
+    pub fn observe(&self, args: &Args<'_>, res: &Res<'_>) {
+        match (args, res) {
+            (Args::Lookup(a), Res::Lookup(NfsResult::Ok(ok))) => {
+                self.learn_name(ok.object.0, a.what.dir.0, a.what.name);
+            }
+            (Args::Create(a), Res::Create(NfsResult::Ok(ok))) => {
+                if let Some(fh) = &ok.obj {
+                    self.learn_name(fh.0, a.where_.dir.0, a.where_.name);
+                }
+            }
+            (Args::Readdirplus(a), Res::Readdirplus(NfsResult::Ok(ok))) => {
+                for e in &ok.reply.entries {
+                    if let Some(fh) = &e.name_handle {
+                        self.learn_name(fh.0, a.dir.0, e.name);
+                    }
+                }
+            }
+            (Args::Rename(a), Res::Rename(NfsResult::Ok(_))) => {
+                let mut m = self.names.lock().expect("names");
+                for v in m.values_mut() {
+                    if v.0 == a.from.dir.0 && v.1 == a.from.name {
+                        *v = (a.to.dir.0.to_vec(), a.to.name.to_vec());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The file's fresh sidecar, looking it up if this file (at this size and mtime)
+    /// was not looked up yet.
+    pub async fn sidecar(
+        &self,
+        up: &Upstream,
+        fh: &[u8],
+        attr: &Fattr3,
+        cred: &Cred,
+    ) -> Option<Arc<Sidecar>> {
+        let slot = {
+            let mut m = self.lookups.lock().expect("lookups");
+            if m.len() >= MAX_SIDECARS && !m.contains_key(fh) {
+                m.clear();
+            }
+            m.entry(fh.to_vec()).or_default().clone()
+        };
+        let mut g = slot.lock().await;
+        if let Some(l) = &*g
+            && l.size == attr.size
+            && l.mtime == attr.mtime
+        {
+            return l.sidecar.clone();
+        }
+        let (dir, name) = self.names.lock().expect("names").get(fh).cloned()?;
+        let sidecar = self
+            .look_up(up, &dir, &name, attr, cred)
+            .await
+            .map(Arc::new);
+        *g = Some(Lookup {
+            size: attr.size,
+            mtime: attr.mtime,
+            sidecar: sidecar.clone(),
+        });
+        sidecar
+    }
+
+    /// The sidecar found by the last lookup of `fh`, if the file is still as it was then.
+    pub fn known_sidecar(&self, fh: &[u8], attr: &Fattr3) -> Option<Arc<Sidecar>> {
+        let slot = self.lookups.lock().expect("lookups").get(fh).cloned()?;
+        let g = slot.try_lock().ok()?;
+        let l = g.as_ref()?;
+        (l.size == attr.size && l.mtime == attr.mtime)
+            .then(|| l.sidecar.clone())
+            .flatten()
+    }
+
+    async fn look_up(
+        &self,
+        up: &Upstream,
+        dir: &[u8],
+        name: &[u8],
+        attr: &Fattr3,
+        cred: &Cred,
+    ) -> Option<Sidecar> {
+        let shown = String::from_utf8_lossy(name).into_owned();
+        let sname = sidecar_name(name)?;
+        let args = Args::Lookup(LookupArgs {
+            what: nfs3::Diropargs3 {
+                dir: Fh(dir),
+                name: &sname,
+            },
+        });
+        let sfh = match nfs_call(up, cred, &args).await {
+            Ok((reply, at)) => match Res::decode(Proc::LOOKUP, &reply[at..]) {
+                Ok(Res::Lookup(NfsResult::Ok(ok))) => ok.object.0.to_vec(),
+                _ => return None,
+            },
+            Err(CallError::Status(s)) if s == nfs3::Nfsstat3::NOENT => {
+                self.stats.sidecars_absent.fetch_add(1, Ordering::Relaxed);
+                debug!(file = %shown, "no sidecar");
+                return None;
+            }
+            Err(e) => {
+                warn!(side = "upstream", file = %shown, error = %e, "sidecar lookup failed; reading by blocks");
+                return None;
+            }
+        };
+        let limit = crate::meta::format::MAX_SIDECAR as u32 + 1;
+        let bytes = match read_upstream(up, cred, &sfh, 0, limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(side = "upstream", file = %shown, error = %e, "sidecar unreadable; ignored");
+                self.stats.sidecars_bad.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let sc = match Sidecar::parse(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(side = "upstream", file = %shown, error = %e, "sidecar ignored");
+                self.stats.sidecars_bad.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let now = FileTime {
+            secs: attr.mtime.seconds as i64,
+            nsecs: attr.mtime.nseconds,
+        };
+        if let Err(why) = sc.check_fresh(attr.size, now) {
+            warn!(file = %shown, %why, "stale sidecar ignored (run `gridvfs meta generate` again)");
+            self.stats.sidecars_stale.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.stats.sidecars_found.fetch_add(1, Ordering::Relaxed);
+        debug!(file = %shown, zero = sc.zero_bytes(), size = sc.size, "sidecar in use");
+        Some(sc)
+    }
+
+    /// Drops whole files and forgets sidecar lookups (SIGUSR2).
+    pub fn drop_all(&self) {
+        self.lookups.lock().expect("lookups").clear();
+        if let Some(w) = &self.whole {
+            w.drop_all();
+        }
+    }
+
+    /// READ through the sidecar, if the file has one.
+    pub async fn read(
+        self: &Arc<Self>,
+        cache: &Arc<CacheLayer>,
+        up: &Arc<Upstream>,
+        call: &bytes::Bytes,
+    ) -> MetaRead {
+        let Some((xid, fh, off, count, cred)) = read_args(call) else {
+            return MetaRead::Pass;
+        };
+        if cache.local(&fh).is_some() {
+            return MetaRead::Pass;
+        }
+        let Some(attr) = cache.upstream_attr(&fh).filter(|a| a.ftype == Ftype3::REG) else {
+            return MetaRead::Pass;
+        };
+        let end = off.saturating_add(count as u64).min(attr.size);
+        if off >= end {
+            return MetaRead::Pass;
+        }
+        let Some(sc) = self.sidecar(up, &fh, &attr, &cred).await else {
+            return MetaRead::Pass;
+        };
+        let eof = end >= attr.size;
+        if sc.zeros.is_zero(off, end) {
+            self.stats.zero_reads.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .zero_bytes
+                .fetch_add(end - off, Ordering::Relaxed);
+            return MetaRead::Reply(read_reply(
+                xid,
+                &attr,
+                eof,
+                (end - off) as usize,
+                |_| Ok(()),
+            ));
+        }
+        if sc.actions.fetch == Fetch::WholeFile
+            && let (Some(whole), Some(conn)) = (&self.whole, &self.connector)
+        {
+            let entry = match whole.get(&fh, attr.size, attr.mtime) {
+                Some(e) => Some(e),
+                None => whole.start(conn.clone(), &fh, sc.clone(), attr.mtime, cred.clone()),
+            };
+            if let Some(e) = entry {
+                let near = match e.progress() {
+                    super::wholefile::Progress::Running { frontier } => {
+                        off <= frontier.saturating_add(self.cfg.wait_ahead)
+                    }
+                    super::wholefile::Progress::Done => true,
+                    super::wholefile::Progress::Failed => false,
+                };
+                if near && e.wait_for(end).await {
+                    let (e2, a2) = (e.clone(), attr.clone());
+                    let r = tokio::task::spawn_blocking(move || {
+                        read_reply_io(xid, &a2, eof, off, end, |out| e2.read_into(off, end, out))
+                    })
+                    .await;
+                    if let Ok(Ok(reply)) = r {
+                        whole.stats.reads.fetch_add(1, Ordering::Relaxed);
+                        return MetaRead::Reply(reply);
+                    }
+                }
+            }
+        }
+        let ranges = sc.zeros.data_ranges(off, end);
+        let data: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        if data == end - off {
+            return MetaRead::Pass; // no zero block in it: the block path as usual
+        }
+        // Partly zero: the other bytes from the cache or the next hop.
+        match self.partial(cache, up, &fh, &cred, off, end, ranges).await {
+            Some(buf) => {
+                self.stats.partial_reads.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .zero_bytes
+                    .fetch_add(end - off - data, Ordering::Relaxed);
+                MetaRead::Reply(read_reply(xid, &attr, eof, buf.len(), |out| {
+                    out.copy_from_slice(&buf);
+                    Ok(())
+                }))
+            }
+            None => MetaRead::Pass,
+        }
+    }
+
+    /// The bytes of `off..end` with `ranges` (the non-zero parts) filled from the cache
+    /// or the next hop; None if any read failed (the block path then tries).
+    #[allow(clippy::too_many_arguments)]
+    async fn partial(
+        &self,
+        cache: &Arc<CacheLayer>,
+        up: &Arc<Upstream>,
+        fh: &[u8],
+        cred: &Cred,
+        off: u64,
+        end: u64,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> Option<Vec<u8>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for r in ranges {
+            let (cache, up, fh, cred) = (cache.clone(), up.clone(), fh.to_vec(), cred.clone());
+            tasks.spawn(async move {
+                let stamp = cache.stamp();
+                let (c, f, rr) = (cache.clone(), fh.clone(), r.clone());
+                let local = tokio::task::spawn_blocking(move || c.read_range(&f, rr))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(b) = local {
+                    return Some((r.start, b));
+                }
+                let len = (r.end - r.start) as u32;
+                let b = read_upstream(&up, &cred, &fh, r.start, len).await.ok()?;
+                if b.len() != len as usize {
+                    return None; // short: the file changed
+                }
+                let (c, f, b2, at) = (cache.clone(), fh.clone(), b.clone(), r.start);
+                let _ =
+                    tokio::task::spawn_blocking(move || c.fill_checked(&f, at, &b2, stamp)).await;
+                Some((r.start, b))
+            });
+        }
+        let mut buf = vec![0u8; (end - off) as usize];
+        while let Some(r) = tasks.join_next().await {
+            let (at, b) = r.ok()??;
+            let i = (at - off) as usize;
+            buf[i..i + b.len()].copy_from_slice(&b);
+        }
+        Some(buf)
+    }
+}
+
+/// (xid, file, offset, count, credential) of a READ call.
+fn read_args(call: &[u8]) -> Option<(u32, Vec<u8>, u64, u32, Cred)> {
+    let h = CallHeader::parse(call).ok()?;
+    let Ok(Args::Read(a)) = Args::decode(Proc(h.proc_), &call[h.args_at..]) else {
+        return None;
+    };
+    let xid = u32::from_be_bytes(call.get(..4)?.try_into().ok()?);
+    Some((
+        xid,
+        a.file.0.to_vec(),
+        a.offset,
+        a.count,
+        Cred {
+            flavor: h.cred.flavor.0,
+            body: h.cred.body.to_vec(),
+        },
+    ))
+}
+
+/// A READ reply of `n` bytes that `fill` writes into place (zeros before it does).
+fn read_reply(
+    xid: u32,
+    attr: &Fattr3,
+    eof: bool,
+    n: usize,
+    fill: impl FnOnce(&mut [u8]) -> std::io::Result<()>,
+) -> BytesMut {
+    let mut out = reply_head(xid, attr, eof, n);
+    let at = out.len();
+    out.put_bytes(0, n);
+    let _ = fill(&mut out[at..at + n]);
+    out.put_bytes(0, crate::xdr::pad(n));
+    out
+}
+
+/// A READ reply whose data `fill` appends (exactly `end - off` bytes).
+fn read_reply_io(
+    xid: u32,
+    attr: &Fattr3,
+    eof: bool,
+    off: u64,
+    end: u64,
+    fill: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<BytesMut> {
+    let n = (end - off) as usize;
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v)?;
+    let mut out = reply_head(xid, attr, eof, n);
+    out.extend_from_slice(&v);
+    out.put_bytes(0, crate::xdr::pad(n));
+    Ok(out)
+}
+
+fn reply_head(xid: u32, attr: &Fattr3, eof: bool, n: usize) -> BytesMut {
+    let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
+    out.reserve(n + 128);
+    out.put_u32(nfs3::Nfsstat3::OK.0);
+    out.put_xdr_bool(true);
+    attr.encode(&mut out);
+    out.put_u32(n as u32);
+    out.put_xdr_bool(eof);
+    out.put_u32(n as u32);
+    out
+}

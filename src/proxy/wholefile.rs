@@ -1,0 +1,532 @@
+//! Whole files beside the block frames (the paper's heterogeneous cache): files whose
+//! sidecar says `fetch = "whole-file"` are fetched once, compressed, over the file
+//! channel and kept here as sparse local files (zero blocks stay holes).
+//!
+//! A transfer decompresses each frame straight into place as it arrives; `progress`
+//! says how far the file is complete (frames come in file order, so everything before
+//! the frontier is there), and a READ waits only for its own range. A complete file is
+//! made durable (data, then its `.info` record, then the directory) so a restarted
+//! proxy still has it; it is used only while the next hop's size and mtime equal those it
+//! was fetched at.
+//!
+//! Layout of `dir`: `<key>.data` (the file's bytes) and `<key>.info` (magic, handle,
+//! size, mtime, CRC32), `key` = hex of the BLAKE3 hash of the handle's first 16 bytes.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BufMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::meta::Sidecar;
+use crate::meta::channel::{self, ChannelError, FrameHead, Op, Request};
+use crate::nfs3::Nfstime3;
+use crate::ssh::client::SshConnector;
+use crate::upstream::calls::Cred;
+
+const INFO_MAGIC: &[u8; 8] = b"GVFSWHL1";
+/// After a failed transfer, the file goes by blocks for this long before another try.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// How far a transfer has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Bytes before `frontier` are in place.
+    Running {
+        frontier: u64,
+    },
+    Done,
+    Failed,
+}
+
+/// One whole file, complete or on its way.
+pub struct Entry {
+    pub size: u64,
+    pub mtime: Nfstime3,
+    data: PathBuf,
+    info: PathBuf,
+    file: std::fs::File,
+    progress: watch::Receiver<Progress>,
+    /// Bytes it takes on disk (its non-zero bytes), for the budget.
+    charge: u64,
+    last_use: AtomicU64,
+}
+
+impl Entry {
+    pub fn progress(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    /// Whether `off..end` is in place.
+    fn has(&self, end: u64) -> bool {
+        match self.progress() {
+            Progress::Done => true,
+            Progress::Running { frontier } => end <= frontier,
+            Progress::Failed => false,
+        }
+    }
+
+    /// Waits until `off..end` is in place; false if the transfer failed.
+    pub async fn wait_for(&self, end: u64) -> bool {
+        let mut rx = self.progress.clone();
+        loop {
+            if self.has(end) {
+                return true;
+            }
+            if self.progress() == Progress::Failed || rx.changed().await.is_err() {
+                return self.has(end);
+            }
+        }
+    }
+
+    /// Reads `off..end` (in place) into `out`.
+    pub fn read_into(&self, off: u64, end: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let at = out.len();
+        out.resize(at + (end - off) as usize, 0);
+        self.file.read_exact_at(&mut out[at..], off)
+    }
+}
+
+/// Counters of whole-file work, for `gridvfs status`.
+#[derive(Default)]
+pub struct WholeStats {
+    pub fetches: AtomicU64,
+    pub failed: AtomicU64,
+    /// File bytes received (decompressed) and the bytes they took on the channel.
+    pub raw_bytes: AtomicU64,
+    pub wire_bytes: AtomicU64,
+    /// READs answered from whole files.
+    pub reads: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+pub struct WholeFiles {
+    dir: PathBuf,
+    max: u64,
+    entries: Mutex<HashMap<Vec<u8>, Arc<Entry>>>,
+    /// Files whose last transfer failed, and when.
+    failed: Mutex<HashMap<Vec<u8>, Instant>>,
+    tick: AtomicU64,
+    pub stats: WholeStats,
+}
+
+fn key(fh: &[u8]) -> String {
+    let h = blake3::hash(fh);
+    h.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn encode_info(fh: &[u8], size: u64, mtime: Nfstime3) -> Vec<u8> {
+    let mut b = Vec::with_capacity(96);
+    b.put_slice(INFO_MAGIC);
+    b.put_u32(fh.len() as u32);
+    b.put_slice(fh);
+    b.put_u64(size);
+    b.put_u32(mtime.seconds);
+    b.put_u32(mtime.nseconds);
+    let crc = crc32fast::hash(&b);
+    b.put_u32(crc);
+    b
+}
+
+fn decode_info(b: &[u8]) -> Option<(Vec<u8>, u64, Nfstime3)> {
+    let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
+    if crc32fast::hash(body).to_be_bytes() != crc || body.get(..8)? != INFO_MAGIC {
+        return None;
+    }
+    let mut r = crate::xdr::Reader::new(&body[8..]);
+    let n = r.u32().ok()? as usize;
+    if n > crate::nfs3::NFS3_FHSIZE {
+        return None;
+    }
+    let fh = r.take(n).ok()?.to_vec();
+    let size = r.u64().ok()?;
+    let mtime = Nfstime3 {
+        seconds: r.u32().ok()?,
+        nseconds: r.u32().ok()?,
+    };
+    r.finish().ok()?;
+    Some((fh, size, mtime))
+}
+
+impl WholeFiles {
+    /// Opens `dir` (made if missing): complete files of an earlier run are kept, the
+    /// rest (transfers cut by a stop) removed.
+    pub fn open(dir: &Path, max: u64) -> std::io::Result<WholeFiles> {
+        std::fs::create_dir_all(dir)?;
+        let w = WholeFiles {
+            dir: dir.to_path_buf(),
+            max,
+            entries: Mutex::default(),
+            failed: Mutex::default(),
+            tick: AtomicU64::new(1),
+            stats: WholeStats::default(),
+        };
+        let mut kept = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "info") {
+                let info = std::fs::read(&p).ok().and_then(|b| decode_info(&b));
+                let data = p.with_extension("data");
+                let file = std::fs::OpenOptions::new().read(true).open(&data);
+                match (info, file) {
+                    (Some((fh, size, mtime)), Ok(file)) if file.metadata()?.len() == size => {
+                        let charge = file.metadata()?.blocks() * 512;
+                        kept.push(data.clone());
+                        let (_tx, rx) = watch::channel(Progress::Done);
+                        w.entries.lock().expect("entries").insert(
+                            fh,
+                            Arc::new(Entry {
+                                size,
+                                mtime,
+                                data,
+                                info: p,
+                                file,
+                                progress: rx,
+                                charge,
+                                last_use: AtomicU64::new(0),
+                            }),
+                        );
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+        }
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "data") && !kept.contains(&p) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        let n = w.entries.lock().expect("entries").len();
+        if n > 0 {
+            info!(files = n, dir = %dir.display(), "whole files kept from the last run");
+        }
+        Ok(w)
+    }
+
+    /// The entry for `fh` if it matches the file as it is (size, mtime); a stale one is
+    /// removed.
+    pub fn get(&self, fh: &[u8], size: u64, mtime: Nfstime3) -> Option<Arc<Entry>> {
+        let mut m = self.entries.lock().expect("entries");
+        let e = m.get(fh)?.clone();
+        if e.size == size && e.mtime == mtime {
+            e.last_use
+                .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+            return Some(e);
+        }
+        if matches!(e.progress(), Progress::Running { .. }) {
+            return None; // the transfer ends (and is dropped) on its own
+        }
+        m.remove(fh);
+        drop(m);
+        remove_entry(&e);
+        None
+    }
+
+    /// Starts fetching `fh` over the file channel, unless it failed lately or there is
+    /// no room. Returns its entry.
+    pub fn start(
+        self: &Arc<Self>,
+        connector: Arc<SshConnector>,
+        fh: &[u8],
+        sc: Arc<Sidecar>,
+        mtime: Nfstime3,
+        cred: Cred,
+    ) -> Option<Arc<Entry>> {
+        if let Some(t) = self.failed.lock().expect("failed").get(fh)
+            && t.elapsed() < RETRY_AFTER
+        {
+            return None;
+        }
+        let charge = sc.size - sc.zero_bytes();
+        let mut m = self.entries.lock().expect("entries");
+        if let Some(e) = m.get(fh) {
+            if e.size == sc.size && e.mtime == mtime {
+                return Some(e.clone());
+            }
+            if matches!(e.progress(), Progress::Running { .. }) {
+                return None;
+            }
+            let e = m.remove(fh).expect("present");
+            remove_entry(&e);
+        }
+        // Room: least recently used complete files go.
+        let mut used: u64 = m.values().map(|e| e.charge).sum();
+        while used + charge > self.max {
+            let victim = m
+                .iter()
+                .filter(|(_, e)| e.progress() == Progress::Done && Arc::strong_count(e) == 1)
+                .min_by_key(|(_, e)| e.last_use.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            let Some(v) = victim else {
+                info!(
+                    size = sc.size,
+                    max = self.max,
+                    "no room for a whole file (meta.whole_file_max); read by blocks"
+                );
+                return None;
+            };
+            let e = m.remove(&v).expect("present");
+            used -= e.charge;
+            remove_entry(&e);
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        let k = key(fh);
+        let data = self.dir.join(format!("{k}.data"));
+        let info = self.dir.join(format!("{k}.info"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&data)
+            .and_then(|f| f.set_len(sc.size).map(|_| f));
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(side = "cache", error = %e, path = %data.display(), "cannot make a whole-file copy; read by blocks");
+                return None;
+            }
+        };
+        let first = sc
+            .zeros
+            .data_ranges(0, sc.size)
+            .first()
+            .map_or(sc.size, |r| r.start);
+        let (tx, rx) = watch::channel(Progress::Running { frontier: first });
+        let writer = match file.try_clone() {
+            Ok(w) => w,
+            Err(_) => return None,
+        };
+        let entry = Arc::new(Entry {
+            size: sc.size,
+            mtime,
+            data,
+            info,
+            file,
+            progress: rx,
+            charge,
+            last_use: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
+        });
+        m.insert(fh.to_vec(), entry.clone());
+        drop(m);
+        let (me, fh, e) = (self.clone(), fh.to_vec(), entry.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = transfer(&me, &connector, &fh, &sc, mtime, cred, writer, &tx).await;
+            let r = match r {
+                Ok(()) => finish(&e, &fh).await,
+                Err(err) => Err(err),
+            };
+            match r {
+                Ok(()) => {
+                    me.stats.fetches.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        size = sc.size,
+                        secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+                        "whole file fetched"
+                    );
+                    let _ = tx.send(Progress::Done);
+                }
+                Err(err) => {
+                    me.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(side = "upstream", error = %err, "whole-file fetch failed; the file is read by blocks");
+                    let _ = tx.send(Progress::Failed);
+                    me.failed
+                        .lock()
+                        .expect("failed")
+                        .insert(fh.clone(), Instant::now());
+                    let mut m = me.entries.lock().expect("entries");
+                    if m.get(&fh).is_some_and(|x| Arc::ptr_eq(x, &e)) {
+                        m.remove(&fh);
+                    }
+                    drop(m);
+                    remove_entry(&e);
+                }
+            }
+        });
+        Some(entry)
+    }
+
+    /// Drops every complete whole file (SIGUSR2); transfers under way finish.
+    pub fn drop_all(&self) -> u64 {
+        let mut m = self.entries.lock().expect("entries");
+        let done: Vec<Vec<u8>> = m
+            .iter()
+            .filter(|(_, e)| e.progress() == Progress::Done)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &done {
+            if let Some(e) = m.remove(k) {
+                remove_entry(&e);
+            }
+        }
+        done.len() as u64
+    }
+
+    /// Forgets the file's copy (it changed).
+    pub fn forget(&self, fh: &[u8]) {
+        let mut m = self.entries.lock().expect("entries");
+        if m.get(fh)
+            .is_some_and(|e| !matches!(e.progress(), Progress::Running { .. }))
+            && let Some(e) = m.remove(fh)
+        {
+            drop(m);
+            remove_entry(&e);
+        }
+    }
+
+    /// Whole files kept and their bytes on disk.
+    pub fn usage(&self) -> (u64, u64) {
+        let m = self.entries.lock().expect("entries");
+        (m.len() as u64, m.values().map(|e| e.charge).sum())
+    }
+}
+
+fn remove_entry(e: &Entry) {
+    let _ = std::fs::remove_file(&e.info);
+    let _ = std::fs::remove_file(&e.data);
+}
+
+/// Makes a complete copy durable: its bytes, then its record, then the directory.
+async fn finish(e: &Arc<Entry>, fh: &[u8]) -> Result<(), ChannelError> {
+    let (e, fh) = (e.clone(), fh.to_vec());
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        e.file.sync_data()?;
+        let tmp = e.info.with_extension("info.tmp");
+        std::fs::write(&tmp, encode_info(&fh, e.size, e.mtime))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &e.info)?;
+        if let Some(d) = e.info.parent() {
+            std::fs::File::open(d)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| ChannelError::Malformed(e.to_string()))??;
+    Ok(())
+}
+
+/// Frames decompressed at once, waiting to be written.
+const DECODE_QUEUE: usize = 8;
+
+#[allow(clippy::too_many_arguments)]
+async fn transfer(
+    w: &WholeFiles,
+    connector: &SshConnector,
+    fh: &[u8],
+    sc: &Arc<Sidecar>,
+    mtime: Nfstime3,
+    cred: Cred,
+    file: std::fs::File,
+    tx: &watch::Sender<Progress>,
+) -> Result<(), ChannelError> {
+    let stream = connector
+        .open_file_channel()
+        .await
+        .map_err(|e| ChannelError::Io(std::io::Error::other(e)))?;
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    let req = Request {
+        op: Op::Fetch,
+        fh: fh.to_vec(),
+        cred,
+        size: sc.size,
+        mtime: (mtime.seconds, mtime.nseconds),
+        codec: sc.actions.codec,
+        level: sc.actions.level,
+        zeros: sc.zeros.clone(),
+    };
+    wr.write_all(&req.encode()).await?;
+    wr.flush().await?;
+    let status = rd.read_u32().await?;
+    if status != channel::OK {
+        return Err(ChannelError::Status(status));
+    }
+    let size = rd.read_u64().await?;
+    if size != sc.size {
+        return Err(ChannelError::Malformed(format!(
+            "server proxy sends {size} bytes, sidecar says {}",
+            sc.size
+        )));
+    }
+    // Frames are decompressed and written on a blocking thread while the next ones
+    // arrive; the frontier moves as each is in place.
+    let (ftx, mut frx) = tokio::sync::mpsc::channel::<(u64, u32, Vec<u8>)>(DECODE_QUEUE);
+    let (codec, sc2, tx2) = (sc.actions.codec, sc.clone(), tx.clone());
+    let writer = tokio::task::spawn_blocking(move || -> Result<u64, ChannelError> {
+        let mut raw_total = 0u64;
+        let mut expect = 0u64;
+        while let Some((off, raw, comp)) = frx.blocking_recv() {
+            if off < expect || off + raw as u64 > sc2.size {
+                return Err(ChannelError::Malformed(format!(
+                    "frame at {off} out of order or past the end"
+                )));
+            }
+            let data = channel::decompress(codec, &comp, raw)?;
+            file.write_all_at(&data, off)?;
+            raw_total += raw as u64;
+            expect = off + raw as u64;
+            let frontier = sc2
+                .zeros
+                .data_ranges(expect, sc2.size)
+                .first()
+                .map_or(sc2.size, |r| r.start);
+            let _ = tx2.send(Progress::Running { frontier });
+        }
+        Ok(raw_total)
+    });
+    let mut wire = 0u64;
+    let end_status = loop {
+        match channel::read_frame_head(&mut rd).await {
+            Ok(FrameHead::End(s)) => break Ok(s),
+            Ok(FrameHead::Data { offset, raw, comp }) => {
+                let mut buf = vec![0; comp as usize];
+                if let Err(e) = rd.read_exact(&mut buf).await {
+                    break Err(ChannelError::Io(e));
+                }
+                wire += comp as u64 + 16;
+                w.stats
+                    .wire_bytes
+                    .fetch_add(comp as u64 + 16, Ordering::Relaxed);
+                if ftx.send((offset, raw, buf)).await.is_err() {
+                    break Ok(channel::FAILED); // the writer stopped: its error below
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    drop(ftx);
+    let written = writer
+        .await
+        .map_err(|e| ChannelError::Malformed(e.to_string()))??;
+    let status = end_status?;
+    if status != channel::OK {
+        return Err(ChannelError::Status(status));
+    }
+    let expected = sc.size - sc.zero_bytes();
+    if written != expected {
+        return Err(ChannelError::Malformed(format!(
+            "received {written} bytes of data, the zero map leaves {expected}"
+        )));
+    }
+    w.stats.raw_bytes.fetch_add(written, Ordering::Relaxed);
+    info!(
+        raw = written,
+        wire,
+        ratio = format!("{:.2}", written as f64 / wire.max(1) as f64),
+        "whole-file transfer complete"
+    );
+    Ok(())
+}
