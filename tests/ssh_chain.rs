@@ -8,124 +8,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::ssh::*;
 use common::{Endpoints, Gridvfs, Lab, nfs_url, random_file, sha256_file};
-
-/// The account every tunnelled client runs as on Ganesha.
-const UID: u32 = 3142;
-const GID: u32 = 3143;
-
-fn keygen(path: &Path) -> String {
-    let out = Command::new(common::bin())
-        .args(["keygen", "--out"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gridvfs keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(path.with_extension("pub"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-/// Keys and files of one tunnel.
-struct Keys {
-    dir: tempfile::TempDir,
-    host_pub: String,
-}
-
-impl Keys {
-    fn new() -> Keys {
-        let dir = tempfile::tempdir().unwrap();
-        let host_pub = keygen(&dir.path().join("host_key"));
-        let client_pub = keygen(&dir.path().join("client_key"));
-        keygen(&dir.path().join("stranger_key"));
-        std::fs::write(
-            dir.path().join("authorized_keys"),
-            format!("{client_pub}\n"),
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("known_hosts"), "").unwrap();
-        Keys { dir, host_pub }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Trusts the server's host key at `addr` (the `[host]:port` form OpenSSH writes).
-    fn trust(&self, addr: SocketAddr, host_pub: &str) {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.path("known_hosts"))
-            .unwrap();
-        let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
-        writeln!(f, "[{}]:{} {}", addr.ip(), addr.port(), key.join(" ")).unwrap();
-    }
-}
-
-/// A server-role gridvfs in front of the lab's Ganesha with its own SSH server.
-fn server_proxy(lab: &Lab, keys: &Keys, state: &Path) -> Gridvfs {
-    Gridvfs::start_config(&format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n\
-         [upstream]\nnfs = \"tcp://{}\"\nmount = \"tcp://{}\"\nbackoff_max = \"500ms\"\n\
-         [server]\nexports = [\"{}\"]\nstate_dir = \"{}\"\n\
-         [server.ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\nauthorized_keys = \"{}\"\n\
-         [[server.account]]\nname = \"grid\"\nkeys = [\"*\"]\nuid = {UID}\ngid = {GID}\n\
-         [log]\nlevel = \"info\"\n",
-        lab.nfs,
-        lab.mount,
-        lab.export,
-        state.display(),
-        keys.path("host_key").display(),
-        keys.path("authorized_keys").display(),
-    ))
-}
-
-/// A client gridvfs whose next hop is `ssh://grid@addr`.
-fn client_proxy(keys: &Keys, addr: SocketAddr, key: &str, extra_ssh: &str) -> Gridvfs {
-    Gridvfs::start_config(&format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n\
-         [upstream]\nnfs = \"ssh://grid@{addr}\"\nbackoff_max = \"500ms\"\n\
-         [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\n{extra_ssh}\n\
-         [log]\nlevel = \"info\"\n",
-        keys.path(key).display(),
-        keys.path("known_hosts").display(),
-    ))
-}
-
-fn nfs_cp(from: &str, to: &str) -> Result<(), String> {
-    let out = Command::new("nfs-cp")
-        .arg(from)
-        .arg(to)
-        .output()
-        .expect("run nfs-cp (apt: libnfs-utils)");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nfs-cp {from} {to}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// A scratch directory the mapped account may write in.
-fn open_scratch(lab: &Lab, test: &str) -> (PathBuf, String) {
-    let (dir, name) = lab.scratch(test);
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    (dir, name)
-}
 
 /// Up and down through `ep`: the file lands byte-equal on Ganesha's disk, owned by the
 /// mapped account, and reads back byte-equal.
@@ -151,11 +41,6 @@ fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
     )
     .unwrap();
     assert_eq!(sha256_file(&back), want, "download differs");
-}
-
-fn ssh_addr(p: &Gridvfs) -> SocketAddr {
-    p.ssh
-        .expect("server proxy wrote its ssh address to the ready file")
 }
 
 #[test]

@@ -1,0 +1,582 @@
+//! Metadata sidecars against the real parts: the lab's Ganesha behind a server-role
+//! gridvfs (built-in SSH server), a client gridvfs dialling it through a relay that
+//! counts (and may throttle) the bytes of the SSH connection, libnfs's nfs-cat, the
+//! nfs3_client crate for single READs, and the kernel client in qemu.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::ssh::*;
+use common::{Gridvfs, Lab, ctl, nfs_cat, pseudo_random, sha256_file};
+use gridvfs::meta::{Actions, Codec, Fetch, FileTime, Sidecar, Writeback, ZeroMap};
+
+const BS: u64 = 4096;
+
+/// A TCP relay that counts the bytes each way and may cap the server→client rate.
+struct Relay {
+    addr: SocketAddr,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+}
+
+impl Relay {
+    fn start(to: SocketAddr, down_rate: Option<u64>) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (u2, d2) = (up.clone(), down.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { return };
+                let Ok(s) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let _ = (c.set_nodelay(true), s.set_nodelay(true));
+                pipe(
+                    c.try_clone().unwrap(),
+                    s.try_clone().unwrap(),
+                    u2.clone(),
+                    None,
+                );
+                pipe(s, c, d2.clone(), down_rate);
+            }
+        });
+        Relay { addr, up, down }
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, n: Arc<AtomicU64>, rate: Option<u64>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        loop {
+            let k = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => k,
+            };
+            if let Some(r) = rate {
+                sent += k as u64;
+                let due = Duration::from_secs_f64(sent as f64 / r as f64);
+                if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            if to.write_all(&buf[..k]).is_err() {
+                break;
+            }
+            n.fetch_add(k as u64, Ordering::Relaxed);
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// A VM memory image: `mib` MiB, about 90% zero pages in runs, the rest like RAM
+/// (text, code-like repeats, some random). Returns the bytes and the zero block runs.
+fn memory_image(mib: usize, seed: u64) -> (Vec<u8>, Vec<std::ops::Range<u64>>) {
+    let blocks = (mib << 20) as u64 / BS;
+    let mut img = vec![0u8; (blocks * BS) as usize];
+    let noise = pseudo_random(img.len(), seed);
+    let text = b"gridvfs memory page: the quick brown fox jumps over the lazy dog 0123456789\n";
+    let mut zeros = Vec::new();
+    let mut b = 0u64;
+    let mut x = seed | 1;
+    while b < blocks {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // A data run of 1..=24 pages, then a zero run of 9x that on average.
+        let data = 1 + x % 24;
+        let zero = (data * 9 * (50 + (x >> 8) % 100)) / 100 + 1;
+        for p in b..(b + data).min(blocks) {
+            let page = &mut img[(p * BS) as usize..((p + 1) * BS) as usize];
+            match p % 3 {
+                0 => page.copy_from_slice(&noise[(p * BS) as usize..((p + 1) * BS) as usize]),
+                1 => {
+                    for (i, c) in page.iter_mut().enumerate() {
+                        *c = text[i % text.len()];
+                    }
+                }
+                _ => {
+                    for (i, c) in page.iter_mut().enumerate() {
+                        *c = (i as u8).wrapping_mul(7) ^ (p as u8);
+                    }
+                    page[0] |= 1; // never all zero
+                }
+            }
+        }
+        b += data;
+        let end = (b + zero).min(blocks);
+        if b < end {
+            zeros.push(b..end);
+        }
+        b = end;
+    }
+    (img, zeros)
+}
+
+/// Writes a sidecar for `path` (zero runs known from the fixture) with `actions`.
+fn write_sidecar(path: &Path, zeros: &[std::ops::Range<u64>], actions: Actions) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).unwrap();
+    let sc = Sidecar {
+        size: md.len(),
+        mtime: FileTime {
+            secs: md.mtime(),
+            nsecs: md.mtime_nsec() as u32,
+        },
+        digest: None,
+        actions,
+        zeros: ZeroMap::from_runs(BS as u32, md.len().div_ceil(BS), zeros.to_vec()),
+        working_set: Vec::new(),
+    };
+    std::fs::write(sidecar_path(path), sc.encode()).unwrap();
+}
+
+fn sidecar_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    path.with_file_name(format!(".{name}.gvfsmeta"))
+}
+
+fn actions(fetch: Fetch, codec: Codec, writeback: Writeback) -> Actions {
+    Actions {
+        fetch,
+        codec,
+        level: 0,
+        writeback,
+    }
+}
+
+/// The chain: client proxy (cache, sidecars) → relay → server proxy → Ganesha.
+struct Chain {
+    server: Gridvfs,
+    client: Gridvfs,
+    relay: Relay,
+    server_sock: PathBuf,
+    client_sock: PathBuf,
+    _dirs: Vec<tempfile::TempDir>,
+    _keys: Keys,
+}
+
+impl Chain {
+    fn start(lab: &Lab, down_rate: Option<u64>) -> Chain {
+        let keys = Keys::new();
+        let (state, cdir, socks) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let server_sock = socks.path().join("server.sock");
+        let client_sock = socks.path().join("client.sock");
+        let server = server_proxy_with(
+            lab,
+            &keys,
+            state.path(),
+            &common::control_section(&server_sock),
+        );
+        let relay = Relay::start(ssh_addr(&server), down_rate);
+        keys.trust(relay.addr, &keys.host_pub);
+        let client = client_proxy(
+            &keys,
+            relay.addr,
+            "client_key",
+            &format!(
+                "{}{}",
+                common::write_back_cache(cdir.path(), ""),
+                common::control_section(&client_sock)
+            ),
+        );
+        Chain {
+            server,
+            client,
+            relay,
+            server_sock,
+            client_sock,
+            _dirs: vec![state, cdir, socks],
+            _keys: keys,
+        }
+    }
+
+    fn client_status(&self) -> serde_json::Value {
+        ctl(&self.client_sock, &["status"]).1
+    }
+
+    fn server_status(&self) -> serde_json::Value {
+        ctl(&self.server_sock, &["status"]).1
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "client log:\n{}\nserver log:\n{}",
+            self.client.log_text(),
+            self.server.log_text()
+        )
+    }
+}
+
+fn n(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Zero blocks cost nothing upstream: the bytes that cross the tunnel are about the
+/// non-zero ones, the data is byte-equal, and the same file without a sidecar gives the
+/// same bytes (and costs the whole file).
+#[test]
+fn zero_blocks_cost_no_upstream_bytes_and_read_back_equal() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-zero");
+    let (img, zeros) = memory_image(24, 5);
+    let zero_bytes: u64 = zeros.iter().map(|r| (r.end - r.start) * BS).sum();
+    let nonzero = img.len() as u64 - zero_bytes;
+    assert!(
+        zero_bytes * 100 / img.len() as u64 >= 85,
+        "fixture is not mostly zero"
+    );
+    std::fs::write(dir.join("mem.vmss"), &img).unwrap();
+    std::fs::write(dir.join("copy.vmss"), &img).unwrap();
+    write_sidecar(
+        &dir.join("mem.vmss"),
+        &zeros,
+        actions(Fetch::Blocks, Codec::Zstd, Writeback::Blocks),
+    );
+
+    let c = Chain::start(&lab, None);
+    let before = c.relay.bytes().1;
+    let got = nfs_cat(
+        c.client.endpoints(),
+        &lab.export,
+        &format!("{name}/mem.vmss"),
+    );
+    common::assert_same_bytes("mem.vmss through the sidecar", &got, &img);
+    let down = c.relay.bytes().1 - before;
+    let st = c.client_status();
+    let m = &st["meta"];
+    assert_eq!(n(&m["sidecars_found"]), 1, "{st}\n{}", c.logs());
+    assert_eq!(n(&m["zero_bytes"]), zero_bytes, "{st}");
+    // nfs-cat reads 1 MiB at a time: every READ held some data, and only that crossed.
+    assert!(n(&m["partial_reads"]) > 0, "{st}");
+    // Encrypted, framed, with RPC headers: a few percent over the data, never the zeros.
+    assert!(
+        down < nonzero + nonzero / 10 + (1 << 20),
+        "{down} bytes came down the tunnel for {nonzero} non-zero bytes"
+    );
+
+    // The same bytes without a sidecar: equal, and the whole file crosses.
+    let before = c.relay.bytes().1;
+    let got = nfs_cat(
+        c.client.endpoints(),
+        &lab.export,
+        &format!("{name}/copy.vmss"),
+    );
+    common::assert_same_bytes("copy.vmss without a sidecar", &got, &img);
+    let down_plain = c.relay.bytes().1 - before;
+    assert!(
+        down_plain > img.len() as u64,
+        "{down_plain} bytes for a {} byte file read by blocks",
+        img.len()
+    );
+    let st = c.client_status();
+    assert_eq!(n(&st["meta"]["sidecars_absent"]), 1, "{st}");
+}
+
+/// The unmodified kernel client in qemu reads a memory image through the zero map; its
+/// sha256 matches the file on Ganesha's disk.
+#[test]
+fn kernel_client_reads_a_memory_image_through_the_zero_map() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-kernel");
+    let (img, zeros) = memory_image(16, 9);
+    let zero_bytes: u64 = zeros.iter().map(|r| (r.end - r.start) * BS).sum();
+    std::fs::write(dir.join("mem.vmss"), &img).unwrap();
+    write_sidecar(
+        &dir.join("mem.vmss"),
+        &zeros,
+        actions(Fetch::Blocks, Codec::Zstd, Writeback::Blocks),
+    );
+    let c = Chain::start(&lab, None);
+    let out = common::boot_vm(&[
+        ("PORT", c.client.addr.port().to_string()),
+        ("EXPORT", lab.export.clone()),
+        ("MB", "0".into()),
+        ("READFILE", format!("{name}/mem.vmss")),
+    ]);
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kernel client run failed:\n{console}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let st = c.client_status();
+    assert_eq!(n(&st["meta"]["sidecars_found"]), 1, "{st}");
+    // The kernel reads ahead and in its own sizes: every zero byte it asked for was
+    // answered locally, and it asked for nearly all of them.
+    let z = n(&st["meta"]["zero_bytes"]);
+    assert!(
+        z >= zero_bytes * 9 / 10 && z <= zero_bytes,
+        "{z} of {zero_bytes}: {st}"
+    );
+}
+
+/// Whole-file fetch with each codec: byte-equal; one transfer, later reads local.
+#[test]
+fn whole_file_fetch_with_zstd_and_gzip_is_byte_equal() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-whole");
+    let c = Chain::start(&lab, None);
+    for (i, codec) in [Codec::Zstd, Codec::Gzip].into_iter().enumerate() {
+        let (img, zeros) = memory_image(20, 20 + i as u64);
+        let zero_bytes: u64 = zeros.iter().map(|r| (r.end - r.start) * BS).sum();
+        let file = format!("mem{i}.vmss");
+        std::fs::write(dir.join(&file), &img).unwrap();
+        write_sidecar(
+            &dir.join(&file),
+            &zeros,
+            actions(Fetch::WholeFile, codec, Writeback::Blocks),
+        );
+        let before = c.relay.bytes().1;
+        let got = nfs_cat(c.client.endpoints(), &lab.export, &format!("{name}/{file}"));
+        common::assert_same_bytes(&format!("{file} ({codec:?})"), &got, &img);
+        let down = c.relay.bytes().1 - before;
+        let nonzero = img.len() as u64 - zero_bytes;
+        // A third of the data is random: compressed, it still comes to well under the
+        // non-zero bytes.
+        assert!(
+            down < nonzero * 3 / 4,
+            "{codec:?}: {down} bytes for {nonzero}\n{}",
+            c.logs()
+        );
+        let st = c.client_status();
+        let w = &st["meta"]["whole"];
+        assert_eq!(n(&w["fetches"]), i as u64 + 1, "{st}\n{}", c.logs());
+        assert_eq!(n(&w["raw_bytes"]), {
+            let mut t = 0;
+            for j in 0..=i {
+                let (im, z) = memory_image(20, 20 + j as u64);
+                t += im.len() as u64 - z.iter().map(|r| (r.end - r.start) * BS).sum::<u64>();
+            }
+            t
+        });
+        // Again: from the whole file, nothing crosses but the call overhead.
+        let reads_before = n(&w["reads"]);
+        let before = c.relay.bytes().1;
+        let got = nfs_cat(c.client.endpoints(), &lab.export, &format!("{name}/{file}"));
+        common::assert_same_bytes("second read", &got, &img);
+        let st = c.client_status();
+        assert!(n(&st["meta"]["whole"]["reads"]) > reads_before, "{st}");
+        assert!(
+            c.relay.bytes().1 - before < 512 << 10,
+            "second read crossed the tunnel"
+        );
+    }
+    let st = c.server_status();
+    assert_eq!(n(&st["server"]["file_fetches"]), 2, "{st}");
+}
+
+/// A READ in the middle of a file being fetched whole is answered as soon as its range
+/// arrived, before the transfer ends (the tunnel is throttled to 2 MB/s).
+#[test]
+fn a_read_in_the_middle_is_answered_before_the_transfer_ends() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-middle");
+    // Incompressible and without zeros: 12 MiB take ~6 s at 2 MB/s.
+    let img = pseudo_random(12 << 20, 77);
+    std::fs::write(dir.join("big.bin"), &img).unwrap();
+    write_sidecar(
+        &dir.join("big.bin"),
+        &[],
+        actions(Fetch::WholeFile, Codec::Zstd, Writeback::Blocks),
+    );
+    let c = Chain::start(&lab, Some(2_000_000));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "big.bin").await;
+        let t0 = Instant::now();
+        // The first READ starts the transfer.
+        let first = common::read(&mut cl, &fh, 0, 65536).await;
+        assert_eq!(&first.data[..], &img[..65536]);
+        let mid = 6 << 20;
+        let r = common::read(&mut cl, &fh, mid, 65536).await;
+        let at = t0.elapsed();
+        assert_eq!(&r.data[..], &img[mid as usize..mid as usize + 65536]);
+        let st = c.client_status();
+        assert_eq!(
+            n(&st["meta"]["whole"]["fetches"]),
+            0,
+            "the transfer had already ended when the middle READ was answered ({at:?}): {st}"
+        );
+        // And the transfer completes.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while n(&c.client_status()["meta"]["whole"]["fetches"]) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "transfer never completed\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            at < t0.elapsed(),
+            "middle READ at {at:?}, transfer done at {:?}",
+            t0.elapsed()
+        );
+        let all = common::read_all(&mut cl, &fh).await;
+        common::assert_same_bytes("after the transfer", &all, &img);
+    });
+}
+
+/// Whole-file write-back: blocks written through the client proxy go back over the file
+/// channel (no NFS WRITE reaches the server proxy), committed, byte-equal on disk.
+#[test]
+fn whole_file_write_back_round_trip() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-upload");
+    let (mut img, zeros) = memory_image(8, 31);
+    let path = dir.join("disk.img");
+    std::fs::write(&path, &img).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    write_sidecar(
+        &path,
+        &zeros,
+        actions(Fetch::Blocks, Codec::Gzip, Writeback::WholeFile),
+    );
+    let c = Chain::start(&lab, None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "disk.img").await;
+        // Read a bit (finds the sidecar), then overwrite three spans.
+        let _ = common::read(&mut cl, &fh, 0, 4096).await;
+        for (off, seed) in [(4096u64, 1u64), (3 << 20, 2), ((8 << 20) - 100_000, 3)] {
+            let data = pseudo_random(70_000, seed);
+            common::write(
+                &mut cl,
+                &fh,
+                off,
+                &data,
+                nfs3_types::nfs3::stable_how::UNSTABLE,
+            )
+            .await;
+            common::apply(&mut img, off, &data);
+        }
+        let _ = common::commit(&mut cl, &fh).await;
+    });
+    let (ok, v) = ctl(&c.client_sock, &["flush"]);
+    assert!(ok, "flush: {v}\n{}", c.logs());
+    assert_eq!(sha256_file(&path), {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), &img).unwrap();
+        sha256_file(tmp.path())
+    });
+    let st = c.client_status();
+    assert!(n(&st["meta"]["uploads"]) >= 1, "{st}\n{}", c.logs());
+    assert_eq!(n(&st["meta"]["upload_bytes"]), 3 * 70_000, "{st}");
+    let ss = c.server_status();
+    assert!(n(&ss["server"]["file_stores"]) >= 1, "{ss}");
+    assert_eq!(n(&ss["calls"]["WRITE"]), 0, "WRITEs went by RPC: {ss}");
+}
+
+/// A stale sidecar (file changed after it was made) and broken ones (truncated, random,
+/// over the size limit) are ignored: right bytes, counted, logged, proxy alive.
+#[test]
+fn stale_and_broken_sidecars_are_ignored() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-broken");
+    let (img, zeros) = memory_image(4, 41);
+    let acts = actions(Fetch::WholeFile, Codec::Zstd, Writeback::Blocks);
+    // Stale: made, then the file is rewritten with other bytes of the same size.
+    std::fs::write(dir.join("stale.img"), &img).unwrap();
+    write_sidecar(&dir.join("stale.img"), &zeros, acts);
+    std::thread::sleep(Duration::from_millis(20));
+    let other = pseudo_random(img.len(), 3);
+    std::fs::write(dir.join("stale.img"), &other).unwrap();
+    // Broken ones.
+    let good = {
+        std::fs::write(dir.join("t.img"), &img).unwrap();
+        write_sidecar(&dir.join("t.img"), &zeros, acts);
+        std::fs::read(sidecar_path(&dir.join("t.img"))).unwrap()
+    };
+    std::fs::write(sidecar_path(&dir.join("t.img")), &good[..good.len() / 2]).unwrap();
+    std::fs::write(dir.join("r.img"), &img).unwrap();
+    std::fs::write(sidecar_path(&dir.join("r.img")), pseudo_random(5000, 8)).unwrap();
+    std::fs::write(dir.join("o.img"), &img).unwrap();
+    let mut big = good.clone();
+    big.resize(17 << 20, 0);
+    std::fs::write(sidecar_path(&dir.join("o.img")), &big).unwrap();
+
+    let c = Chain::start(&lab, None);
+    let got = nfs_cat(
+        c.client.endpoints(),
+        &lab.export,
+        &format!("{name}/stale.img"),
+    );
+    common::assert_same_bytes("stale.img", &got, &other);
+    for f in ["t.img", "r.img", "o.img"] {
+        let got = nfs_cat(c.client.endpoints(), &lab.export, &format!("{name}/{f}"));
+        common::assert_same_bytes(f, &got, &img);
+    }
+    let st = c.client_status();
+    assert_eq!(n(&st["meta"]["sidecars_stale"]), 1, "{st}");
+    assert_eq!(n(&st["meta"]["sidecars_bad"]), 3, "{st}\n{}", c.logs());
+    assert_eq!(n(&st["meta"]["sidecars_found"]), 0, "{st}");
+    assert_eq!(n(&st["meta"]["whole"]["fetches"]), 0, "{st}");
+    let log = c.client.log_text();
+    assert!(log.contains("stale sidecar ignored"), "{log}");
+    assert!(
+        log.contains("checksum") || log.contains("malformed"),
+        "{log}"
+    );
+}
+
+/// The file channel obeys the server's identity mapping: a file the account may not
+/// read is not fetched whole (the client falls back, and gets the server's refusal).
+#[test]
+fn whole_file_fetch_obeys_the_identity_mapping() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-denied");
+    let (img, zeros) = memory_image(2, 51);
+    let path = dir.join("secret.img");
+    std::fs::write(&path, &img).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    write_sidecar(
+        &path,
+        &zeros,
+        actions(Fetch::WholeFile, Codec::Zstd, Writeback::Blocks),
+    );
+    let c = Chain::start(&lab, None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // READ straight away (libnfs would stop at ACCESS).
+        let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "secret.img").await;
+        let args = nfs3_types::nfs3::READ3args {
+            file: fh,
+            offset: 0,
+            count: 65536,
+        };
+        match cl.read(&args).await.unwrap() {
+            nfs3_types::nfs3::Nfs3Result::Err((stat, _)) => {
+                assert_eq!(stat, nfs3_types::nfs3::nfsstat3::NFS3ERR_ACCES)
+            }
+            nfs3_types::nfs3::Nfs3Result::Ok(_) => panic!("read a 0600 root file as uid {UID}"),
+        }
+    });
+    let st = c.client_status();
+    assert_eq!(n(&st["meta"]["whole"]["failed"]), 1, "{st}\n{}", c.logs());
+    assert_eq!(n(&st["meta"]["whole"]["fetches"]), 0, "{st}");
+    assert!(c.server.log_text().contains("ACCES"), "{}", c.logs());
+}
