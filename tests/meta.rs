@@ -580,3 +580,72 @@ fn whole_file_fetch_obeys_the_identity_mapping() {
     assert_eq!(n(&st["meta"]["whole"]["fetches"]), 0, "{st}");
     assert!(c.server.log_text().contains("ACCES"), "{}", c.logs());
 }
+
+/// The file channel spoken directly (the library's SSH client, the product's key): a
+/// handle the server never issued is refused (DENIED) without reaching Ganesha, a
+/// malformed request gets BAD_REQUEST, and the server keeps serving.
+#[test]
+fn the_file_channel_refuses_forged_handles_and_malformed_requests() {
+    use gridvfs::meta::channel::{self, Op, Request};
+    use gridvfs::ssh::client::{ChannelTarget, SshClientOptions, SshConnector};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lab = Lab::get();
+    let keys = Keys::new();
+    let state = tempfile::tempdir().unwrap();
+    let sock = state.path().join("s.sock");
+    let server = server_proxy_with(&lab, &keys, state.path(), &common::control_section(&sock));
+    keys.trust(ssh_addr(&server), &keys.host_pub);
+    let conn = SshConnector::new(SshClientOptions {
+        user: "grid".into(),
+        host: ssh_addr(&server).ip().to_string(),
+        port: ssh_addr(&server).port(),
+        key: keys.path("client_key"),
+        known_hosts: keys.path("known_hosts"),
+        accept_new: false,
+        target: ChannelTarget::Subsystem(gridvfs::ssh::SUBSYSTEM.into()),
+        window: 8 << 20,
+        connect_timeout: Duration::from_secs(10),
+        keepalive: Duration::from_secs(15),
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let forged = Request {
+            op: Op::Fetch,
+            fh: vec![0x42; 28],
+            cred: gridvfs::upstream::calls::Cred {
+                flavor: 0,
+                body: Vec::new(),
+            },
+            size: 4096,
+            mtime: (0, 0),
+            codec: Codec::Zstd,
+            level: 0,
+            zeros: ZeroMap::from_runs(4096, 1, Vec::new()),
+        };
+        let mut ch = conn.open_file_channel().await.unwrap();
+        ch.write_all(&forged.encode()).await.unwrap();
+        assert_eq!(ch.read_u32().await.unwrap(), channel::DENIED);
+        // Garbage where the request should be.
+        let mut ch = conn.open_file_channel().await.unwrap();
+        let mut junk = 64u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(&pseudo_random(64, 4));
+        ch.write_all(&junk).await.unwrap();
+        assert_eq!(ch.read_u32().await.unwrap(), channel::BAD_REQUEST);
+        // An announced request far over the limit: refused before anything is read.
+        let mut ch = conn.open_file_channel().await.unwrap();
+        ch.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert_eq!(ch.read_u32().await.unwrap(), channel::BAD_REQUEST);
+    });
+    let (_, st) = ctl(&sock, &["status"]);
+    assert_eq!(n(&st["server"]["refused"]), 1, "{st}");
+    assert_eq!(n(&st["calls"]["READ"]), 0, "{st}");
+    assert_eq!(n(&st["server"]["file_fetches"]), 0, "{st}");
+    // Still serving: an ordinary round trip through a client proxy.
+    let client = client_proxy(&keys, ssh_addr(&server), "client_key", "");
+    let (dir, name) = open_scratch(&lab, "meta-forged");
+    std::fs::write(dir.join("f"), b"still serving").unwrap();
+    assert_eq!(
+        nfs_cat(client.endpoints(), &lab.export, &format!("{name}/f")),
+        b"still serving"
+    );
+}
