@@ -649,3 +649,40 @@ fn the_file_channel_refuses_forged_handles_and_malformed_requests() {
         b"still serving"
     );
 }
+
+/// A file changed at the server after the client proxy learned its attributes (session
+/// consistency trusts them): the server proxy refuses the whole-file fetch as stale, the
+/// client proxy forgets the attributes, and the new bytes are read by blocks.
+#[test]
+fn a_file_changed_behind_the_client_proxy_is_read_by_blocks() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-changed");
+    let (img, zeros) = memory_image(4, 61);
+    let path = dir.join("mem.vmss");
+    std::fs::write(&path, &img).unwrap();
+    write_sidecar(
+        &path,
+        &zeros,
+        actions(Fetch::WholeFile, Codec::Zstd, Writeback::Blocks),
+    );
+    let c = Chain::start(&lab, None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "mem.vmss").await;
+        // Rewritten behind the proxy's back: same size, data everywhere.
+        std::thread::sleep(Duration::from_millis(20));
+        let other = pseudo_random(img.len(), 62);
+        std::fs::write(&path, &other).unwrap();
+        let got = common::read_all(&mut cl, &fh).await;
+        common::assert_same_bytes("file changed behind the proxy", &got, &other);
+    });
+    let st = c.client_status();
+    assert_eq!(n(&st["meta"]["whole"]["failed"]), 1, "{st}\n{}", c.logs());
+    assert_eq!(n(&st["meta"]["whole"]["fetches"]), 0, "{st}");
+    assert!(
+        c.server.log_text().contains("changed since its sidecar"),
+        "{}",
+        c.logs()
+    );
+}

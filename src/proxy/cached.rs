@@ -617,6 +617,16 @@ impl CacheLayer {
 
     /// A change made by the cache itself (a write-through or a truncation): replies
     /// stamped before it teach nothing.
+    /// Forgets a file's attributes (also those kept in the store): they are known to be
+    /// out of date, and the next reply that shows them is believed instead.
+    pub fn forget_attr(&self, fh: &[u8]) {
+        let _m = self.mutate.lock().expect("mutate lock");
+        self.changed(fh, None);
+        if let Err(e) = self.store.invalidate(fh, ATTR_BLOCK) {
+            warn!(side = "cache", error = %e, "cache invalidation failed");
+        }
+    }
+
     pub fn change(&self, fh: &[u8]) {
         let _m = self.mutate.lock().expect("mutate lock");
         let attr = self.with_file(fh, |s| s.attr.clone());

@@ -331,7 +331,17 @@ impl MetaLayer {
                     super::wholefile::Progress::Done => true,
                     super::wholefile::Progress::Failed => false,
                 };
-                if near && e.wait_for(end).await {
+                let arrived = near && e.wait_for(end).await;
+                if !arrived && whole.take_stale(&fh) {
+                    // The server proxy saw another size or mtime: this proxy's attributes
+                    // (and so the sidecar's freshness) are out of date. Learn them again
+                    // from the next reply; meanwhile the block path answers.
+                    self.lookups.lock().expect("lookups").remove(&fh);
+                    let (c, f) = (cache.clone(), fh.clone());
+                    let _ = tokio::task::spawn_blocking(move || c.forget_attr(&f)).await;
+                    return MetaRead::Pass;
+                }
+                if arrived {
                     let (e2, a2) = (e.clone(), attr.clone());
                     let r = tokio::task::spawn_blocking(move || {
                         read_reply_io(xid, &a2, eof, off, end, |out| e2.read_into(off, end, out))

@@ -110,8 +110,9 @@ pub struct WholeFiles {
     dir: PathBuf,
     max: u64,
     entries: Mutex<HashMap<Vec<u8>, Arc<Entry>>>,
-    /// Files whose last transfer failed, and when.
-    failed: Mutex<HashMap<Vec<u8>, Instant>>,
+    /// Files whose last transfer failed: when, and whether the server proxy found the
+    /// file changed since its sidecar (not yet reported by `take_stale`).
+    failed: Mutex<HashMap<Vec<u8>, (Instant, bool)>>,
     tick: AtomicU64,
     pub stats: WholeStats,
 }
@@ -244,7 +245,7 @@ impl WholeFiles {
         mtime: Nfstime3,
         cred: Cred,
     ) -> Option<Arc<Entry>> {
-        if let Some(t) = self.failed.lock().expect("failed").get(fh)
+        if let Some((t, _)) = self.failed.lock().expect("failed").get(fh)
             && t.elapsed() < RETRY_AFTER
         {
             return None;
@@ -342,11 +343,12 @@ impl WholeFiles {
                 Err(err) => {
                     me.stats.failed.fetch_add(1, Ordering::Relaxed);
                     warn!(side = "upstream", error = %err, "whole-file fetch failed; the file is read by blocks");
-                    let _ = tx.send(Progress::Failed);
+                    let stale = matches!(err, ChannelError::Status(channel::STALE_META));
                     me.failed
                         .lock()
                         .expect("failed")
-                        .insert(fh.clone(), Instant::now());
+                        .insert(fh.clone(), (Instant::now(), stale));
+                    let _ = tx.send(Progress::Failed);
                     let mut m = me.entries.lock().expect("entries");
                     if m.get(&fh).is_some_and(|x| Arc::ptr_eq(x, &e)) {
                         m.remove(&fh);
@@ -357,6 +359,15 @@ impl WholeFiles {
             }
         });
         Some(entry)
+    }
+
+    /// Whether the last transfer of `fh` found the file changed since its sidecar (said
+    /// once): the caller's idea of the file's attributes is out of date.
+    pub fn take_stale(&self, fh: &[u8]) -> bool {
+        match self.failed.lock().expect("failed").get_mut(fh) {
+            Some((_, stale)) => std::mem::take(stale),
+            None => false,
+        }
     }
 
     /// Drops every complete whole file (SIGUSR2); transfers under way finish.
