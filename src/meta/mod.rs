@@ -8,6 +8,7 @@
 //!   atomically).
 
 pub mod format;
+pub mod generate;
 
 pub use format::{
     Actions, Codec, Fetch, FileTime, Sidecar, SidecarError, Stale, Writeback, ZeroMap,
