@@ -1,6 +1,8 @@
 //! The `gridvfs` binary: parse the command line, load and validate the config, run.
 //! Library code returns typed errors; only here do they become messages and exit codes.
 
+mod meta_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,6 +64,11 @@ enum Cmd {
         /// (`/export/dir/file`), or relative to the one mounted export.
         #[arg(long)]
         file: Option<String>,
+    },
+    /// Make, inspect and check metadata sidecars (`.NAME.gvfsmeta`, docs/sidecar-format.md).
+    Meta {
+        #[command(subcommand)]
+        cmd: meta_cli::MetaCmd,
     },
 }
 
@@ -129,6 +136,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Status { socket } => control(&socket, "status"),
+        Cmd::Meta { cmd } => meta_cli::run(cmd),
         Cmd::Keygen { out, comment } => {
             let comment = comment.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

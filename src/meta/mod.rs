@@ -9,6 +9,7 @@
 
 pub mod channel;
 pub mod format;
+pub mod generate;
 
 pub use format::{
     Actions, Codec, Fetch, FileTime, Sidecar, SidecarError, Stale, Writeback, ZeroMap,
