@@ -67,6 +67,7 @@ pub fn sshd(dir: &Path, authorized: &str) -> (Proc, u16) {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
              PermitRootLogin prohibit-password\nStrictModes no\nAllowTcpForwarding yes\n\
+             Subsystem sftp internal-sftp\n\
              PidFile {}\n",
             dir.join("sshd_host").display(),
             dir.join("sshd_authorized").display(),

@@ -789,7 +789,7 @@ impl CacheLayer {
             return None;
         };
         if let Some(m) = self.meta.get() {
-            m.observe(&args, &res);
+            m.observe(call, &args, &res);
         }
         let _m = self.mutate.lock().expect("mutate lock");
         let write_back = self.policy == WritePolicy::WriteBack;

@@ -35,6 +35,10 @@ use crate::xdr::{Encode, XdrWrite};
 
 /// Names remembered at most (a handle and a name each).
 const MAX_NAMES: usize = 65_536;
+/// Regular files at least this large have their sidecar looked up when a LOOKUP finds
+/// them (smaller files wait for their first READ, so a tree of small files costs no
+/// extra calls).
+const PREFETCH_MIN: u64 = 1 << 20;
 /// Sidecar lookups remembered at most.
 const MAX_SIDECARS: usize = 16_384;
 
@@ -77,6 +81,8 @@ pub struct MetaLayer {
     pub whole: Option<Arc<WholeFiles>>,
     /// The SSH session to a gridvfs server proxy, for the file channel.
     connector: Option<Arc<SshConnector>>,
+    /// The next hop, for sidecar lookups started by a LOOKUP reply.
+    up: Arc<Upstream>,
     pub stats: MetaStats,
 }
 
@@ -92,6 +98,7 @@ impl MetaLayer {
     pub fn new(
         cfg: &MetaConfig,
         connector: Option<Arc<SshConnector>>,
+        up: Arc<Upstream>,
     ) -> std::io::Result<MetaLayer> {
         let connector = connector.filter(|c| c.has_file_channel());
         let whole = match (&cfg.whole_file_dir, &connector) {
@@ -104,6 +111,7 @@ impl MetaLayer {
             lookups: Mutex::default(),
             whole,
             connector,
+            up,
             stats: MetaStats::default(),
         })
     }
@@ -133,11 +141,26 @@ impl MetaLayer {
         m.insert(fh.to_vec(), (dir.to_vec(), name.to_vec()));
     }
 
-    /// Learns names from a reply (called by the cache's `observe`).
-    pub fn observe(&self, args: &Args<'_>, res: &Res<'_>) {
+    /// Learns names from a reply (called by the cache's `observe`). A LOOKUP of a large
+    /// regular file (an image about to be opened) starts its sidecar lookup at once, so
+    /// the first READ does not wait for it.
+    pub fn observe(self: &Arc<Self>, call: &[u8], args: &Args<'_>, res: &Res<'_>) {
         match (args, res) {
             (Args::Lookup(a), Res::Lookup(NfsResult::Ok(ok))) => {
                 self.learn_name(ok.object.0, a.what.dir.0, a.what.name);
+                if let Some(attr) = &ok.obj_attributes
+                    && attr.ftype == Ftype3::REG
+                    && attr.size >= PREFETCH_MIN
+                    && !crate::meta::is_sidecar_name(a.what.name)
+                    && let Some(cred) = Cred::of(call)
+                    && let Ok(rt) = tokio::runtime::Handle::try_current()
+                {
+                    let (me, fh, attr) = (self.clone(), ok.object.0.to_vec(), attr.clone());
+                    rt.spawn(async move {
+                        let up = me.up.clone();
+                        me.sidecar(&up, &fh, &attr, &cred).await;
+                    });
+                }
             }
             (Args::Create(a), Res::Create(NfsResult::Ok(ok))) => {
                 if let Some(fh) = &ok.obj {

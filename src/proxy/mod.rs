@@ -230,18 +230,19 @@ impl Bound {
             None => None,
         };
         let (nfs_dialer, mount_dialer) = crate::transport::dialers(&cfg.upstream);
+        let connector = match &nfs_dialer {
+            crate::transport::Dialer::Ssh { connector, .. } => Some(connector.clone()),
+            crate::transport::Dialer::Tcp(_) => None,
+        };
+        let nfs = Upstream::start("nfs", nfs_dialer, &cfg.upstream, max);
+        let mount = Upstream::start("mount", mount_dialer, &cfg.upstream, max);
         if let (Some(cache), Some(m)) = (&cache, &cfg.meta) {
-            let connector = match &nfs_dialer {
-                crate::transport::Dialer::Ssh { connector, .. } => Some(connector.clone()),
-                crate::transport::Dialer::Tcp(_) => None,
-            };
-            let layer = meta::MetaLayer::new(m, connector).map_err(|e| {
+            let connector = connector.clone();
+            let layer = meta::MetaLayer::new(m, connector, nfs.clone()).map_err(|e| {
                 std::io::Error::other(format!("cannot open the whole-file directory: {e}"))
             })?;
             let _ = cache.meta.set(Arc::new(layer));
         }
-        let nfs = Upstream::start("nfs", nfs_dialer, &cfg.upstream, max);
-        let mount = Upstream::start("mount", mount_dialer, &cfg.upstream, max);
         Ok(Bound {
             listener,
             proxy: Arc::new(Proxy {

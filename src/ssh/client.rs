@@ -178,7 +178,7 @@ impl SshConnector {
     /// A new channel as a byte stream. Reuses the session; makes a new one (with its
     /// host key check and authentication) if there is none or it has died.
     pub async fn open(&self) -> Result<BoxStream, SshError> {
-        self.open_target(&self.opts.target).await
+        self.open_target(&self.opts.target, true).await
     }
 
     /// Whether the far end is a gridvfs server proxy (not a stock sshd forwarding to
@@ -188,13 +188,18 @@ impl SshConnector {
     }
 
     /// A channel of the file-channel subsystem (`crate::meta::channel`) on the same
-    /// session.
+    /// session. The subsystem request is not waited for (saves a round trip before the
+    /// first request): a refusal shows as the channel closing.
     pub async fn open_file_channel(&self) -> Result<BoxStream, SshError> {
         let t = ChannelTarget::Subsystem(crate::meta::channel::SUBSYSTEM.into());
-        self.open_target(&t).await
+        self.open_target(&t, false).await
     }
 
-    async fn open_target(&self, target: &ChannelTarget) -> Result<BoxStream, SshError> {
+    async fn open_target(
+        &self,
+        target: &ChannelTarget,
+        wait_reply: bool,
+    ) -> Result<BoxStream, SshError> {
         let (handle, life) = {
             let mut s = self.session.lock().await;
             match s.as_ref() {
@@ -208,7 +213,7 @@ impl SshConnector {
                 }
             }
         };
-        match self.channel(&handle, &life, target).await {
+        match self.channel(&handle, &life, target, wait_reply).await {
             Ok(c) => Ok(c),
             Err(e) => {
                 // A dead session shows up here first: forget it, so the next try
@@ -316,6 +321,7 @@ impl SshConnector {
         h: &Handle<Checker>,
         life: &Arc<Life>,
         target: &ChannelTarget,
+        wait_reply: bool,
     ) -> Result<BoxStream, SshError> {
         let refused = |what: String| SshError::ChannelRefused {
             what,
@@ -327,11 +333,11 @@ impl SshConnector {
                     .channel_open_session()
                     .await
                     .map_err(|e| refused(format!("session channel ({e})")))?;
-                ch.request_subsystem(true, name.as_str())
+                ch.request_subsystem(wait_reply, name.as_str())
                     .await
                     .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
                 // The reply to our request comes before any data.
-                loop {
+                while wait_reply {
                     match ch.wait().await {
                         Some(ChannelMsg::Success) => break,
                         Some(ChannelMsg::Failure) | None => {
