@@ -337,17 +337,19 @@ impl SshConnector {
                     .await
                     .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
                 // The reply to our request comes before any data.
-                while wait_reply {
-                    match ch.wait().await {
-                        Some(ChannelMsg::Success) => break,
-                        Some(ChannelMsg::Failure) | None => {
-                            return Err(refused(format!("subsystem {name}")));
-                        }
-                        Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
-                            return Err(refused(format!("subsystem {name} (channel closed)")));
-                        }
-                        Some(other) => {
-                            warn!(msg = ?other, "unexpected SSH message before the subsystem started");
+                if wait_reply {
+                    loop {
+                        match ch.wait().await {
+                            Some(ChannelMsg::Success) => break,
+                            Some(ChannelMsg::Failure) | None => {
+                                return Err(refused(format!("subsystem {name}")));
+                            }
+                            Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
+                                return Err(refused(format!("subsystem {name} (channel closed)")));
+                            }
+                            Some(other) => {
+                                warn!(msg = ?other, "unexpected SSH message before the subsystem started");
+                            }
                         }
                     }
                 }
