@@ -407,9 +407,7 @@ fn show_time(t: FileTime) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "{}.{:09} ({y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC)",
-        t.secs,
-        t.nsecs,
+        "{t} ({y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC)",
         rem / 3600,
         rem / 60 % 60,
         rem % 60

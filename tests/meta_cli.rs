@@ -143,6 +143,19 @@ fn a_changed_byte_behind_an_unchanged_mtime_is_stale_by_digest_but_quick_misses_
     assert_eq!(code, 0);
     assert!(out.contains(": fresh (size and mtime match"), "{out}");
 
+    // An mtime change alone is stale even for --quick.
+    set_mtime(&img, m.mtime() + 1, 0);
+    let (out, _, code) = text(&gridvfs(&["verify", "--quick"], &[&img]));
+    assert_eq!(code, 1);
+    let was = format!("{}.{:09}", m.mtime(), m.mtime_nsec());
+    let now = format!("{}.000000000", m.mtime() + 1);
+    assert!(
+        out.ends_with(&format!(
+            ": stale (modification time changed: sidecar says {was}, file is {now})\n"
+        )),
+        "{out}"
+    );
+
     // A size change is stale either way, and show says so too.
     let f = std::fs::OpenOptions::new().append(true).open(&img).unwrap();
     f.set_len(LEN as u64 + 1).unwrap();

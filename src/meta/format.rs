@@ -64,6 +64,13 @@ pub struct FileTime {
     pub nsecs: u32,
 }
 
+/// `SECS.NNNNNNNNN`, seconds since the epoch and nanoseconds.
+impl std::fmt::Display for FileTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:09}", self.secs, self.nsecs)
+    }
+}
+
 /// How the client proxy fetches the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fetch {
@@ -226,7 +233,7 @@ pub struct Sidecar {
 pub enum Stale {
     #[error("size changed: sidecar says {sidecar}, file is {file}")]
     Size { sidecar: u64, file: u64 },
-    #[error("modification time changed: sidecar says {sidecar:?}, file is {file:?}")]
+    #[error("modification time changed: sidecar says {sidecar}, file is {file}")]
     Mtime { sidecar: FileTime, file: FileTime },
 }
 

@@ -285,7 +285,8 @@ pub fn scan_with_progress(
         progress(done);
     }
 
-    let after = std::fs::metadata(path).map_err(io_err(path, "stat"))?;
+    // By path, as the proxies will look the file up: a file renamed over it is caught too.
+    let after = std::fs::symlink_metadata(path).map_err(io_err(path, "stat"))?;
     let changed = |why| MetaError::Changed {
         path: path.to_path_buf(),
         why,
@@ -361,7 +362,7 @@ fn write_then_rename(tmp: &Path, side: &Path, bytes: &[u8]) -> Result<(), MetaEr
     f.set_permissions(std::fs::Permissions::from_mode(0o644))
         .map_err(io_err(tmp, "chmod"))?;
     f.sync_all().map_err(io_err(tmp, "fsync"))?;
-    std::fs::rename(tmp, side).map_err(io_err(side, "rename the new sidecar onto"))
+    std::fs::rename(tmp, side).map_err(io_err(side, "rename the new sidecar into place"))
 }
 
 /// Reads and parses the sidecar of the data file `data`.
@@ -384,7 +385,15 @@ pub fn read_sidecar_at(side: &Path) -> Result<Sidecar, MetaError> {
             }
         }
     };
-    let f = File::open(side).map_err(read_err)?;
+    // Non-blocking open: a FIFO planted as a sidecar must not hang the reader.
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(side)
+        .map_err(read_err)?;
+    if !f.metadata().map_err(read_err)?.is_file() {
+        return Err(read_err(io::Error::other("not a regular file")));
+    }
     let mut buf = Vec::new();
     f.take(MAX_SIDECAR as u64 + 1)
         .read_to_end(&mut buf)

@@ -206,3 +206,33 @@ fn is_zero_checks_every_byte() {
         v[i] = 0;
     }
 }
+
+#[test]
+fn a_fifo_or_directory_in_the_sidecar_s_place_is_refused_without_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("disk.img");
+    std::fs::write(&p, b"data").unwrap();
+    let side = sidecar_path(&p).unwrap();
+    let c = std::ffi::CString::new(side.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let e = read_sidecar(&p).unwrap_err();
+    assert!(
+        e.is_bad_sidecar() && e.to_string().contains("not a regular file"),
+        "{e}"
+    );
+    std::fs::remove_file(&side).unwrap();
+    std::fs::create_dir(&side).unwrap();
+    let e = read_sidecar(&p).unwrap_err();
+    assert!(e.is_bad_sidecar(), "{e}");
+    // A FIFO as the data file: refused, not read.
+    let fifo = tmp.path().join("pipe");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let e = scan(&fifo, &ScanOptions::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("not a regular file (special file)"),
+        "{e}"
+    );
+}
