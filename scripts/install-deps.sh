@@ -8,6 +8,7 @@
 #   nfs-ganesha nfs-ganesha-vfs   the real NFSv3 server behind the proxy (pulls rpcbind)
 #   libnfs-utils                  nfs-ls / nfs-cp / nfs-cat: userspace NFSv3 clients
 #   busybox-static cpio           the kernel-client VM's initramfs
+#   rsync                         the full-copy baseline of the clone benchmark suite
 #   qemu-system-x86 linux-image-amd64   the VM running the unmodified Linux NFS client
 #   openssh-server                tunnel tests
 # plus a Rust toolchain (cargo, rustfmt, clippy), which is expected to be preinstalled (rustup).
@@ -15,7 +16,7 @@ set -euo pipefail
 t0=$EPOCHREALTIME
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils busybox-static cpio)
+PKGS=(nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils busybox-static cpio rsync)
 # Recommends of these are large (qemu: GUI/audio/firmware; kernel: firmware; sshd: xauth...).
 PKGS_NORECOMMENDS=(qemu-system-x86 linux-image-amd64 openssh-server)
 

@@ -259,6 +259,33 @@ impl Client {
         self.create_like(9, dir, name, &t).await
     }
 
+    /// SYMLINK `name` → `target` in `dir` (attributes unset).
+    pub async fn symlink(&self, dir: &[u8], name: &str, target: &str) -> Vec<u8> {
+        let mut t = BytesMut::new();
+        for _ in 0..6 {
+            t.put_u32(0); // sattr3: nothing set
+        }
+        put_opaque(&mut t, target.as_bytes());
+        self.create_like(10, dir, name, &t).await
+    }
+
+    /// READLINK: the link's target.
+    pub async fn readlink(&self, fh: &[u8]) -> String {
+        let mut a = BytesMut::new();
+        put_opaque(&mut a, fh);
+        let r = self.call(NFS, 5, &a).await;
+        let mut r = R(&r);
+        assert_eq!(r.u32(), 0, "READLINK failed");
+        r.post_op_attr();
+        String::from_utf8(r.opaque().to_vec()).unwrap()
+    }
+
+    /// REMOVE `name` from `dir`; true if it was there.
+    pub async fn remove(&self, dir: &[u8], name: &str) -> bool {
+        let r = self.call(NFS, 12, &Self::diropargs(dir, name)).await;
+        R(&r).u32() == 0
+    }
+
     /// READ; returns (bytes, eof).
     pub async fn read(&self, fh: &[u8], off: u64, count: u32) -> (usize, bool) {
         let mut a = BytesMut::new();

@@ -1,0 +1,450 @@
+//! Synthetic golden VM images and the clone workflow of the GVFS paper (§3.2.3, §4.3),
+//! for the benchmark suite.
+//!
+//! A golden image is a directory with `vm.cfg` (the VM's configuration), `vm.vmss` (its
+//! memory state: mostly zero pages, the rest like RAM) and `disk.img` (a sparse virtual
+//! disk laid out like a half-full file system: metadata at the start, data extents of
+//! text, code and random bytes, holes between). `gridvfs meta generate` gives the
+//! memory state a whole-file sidecar and the disk a zero map.
+//!
+//! Cloning (non-persistent VM): copy the configuration, copy the memory state, symlink
+//! the disk, write the clone's configuration; then "resume": read the memory state whole,
+//! read a working set of the disk (default 10%), write a redo log. The same steps run
+//! over NFS (through gridvfs or straight to the server) and on a local file system; each
+//! returns a digest of every byte it read and wrote, which must equal the digest computed
+//! from the golden files (`expected`).
+#![allow(dead_code)]
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::image::{self, PAGE, Rng};
+use super::nfs::Client;
+
+/// Sizes and shares of a golden image and of a clone's work.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub mem_mib: u64,
+    pub mem_zero_pct: u64,
+    pub disk_mib: u64,
+    /// Share of the disk that holds data (the rest are holes).
+    pub disk_data_pct: u64,
+    /// Share of the disk read when the clone resumes.
+    pub ws_pct: u64,
+    /// Redo log written when the clone resumes.
+    pub redo_mib: u64,
+}
+
+impl Spec {
+    pub fn full() -> Spec {
+        Spec {
+            mem_mib: 256,
+            mem_zero_pct: 90,
+            disk_mib: 1024,
+            disk_data_pct: 40,
+            ws_pct: 10,
+            redo_mib: 8,
+        }
+    }
+
+    pub fn quick() -> Spec {
+        Spec {
+            mem_mib: 16,
+            mem_zero_pct: 90,
+            disk_mib: 64,
+            disk_data_pct: 40,
+            ws_pct: 10,
+            redo_mib: 1,
+        }
+    }
+}
+
+pub const CFG: &str = "vm.cfg";
+pub const MEM: &str = "vm.vmss";
+pub const DISK: &str = "disk.img";
+pub const REDO: &str = "disk.redo";
+
+/// The configuration text of a VM named `name`.
+pub fn config(name: &str, spec: &Spec) -> Vec<u8> {
+    format!(
+        "config.version = \"8\"\nvirtualHW.version = \"4\"\ndisplayName = \"{name}\"\n\
+         memsize = \"{}\"\nscsi0.present = \"TRUE\"\nscsi0:0.fileName = \"{DISK}\"\n\
+         scsi0:0.mode = \"undoable\"\nethernet0.present = \"TRUE\"\n\
+         ethernet0.addressType = \"generated\"\nuuid.bios = \"56 4d {:02x} 1a 2b 3c 4d 5e\"\n\
+         checkpoint.vmState = \"{MEM}\"\n",
+        spec.mem_mib,
+        name.len()
+    )
+    .into_bytes()
+}
+
+/// Writes golden image `name` under `root` (made if missing) and its sidecars.
+pub fn make_golden(root: &Path, name: &str, spec: &Spec, seed: u64) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(CFG), config(name, spec)).unwrap();
+    let (mem, _) = image::memory_image(spec.mem_mib, spec.mem_zero_pct, seed);
+    std::fs::write(dir.join(MEM), &mem).unwrap();
+    drop(mem);
+    write_disk(&dir.join(DISK), spec, seed ^ 0x5eed);
+    meta_generate(
+        &dir.join(MEM),
+        &["--fetch", "whole-file", "--codec", "zstd"],
+    );
+    meta_generate(&dir.join(DISK), &["--fetch", "blocks"]);
+    dir
+}
+
+fn meta_generate(file: &Path, args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+        .args(["meta", "generate"])
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gridvfs meta generate {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A sparse disk image: 1 MiB of file-system metadata, then data extents (64 KiB – 4 MiB)
+/// and holes, about `disk_data_pct` percent data.
+fn write_disk(path: &Path, spec: &Spec, seed: u64) {
+    let size = spec.disk_mib << 20;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let mut rng = Rng(seed | 1);
+    let mut pos = 0u64;
+    let mut first = true;
+    while pos < size {
+        let len = if first {
+            1 << 20
+        } else {
+            (1 + rng.next() % 64) * (64 << 10)
+        };
+        first = false;
+        let len = len.min(size - pos);
+        let mut buf = vec![0u8; len as usize];
+        for page in buf.chunks_mut(PAGE as usize) {
+            image::fill_page(page, &mut rng);
+        }
+        f.seek(SeekFrom::Start(pos)).unwrap();
+        f.write_all(&buf).unwrap();
+        pos += len;
+        let hole = len * (100 - spec.disk_data_pct) / spec.disk_data_pct.max(1);
+        let hole = (hole * (50 + rng.next() % 100) / 100) / (64 << 10) * (64 << 10);
+        pos += hole;
+    }
+}
+
+/// The disk extents a clone reads when it resumes: about `ws_pct` percent of the disk in
+/// extents of 64 – 512 KiB, a third of them from the first 5% (boot), the rest spread;
+/// deterministic per `seed`, in the order read.
+pub fn working_set(disk_size: u64, ws_pct: u64, seed: u64) -> Vec<(u64, u32)> {
+    let mut rng = Rng(seed | 1);
+    let want = disk_size * ws_pct / 100;
+    let boot = (disk_size / 20).max(1 << 20);
+    let mut got = 0u64;
+    let mut out = Vec::new();
+    let mut boot_pos = 0u64;
+    while got < want {
+        let len = ((1 + rng.next() % 8) * (64 << 10))
+            .min(want - got)
+            .max(4096);
+        let off = if out.len() % 3 == 0 && boot_pos + len <= boot {
+            let o = boot_pos;
+            boot_pos += len;
+            o
+        } else {
+            (rng.next() % ((disk_size - len) / 4096 + 1)) * 4096
+        };
+        out.push((off, len as u32));
+        got += len;
+    }
+    out
+}
+
+/// What a clone did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Seconds for the whole clone (copy + resume).
+    pub secs: f64,
+    /// Seconds to the end of the copy steps.
+    pub copy_secs: f64,
+    /// BLAKE3 over everything read and written, in order.
+    pub digest: [u8; 32],
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+/// The redo log a clone writes (deterministic per clone name).
+pub fn redo_bytes(spec: &Spec, clone: &str) -> Vec<u8> {
+    let mut rng = Rng(clone
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31) ^ b as u64)
+        | 1);
+    let mut v = vec![0u8; (spec.redo_mib << 20) as usize];
+    for page in v.chunks_mut(PAGE as usize) {
+        image::fill_page(page, &mut rng);
+    }
+    v
+}
+
+/// The digest a correct clone of `golden` (a local directory) named `clone` reports.
+pub fn expected(golden: &Path, spec: &Spec, clone: &str, seed: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let cfg = std::fs::read(golden.join(CFG)).unwrap();
+    h.update(&cfg);
+    h.update(&config(clone, spec));
+    let mem = std::fs::read(golden.join(MEM)).unwrap();
+    h.update(&mem);
+    let disk = std::fs::File::open(golden.join(DISK)).unwrap();
+    let size = disk.metadata().unwrap().len();
+    for (off, len) in working_set(size, spec.ws_pct, seed) {
+        let mut b = vec![0u8; len as usize];
+        disk.read_exact_at(&mut b, off).unwrap();
+        h.update(&b);
+    }
+    h.update(&redo_bytes(spec, clone));
+    *h.finalize().as_bytes()
+}
+
+/// Clones on a local file system: `golden` is the golden image directory, the clone goes
+/// to `clones/clone`.
+pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed: u64) -> Report {
+    let t0 = Instant::now();
+    let mut h = blake3::Hasher::new();
+    let (mut read, mut written) = (0u64, 0u64);
+    let cd = clones.join(clone);
+    let _ = std::fs::remove_dir_all(&cd);
+    std::fs::create_dir_all(&cd).unwrap();
+    let cfg = std::fs::read(golden.join(CFG)).unwrap();
+    h.update(&cfg);
+    read += cfg.len() as u64;
+    // Copy the memory state, 1 MiB at a time, and make it durable (as COMMIT does).
+    {
+        let mut src = std::fs::File::open(golden.join(MEM)).unwrap();
+        let mut dst = std::fs::File::create(cd.join(MEM)).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            dst.write_all(&buf[..n]).unwrap();
+            read += n as u64;
+            written += n as u64;
+        }
+        dst.sync_data().unwrap();
+    }
+    std::os::unix::fs::symlink(golden.join(DISK), cd.join(DISK)).unwrap();
+    let mine = config(clone, spec);
+    let mut f = std::fs::File::create(cd.join(CFG)).unwrap();
+    f.write_all(&mine).unwrap();
+    f.sync_data().unwrap();
+    h.update(&mine);
+    written += mine.len() as u64;
+    let copy_secs = t0.elapsed().as_secs_f64();
+    // Resume: the memory state whole, the disk's working set, the redo log.
+    let mem = std::fs::read(cd.join(MEM)).unwrap();
+    h.update(&mem);
+    read += mem.len() as u64;
+    drop(mem);
+    let disk = std::fs::File::open(cd.join(DISK)).unwrap();
+    let size = disk.metadata().unwrap().len();
+    for (off, len) in working_set(size, spec.ws_pct, seed) {
+        let mut b = vec![0u8; len as usize];
+        disk.read_exact_at(&mut b, off).unwrap();
+        h.update(&b);
+        read += len as u64;
+    }
+    let redo = redo_bytes(spec, clone);
+    let mut f = std::fs::File::create(cd.join(REDO)).unwrap();
+    f.write_all(&redo).unwrap();
+    f.sync_data().unwrap();
+    h.update(&redo);
+    written += redo.len() as u64;
+    Report {
+        secs: t0.elapsed().as_secs_f64(),
+        copy_secs,
+        digest: *h.finalize().as_bytes(),
+        bytes_read: read,
+        bytes_written: written,
+    }
+}
+
+/// READs in flight and their size.
+const IO: u32 = 1 << 20;
+const WINDOW: usize = 16;
+
+/// The whole of a file, read with `WINDOW` READs in flight.
+async fn read_all(c: &Client, fh: &[u8], size: u64) -> Vec<u8> {
+    let mut out = vec![0u8; size as usize];
+    let mut set = tokio::task::JoinSet::new();
+    let mut off = 0u64;
+    loop {
+        while set.len() < WINDOW && off < size {
+            let (c, fh) = (c.clone(), fh.to_vec());
+            let n = (IO as u64).min(size - off) as u32;
+            set.spawn(async move { (off, c.read_data(&fh, off, n).await.0) });
+            off += n as u64;
+        }
+        match set.join_next().await {
+            Some(r) => {
+                let (at, data) = r.unwrap();
+                out[at as usize..at as usize + data.len()].copy_from_slice(&data);
+            }
+            None => return out,
+        }
+    }
+}
+
+/// Writes `data` at 0 with `WINDOW` WRITEs in flight, then COMMITs.
+async fn write_all(c: &Client, fh: &[u8], data: &[u8], io: usize) {
+    let data = bytes::Bytes::copy_from_slice(data);
+    let mut set = tokio::task::JoinSet::new();
+    let mut off = 0usize;
+    loop {
+        while set.len() < WINDOW && off < data.len() {
+            let (c, fh) = (c.clone(), fh.to_vec());
+            let n = io.min(data.len() - off);
+            let d = data.slice(off..off + n);
+            set.spawn(async move { c.write(&fh, off as u64, &d).await });
+            off += n;
+        }
+        if set.join_next().await.is_none() {
+            break;
+        }
+    }
+    c.commit(fh).await;
+}
+
+/// Clones over NFS through `c`: the golden image is `base/golden/<image>`, the clone goes
+/// to `base/clones/<clone>`. `base` is a directory handle and its path below the export.
+pub async fn clone_nfs(
+    c: &Client,
+    base: &[u8],
+    image: &str,
+    clone: &str,
+    spec: &Spec,
+    seed: u64,
+) -> Report {
+    let t0 = Instant::now();
+    let mut h = blake3::Hasher::new();
+    let (mut read, mut written) = (0u64, 0u64);
+    let goldens = c.lookup(base, "golden").await.expect("golden dir");
+    let gd = c.lookup(&goldens, image).await.expect("golden image");
+    let clones = c.mkdir(base, "clones").await;
+    let cd = c.mkdir(&clones, clone).await;
+    for n in [CFG, MEM, DISK, REDO] {
+        c.remove(&cd, n).await;
+    }
+    let gcfg = c.lookup(&gd, CFG).await.expect("vm.cfg");
+    let cfg = read_all(c, &gcfg, c.getattr(&gcfg).await).await;
+    h.update(&cfg);
+    read += cfg.len() as u64;
+    // Copy the memory state: each chunk written as soon as it is read.
+    let gmem = c.lookup(&gd, MEM).await.expect("vm.vmss");
+    let size = c.getattr(&gmem).await;
+    let cmem = c.create(&cd, MEM).await;
+    let mut reads = tokio::task::JoinSet::new();
+    let mut writes = tokio::task::JoinSet::new();
+    let mut off = 0u64;
+    loop {
+        while reads.len() < WINDOW && off < size {
+            let (c, fh) = (c.clone(), gmem.clone());
+            let n = (IO as u64).min(size - off) as u32;
+            reads.spawn(async move { (off, c.read_data(&fh, off, n).await.0) });
+            off += n as u64;
+        }
+        let Some(r) = reads.join_next().await else {
+            break;
+        };
+        let (at, data) = r.unwrap();
+        read += data.len() as u64;
+        written += data.len() as u64;
+        let (c2, fh) = (c.clone(), cmem.clone());
+        writes.spawn(async move { c2.write(&fh, at, &data).await });
+        while writes.len() > WINDOW {
+            writes.join_next().await;
+        }
+    }
+    while writes.join_next().await.is_some() {}
+    c.commit(&cmem).await;
+    c.symlink(&cd, DISK, &format!("../../golden/{image}/{DISK}"))
+        .await;
+    let mine = config(clone, spec);
+    let ccfg = c.create(&cd, CFG).await;
+    write_all(c, &ccfg, &mine, IO as usize).await;
+    h.update(&mine);
+    written += mine.len() as u64;
+    let copy_secs = t0.elapsed().as_secs_f64();
+    // Resume: the memory state whole, then the disk's working set through the symlink.
+    let mem = read_all(c, &cmem, size).await;
+    h.update(&mem);
+    read += mem.len() as u64;
+    drop(mem);
+    let link = c.lookup(&cd, DISK).await.expect("disk link");
+    let target = c.readlink(&link).await;
+    // Resolve the relative target from the clone's directory.
+    let mut path: Vec<Vec<u8>> = vec![base.to_vec(), clones.clone(), cd.clone()];
+    let mut disk = Vec::new();
+    let parts: Vec<&str> = target.split('/').collect();
+    for (i, p) in parts.iter().enumerate() {
+        match *p {
+            ".." => {
+                path.pop();
+            }
+            "." | "" => {}
+            name => {
+                let fh = c
+                    .lookup(path.last().expect("inside base"), name)
+                    .await
+                    .expect("symlink target");
+                if i + 1 == parts.len() {
+                    disk = fh;
+                } else {
+                    path.push(fh);
+                }
+            }
+        }
+    }
+    let dsize = c.getattr(&disk).await;
+    let ws = working_set(dsize, spec.ws_pct, seed);
+    let mut set = tokio::task::JoinSet::new();
+    let mut results: Vec<Option<bytes::Bytes>> = vec![None; ws.len()];
+    let mut next = 0;
+    loop {
+        while set.len() < WINDOW && next < ws.len() {
+            let (c, fh, (o, n), i) = (c.clone(), disk.clone(), ws[next], next);
+            set.spawn(async move { (i, c.read_data(&fh, o, n).await.0) });
+            next += 1;
+        }
+        let Some(r) = set.join_next().await else {
+            break;
+        };
+        let (i, d) = r.unwrap();
+        read += d.len() as u64;
+        results[i] = Some(d);
+    }
+    for d in results {
+        h.update(&d.expect("every extent read"));
+    }
+    let redo = redo_bytes(spec, clone);
+    let rfh = c.create(&cd, REDO).await;
+    write_all(c, &rfh, &redo, 64 << 10).await;
+    h.update(&redo);
+    written += redo.len() as u64;
+    Report {
+        secs: t0.elapsed().as_secs_f64(),
+        copy_secs,
+        digest: *h.finalize().as_bytes(),
+        bytes_read: read,
+        bytes_written: written,
+    }
+}

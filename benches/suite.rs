@@ -1,0 +1,491 @@
+//! The VM-cloning benchmark suite (issue 6, paper §4.3): clone VMs from golden images
+//! over an emulated WAN and compare with local disk, plain NFS and full copies.
+//!
+//! ```text
+//! scripts/bench.sh suite                              # full profile, writes docs/
+//! GRIDVFS_SUITE_PROFILE=quick scripts/bench.sh suite  # small images (the CI smoke run)
+//! ```
+//!
+//! Scenarios (40 ms RTT, 100 Mbit/s by default; `GRIDVFS_BENCH_RTT_MS`, `GRIDVFS_BENCH_MBIT`):
+//! - Local: images on local disk, cloned with file-system calls.
+//! - WAN-NFS: the bench's NFSv3 client straight to Ganesha through the WAN emulator.
+//! - scp / rsync: the whole image copied through the WAN emulator (OpenSSH sshd), then
+//!   a local clone.
+//! - WAN-S1: gridvfs (client proxy → SSH → server proxy), one image cloned N times in a
+//!   row: the first cold, the rest warm.
+//! - WAN-S2: N different images, once each.
+//! - WAN-S3: N images pre-cached on a LAN proxy, cloned through a fresh client proxy.
+//! - WAN-P: N client proxies cloning one image at once through one LAN proxy.
+//! Every clone's bytes (all it read and wrote) are checked against the golden files; a
+//! wrong byte fails the run. The full profile writes its tables into docs/benchmarks.md
+//! (between the suite markers) and a plot to docs/clone-times.svg.
+
+#[path = "common/image.rs"]
+mod image;
+#[path = "common/nfs.rs"]
+mod nfs;
+#[path = "common/proxy.rs"]
+mod proxy;
+#[path = "common/sshd.rs"]
+mod sshd;
+#[path = "common/util.rs"]
+mod util;
+#[path = "common/vm.rs"]
+mod vm;
+#[path = "common/wan.rs"]
+mod wan;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nfs::Client;
+use proxy::Proxy;
+use util::{env_addr, env_u64, median};
+
+/// Where the suite keeps its images below the export.
+const BASE: &str = "suite";
+
+struct Env {
+    export: String,
+    export_dir: PathBuf,
+    spec: vm::Spec,
+    tmp: tempfile::TempDir,
+    _server: Proxy,
+    wan_ssh: wan::WanRelay,
+    wan_sshd: wan::WanRelay,
+    wan_nfs: (wan::WanRelay, wan::WanRelay),
+    _sshd: sshd::Proc,
+    link: wan::WanConfig,
+}
+
+impl Env {
+    fn t(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn golden_dir(&self, image: &str) -> PathBuf {
+        self.export_dir.join(BASE).join("golden").join(image)
+    }
+
+    /// A client proxy whose next hop is `upstream` (`ssh://...` or `tcp://...`).
+    fn client(&self, upstream: &str, cache: &Path) -> Proxy {
+        Proxy::start_config(&format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n\
+             [upstream]\nnfs = \"{upstream}\"\n\
+             [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\n\
+             [cache]\ndir = \"{}\"\nsize = \"4GiB\"\nblock_size = \"64KiB\"\n\
+             [log]\nlevel = \"warn\"\n",
+            self.t().join("client_key").display(),
+            self.t().join("known_hosts").display(),
+            cache.display(),
+        ))
+    }
+
+    fn ssh_upstream(&self) -> String {
+        format!("ssh://bench@{}", self.wan_ssh.local_addr())
+    }
+}
+
+/// Mounts through `addr` and returns a client and the suite's base directory handle.
+async fn base_at(nfs: SocketAddr, mount: SocketAddr, export: &str) -> (Client, Vec<u8>) {
+    let m = Client::connect(mount).await.unwrap();
+    let root = m.mnt(export).await;
+    let c = Client::connect(nfs).await.unwrap();
+    let base = c.lookup(&root, BASE).await.expect("suite directory");
+    (c, base)
+}
+
+/// One clone over NFS at `addr`, checked.
+async fn clone_at(e: &Env, nfs: SocketAddr, mount: SocketAddr, image: &str, clone: &str) -> f64 {
+    let (c, base) = base_at(nfs, mount, &e.export).await;
+    let r = vm::clone_nfs(&c, &base, image, clone, &e.spec, seed(image)).await;
+    check(e, image, clone, &r);
+    r.secs
+}
+
+fn seed(image: &str) -> u64 {
+    image
+        .bytes()
+        .fold(17u64, |h, b| h.wrapping_mul(131) ^ b as u64)
+}
+
+fn check(e: &Env, image: &str, clone: &str, r: &vm::Report) {
+    let want = vm::expected(&e.golden_dir(image), &e.spec, clone, seed(image));
+    assert!(
+        r.digest == want,
+        "clone {clone} of {image}: the bytes read and written differ from the golden image's"
+    );
+}
+
+fn ssh_args(e: &Env) -> Vec<String> {
+    vec![
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", e.t().join("known_hosts").display()),
+        "-i".into(),
+        e.t().join("client_key").display().to_string(),
+    ]
+}
+
+/// Copies the golden image with scp or rsync through the WAN, then clones it locally.
+fn full_copy(e: &Env, tool: &str, image: &str, clone: &str) -> f64 {
+    let dest = e.t().join(format!("copy-{tool}"));
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::create_dir_all(&dest).unwrap();
+    let port = e.wan_sshd.local_addr().port().to_string();
+    let src = format!("root@127.0.0.1:{}", e.golden_dir(image).display());
+    let t0 = Instant::now();
+    let st = match tool {
+        "scp" => Command::new("scp")
+            .args(["-q", "-r", "-P", &port])
+            .args(ssh_args(e))
+            .arg(&src)
+            .arg(&dest)
+            .status(),
+        _ => Command::new("rsync")
+            .args(["-a", "-e"])
+            .arg(format!("ssh -p {port} {}", ssh_args(e).join(" ")))
+            .arg(&src)
+            .arg(&dest)
+            .status(),
+    }
+    .unwrap();
+    assert!(st.success(), "{tool} failed");
+    let golden = dest.join(image);
+    let r = vm::clone_local(
+        &golden,
+        &e.t().join("clones-copy"),
+        clone,
+        &e.spec,
+        seed(image),
+    );
+    let want = vm::expected(&e.golden_dir(image), &e.spec, clone, seed(image));
+    assert!(r.digest == want, "{tool} copy clone differs");
+    t0.elapsed().as_secs_f64()
+}
+
+/// Results of one scenario: a label and the clone times in order.
+struct Scenario {
+    name: &'static str,
+    times: Vec<f64>,
+    note: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let profile = std::env::var("GRIDVFS_SUITE_PROFILE").unwrap_or("full".into());
+    let spec = match profile.as_str() {
+        "quick" => vm::Spec::quick(),
+        _ => vm::Spec::full(),
+    };
+    let n = env_u64("GRIDVFS_SUITE_CLONES", 8) as usize;
+    let rtt = Duration::from_millis(env_u64("GRIDVFS_BENCH_RTT_MS", 40));
+    let mbit = env_u64("GRIDVFS_BENCH_MBIT", 100);
+    let nfs_addr = env_addr("GRIDVFS_LAB_NFS");
+    let mount_addr = env_addr("GRIDVFS_LAB_MOUNT");
+    let export = std::env::var("GRIDVFS_LAB_EXPORT").unwrap_or("/export".into());
+    let export_dir =
+        PathBuf::from(std::env::var("GRIDVFS_LAB_EXPORT_DIR").expect("GRIDVFS_LAB_EXPORT_DIR"));
+    let link = wan::WanConfig {
+        one_way_delay: rtt / 2,
+        rate_bits_per_sec: Some(mbit * 1_000_000),
+    };
+    let started = Instant::now();
+
+    // Golden images.
+    let base_dir = export_dir.join(BASE);
+    let _ = std::fs::remove_dir_all(&base_dir);
+    let images: Vec<String> = (0..n).map(|i| format!("img{i}")).collect();
+    let t0 = Instant::now();
+    for im in &images {
+        vm::make_golden(&base_dir.join("golden"), im, &spec, seed(im));
+    }
+    std::fs::create_dir_all(base_dir.join("clones")).unwrap();
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(&base_dir)
+        .status()
+        .unwrap();
+    println!(
+        "{n} golden images ({} MiB memory state, {} MiB disk) made in {:.1} s",
+        spec.mem_mib,
+        spec.disk_mib,
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Server proxy, sshd, and the WAN in front of each.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().to_path_buf();
+    let host_pub = sshd::keygen(&t.join("host_key"));
+    let client_pub = sshd::keygen(&t.join("client_key"));
+    std::fs::write(t.join("authorized_keys"), &client_pub).unwrap();
+    let server = Proxy::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"tcp://{nfs_addr}\"\nmount = \"tcp://{mount_addr}\"\n\
+         [server]\nexports = [\"{export}\"]\nstate_dir = \"{}\"\n\
+         [server.ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\nauthorized_keys = \"{}\"\n\
+         [[server.account]]\nname = \"bench\"\nkeys = [\"*\"]\nuid = 0\ngid = 0\nallow_root = true\n\
+         [log]\nlevel = \"warn\"\n",
+        t.join("state").display(),
+        t.join("host_key").display(),
+        t.join("authorized_keys").display(),
+    ));
+    let (sshd_proc, sshd_port) = sshd::sshd(&t, &client_pub);
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let wan_ssh = wan::WanRelay::start(any, server.ssh.unwrap(), link.clone())
+        .await
+        .unwrap();
+    let wan_sshd = wan::WanRelay::start(
+        any,
+        format!("127.0.0.1:{sshd_port}").parse().unwrap(),
+        link.clone(),
+    )
+    .await
+    .unwrap();
+    let wan_nfs = wan::start_pair(nfs_addr, mount_addr, link.clone())
+        .await
+        .unwrap();
+    let sshd_pub = std::fs::read_to_string(t.join("sshd_host.pub")).unwrap();
+    let key2 = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    std::fs::write(
+        t.join("known_hosts"),
+        format!(
+            "[127.0.0.1]:{} {}\n[127.0.0.1]:{} {}\n",
+            wan_ssh.local_addr().port(),
+            key2(&host_pub),
+            wan_sshd.local_addr().port(),
+            key2(&sshd_pub)
+        ),
+    )
+    .unwrap();
+    let e = Env {
+        export,
+        export_dir,
+        spec: spec.clone(),
+        tmp,
+        _server: server,
+        wan_ssh,
+        wan_sshd,
+        wan_nfs,
+        _sshd: sshd_proc,
+        link,
+    };
+    let mut out: Vec<Scenario> = Vec::new();
+
+    // Local.
+    let mut times = Vec::new();
+    for k in 0..n {
+        let clone = format!("local{k}");
+        let r = vm::clone_local(
+            &e.golden_dir("img0"),
+            &e.t().join("clones-local"),
+            &clone,
+            &spec,
+            seed("img0"),
+        );
+        check(&e, "img0", &clone, &r);
+        times.push(r.secs);
+    }
+    out.push(Scenario {
+        name: "Local",
+        times,
+        note: "img0 from local disk (page cache warm), N times".into(),
+    });
+    println!("Local done ({:.0} s)", started.elapsed().as_secs_f64());
+
+    // WAN-NFS: straight to Ganesha through the WAN.
+    let s = clone_at(
+        &e,
+        e.wan_nfs.0.local_addr(),
+        e.wan_nfs.1.local_addr(),
+        "img0",
+        "wannfs0",
+    )
+    .await;
+    out.push(Scenario {
+        name: "WAN-NFS",
+        times: vec![s],
+        note: "one clone of img0, NFSv3 client straight to Ganesha".into(),
+    });
+    println!("WAN-NFS done ({:.0} s)", started.elapsed().as_secs_f64());
+
+    // Full copies.
+    for tool in ["scp", "rsync"] {
+        let s = full_copy(&e, tool, "img0", &format!("{tool}0"));
+        out.push(Scenario {
+            name: if tool == "scp" {
+                "scp + local"
+            } else {
+                "rsync + local"
+            },
+            times: vec![s],
+            note: format!("{tool} of img0's directory through the WAN, then a local clone"),
+        });
+    }
+    println!(
+        "full copies done ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+
+    // WAN-S1: one image, N times, one client proxy.
+    {
+        let cache = tempfile::tempdir_in(e.t()).unwrap();
+        let p = e.client(&e.ssh_upstream(), cache.path());
+        let mut times = Vec::new();
+        for k in 0..n {
+            times.push(clone_at(&e, p.addr, p.addr, "img0", &format!("s1-{k}")).await);
+        }
+        out.push(Scenario {
+            name: "WAN-S1",
+            times,
+            note: "img0 cloned N times through one client proxy (first cold)".into(),
+        });
+    }
+    println!("WAN-S1 done ({:.0} s)", started.elapsed().as_secs_f64());
+
+    // WAN-S2: N images once each.
+    {
+        let cache = tempfile::tempdir_in(e.t()).unwrap();
+        let p = e.client(&e.ssh_upstream(), cache.path());
+        let mut times = Vec::new();
+        for (k, im) in images.iter().enumerate() {
+            times.push(clone_at(&e, p.addr, p.addr, im, &format!("s2-{k}")).await);
+        }
+        out.push(Scenario {
+            name: "WAN-S2",
+            times,
+            note: "N different images once each, one client proxy".into(),
+        });
+    }
+    println!("WAN-S2 done ({:.0} s)", started.elapsed().as_secs_f64());
+
+    // WAN-S3: N images pre-cached on a LAN proxy.
+    {
+        let lan_cache = tempfile::tempdir_in(e.t()).unwrap();
+        let lan = e.client(&e.ssh_upstream(), lan_cache.path());
+        let lan_up = format!("tcp://{}", lan.addr);
+        {
+            let warm = tempfile::tempdir_in(e.t()).unwrap();
+            let p = e.client(&lan_up, warm.path());
+            for (k, im) in images.iter().enumerate() {
+                clone_at(&e, p.addr, p.addr, im, &format!("s3warm-{k}")).await;
+            }
+        }
+        let cache = tempfile::tempdir_in(e.t()).unwrap();
+        let p = e.client(&lan_up, cache.path());
+        let mut times = Vec::new();
+        for (k, im) in images.iter().enumerate() {
+            times.push(clone_at(&e, p.addr, p.addr, im, &format!("s3-{k}")).await);
+        }
+        out.push(Scenario {
+            name: "WAN-S3",
+            times,
+            note: "N images pre-cached on a LAN proxy, fresh client proxy".into(),
+        });
+    }
+    println!("WAN-S3 done ({:.0} s)", started.elapsed().as_secs_f64());
+
+    // WAN-P: N client proxies clone img0 at once through one LAN proxy.
+    {
+        let lan_cache = tempfile::tempdir_in(e.t()).unwrap();
+        let lan = e.client(&e.ssh_upstream(), lan_cache.path());
+        let lan_up = format!("tcp://{}", lan.addr);
+        let caches: Vec<_> = (0..n)
+            .map(|_| tempfile::tempdir_in(e.t()).unwrap())
+            .collect();
+        let proxies: Vec<Proxy> = caches.iter().map(|c| e.client(&lan_up, c.path())).collect();
+        let t0 = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        let e2 = std::sync::Arc::new(e);
+        for (k, p) in proxies.iter().enumerate() {
+            let (e3, addr) = (e2.clone(), p.addr);
+            set.spawn(async move { clone_at(&e3, addr, addr, "img0", &format!("p-{k}")).await });
+        }
+        let mut times = Vec::new();
+        while let Some(r) = set.join_next().await {
+            times.push(r.unwrap());
+        }
+        let all = t0.elapsed().as_secs_f64();
+        drop(proxies);
+        let e = std::sync::Arc::try_unwrap(e2).ok().expect("no other users");
+        out.push(Scenario {
+            name: "WAN-P",
+            times,
+            note: format!("N client proxies at once via one LAN proxy; all done in {all:.2} s"),
+        });
+        report(&e, &out, &profile, started.elapsed().as_secs_f64());
+    }
+}
+
+/// Prints the tables and, for the full profile, writes them into docs/.
+fn report(e: &Env, out: &[Scenario], profile: &str, total: f64) {
+    let get = |name: &str| out.iter().find(|s| s.name == name).expect("scenario");
+    let local = median(get("Local").times.clone());
+    let wannfs = get("WAN-NFS").times[0];
+    let scp = get("scp + local").times[0];
+    let s1 = &get("WAN-S1").times;
+    let cold = s1[0];
+    let warm = median(s1[1..].to_vec());
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Profile `{profile}`: {} MiB memory state ({}% zero), {} MiB disk ({}% data), working set {}%, \
+         redo log {} MiB; link {} ms RTT, {} Mbit/s. Whole suite: {:.0} s.\n\n",
+        e.spec.mem_mib,
+        e.spec.mem_zero_pct,
+        e.spec.disk_mib,
+        e.spec.disk_data_pct,
+        e.spec.ws_pct,
+        e.spec.redo_mib,
+        e.link.one_way_delay.as_millis() * 2,
+        e.link.rate_bits_per_sec.unwrap_or(0) / 1_000_000,
+        total
+    ));
+    md.push_str(
+        "| scenario | clones | first s | median s | max s | vs Local | vs WAN-NFS | vs scp |\n",
+    );
+    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    for s in out {
+        let m = median(s.times.clone());
+        let max = s.times.iter().cloned().fold(0.0, f64::max);
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2}× | {:.2}× | {:.2}× |\n",
+            s.name,
+            s.times.len(),
+            s.times[0],
+            m,
+            max,
+            m / local,
+            m / wannfs,
+            m / scp
+        ));
+    }
+    md.push('\n');
+    for s in out {
+        let ts: Vec<String> = s.times.iter().map(|t| format!("{t:.2}")).collect();
+        md.push_str(&format!("- {}: {} — {}\n", s.name, ts.join(", "), s.note));
+    }
+    let p_max = get("WAN-P").times.iter().cloned().fold(0.0, f64::max);
+    let s3 = median(get("WAN-S3").times.clone());
+    md.push_str(&format!(
+        "\nTargets: cold clone (S1 first) ≥ 20× faster than scp: {:.1}× ({}); \
+         warm clone (S1 median of the rest) ≤ 1.1× Local: {:.2}× ({}); \
+         S3 ≤ 1.5× warm: {:.2}× ({}); WAN-P slowest ≤ 1.3× one cold clone: {:.2}× ({}).\n",
+        scp / cold,
+        verdict(scp / cold >= 20.0),
+        warm / local,
+        verdict(warm / local <= 1.1),
+        s3 / warm,
+        verdict(s3 / warm <= 1.5),
+        p_max / cold,
+        verdict(p_max / cold <= 1.3),
+    ));
+    println!("\n{md}");
+    let _ = wannfs;
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
