@@ -16,6 +16,7 @@
 //! - WAN-S2: N different images, once each.
 //! - WAN-S3: N images pre-cached on a LAN proxy, cloned through a fresh client proxy.
 //! - WAN-P: N client proxies cloning one image at once through one LAN proxy.
+//!
 //! Every clone's bytes (all it read and wrote) are checked against the golden files; a
 //! wrong byte fails the run. The full profile writes its tables into docs/benchmarks.md
 //! (between the suite markers) and a plot to docs/clone-times.svg.
@@ -410,6 +411,7 @@ async fn main() {
         }
         let all = t0.elapsed().as_secs_f64();
         drop(proxies);
+        drop(lan);
         let e = std::sync::Arc::try_unwrap(e2).ok().expect("no other users");
         out.push(Scenario {
             name: "WAN-P",
@@ -483,7 +485,95 @@ fn report(e: &Env, out: &[Scenario], profile: &str, total: f64) {
         verdict(p_max / cold <= 1.3),
     ));
     println!("\n{md}");
-    let _ = wannfs;
+    // The full profile writes the report; GRIDVFS_SUITE_DOCS=DIR writes it elsewhere.
+    match std::env::var("GRIDVFS_SUITE_DOCS") {
+        Ok(dir) => write_docs(out, &md, Path::new(&dir)),
+        Err(_) if profile == "full" => write_docs(
+            out,
+            &md,
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"),
+        ),
+        Err(_) => {}
+    }
+}
+
+const BEGIN: &str = "<!-- suite:begin (written by benches/suite.rs) -->";
+const END: &str = "<!-- suite:end -->";
+
+/// Puts the tables between the suite markers of docs/benchmarks.md (appending the section
+/// the first time) and draws docs/clone-times.svg.
+fn write_docs(out: &[Scenario], md: &str, docs: &Path) {
+    std::fs::create_dir_all(docs).unwrap();
+    let path = docs.join("benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let section = format!(
+        "{BEGIN}\nRun on {date} with `scripts/bench.sh suite` (full profile).\n\n{md}\n\
+         ![clone times per scenario](clone-times.svg)\n{END}"
+    );
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),
+        _ => format!("{old}\n## VM cloning suite (issue 6)\n\n{section}\n"),
+    };
+    std::fs::write(&path, new).unwrap();
+    plot(out, &docs.join("clone-times.svg"));
+    println!("wrote {} and docs/clone-times.svg", path.display());
+}
+
+/// Clone times per scenario, one line each (like the paper's Figure 6).
+fn plot(out: &[Scenario], path: &Path) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let n = out.iter().map(|s| s.times.len()).max().unwrap_or(1);
+    let top = out
+        .iter()
+        .flat_map(|s| s.times.iter().cloned())
+        .fold(0.1f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("VM clone time per clone (log scale)", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.5f64..(n as f64 + 0.5), (0.01f64..top * 1.5).log_scale())
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_desc("clone")
+        .y_desc("seconds")
+        .draw()
+        .unwrap();
+    for (i, s) in out.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64)> = s
+            .times
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (k as f64 + 1.0, t.max(0.01)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .unwrap()
+            .label(s.name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .unwrap();
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
 }
 
 fn verdict(ok: bool) -> &'static str {

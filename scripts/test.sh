@@ -51,3 +51,8 @@ stage "lab up (ganesha)" start_lab
 export GRIDVFS_LAB_VM=$REPO/tests/lab/kernel-client-vm.sh
 
 stage "cargo test --release" cargo test --release "$@" -- --test-threads=2
+if (($# == 0)); then
+    # The clone suite on small images: fails if any clone's bytes are wrong.
+    stage "clone suite smoke (quick profile)" env GRIDVFS_SUITE_PROFILE=quick \
+        cargo test --release --bench suite
+fi
