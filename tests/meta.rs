@@ -622,19 +622,20 @@ fn the_file_channel_refuses_forged_handles_and_malformed_requests() {
             level: 0,
             zeros: ZeroMap::from_runs(4096, 1, Vec::new()),
         };
-        let mut ch = conn.open_file_channel().await.unwrap();
-        ch.write_all(&forged.encode()).await.unwrap();
+        let mut ch = conn.open_file_channel(&forged.encode()).await.unwrap();
         assert_eq!(ch.read_u32().await.unwrap(), channel::DENIED);
         // Garbage where the request should be.
-        let mut ch = conn.open_file_channel().await.unwrap();
         let mut junk = 64u32.to_be_bytes().to_vec();
         junk.extend_from_slice(&pseudo_random(64, 4));
-        ch.write_all(&junk).await.unwrap();
+        let mut ch = conn.open_file_channel(&junk).await.unwrap();
         assert_eq!(ch.read_u32().await.unwrap(), channel::BAD_REQUEST);
         // An announced request far over the limit: refused before anything is read.
-        let mut ch = conn.open_file_channel().await.unwrap();
-        ch.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let mut ch = conn
+            .open_file_channel(&u32::MAX.to_be_bytes())
+            .await
+            .unwrap();
         assert_eq!(ch.read_u32().await.unwrap(), channel::BAD_REQUEST);
+        let _ = ch.flush().await;
     });
     let (_, st) = ctl(&sock, &["status"]);
     assert_eq!(n(&st["server"]["refused"]), 1, "{st}");

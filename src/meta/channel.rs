@@ -35,8 +35,9 @@ use crate::xdr::{Reader, XdrError, XdrWrite};
 /// The SSH subsystem of the file channel.
 pub const SUBSYSTEM: &str = "gridvfs-file";
 pub const MAGIC: &[u8; 8] = b"GVFSFCH1";
-/// A request is at most this long (a sidecar's worth of zero runs and a header).
-pub const MAX_REQUEST: usize = super::format::MAX_SIDECAR + 4096;
+/// A request is at most this long: a header and the most zero runs a sidecar may hold
+/// (16 bytes each). Its buffer grows only as its bytes arrive.
+pub const MAX_REQUEST: usize = 16 * super::format::MAX_RUNS + 4096;
 /// Raw bytes in one frame at most.
 pub const MAX_FRAME: u32 = 4 << 20;
 /// Bytes of the file per frame that the sender makes.
@@ -146,8 +147,11 @@ impl Request {
         if len > MAX_REQUEST {
             return malformed(format!("request of {len} bytes (limit {MAX_REQUEST})"));
         }
-        let mut buf = vec![0; len];
-        r.read_exact(&mut buf).await?;
+        let mut buf = Vec::with_capacity(len.min(1 << 20));
+        let got = r.take(len as u64).read_to_end(&mut buf).await?;
+        if got != len {
+            return malformed(format!("request ends after {got} of {len} bytes"));
+        }
         Request::decode(&buf)
     }
 
@@ -356,18 +360,14 @@ pub fn decompress(codec: Codec, comp: &[u8], raw: u32) -> Result<Vec<u8>, Channe
 }
 
 /// The frames FETCH sends for a file of `size` bytes: its bytes outside the zero runs,
-/// cut into pieces of at most `FRAME` bytes, in file order.
-pub fn fetch_pieces(zeros: &ZeroMap, size: u64) -> Vec<Range<u64>> {
-    let mut out = Vec::new();
-    for r in zeros.data_ranges(0, size) {
-        let mut pos = r.start;
-        while pos < r.end {
-            let end = (pos + FRAME as u64).min(r.end);
-            out.push(pos..end);
-            pos = end;
-        }
-    }
-    out
+/// cut into pieces of at most `FRAME` bytes, in file order. Made lazily: a huge sparse
+/// file costs no list of every MiB up front.
+pub fn fetch_pieces(zeros: &ZeroMap, size: u64) -> impl Iterator<Item = Range<u64>> + use<> {
+    zeros.data_ranges(0, size).into_iter().flat_map(|r| {
+        (r.start..r.end)
+            .step_by(FRAME as usize)
+            .map(move |s| s..(s + FRAME as u64).min(r.end))
+    })
 }
 
 #[cfg(test)]
@@ -426,13 +426,40 @@ mod tests {
         let bs = 4096u64;
         let size = 600 * bs;
         let z = ZeroMap::from_runs(4096, 600, std::iter::once(10..300).collect());
-        let p = fetch_pieces(&z, size);
+        let p: Vec<_> = fetch_pieces(&z, size).collect();
         assert_eq!(p[0], 0..10 * bs);
         assert_eq!(p[1].start, 300 * bs);
         assert!(p.iter().all(|r| r.end - r.start <= FRAME as u64));
         assert_eq!(p.last().unwrap().end, size);
         let total: u64 = p.iter().map(|r| r.end - r.start).sum();
         assert_eq!(total, size - 290 * bs);
+    }
+
+    /// Found in review: a sidecar may hold `MAX_RUNS` zero runs (as a bitmap it is far
+    /// smaller than its run list); the FETCH request carrying them must be accepted.
+    #[test]
+    fn a_request_with_a_very_fragmented_zero_map_is_accepted() {
+        let blocks: u64 = 3 << 20;
+        let runs: Vec<_> = (0..blocks).step_by(2).map(|b| b..b + 1).collect();
+        let mut r = req();
+        r.size = blocks * 4096;
+        r.zeros = ZeroMap::from_runs(4096, blocks, runs);
+        let wire = r.encode();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let got = rt.block_on(Request::read_from(&mut &wire[..])).unwrap();
+        assert_eq!(got.zeros.runs().len(), 3 << 19);
+    }
+
+    /// The pieces of a huge sparse file are made lazily (found in review: a list of
+    /// every MiB of a file a client made 2^62 bytes long would not fit in memory).
+    #[test]
+    fn fetch_pieces_are_lazy() {
+        let size: u64 = 1 << 62;
+        let z = ZeroMap::from_runs(1 << 20, size >> 20, Vec::new());
+        let first: Vec<_> = fetch_pieces(&z, size).take(2).collect();
+        assert_eq!(first, vec![0..FRAME as u64, FRAME as u64..2 * FRAME as u64]);
     }
 
     #[tokio::test]

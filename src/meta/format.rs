@@ -25,6 +25,9 @@ pub const MAX_SIDECAR: usize = 16 << 20;
 /// Block sizes allowed for the zero map: powers of two in this range.
 pub const MIN_BLOCK: u32 = 512;
 pub const MAX_BLOCK: u32 = 1 << 20;
+/// Zero runs a sidecar may hold (64 MiB in memory): a map more fragmented than this
+/// should use a larger block size.
+pub const MAX_RUNS: usize = 4 << 20;
 /// Working-set ranges kept at most.
 pub const MAX_WORKSET: usize = 1 << 16;
 
@@ -482,7 +485,7 @@ fn parse_zeromap(s: &mut Reader<'_>) -> Result<ZeroMap, SidecarError> {
     match s.u32()? {
         ENC_RUNS => {
             let n = s.u32()? as usize;
-            if n > s.left() / 16 {
+            if n > s.left() / 16 || n > MAX_RUNS {
                 return bad(format!("{n} runs announced, room for {}", s.left() / 16));
             }
             runs.reserve(n);
@@ -510,8 +513,12 @@ fn parse_zeromap(s: &mut Reader<'_>) -> Result<ZeroMap, SidecarError> {
             let mut b = 0u64;
             while b < blocks {
                 if bits[(b / 8) as usize] & (1 << (b % 8)) != 0 {
+                    let n = runs.len();
                     match runs.last_mut() {
                         Some(r) if r.end == b => r.end += 1,
+                        _ if n >= MAX_RUNS => {
+                            return bad(format!("more than {MAX_RUNS} zero runs"));
+                        }
                         _ => runs.push(b..b + 1),
                     }
                 }

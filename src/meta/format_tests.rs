@@ -157,3 +157,25 @@ fn names() {
     assert!(sidecar_name(b"..").is_none());
     assert!(is_sidecar_name(b".x.gvfsmeta") && !is_sidecar_name(b".gvfsmeta"));
 }
+
+/// A bitmap so fragmented that it would expand to more than `MAX_RUNS` runs (64 MiB in
+/// memory; a 16 MiB sidecar could otherwise hold 1 GiB once parsed) is refused.
+#[test]
+fn a_bitmap_with_more_runs_than_the_limit_is_refused() {
+    let blocks = 2 * MAX_RUNS as u64 + 16;
+    let runs: Vec<_> = (0..blocks).step_by(2).map(|b| b..b + 1).collect();
+    let s = Sidecar {
+        size: blocks * 512,
+        mtime: FileTime { secs: 1, nsecs: 0 },
+        digest: None,
+        actions: Actions::default(),
+        zeros: ZeroMap::from_runs(512, blocks, runs),
+        working_set: Vec::new(),
+    };
+    let enc = s.encode();
+    assert!(enc.len() < 2 << 20, "bitmap encoding expected");
+    match Sidecar::parse(&enc) {
+        Err(SidecarError::Bad(why)) => assert!(why.contains("zero runs"), "{why}"),
+        other => panic!("accepted or wrong error: {other:?}"),
+    }
+}

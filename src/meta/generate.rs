@@ -28,7 +28,7 @@ const _: () = assert!(READ_BUF.is_multiple_of(MAX_BLOCK as usize));
 
 /// Zero runs kept while scanning at most (16 bytes each, so 64 MiB). Past this the file
 /// is too fragmented for the sidecar to be worth having at this block size.
-pub const MAX_SCAN_RUNS: usize = 4 << 20;
+pub const MAX_SCAN_RUNS: usize = super::format::MAX_RUNS;
 
 /// Where a temporary sidecar is written before the rename (names containing this are
 /// skipped by directory walks).

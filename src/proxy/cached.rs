@@ -617,12 +617,16 @@ impl CacheLayer {
 
     /// A change made by the cache itself (a write-through or a truncation): replies
     /// stamped before it teach nothing.
-    /// Forgets a file's attributes (also those kept in the store): they are known to be
-    /// out of date, and the next reply that shows them is believed instead.
+    /// Forgets a file's attributes (also those kept in the store) and its clean blocks:
+    /// the file is known to have changed behind the proxy's back, and the next reply is
+    /// believed instead. Dirty blocks stay (local writes win until flushed).
     pub fn forget_attr(&self, fh: &[u8]) {
         let _m = self.mutate.lock().expect("mutate lock");
         self.changed(fh, None);
         if let Err(e) = self.store.invalidate(fh, ATTR_BLOCK) {
+            warn!(side = "cache", error = %e, "cache invalidation failed");
+        }
+        if let Err(e) = self.store.invalidate_range_clean(fh, 0, u64::MAX / self.bs) {
             warn!(side = "cache", error = %e, "cache invalidation failed");
         }
     }

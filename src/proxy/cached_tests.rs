@@ -84,3 +84,52 @@ fn local_view_overlays_and_ends_with_the_write_back() {
     assert!(c.local(b"F").is_none());
     assert_eq!(c.effective_attr(b"F").unwrap(), attr(250));
 }
+
+/// After the server proxy refuses a whole-file fetch as stale (the file changed behind
+/// this proxy), `forget_attr` must drop the file's clean blocks too: with the old
+/// attributes gone, the reply showing the new mtime would otherwise not drop them, and
+/// the old bytes would be served under the new mtime (found in review).
+#[test]
+fn forget_attr_drops_the_blocks_of_a_file_changed_behind_the_proxy() {
+    use crate::rpc::msg::{accepted_reply, call_message};
+    let dir = tempfile::tempdir().unwrap();
+    let c = CacheLayer::open(&CacheConfig {
+        dir: dir.path().to_path_buf(),
+        size: 16 * 4 * 4096,
+        block_size: 4096,
+        ways: 4,
+        banks: 1,
+        consistency: Consistency::Attributes,
+        write_policy: WritePolicy::WriteThrough,
+        flush_on_exit: true,
+        writeback_in_flight: 4,
+        shared: false,
+    })
+    .unwrap();
+    let getattr = |fh: &[u8], a: &Fattr3| {
+        let mut args = BytesMut::new();
+        Args::Getattr(nfs3::GetattrArgs {
+            object: nfs3::Fh(fh),
+        })
+        .encode(&mut args);
+        let call = call_message(1, nfs3::PROGRAM, nfs3::VERSION, Proc::GETATTR.0, &args);
+        let mut reply = accepted_reply(1, AcceptStat::SUCCESS);
+        Res::Getattr(NfsResult::Ok(nfs3::GetattrResOk {
+            obj_attributes: a.clone(),
+        }))
+        .encode(&mut reply);
+        c.observe(&call, &reply, c.stamp());
+    };
+    let old = attr(8192);
+    let mut new = attr(8192);
+    new.mtime.seconds = 2;
+    getattr(b"F", &old);
+    c.store.put(b"F", 0, 0, &[1u8; 4096], false).unwrap();
+    assert!(c.read(1, b"F", 0, 4096).is_some(), "cached block is a hit");
+    c.forget_attr(b"F");
+    getattr(b"F", &new);
+    assert!(
+        c.read(1, b"F", 0, 4096).is_none(),
+        "a block from before the change is served under the new mtime"
+    );
+}

@@ -39,6 +39,8 @@ const MAX_NAMES: usize = 65_536;
 /// them (smaller files wait for their first READ, so a tree of small files costs no
 /// extra calls).
 const PREFETCH_MIN: u64 = 1 << 20;
+/// Zero runs (16 bytes each) held by remembered sidecars at most: 256 MiB.
+const MAX_RUNS_HELD: u64 = 16 << 20;
 /// Sidecar lookups remembered at most.
 const MAX_SIDECARS: usize = 16_384;
 
@@ -78,6 +80,8 @@ pub struct MetaLayer {
     names: Mutex<HashMap<Vec<u8>, DirName>>,
     /// handle → its sidecar lookup (one at a time per file: later READs wait for it).
     lookups: Mutex<HashMap<Vec<u8>, Slot>>,
+    /// Zero runs held by the sidecars in `lookups` (bounds their memory).
+    runs_held: AtomicU64,
     pub whole: Option<Arc<WholeFiles>>,
     /// The SSH session to a gridvfs server proxy, for the file channel.
     connector: Option<Arc<SshConnector>>,
@@ -109,6 +113,7 @@ impl MetaLayer {
             cfg: cfg.clone(),
             names: Mutex::default(),
             lookups: Mutex::default(),
+            runs_held: AtomicU64::new(0),
             whole,
             connector,
             up,
@@ -197,8 +202,12 @@ impl MetaLayer {
     ) -> Option<Arc<Sidecar>> {
         let slot = {
             let mut m = self.lookups.lock().expect("lookups");
-            if m.len() >= MAX_SIDECARS && !m.contains_key(fh) {
+            if (m.len() >= MAX_SIDECARS || self.runs_held.load(Ordering::Relaxed) >= MAX_RUNS_HELD)
+                && !m.contains_key(fh)
+            {
+                // Forget them all (each is looked up again when next needed).
                 m.clear();
+                self.runs_held.store(0, Ordering::Relaxed);
             }
             m.entry(fh.to_vec()).or_default().clone()
         };
@@ -220,16 +229,6 @@ impl MetaLayer {
             sidecar: sidecar.clone(),
         });
         sidecar
-    }
-
-    /// The sidecar found by the last lookup of `fh`, if the file is still as it was then.
-    pub fn known_sidecar(&self, fh: &[u8], attr: &Fattr3) -> Option<Arc<Sidecar>> {
-        let slot = self.lookups.lock().expect("lookups").get(fh).cloned()?;
-        let g = slot.try_lock().ok()?;
-        let l = g.as_ref()?;
-        (l.size == attr.size && l.mtime == attr.mtime)
-            .then(|| l.sidecar.clone())
-            .flatten()
     }
 
     async fn look_up(
@@ -272,7 +271,13 @@ impl MetaLayer {
                 return None;
             }
         };
-        let sc = match Sidecar::parse(&bytes) {
+        // Parsing a big map takes a while: off the reactor.
+        let parsed = tokio::task::spawn_blocking(move || Sidecar::parse(&bytes)).await;
+        let sc = match parsed.unwrap_or_else(|e| {
+            Err(crate::meta::SidecarError::Bad(format!(
+                "parser task failed: {e}"
+            )))
+        }) {
             Ok(s) => s,
             Err(e) => {
                 warn!(side = "upstream", file = %shown, error = %e, "sidecar ignored");
@@ -297,6 +302,7 @@ impl MetaLayer {
     /// Drops whole files and forgets sidecar lookups (SIGUSR2).
     pub fn drop_all(&self) {
         self.lookups.lock().expect("lookups").clear();
+        self.runs_held.store(0, Ordering::Relaxed);
         if let Some(w) = &self.whole {
             w.drop_all();
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::cached::CacheLayer;
+use super::wholefile::timed;
 use crate::cache::store::DirtyBlock;
 use crate::meta::channel::{self, ChannelError, Op, Request};
 use crate::meta::{Codec, Writeback, ZeroMap};
@@ -38,6 +39,9 @@ pub async fn plan(cache: &Arc<CacheLayer>, up: &Upstream, fh: &[u8], cred: &Cred
     })
 }
 
+/// File bytes one STORE carries at most.
+pub const STORE_MAX: u64 = 64 << 20;
+
 /// (block, version, bytes) of each block sent.
 pub type Sent = Vec<(u64, u64, u64)>;
 
@@ -50,12 +54,6 @@ pub async fn upload(
     cred: &Cred,
     blocks: &[DirtyBlock],
 ) -> Result<(Sent, Option<Fattr3>), ChannelError> {
-    let stream = plan
-        .connector
-        .open_file_channel()
-        .await
-        .map_err(|e| ChannelError::Io(std::io::Error::other(e)))?;
-    let (rd, mut wr) = tokio::io::split(stream);
     let req = Request {
         op: Op::Store,
         fh: fh.to_vec(),
@@ -66,7 +64,12 @@ pub async fn upload(
         level: plan.level,
         zeros: ZeroMap::from_runs(4096, 0, Vec::new()),
     };
-    wr.write_all(&req.encode()).await?;
+    let stream = plan
+        .connector
+        .open_file_channel(&req.encode())
+        .await
+        .map_err(|e| ChannelError::Io(std::io::Error::other(e)))?;
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut sent: Sent = Vec::new();
     // Contiguous dirty ranges are joined into frames of up to `channel::FRAME` bytes.
     let mut frame: Vec<u8> = Vec::new();
@@ -101,14 +104,14 @@ pub async fn upload(
     }
     channel::write_end(&mut wr, channel::OK).await?;
     let mut rd = BufReader::new(rd);
-    let status = rd.read_u32().await?;
+    let status = timed(rd.read_u32()).await?;
     if status != channel::OK {
         return Err(ChannelError::Status(status));
     }
-    let after = match rd.read_u32().await? {
+    let after = match timed(rd.read_u32()).await? {
         1 => {
             let mut b = vec![0u8; 84];
-            rd.read_exact(&mut b).await?;
+            timed(rd.read_exact(&mut b)).await?;
             let mut r = crate::xdr::Reader::new(&b);
             Some(Fattr3::decode(&mut r)?)
         }

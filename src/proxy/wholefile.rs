@@ -9,8 +9,9 @@
 //! proxy still has it; it is used only while the next hop's size and mtime equal those it
 //! was fetched at.
 //!
-//! Layout of `dir`: `<key>.data` (the file's bytes) and `<key>.info` (magic, handle,
-//! size, mtime, CRC32), `key` = hex of the BLAKE3 hash of the handle's first 16 bytes.
+//! Layout of `dir`: `<stem>.data` (the file's bytes) and `<stem>.info` (magic, handle,
+//! size, mtime, CRC32); `stem` = hex of 16 bytes of the handle's BLAKE3 hash, the
+//! process id and a serial, so a new copy never reuses an old one's files.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BufMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -283,14 +284,16 @@ impl WholeFiles {
             remove_entry(&e);
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        let k = key(fh);
-        let data = self.dir.join(format!("{k}.data"));
-        let info = self.dir.join(format!("{k}.info"));
+        // A name of its own (handle hash and a serial): an old copy of the same file that
+        // is still being read or deleted is never touched.
+        let serial = self.tick.fetch_add(1, Ordering::Relaxed);
+        let stem = format!("{}-{}-{serial}", key(fh), std::process::id());
+        let data = self.dir.join(format!("{stem}.data"));
+        let info = self.dir.join(format!("{stem}.info"));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&data)
             .and_then(|f| f.set_len(sc.size).map(|_| f));
         let file = match file {
@@ -344,10 +347,11 @@ impl WholeFiles {
                     me.stats.failed.fetch_add(1, Ordering::Relaxed);
                     warn!(side = "upstream", error = %err, "whole-file fetch failed; the file is read by blocks");
                     let stale = matches!(err, ChannelError::Status(channel::STALE_META));
-                    me.failed
-                        .lock()
-                        .expect("failed")
-                        .insert(fh.clone(), (Instant::now(), stale));
+                    {
+                        let mut f = me.failed.lock().expect("failed");
+                        f.retain(|_, (t, s)| *s || t.elapsed() < RETRY_AFTER);
+                        f.insert(fh.clone(), (Instant::now(), stale));
+                    }
                     let _ = tx.send(Progress::Failed);
                     let mut m = me.entries.lock().expect("entries");
                     if m.get(&fh).is_some_and(|x| Arc::ptr_eq(x, &e)) {
@@ -386,18 +390,6 @@ impl WholeFiles {
         done.len() as u64
     }
 
-    /// Forgets the file's copy (it changed).
-    pub fn forget(&self, fh: &[u8]) {
-        let mut m = self.entries.lock().expect("entries");
-        if m.get(fh)
-            .is_some_and(|e| !matches!(e.progress(), Progress::Running { .. }))
-            && let Some(e) = m.remove(fh)
-        {
-            drop(m);
-            remove_entry(&e);
-        }
-    }
-
     /// Whole files kept and their bytes on disk.
     pub fn usage(&self) -> (u64, u64) {
         let m = self.entries.lock().expect("entries");
@@ -429,6 +421,23 @@ async fn finish(e: &Arc<Entry>, fh: &[u8]) -> Result<(), ChannelError> {
     Ok(())
 }
 
+/// A transfer whose server proxy sends nothing for this long is given up (the file is
+/// then read by blocks).
+pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `f`, failed with a timeout after `SILENCE` without progress.
+pub async fn timed<T, E: Into<ChannelError>>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ChannelError> {
+    match tokio::time::timeout(SILENCE, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(ChannelError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the server proxy sent nothing for {} s", SILENCE.as_secs()),
+        ))),
+    }
+}
+
 /// Frames decompressed at once, waiting to be written.
 const DECODE_QUEUE: usize = 8;
 
@@ -443,12 +452,6 @@ async fn transfer(
     file: std::fs::File,
     tx: &watch::Sender<Progress>,
 ) -> Result<(), ChannelError> {
-    let stream = connector
-        .open_file_channel()
-        .await
-        .map_err(|e| ChannelError::Io(std::io::Error::other(e)))?;
-    let (rd, mut wr) = tokio::io::split(stream);
-    let mut rd = BufReader::with_capacity(256 << 10, rd);
     let req = Request {
         op: Op::Fetch,
         fh: fh.to_vec(),
@@ -459,13 +462,17 @@ async fn transfer(
         level: sc.actions.level,
         zeros: sc.zeros.clone(),
     };
-    wr.write_all(&req.encode()).await?;
-    wr.flush().await?;
-    let status = rd.read_u32().await?;
+    let stream = connector
+        .open_file_channel(&req.encode())
+        .await
+        .map_err(|e| ChannelError::Io(std::io::Error::other(e)))?;
+    let (rd, _wr) = tokio::io::split(stream);
+    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    let status = timed(rd.read_u32()).await?;
     if status != channel::OK {
         return Err(ChannelError::Status(status));
     }
-    let size = rd.read_u64().await?;
+    let size = timed(rd.read_u64()).await?;
     if size != sc.size {
         return Err(ChannelError::Malformed(format!(
             "server proxy sends {size} bytes, sidecar says {}",
@@ -478,34 +485,44 @@ async fn transfer(
     let (codec, sc2, tx2) = (sc.actions.codec, sc.clone(), tx.clone());
     let writer = tokio::task::spawn_blocking(move || -> Result<u64, ChannelError> {
         let mut raw_total = 0u64;
-        let mut expect = 0u64;
+        // Each frame must start at the next data byte (the frontier): a frame that
+        // skipped data would leave holes that read as zeros.
+        let mut expect = sc2
+            .zeros
+            .data_ranges(0, sc2.size)
+            .first()
+            .map_or(sc2.size, |r| r.start);
         while let Some((off, raw, comp)) = frx.blocking_recv() {
-            if off < expect || off + raw as u64 > sc2.size {
+            let data_end = sc2
+                .zeros
+                .data_ranges(off, sc2.size)
+                .first()
+                .map_or(off, |r| r.end);
+            if off != expect || off + raw as u64 > data_end.max(off) {
                 return Err(ChannelError::Malformed(format!(
-                    "frame at {off} out of order or past the end"
+                    "frame at {off} (+{raw}) where the next data starts at {expect}"
                 )));
             }
             let data = channel::decompress(codec, &comp, raw)?;
             file.write_all_at(&data, off)?;
             raw_total += raw as u64;
-            expect = off + raw as u64;
-            let frontier = sc2
+            expect = sc2
                 .zeros
-                .data_ranges(expect, sc2.size)
+                .data_ranges(off + raw as u64, sc2.size)
                 .first()
                 .map_or(sc2.size, |r| r.start);
-            let _ = tx2.send(Progress::Running { frontier });
+            let _ = tx2.send(Progress::Running { frontier: expect });
         }
         Ok(raw_total)
     });
     let mut wire = 0u64;
     let end_status = loop {
-        match channel::read_frame_head(&mut rd).await {
+        match timed(channel::read_frame_head(&mut rd)).await {
             Ok(FrameHead::End(s)) => break Ok(s),
             Ok(FrameHead::Data { offset, raw, comp }) => {
                 let mut buf = vec![0; comp as usize];
-                if let Err(e) = rd.read_exact(&mut buf).await {
-                    break Err(ChannelError::Io(e));
+                if let Err(e) = timed(rd.read_exact(&mut buf)).await {
+                    break Err(e);
                 }
                 wire += comp as u64 + 16;
                 w.stats

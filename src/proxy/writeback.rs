@@ -815,20 +815,30 @@ async fn flush_file(
         // marked clean).
         let _wb = cache.wb_lock(fh).lock().await;
         if let Some(plan) = &whole {
-            match super::upload::upload(cache, plan, fh, &cred, batch).await {
-                Ok((sent, a)) => {
-                    let (n, clean) = mark_written(cache, fh, sent).await;
-                    bytes += n;
-                    all_clean &= clean;
-                    after = a;
-                    continue;
-                }
-                Err(e) => {
-                    warn!(side = "upstream", error = %e,
-                        "whole-file write-back failed; writing the file back by blocks");
-                    whole = None;
+            // One STORE carries at most `STORE_MAX` bytes, so the server proxy's unread
+            // data stays well under its channel pump's bound while it commits.
+            let per_store = (super::upload::STORE_MAX / cache.bs).max(1) as usize;
+            let mut failed = false;
+            for part in batch.chunks(per_store) {
+                match super::upload::upload(cache, plan, fh, &cred, part).await {
+                    Ok((sent, a)) => {
+                        let (n, clean) = mark_written(cache, fh, sent).await;
+                        bytes += n;
+                        all_clean &= clean;
+                        after = a;
+                    }
+                    Err(e) => {
+                        warn!(side = "upstream", error = %e,
+                            "whole-file write-back failed; writing the file back by blocks");
+                        failed = true;
+                        break;
+                    }
                 }
             }
+            if !failed {
+                continue;
+            }
+            whole = None;
         }
         match flush_batch(cache, up, window, fh, &cred, batch).await? {
             None => return Ok(FileOutcome::Gone),

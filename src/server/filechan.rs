@@ -40,6 +40,16 @@ const COMMIT_EVERY: u64 = 64 << 20;
 /// Times STORE writes a span again when the server's verifier changed before COMMIT.
 const VERIFIER_RETRIES: usize = 5;
 
+/// Compressions running at once, over all transfers: one per core.
+fn compressors() -> Arc<Semaphore> {
+    static SEM: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    SEM.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(Semaphore::new(cpus))
+    })
+    .clone()
+}
+
 /// Serves one file-channel stream for `account`.
 pub async fn serve(proxy: Arc<Proxy>, stream: BoxStream, account: Arc<Account>, peer: SocketAddr) {
     let (rd, wr) = tokio::io::split(stream);
@@ -142,8 +152,7 @@ async fn fetch(
     // Pieces are read and compressed concurrently and sent in order: a producer spawns
     // one task per piece (bounded by the queue) and the consumer awaits them in turn.
     let (tx, mut rx) = mpsc::channel(IN_FLIGHT);
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let compressors = Arc::new(Semaphore::new(cpus));
+    let compressors = compressors();
     let producer = {
         let (proxy, cred, fh) = (proxy.clone(), cred.clone(), req.fh.clone());
         let (codec, level) = (req.codec, req.level);
@@ -195,6 +204,14 @@ async fn fetch(
     }
     drop(rx);
     producer.abort();
+    if status == channel::OK {
+        // A file written while it was read would arrive torn: check it did not change.
+        match getattr(proxy, cred, &req.fh).await {
+            Ok(a) if a.size == attr.size && a.mtime == attr.mtime => {}
+            Ok(_) => status = channel::STALE_META,
+            Err(e) => status = call_status(&e),
+        }
+    }
     channel::write_end(wr, status).await?;
     let m = &proxy.metrics;
     m.file_fetches.fetch_add(1, Ordering::Relaxed);

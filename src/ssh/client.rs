@@ -44,6 +44,10 @@ pub struct SshClientOptions {
     pub keepalive: Duration,
 }
 
+/// Bytes of a file channel not yet read by the transfer before the channel fails (a
+/// transfer reads as fast as it decompresses; this only bounds a stuck one).
+const FILE_MAX_UNREAD: usize = 64 << 20;
+
 /// One remote: its session, shared by every channel (link) to it.
 pub struct SshConnector {
     opts: SshClientOptions,
@@ -178,7 +182,7 @@ impl SshConnector {
     /// A new channel as a byte stream. Reuses the session; makes a new one (with its
     /// host key check and authentication) if there is none or it has died.
     pub async fn open(&self) -> Result<BoxStream, SshError> {
-        self.open_target(&self.opts.target, true).await
+        self.open_target(&self.opts.target).await
     }
 
     /// Whether the far end is a gridvfs server proxy (not a stock sshd forwarding to
@@ -188,32 +192,63 @@ impl SshConnector {
     }
 
     /// A channel of the file-channel subsystem (`crate::meta::channel`) on the same
-    /// session. The subsystem request is not waited for (saves a round trip before the
-    /// first request): a refusal shows as the channel closing.
-    pub async fn open_file_channel(&self) -> Result<BoxStream, SshError> {
-        let t = ChannelTarget::Subsystem(crate::meta::channel::SUBSYSTEM.into());
-        self.open_target(&t, false).await
+    /// session, with `first` (the request) already sent: it goes right behind the
+    /// subsystem request, so the round trip of the subsystem reply is not waited for
+    /// before it; the reply is still checked (a server without the subsystem refuses it,
+    /// and that is an error here, not a channel that never answers). The channel is
+    /// drained by a pump (`FILE_MAX_UNREAD`), so a slow consumer of a transfer never
+    /// stalls the session's other channels.
+    pub async fn open_file_channel(&self, first: &[u8]) -> Result<BoxStream, SshError> {
+        let (handle, life) = self.session().await?;
+        let name = crate::meta::channel::SUBSYSTEM;
+        let refused = |what: String| SshError::ChannelRefused {
+            what,
+            host: self.host(),
+        };
+        let mut ch = handle
+            .channel_open_session()
+            .await
+            .map_err(|e| refused(format!("session channel ({e})")))?;
+        ch.request_subsystem(true, name)
+            .await
+            .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
+        ch.data(first)
+            .await
+            .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
+        loop {
+            match ch.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) | None => {
+                    return Err(refused(format!("subsystem {name}")));
+                }
+                Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
+                    return Err(refused(format!("subsystem {name} (channel closed)")));
+                }
+                Some(_) => {}
+            }
+        }
+        let stream = Guarded::new(ch.into_stream(), life);
+        Ok(super::pump::drained(stream, FILE_MAX_UNREAD))
     }
 
-    async fn open_target(
-        &self,
-        target: &ChannelTarget,
-        wait_reply: bool,
-    ) -> Result<BoxStream, SshError> {
-        let (handle, life) = {
-            let mut s = self.session.lock().await;
-            match s.as_ref() {
-                Some((h, l)) if !h.is_closed() => (h.clone(), l.clone()),
-                _ => {
-                    let h = Arc::new(self.connect().await?);
-                    let l = Arc::new(Life::default());
-                    l.watch(&h);
-                    *s = Some((h.clone(), l.clone()));
-                    (h, l)
-                }
+    /// The live session, made if there is none or it died.
+    async fn session(&self) -> Result<Live, SshError> {
+        let mut s = self.session.lock().await;
+        match s.as_ref() {
+            Some((h, l)) if !h.is_closed() => Ok((h.clone(), l.clone())),
+            _ => {
+                let h = Arc::new(self.connect().await?);
+                let l = Arc::new(Life::default());
+                l.watch(&h);
+                *s = Some((h.clone(), l.clone()));
+                Ok((h, l))
             }
-        };
-        match self.channel(&handle, &life, target, wait_reply).await {
+        }
+    }
+
+    async fn open_target(&self, target: &ChannelTarget) -> Result<BoxStream, SshError> {
+        let (handle, life) = self.session().await?;
+        match self.channel(&handle, &life, target).await {
             Ok(c) => Ok(c),
             Err(e) => {
                 // A dead session shows up here first: forget it, so the next try
@@ -321,7 +356,6 @@ impl SshConnector {
         h: &Handle<Checker>,
         life: &Arc<Life>,
         target: &ChannelTarget,
-        wait_reply: bool,
     ) -> Result<BoxStream, SshError> {
         let refused = |what: String| SshError::ChannelRefused {
             what,
@@ -333,23 +367,21 @@ impl SshConnector {
                     .channel_open_session()
                     .await
                     .map_err(|e| refused(format!("session channel ({e})")))?;
-                ch.request_subsystem(wait_reply, name.as_str())
+                ch.request_subsystem(true, name.as_str())
                     .await
                     .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
                 // The reply to our request comes before any data.
-                if wait_reply {
-                    loop {
-                        match ch.wait().await {
-                            Some(ChannelMsg::Success) => break,
-                            Some(ChannelMsg::Failure) | None => {
-                                return Err(refused(format!("subsystem {name}")));
-                            }
-                            Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
-                                return Err(refused(format!("subsystem {name} (channel closed)")));
-                            }
-                            Some(other) => {
-                                warn!(msg = ?other, "unexpected SSH message before the subsystem started");
-                            }
+                loop {
+                    match ch.wait().await {
+                        Some(ChannelMsg::Success) => break,
+                        Some(ChannelMsg::Failure) | None => {
+                            return Err(refused(format!("subsystem {name}")));
+                        }
+                        Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
+                            return Err(refused(format!("subsystem {name} (channel closed)")));
+                        }
+                        Some(other) => {
+                            warn!(msg = ?other, "unexpected SSH message before the subsystem started");
                         }
                     }
                 }

@@ -548,3 +548,27 @@ async fn connections_that_do_not_log_in_are_closed_after_the_grace_time() {
     s.trust(port, &s.host_pub);
     s.client(port, "client", false).open().await.unwrap();
 }
+
+/// A file channel to a server that does not serve `gridvfs-file` (an older release: it
+/// refuses the subsystem and leaves the channel open) is an error at once, not a
+/// channel that never answers (a fetch, or a write-back holding its locks, would wait
+/// for ever).
+#[tokio::test]
+async fn a_file_channel_to_a_server_without_the_subsystem_is_refused() {
+    let s = Setup::new();
+    let (port, _stop) = echo_server(&s, Arc::default()).await;
+    s.trust(port, &s.host_pub);
+    let c = s.client(port, "client", false);
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.open_file_channel(b"\0\0\0\x08GVFSFCH1"),
+    )
+    .await
+    .expect("an answer within 5 s");
+    let Err(e) = r else {
+        panic!("the refused subsystem was taken for a channel")
+    };
+    assert!(e.to_string().contains("gridvfs-file"), "{e}");
+    // The session still serves its own subsystem.
+    c.open().await.unwrap();
+}
