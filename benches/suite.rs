@@ -59,6 +59,10 @@ struct Env {
     wan_nfs: (wan::WanRelay, wan::WanRelay),
     _sshd: sshd::Proc,
     link: wan::WanConfig,
+    /// `[upstream.ssh] compression` of the proxies that cross the WAN.
+    compression: bool,
+    /// Scenarios to run; empty: all.
+    only: Vec<String>,
 }
 
 impl Env {
@@ -75,13 +79,19 @@ impl Env {
         Proxy::start_config(&format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n\
              [upstream]\nnfs = \"{upstream}\"\n\
-             [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\n\
+             [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\ncompression = {}\n\
              [cache]\ndir = \"{}\"\nsize = \"4GiB\"\nblock_size = \"64KiB\"\n\
              [log]\nlevel = \"warn\"\n",
             self.t().join("client_key").display(),
             self.t().join("known_hosts").display(),
+            self.compression,
             cache.display(),
         ))
+    }
+
+    /// Whether scenario `name` is to run (`GRIDVFS_SUITE_SCENARIOS`, default all).
+    fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s.eq_ignore_ascii_case(name))
     }
 
     fn ssh_upstream(&self) -> String {
@@ -273,12 +283,16 @@ async fn main() {
         wan_nfs,
         _sshd: sshd_proc,
         link,
+        compression: env_u64("GRIDVFS_SUITE_SSH_COMPRESSION", 1) == 1,
+        only: std::env::var("GRIDVFS_SUITE_SCENARIOS")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default(),
     };
     let mut out: Vec<Scenario> = Vec::new();
 
     // Local.
     let mut times = Vec::new();
-    for k in 0..n {
+    for k in 0..if e.runs("Local") { n } else { 0 } {
         let clone = format!("local{k}");
         let r = vm::clone_local(
             &e.golden_dir("img0"),
@@ -298,23 +312,25 @@ async fn main() {
     println!("Local done ({:.0} s)", started.elapsed().as_secs_f64());
 
     // WAN-NFS: straight to Ganesha through the WAN.
-    let s = clone_at(
-        &e,
-        e.wan_nfs.0.local_addr(),
-        e.wan_nfs.1.local_addr(),
-        "img0",
-        "wannfs0",
-    )
-    .await;
-    out.push(Scenario {
-        name: "WAN-NFS",
-        times: vec![s],
-        note: "one clone of img0, NFSv3 client straight to Ganesha".into(),
-    });
-    println!("WAN-NFS done ({:.0} s)", started.elapsed().as_secs_f64());
+    if e.runs("WAN-NFS") {
+        let s = clone_at(
+            &e,
+            e.wan_nfs.0.local_addr(),
+            e.wan_nfs.1.local_addr(),
+            "img0",
+            "wannfs0",
+        )
+        .await;
+        out.push(Scenario {
+            name: "WAN-NFS",
+            times: vec![s],
+            note: "one clone of img0, NFSv3 client straight to Ganesha".into(),
+        });
+        println!("WAN-NFS done ({:.0} s)", started.elapsed().as_secs_f64());
+    }
 
     // Full copies.
-    for tool in ["scp", "rsync"] {
+    for tool in ["scp", "rsync"].into_iter().filter(|_| e.runs("copy")) {
         let s = full_copy(&e, tool, "img0", &format!("{tool}0"));
         out.push(Scenario {
             name: if tool == "scp" {
@@ -332,7 +348,7 @@ async fn main() {
     );
 
     // WAN-S1: one image, N times, one client proxy.
-    {
+    if e.runs("WAN-S1") {
         let cache = tempfile::tempdir_in(e.t()).unwrap();
         let p = e.client(&e.ssh_upstream(), cache.path());
         let mut times = Vec::new();
@@ -348,7 +364,7 @@ async fn main() {
     println!("WAN-S1 done ({:.0} s)", started.elapsed().as_secs_f64());
 
     // WAN-S2: N images once each.
-    {
+    if e.runs("WAN-S2") {
         let cache = tempfile::tempdir_in(e.t()).unwrap();
         let p = e.client(&e.ssh_upstream(), cache.path());
         let mut times = Vec::new();
@@ -364,7 +380,7 @@ async fn main() {
     println!("WAN-S2 done ({:.0} s)", started.elapsed().as_secs_f64());
 
     // WAN-S3: N images pre-cached on a LAN proxy.
-    {
+    if e.runs("WAN-S3") {
         let lan_cache = tempfile::tempdir_in(e.t()).unwrap();
         let lan = e.client(&e.ssh_upstream(), lan_cache.path());
         let lan_up = format!("tcp://{}", lan.addr);
@@ -390,7 +406,7 @@ async fn main() {
     println!("WAN-S3 done ({:.0} s)", started.elapsed().as_secs_f64());
 
     // WAN-P: N client proxies clone img0 at once through one LAN proxy.
-    {
+    let e = if e.runs("WAN-P") {
         let lan_cache = tempfile::tempdir_in(e.t()).unwrap();
         let lan = e.client(&e.ssh_upstream(), lan_cache.path());
         let lan_up = format!("tcp://{}", lan.addr);
@@ -418,7 +434,17 @@ async fn main() {
             times,
             note: format!("N client proxies at once via one LAN proxy; all done in {all:.2} s"),
         });
+        e
+    } else {
+        e
+    };
+    if e.only.is_empty() {
         report(&e, &out, &profile, started.elapsed().as_secs_f64());
+    } else {
+        for s in &out {
+            let ts: Vec<String> = s.times.iter().map(|t| format!("{t:.2}")).collect();
+            println!("{}: {} — {}", s.name, ts.join(", "), s.note);
+        }
     }
 }
 
@@ -434,7 +460,7 @@ fn report(e: &Env, out: &[Scenario], profile: &str, total: f64) {
     let mut md = String::new();
     md.push_str(&format!(
         "Profile `{profile}`: {} MiB memory state ({}% zero), {} MiB disk ({}% data), working set {}%, \
-         redo log {} MiB; link {} ms RTT, {} Mbit/s. Whole suite: {:.0} s.\n\n",
+         redo log {} MiB; link {} ms RTT, {} Mbit/s; SSH compression {}. Whole suite: {:.0} s.\n\n",
         e.spec.mem_mib,
         e.spec.mem_zero_pct,
         e.spec.disk_mib,
@@ -443,6 +469,7 @@ fn report(e: &Env, out: &[Scenario], profile: &str, total: f64) {
         e.spec.redo_mib,
         e.link.one_way_delay.as_millis() * 2,
         e.link.rate_bits_per_sec.unwrap_or(0) / 1_000_000,
+        if e.compression { "on" } else { "off" },
         total
     ));
     md.push_str(

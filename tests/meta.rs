@@ -606,6 +606,7 @@ fn the_file_channel_refuses_forged_handles_and_malformed_requests() {
         window: 8 << 20,
         connect_timeout: Duration::from_secs(10),
         keepalive: Duration::from_secs(15),
+        compression: false,
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

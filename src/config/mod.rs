@@ -130,6 +130,8 @@ pub struct SshClientConfig {
     pub window: u32,
     /// SSH keepalive interval: a silent peer is declared dead after 3 of them.
     pub keepalive: Duration,
+    /// zlib compression of the whole session (RPCs and file channels).
+    pub compression: bool,
 }
 
 /// The front door: where clients connect.
@@ -591,6 +593,7 @@ fn validate_ssh_client(
         forward_to,
         window: window(s.window.0, "upstream.ssh.window", invalid)?,
         keepalive: s.keepalive.0,
+        compression: s.compression,
     })
 }
 

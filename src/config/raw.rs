@@ -117,6 +117,8 @@ pub(super) struct RawSshClient {
     pub window: ByteSize,
     #[serde(default = "default_keepalive")]
     pub keepalive: Millis,
+    #[serde(default)]
+    pub compression: bool,
 }
 
 fn default_host_key_policy() -> String {

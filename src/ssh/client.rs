@@ -42,6 +42,8 @@ pub struct SshClientOptions {
     pub connect_timeout: Duration,
     /// Keepalive interval; the session is dropped after 3 unanswered.
     pub keepalive: Duration,
+    /// Ask for zlib compression of the session (for slow WAN links).
+    pub compression: bool,
 }
 
 /// Bytes of a file channel not yet read by the transfer before the channel fails (a
@@ -278,7 +280,7 @@ impl SshConnector {
             keepalive_max: 3,
             inactivity_timeout: None,
             nodelay: true,
-            preferred: super::preferred(),
+            preferred: super::preferred(o.compression),
             ..Default::default()
         });
         let refused = Arc::new(Mutex::new(None));

@@ -34,8 +34,22 @@ pub(crate) const MAX_UNSENT: usize = 256 << 20;
 /// this runs on), ChaCha20-Poly1305 (russh's default first choice) for peers without
 /// it. Measured only together with the write decoupling: reads through the tunnel went
 /// from 0.41x to 0.58x plain TCP (`scripts/bench.sh ssh`, docs/benchmarks.md).
-pub(crate) fn preferred() -> russh::Preferred {
-    use russh::cipher;
+///
+/// Compression (`compress`, the client's `[upstream.ssh] compression`): zlib@openssh.com
+/// (after authentication) or zlib, else none. The server lists none first and accepts
+/// either: the client's order decides.
+pub(crate) fn preferred(compress: bool) -> russh::Preferred {
+    use russh::{cipher, compression};
+    const COMPRESS: &[compression::Name] = &[
+        compression::ZLIB_LEGACY,
+        compression::ZLIB,
+        compression::NONE,
+    ];
+    const PLAIN: &[compression::Name] = &[
+        compression::NONE,
+        compression::ZLIB_LEGACY,
+        compression::ZLIB,
+    ];
     const CIPHERS: &[cipher::Name] = &[
         cipher::AES_128_GCM,
         cipher::AES_256_GCM,
@@ -45,6 +59,7 @@ pub(crate) fn preferred() -> russh::Preferred {
     ];
     russh::Preferred {
         cipher: std::borrow::Cow::Borrowed(CIPHERS),
+        compression: std::borrow::Cow::Borrowed(if compress { COMPRESS } else { PLAIN }),
         ..Default::default()
     }
 }

@@ -115,7 +115,7 @@ pub async fn serve(
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 4,
         nodelay: true,
-        preferred: super::preferred(),
+        preferred: super::preferred(false),
         ..Default::default()
     });
     let opts = Arc::new(opts);

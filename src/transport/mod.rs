@@ -79,6 +79,7 @@ pub fn dialers(cfg: &crate::config::UpstreamConfig) -> (Dialer, Dialer) {
             window: s.window,
             connect_timeout: cfg.connect_timeout,
             keepalive: s.keepalive,
+            compression: s.compression,
         }));
         made.push((ep.clone(), c.clone()));
         Dialer::Ssh {
