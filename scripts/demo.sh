@@ -9,8 +9,10 @@
 # port in front of ganesha, then through the proxy: nfs-ls, nfs-cp the 64 MiB file out and a
 # new file in (sha256 compared with the export's files on disk), and boot the unmodified
 # Linux NFS client in qemu against the proxy (mount, 16 MiB write + read-back + checksum,
-# read of a sample file). Prints a summary with timings. Everything it started is stopped by
-# PID on exit (the lab only if it was not already running). Exit status != 0 on any failure.
+# read of a sample file), and clone 3 small VMs from a golden image over an emulated WAN
+# (client proxy -> SSH -> server proxy, sidecars; every byte checked). Prints a summary with
+# timings. Everything it started is stopped by PID on exit (the lab only if it was not
+# already running). Exit status != 0 on any failure.
 # Logs and the generated config stay in $GRIDVFS_LAB_DIR/demo/.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -284,3 +286,13 @@ else
     wall=$(sed -n 's/^HOST: RESULT OK .*wall \([0-9.]*\)s.*/\1/p' "$WORK/vm.txt")
     note "kernel client (Linux $(cat "$GRIDVFS_LAB_DIR/vm/kver" 2>/dev/null), qemu) via proxy: mounted, ${VM_MB} MiB write+fsync ${w:-?}s, read-back+sha256 ${r:-?}s, checksum OK, sample file sha256 OK, clean umount (VM wall ${wall:-?}s)"
 fi
+
+clone_vms() {
+    # The main job: clone VMs from a golden image across an emulated WAN (40 ms RTT,
+    # 100 Mbit/s) through client proxy -> SSH -> server proxy -> Ganesha, with sidecars
+    # (gridvfs meta generate), against a local clone; every byte of every clone checked.
+    GRIDVFS_SUITE_PROFILE=quick GRIDVFS_SUITE_CLONES=3 GRIDVFS_SUITE_SCENARIOS=Local,WAN-S1 \
+        cargo bench -q --bench suite 2>/dev/null | tee "$WORK/clone.txt" | grep -E '^(Local|WAN-S1):'
+}
+stage "clone 3 VMs from a golden image over an emulated WAN" clone_vms
+note "VM clones (small images): $(grep -E '^(Local|WAN-S1):' "$WORK/clone.txt" | sed 's/ — .*//' | tr '\n' ';') (first WAN-S1 clone cold; full numbers: scripts/bench.sh suite)"
