@@ -273,6 +273,14 @@ fn zero_blocks_cost_no_upstream_bytes_and_read_back_equal() {
         down < nonzero + nonzero / 10 + (1 << 20),
         "{down} bytes came down the tunnel for {nonzero} non-zero bytes"
     );
+    // Upstream READs: at most one per data run and per 1 MiB READ it was split by, none
+    // for zero runs (the sidecar's own READ included).
+    let reads = n(&c.server_status()["calls"]["READ"]);
+    let data_runs = zeros.len() as u64 + 1;
+    assert!(
+        reads > 0 && reads <= data_runs + 24 + 1,
+        "{reads} upstream READs for {data_runs} data runs in 24 MiB"
+    );
 
     // The same bytes without a sidecar: equal, and the whole file crosses.
     let before = c.relay.bytes().1;
@@ -290,6 +298,12 @@ fn zero_blocks_cost_no_upstream_bytes_and_read_back_equal() {
     );
     let st = c.client_status();
     assert_eq!(n(&st["meta"]["sidecars_absent"]), 1, "{st}");
+    // By blocks: the whole file is READ upstream (at least one READ per MiB).
+    let reads_plain = n(&c.server_status()["calls"]["READ"]) - reads;
+    assert!(
+        reads_plain >= 24,
+        "{reads_plain} upstream READs without a sidecar"
+    );
 }
 
 /// The unmodified kernel client in qemu reads a memory image through the zero map; its
