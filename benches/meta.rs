@@ -25,6 +25,8 @@ mod image;
 mod nfs;
 #[path = "common/proxy.rs"]
 mod proxy;
+#[path = "common/site.rs"]
+mod site;
 #[path = "common/sshd.rs"]
 mod sshd;
 #[path = "common/util.rs"]
@@ -42,20 +44,6 @@ use util::{env_addr, env_u64, median};
 
 const IO: u32 = 1 << 20;
 const WINDOW: usize = 16;
-
-fn generate(file: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
-        .args(["meta", "generate"])
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gridvfs meta generate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Bytes the file channel sends for `file` (its frames, compressed) with `codec`.
 fn channel_bytes(file: &Path, codec: gridvfs::meta::Codec) -> u64 {
@@ -124,12 +112,12 @@ async fn main() {
         std::fs::write(d.join(f), &img).unwrap();
     }
     drop(img);
-    generate(&d.join("zmap.vmss"), &["--fetch", "blocks"]);
-    generate(
+    image::meta_generate(&d.join("zmap.vmss"), &["--fetch", "blocks"]);
+    image::meta_generate(
         &d.join("zstd.vmss"),
         &["--fetch", "whole-file", "--codec", "zstd"],
     );
-    generate(
+    image::meta_generate(
         &d.join("gzip.vmss"),
         &["--fetch", "whole-file", "--codec", "gzip"],
     );
@@ -139,61 +127,18 @@ async fn main() {
     let gzip_bytes = channel_bytes(&d.join("gzip.vmss"), gridvfs::meta::Codec::Gzip);
 
     // The server proxy (SSH), sshd for scp, and the emulated links in front of each.
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let host_pub = sshd::keygen(&t.join("host_key"));
-    let client_pub = sshd::keygen(&t.join("client_key"));
-    std::fs::write(t.join("authorized_keys"), &client_pub).unwrap();
-    let server = Proxy::start_config(&format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n\
-         [upstream]\nnfs = \"tcp://{nfs_addr}\"\nmount = \"tcp://{mount_addr}\"\n\
-         [server]\nexports = [\"{export}\"]\nstate_dir = \"{}\"\n\
-         [server.ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\nauthorized_keys = \"{}\"\n\
-         [[server.account]]\nname = \"bench\"\nkeys = [\"*\"]\nuid = 0\ngid = 0\nallow_root = true\n\
-         [log]\nlevel = \"warn\"\n",
-        t.join("state").display(),
-        t.join("host_key").display(),
-        t.join("authorized_keys").display(),
-    ));
-    let (_sshd, sshd_port) = sshd::sshd(t, &client_pub);
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let (wan_nfs, wan_mount) = wan::start_pair(nfs_addr, mount_addr, link.clone())
-        .await
-        .unwrap();
-    let wan_ssh = wan::WanRelay::start(any, server.ssh.unwrap(), link.clone())
-        .await
-        .unwrap();
-    let wan_sshd = wan::WanRelay::start(
-        any,
-        format!("127.0.0.1:{sshd_port}").parse().unwrap(),
-        link.clone(),
-    )
-    .await
-    .unwrap();
-    let sshd_pub = std::fs::read_to_string(t.join("sshd_host.pub")).unwrap();
-    let key2 = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    std::fs::write(
-        t.join("known_hosts"),
-        format!(
-            "[127.0.0.1]:{} {}\n[127.0.0.1]:{} {}\n",
-            wan_ssh.local_addr().port(),
-            key2(&host_pub),
-            wan_sshd.local_addr().port(),
-            key2(&sshd_pub)
-        ),
-    )
-    .unwrap();
+    let site = site::Site::start(nfs_addr, mount_addr, &export, &link).await;
+    let t = site.t();
+    let (wan_nfs, wan_mount) = (&site.wan_nfs.0, &site.wan_nfs.1);
 
     let client = |cache: &Path| {
         Proxy::start_config(&format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n\
-             [upstream]\nnfs = \"ssh://bench@{}\"\n\
-             [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\n\
+             [upstream]\nnfs = \"{}\"\n{}\
              [cache]\ndir = \"{}\"\nsize = \"{}MiB\"\nblock_size = \"64KiB\"\n\
              [log]\nlevel = \"warn\"\n",
-            wan_ssh.local_addr(),
-            t.join("client_key").display(),
-            t.join("known_hosts").display(),
+            site.ssh_upstream(),
+            site.ssh_section(false),
             cache.display(),
             (2 * mib).max(64),
         ))
@@ -223,15 +168,9 @@ async fn main() {
         let dest = t.join("scp.out");
         let t0 = Instant::now();
         let st = Command::new("scp")
-            .args(["-q", "-o", "BatchMode=yes", "-P"])
-            .arg(wan_sshd.local_addr().port().to_string())
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                t.join("known_hosts").display()
-            ))
-            .arg("-i")
-            .arg(t.join("client_key"))
+            .args(["-q", "-P"])
+            .arg(site.wan_sshd.local_addr().port().to_string())
+            .args(site.ssh_args())
             .arg(format!("root@127.0.0.1:{}", d.join("plain.vmss").display()))
             .arg(&dest)
             .status()
@@ -303,5 +242,5 @@ async fn main() {
         direct / med[4]
     );
     let _ = std::fs::remove_dir_all(&d);
-    drop(server);
+    drop(site);
 }

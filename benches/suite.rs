@@ -27,6 +27,8 @@ mod image;
 mod nfs;
 #[path = "common/proxy.rs"]
 mod proxy;
+#[path = "common/site.rs"]
+mod site;
 #[path = "common/sshd.rs"]
 mod sshd;
 #[path = "common/util.rs"]
@@ -52,12 +54,7 @@ struct Env {
     export: String,
     export_dir: PathBuf,
     spec: vm::Spec,
-    tmp: tempfile::TempDir,
-    _server: Proxy,
-    wan_ssh: wan::WanRelay,
-    wan_sshd: wan::WanRelay,
-    wan_nfs: (wan::WanRelay, wan::WanRelay),
-    _sshd: sshd::Proc,
+    site: site::Site,
     link: wan::WanConfig,
     /// `[upstream.ssh] compression` of the proxies that cross the WAN.
     compression: bool,
@@ -67,7 +64,7 @@ struct Env {
 
 impl Env {
     fn t(&self) -> &Path {
-        self.tmp.path()
+        self.site.t()
     }
 
     fn golden_dir(&self, image: &str) -> PathBuf {
@@ -78,13 +75,10 @@ impl Env {
     fn client(&self, upstream: &str, cache: &Path) -> Proxy {
         Proxy::start_config(&format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n\
-             [upstream]\nnfs = \"{upstream}\"\n\
-             [upstream.ssh]\nkey = \"{}\"\nknown_hosts = \"{}\"\ncompression = {}\n\
+             [upstream]\nnfs = \"{upstream}\"\n{}\
              [cache]\ndir = \"{}\"\nsize = \"4GiB\"\nblock_size = \"64KiB\"\n\
              [log]\nlevel = \"warn\"\n",
-            self.t().join("client_key").display(),
-            self.t().join("known_hosts").display(),
-            self.compression,
+            self.site.ssh_section(self.compression),
             cache.display(),
         ))
     }
@@ -95,7 +89,7 @@ impl Env {
     }
 
     fn ssh_upstream(&self) -> String {
-        format!("ssh://bench@{}", self.wan_ssh.local_addr())
+        self.site.ssh_upstream()
     }
 }
 
@@ -130,35 +124,24 @@ fn check(e: &Env, image: &str, clone: &str, r: &vm::Report) {
     );
 }
 
-fn ssh_args(e: &Env) -> Vec<String> {
-    vec![
-        "-o".into(),
-        "BatchMode=yes".into(),
-        "-o".into(),
-        format!("UserKnownHostsFile={}", e.t().join("known_hosts").display()),
-        "-i".into(),
-        e.t().join("client_key").display().to_string(),
-    ]
-}
-
 /// Copies the golden image with scp or rsync through the WAN, then clones it locally.
 fn full_copy(e: &Env, tool: &str, image: &str, clone: &str) -> f64 {
     let dest = e.t().join(format!("copy-{tool}"));
     let _ = std::fs::remove_dir_all(&dest);
     std::fs::create_dir_all(&dest).unwrap();
-    let port = e.wan_sshd.local_addr().port().to_string();
+    let port = e.site.wan_sshd.local_addr().port().to_string();
     let src = format!("root@127.0.0.1:{}", e.golden_dir(image).display());
     let t0 = Instant::now();
     let st = match tool {
         "scp" => Command::new("scp")
             .args(["-q", "-r", "-P", &port])
-            .args(ssh_args(e))
+            .args(e.site.ssh_args())
             .arg(&src)
             .arg(&dest)
             .status(),
         _ => Command::new("rsync")
             .args(["-a", "-e"])
-            .arg(format!("ssh -p {port} {}", ssh_args(e).join(" ")))
+            .arg(format!("ssh -p {port} {}", e.site.ssh_args().join(" ")))
             .arg(&src)
             .arg(&dest)
             .status(),
@@ -228,60 +211,12 @@ async fn main() {
     );
 
     // Server proxy, sshd, and the WAN in front of each.
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path().to_path_buf();
-    let host_pub = sshd::keygen(&t.join("host_key"));
-    let client_pub = sshd::keygen(&t.join("client_key"));
-    std::fs::write(t.join("authorized_keys"), &client_pub).unwrap();
-    let server = Proxy::start_config(&format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n\
-         [upstream]\nnfs = \"tcp://{nfs_addr}\"\nmount = \"tcp://{mount_addr}\"\n\
-         [server]\nexports = [\"{export}\"]\nstate_dir = \"{}\"\n\
-         [server.ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\nauthorized_keys = \"{}\"\n\
-         [[server.account]]\nname = \"bench\"\nkeys = [\"*\"]\nuid = 0\ngid = 0\nallow_root = true\n\
-         [log]\nlevel = \"warn\"\n",
-        t.join("state").display(),
-        t.join("host_key").display(),
-        t.join("authorized_keys").display(),
-    ));
-    let (sshd_proc, sshd_port) = sshd::sshd(&t, &client_pub);
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let wan_ssh = wan::WanRelay::start(any, server.ssh.unwrap(), link.clone())
-        .await
-        .unwrap();
-    let wan_sshd = wan::WanRelay::start(
-        any,
-        format!("127.0.0.1:{sshd_port}").parse().unwrap(),
-        link.clone(),
-    )
-    .await
-    .unwrap();
-    let wan_nfs = wan::start_pair(nfs_addr, mount_addr, link.clone())
-        .await
-        .unwrap();
-    let sshd_pub = std::fs::read_to_string(t.join("sshd_host.pub")).unwrap();
-    let key2 = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    std::fs::write(
-        t.join("known_hosts"),
-        format!(
-            "[127.0.0.1]:{} {}\n[127.0.0.1]:{} {}\n",
-            wan_ssh.local_addr().port(),
-            key2(&host_pub),
-            wan_sshd.local_addr().port(),
-            key2(&sshd_pub)
-        ),
-    )
-    .unwrap();
+    let site = site::Site::start(nfs_addr, mount_addr, &export, &link).await;
     let e = Env {
         export,
         export_dir,
         spec: spec.clone(),
-        tmp,
-        _server: server,
-        wan_ssh,
-        wan_sshd,
-        wan_nfs,
-        _sshd: sshd_proc,
+        site,
         link,
         compression: env_u64("GRIDVFS_SUITE_SSH_COMPRESSION", 1) == 1,
         only: std::env::var("GRIDVFS_SUITE_SCENARIOS")
@@ -315,8 +250,8 @@ async fn main() {
     if e.runs("WAN-NFS") {
         let s = clone_at(
             &e,
-            e.wan_nfs.0.local_addr(),
-            e.wan_nfs.1.local_addr(),
+            e.site.wan_nfs.0.local_addr(),
+            e.site.wan_nfs.1.local_addr(),
             "img0",
             "wannfs0",
         )

@@ -91,3 +91,19 @@ pub fn memory_image(mib: u64, zero_percent: u64, seed: u64) -> (Vec<u8>, u64) {
     }
     (img, zero)
 }
+
+/// Runs `gridvfs meta generate ARGS FILE` (the product's tool) and insists it succeeds.
+pub fn meta_generate(file: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+        .args(["meta", "generate"])
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gridvfs meta generate {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -89,27 +89,12 @@ pub fn make_golden(root: &Path, name: &str, spec: &Spec, seed: u64) -> PathBuf {
     std::fs::write(dir.join(MEM), &mem).unwrap();
     drop(mem);
     write_disk(&dir.join(DISK), spec, seed ^ 0x5eed);
-    meta_generate(
+    image::meta_generate(
         &dir.join(MEM),
         &["--fetch", "whole-file", "--codec", "zstd"],
     );
-    meta_generate(&dir.join(DISK), &["--fetch", "blocks"]);
+    image::meta_generate(&dir.join(DISK), &["--fetch", "blocks"]);
     dir
-}
-
-fn meta_generate(file: &Path, args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gridvfs"))
-        .args(["meta", "generate"])
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gridvfs meta generate {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A sparse disk image: 1 MiB of file-system metadata, then data extents (64 KiB – 4 MiB)
