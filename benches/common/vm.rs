@@ -35,6 +35,10 @@ pub struct Spec {
     pub ws_pct: u64,
     /// Redo log written when the clone resumes.
     pub redo_mib: u64,
+    /// The write-heavy runtime phase's file.
+    pub runtime_mib: u64,
+    /// Files of the build-like runtime phase.
+    pub build_files: usize,
 }
 
 impl Spec {
@@ -46,6 +50,8 @@ impl Spec {
             disk_data_pct: 40,
             ws_pct: 10,
             redo_mib: 8,
+            runtime_mib: 256,
+            build_files: 200,
         }
     }
 
@@ -57,6 +63,8 @@ impl Spec {
             disk_data_pct: 40,
             ws_pct: 10,
             redo_mib: 1,
+            runtime_mib: 8,
+            build_files: 24,
         }
     }
 }
@@ -431,5 +439,144 @@ pub async fn clone_nfs(
         digest: *h.finalize().as_bytes(),
         bytes_read: read,
         bytes_written: written,
+    }
+}
+
+/// Seconds of the runtime phases after cloning (paper §4.4).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Runtime {
+    /// A file of `runtime_mib` written, committed and read back.
+    pub write_heavy: f64,
+    /// A build-like tree the first time: sources written, each read back and an object
+    /// written for it.
+    pub build_cold: f64,
+    /// The same build again (sources read, objects rewritten).
+    pub build_warm: f64,
+}
+
+/// Files of the build-like tree, and the bytes of file `i` (4 – 16 KiB).
+fn source(i: usize) -> Vec<u8> {
+    let mut rng = Rng((i as u64 + 1) * 0x9e37_79b9_7f4a_7c15);
+    let len = 4096 + (rng.next() % 12288) as usize;
+    let mut v = vec![0u8; len];
+    for page in v.chunks_mut(PAGE as usize) {
+        image::fill_page(page, &mut rng);
+    }
+    v
+}
+
+/// The object a "compile" makes of a source: half its size, derived from it.
+fn object(src: &[u8]) -> Vec<u8> {
+    src.iter().step_by(2).map(|b| b.rotate_left(3)).collect()
+}
+
+/// The write-heavy phase's data.
+fn heavy(mib: u64) -> Vec<u8> {
+    let mut rng = Rng(0xfeed);
+    let mut v = vec![0u8; (mib << 20) as usize];
+    for page in v.chunks_mut(PAGE as usize) {
+        image::fill_page(page, &mut rng);
+    }
+    v
+}
+
+/// The runtime phases on a local file system, in `dir`.
+pub fn runtime_local(dir: &Path, mib: u64, files: usize) -> Runtime {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let data = heavy(mib);
+    let t0 = Instant::now();
+    {
+        let mut f = std::fs::File::create(dir.join("heavy.bin")).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_data().unwrap();
+    }
+    let back = std::fs::read(dir.join("heavy.bin")).unwrap();
+    assert!(back == data, "write-heavy: local read-back differs");
+    let write_heavy = t0.elapsed().as_secs_f64();
+    let build = |first: bool| {
+        let t0 = Instant::now();
+        for i in 0..files {
+            let d = dir.join(format!("src{}", i % 10));
+            let src = source(i);
+            if first {
+                std::fs::create_dir_all(&d).unwrap();
+                let mut f = std::fs::File::create(d.join(format!("f{i}.c"))).unwrap();
+                f.write_all(&src).unwrap();
+                f.sync_data().unwrap();
+            }
+            let got = std::fs::read(d.join(format!("f{i}.c"))).unwrap();
+            assert!(got == src, "build: local source {i} differs");
+            let mut f = std::fs::File::create(d.join(format!("f{i}.o"))).unwrap();
+            f.write_all(&object(&got)).unwrap();
+            f.sync_data().unwrap();
+        }
+        t0.elapsed().as_secs_f64()
+    };
+    let build_cold = build(true);
+    let build_warm = build(false);
+    Runtime {
+        write_heavy,
+        build_cold,
+        build_warm,
+    }
+}
+
+/// Builds at most this many files at once (like `make -j8`).
+const JOBS: usize = 8;
+
+/// The runtime phases over NFS, below `base/runtime/<name>`.
+pub async fn runtime_nfs(c: &Client, base: &[u8], name: &str, mib: u64, files: usize) -> Runtime {
+    let rt = c.mkdir(base, "runtime").await;
+    let dir = c.mkdir(&rt, name).await;
+    let data = heavy(mib);
+    let t0 = Instant::now();
+    let fh = c.create(&dir, "heavy.bin").await;
+    write_all(c, &fh, &data, IO as usize).await;
+    let back = read_all(c, &fh, data.len() as u64).await;
+    assert!(back == data, "write-heavy: read-back through NFS differs");
+    let write_heavy = t0.elapsed().as_secs_f64();
+    let mut dirs = Vec::new();
+    for k in 0..10 {
+        dirs.push(c.mkdir(&dir, &format!("src{k}")).await);
+    }
+    let dirs = std::sync::Arc::new(dirs);
+    let build = |first: bool| {
+        let (c, dirs) = (c.clone(), dirs.clone());
+        async move {
+            let t0 = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..files {
+                while set.len() >= JOBS {
+                    set.join_next().await.unwrap().unwrap();
+                }
+                let (c, d) = (c.clone(), dirs[i % 10].clone());
+                set.spawn(async move {
+                    let src = source(i);
+                    let sfh = if first {
+                        let fh = c.create(&d, &format!("f{i}.c")).await;
+                        write_all(&c, &fh, &src, 64 << 10).await;
+                        fh
+                    } else {
+                        c.lookup(&d, &format!("f{i}.c")).await.expect("source")
+                    };
+                    let got = read_all(&c, &sfh, src.len() as u64).await;
+                    assert!(got == src, "build: source {i} read through NFS differs");
+                    let ofh = c.create(&d, &format!("f{i}.o")).await;
+                    write_all(&c, &ofh, &object(&got), 64 << 10).await;
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                r.unwrap();
+            }
+            t0.elapsed().as_secs_f64()
+        }
+    };
+    let build_cold = build(true).await;
+    let build_warm = build(false).await;
+    Runtime {
+        write_heavy,
+        build_cold,
+        build_warm,
     }
 }
