@@ -16,6 +16,8 @@
 //! - WAN-S2: N different images, once each.
 //! - WAN-S3: N images pre-cached on a LAN proxy, cloned through a fresh client proxy.
 //! - WAN-P: N client proxies cloning one image at once through one LAN proxy.
+//! - Runtime: a write-heavy phase and a build-like tree (cold, warm) on Local, WAN-NFS and
+//!   gridvfs.
 //!
 //! Every clone's bytes (all it read and wrote) are checked against the golden files; a
 //! wrong byte fails the run. The full profile writes its tables into docs/benchmarks.md
