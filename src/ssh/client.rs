@@ -202,33 +202,9 @@ impl SshConnector {
     /// stalls the session's other channels.
     pub async fn open_file_channel(&self, first: &[u8]) -> Result<BoxStream, SshError> {
         let (handle, life) = self.session().await?;
-        let name = crate::meta::channel::SUBSYSTEM;
-        let refused = |what: String| SshError::ChannelRefused {
-            what,
-            host: self.host(),
-        };
-        let mut ch = handle
-            .channel_open_session()
-            .await
-            .map_err(|e| refused(format!("session channel ({e})")))?;
-        ch.request_subsystem(true, name)
-            .await
-            .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
-        ch.data(first)
-            .await
-            .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
-        loop {
-            match ch.wait().await {
-                Some(ChannelMsg::Success) => break,
-                Some(ChannelMsg::Failure) | None => {
-                    return Err(refused(format!("subsystem {name}")));
-                }
-                Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
-                    return Err(refused(format!("subsystem {name} (channel closed)")));
-                }
-                Some(_) => {}
-            }
-        }
+        let ch = self
+            .subsystem_channel(&handle, crate::meta::channel::SUBSYSTEM, first)
+            .await?;
         let stream = Guarded::new(ch.into_stream(), life);
         Ok(super::pump::drained(stream, FILE_MAX_UNREAD))
     }
@@ -353,6 +329,47 @@ impl SshConnector {
         Ok(handle)
     }
 
+    /// A session channel with subsystem `name` started; `first` (if not empty) is sent
+    /// right behind the request, before its reply is awaited. A refusal is an error.
+    async fn subsystem_channel(
+        &self,
+        h: &Handle<Checker>,
+        name: &str,
+        first: &[u8],
+    ) -> Result<russh::Channel<client::Msg>, SshError> {
+        let refused = |what: String| SshError::ChannelRefused {
+            what,
+            host: self.host(),
+        };
+        let mut ch = h
+            .channel_open_session()
+            .await
+            .map_err(|e| refused(format!("session channel ({e})")))?;
+        ch.request_subsystem(true, name)
+            .await
+            .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
+        if !first.is_empty() {
+            ch.data(first)
+                .await
+                .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
+        }
+        // The reply to our request comes before any data.
+        loop {
+            match ch.wait().await {
+                Some(ChannelMsg::Success) => return Ok(ch),
+                Some(ChannelMsg::Failure) | None => {
+                    return Err(refused(format!("subsystem {name}")));
+                }
+                Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
+                    return Err(refused(format!("subsystem {name} (channel closed)")));
+                }
+                Some(other) => {
+                    warn!(msg = ?other, "unexpected SSH message before the subsystem started");
+                }
+            }
+        }
+    }
+
     async fn channel(
         &self,
         h: &Handle<Checker>,
@@ -365,28 +382,7 @@ impl SshConnector {
         };
         match target {
             ChannelTarget::Subsystem(name) => {
-                let mut ch = h
-                    .channel_open_session()
-                    .await
-                    .map_err(|e| refused(format!("session channel ({e})")))?;
-                ch.request_subsystem(true, name.as_str())
-                    .await
-                    .map_err(|e| refused(format!("subsystem {name} ({e})")))?;
-                // The reply to our request comes before any data.
-                loop {
-                    match ch.wait().await {
-                        Some(ChannelMsg::Success) => break,
-                        Some(ChannelMsg::Failure) | None => {
-                            return Err(refused(format!("subsystem {name}")));
-                        }
-                        Some(ChannelMsg::Close) | Some(ChannelMsg::Eof) => {
-                            return Err(refused(format!("subsystem {name} (channel closed)")));
-                        }
-                        Some(other) => {
-                            warn!(msg = ?other, "unexpected SSH message before the subsystem started");
-                        }
-                    }
-                }
+                let ch = self.subsystem_channel(h, name, &[]).await?;
                 Ok(Box::pin(Guarded::new(ch.into_stream(), life.clone())))
             }
             ChannelTarget::DirectTcpip { host, port } => {

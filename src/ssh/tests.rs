@@ -121,16 +121,21 @@ async fn a_compressed_session_carries_bytes_unchanged() {
     let (port, _stop) = echo_server(&s, Arc::default()).await;
     s.trust(port, &s.host_pub);
     let c = s.client_with(port, "client", false, true);
-    let stream = c.open().await.unwrap();
-    let (mut r, mut w) = tokio::io::split(stream);
     let mut data = pattern(4 << 20, 3);
     data.extend(std::iter::repeat_n(0u8, 4 << 20));
-    let sent = data.clone();
+    let back = echo(c.open().await.unwrap(), &data).await;
+    assert!(back == data, "echo through a compressed session differs");
+}
+
+/// Writes `data` to an echoing channel while reading the same amount back.
+async fn echo(stream: crate::transport::BoxStream, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let sent = data.to_vec();
     let writer = tokio::spawn(async move { w.write_all(&sent).await.unwrap() });
     let mut back = vec![0u8; data.len()];
     r.read_exact(&mut back).await.unwrap();
     writer.await.unwrap();
-    assert!(back == data, "echo through a compressed session differs");
+    back
 }
 
 /// Regression: 4 channels echoing 6 MiB each deadlocked the session (both ends blocked
@@ -146,14 +151,8 @@ async fn several_channels_on_one_session_carry_bytes_both_ways() {
     for i in 0..4u8 {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
-            let stream = c.open().await.unwrap();
-            let (mut r, mut w) = tokio::io::split(stream);
             let data = pattern(12 << 20, i);
-            let sent = data.clone();
-            let writer = tokio::spawn(async move { w.write_all(&sent).await.unwrap() });
-            let mut back = vec![0u8; data.len()];
-            r.read_exact(&mut back).await.unwrap();
-            writer.await.unwrap();
+            let back = echo(c.open().await.unwrap(), &data).await;
             assert!(back == data, "channel {i}: echo differs");
         }));
     }
