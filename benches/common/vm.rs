@@ -275,26 +275,37 @@ pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed:
 const IO: u32 = 1 << 20;
 const WINDOW: usize = 16;
 
+/// The extents (offset, length) of a file, in the order given, read with `WINDOW` READs
+/// in flight.
+async fn read_extents(c: &Client, fh: &[u8], extents: &[(u64, u32)]) -> Vec<bytes::Bytes> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut results: Vec<Option<bytes::Bytes>> = vec![None; extents.len()];
+    let mut next = 0;
+    loop {
+        while set.len() < WINDOW && next < extents.len() {
+            let (c, fh, (o, n), i) = (c.clone(), fh.to_vec(), extents[next], next);
+            set.spawn(async move { (i, c.read_data(&fh, o, n).await.0) });
+            next += 1;
+        }
+        let Some(r) = set.join_next().await else {
+            break;
+        };
+        let (i, d) = r.unwrap();
+        results[i] = Some(d);
+    }
+    results
+        .into_iter()
+        .map(|d| d.expect("every extent read"))
+        .collect()
+}
+
 /// The whole of a file, read with `WINDOW` READs in flight.
 async fn read_all(c: &Client, fh: &[u8], size: u64) -> Vec<u8> {
-    let mut out = vec![0u8; size as usize];
-    let mut set = tokio::task::JoinSet::new();
-    let mut off = 0u64;
-    loop {
-        while set.len() < WINDOW && off < size {
-            let (c, fh) = (c.clone(), fh.to_vec());
-            let n = (IO as u64).min(size - off) as u32;
-            set.spawn(async move { (off, c.read_data(&fh, off, n).await.0) });
-            off += n as u64;
-        }
-        match set.join_next().await {
-            Some(r) => {
-                let (at, data) = r.unwrap();
-                out[at as usize..at as usize + data.len()].copy_from_slice(&data);
-            }
-            None => return out,
-        }
-    }
+    let extents: Vec<(u64, u32)> = (0..size)
+        .step_by(IO as usize)
+        .map(|o| (o, (IO as u64).min(size - o) as u32))
+        .collect();
+    read_extents(c, fh, &extents).await.concat()
 }
 
 /// Writes `data` at 0 with `WINDOW` WRITEs in flight, then COMMITs.
@@ -409,24 +420,9 @@ pub async fn clone_nfs(
     }
     let dsize = c.getattr(&disk).await;
     let ws = working_set(dsize, spec.ws_pct, seed);
-    let mut set = tokio::task::JoinSet::new();
-    let mut results: Vec<Option<bytes::Bytes>> = vec![None; ws.len()];
-    let mut next = 0;
-    loop {
-        while set.len() < WINDOW && next < ws.len() {
-            let (c, fh, (o, n), i) = (c.clone(), disk.clone(), ws[next], next);
-            set.spawn(async move { (i, c.read_data(&fh, o, n).await.0) });
-            next += 1;
-        }
-        let Some(r) = set.join_next().await else {
-            break;
-        };
-        let (i, d) = r.unwrap();
+    for d in read_extents(c, &disk, &ws).await {
         read += d.len() as u64;
-        results[i] = Some(d);
-    }
-    for d in results {
-        h.update(&d.expect("every extent read"));
+        h.update(&d);
     }
     let redo = redo_bytes(spec, clone);
     let rfh = c.create(&cd, REDO).await;

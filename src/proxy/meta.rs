@@ -202,14 +202,22 @@ impl MetaLayer {
     ) -> Option<Arc<Sidecar>> {
         let slot = {
             let mut m = self.lookups.lock().expect("lookups");
-            if (m.len() >= MAX_SIDECARS || self.runs_held.load(Ordering::Relaxed) >= MAX_RUNS_HELD)
-                && !m.contains_key(fh)
-            {
-                // Forget them all (each is looked up again when next needed).
-                m.clear();
-                self.runs_held.store(0, Ordering::Relaxed);
+            match m.get(fh) {
+                Some(s) => s.clone(),
+                // A file whose name is unknown cannot have its sidecar found: no entry
+                // (every READ of such a file passes here).
+                None if !self.names.lock().expect("names").contains_key(fh) => return None,
+                None => {
+                    if m.len() >= MAX_SIDECARS
+                        || self.runs_held.load(Ordering::Relaxed) >= MAX_RUNS_HELD
+                    {
+                        // Forget them all (each is looked up again when next needed).
+                        m.clear();
+                        self.runs_held.store(0, Ordering::Relaxed);
+                    }
+                    m.entry(fh.to_vec()).or_default().clone()
+                }
             }
-            m.entry(fh.to_vec()).or_default().clone()
         };
         let mut g = slot.lock().await;
         if let Some(l) = &*g
