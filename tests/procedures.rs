@@ -67,13 +67,30 @@ impl Pair {
 /// side's local directory before any NFS call has looked inside it, so what it makes is
 /// not hidden by the server's directory cache.
 async fn pair(test: &str, prepare: impl Fn(&Path)) -> Pair {
+    pair_with(test, prepare, "").await
+}
+
+/// A cache in front of the lab that answers metadata calls from the session's knowledge
+/// (`metadata = "session"`, write-through so every change reaches the server's disk at
+/// once, as the scenarios check).
+fn session_metadata_cache(dir: &Path) -> String {
+    format!(
+        "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nwrite_policy = \"write-through\"\n\
+         metadata = \"session\"\n",
+        dir.display()
+    )
+}
+
+/// [`pair`] with `upstream_extra` TOML after the proxy's `[upstream]` section (e.g. a
+/// `[cache]` section).
+async fn pair_with(test: &str, prepare: impl Fn(&Path), upstream_extra: &str) -> Pair {
     let lab = Lab::get();
     let (scratch, scratch_name) = lab.scratch(test);
     for name in ["direct", "proxy"] {
         std::fs::create_dir(scratch.join(name)).unwrap();
         prepare(&scratch.join(name));
     }
-    let gridvfs = Gridvfs::start(lab.endpoint(), "");
+    let gridvfs = Gridvfs::start_with(lab.endpoint(), "127.0.0.1:0", "", upstream_extra);
     let mut sides = Vec::new();
     for (name, ep) in [("direct", lab.endpoint()), ("proxy", gridvfs.endpoints())] {
         let mut c = mount(ep, &lab.export).await;
@@ -1020,6 +1037,38 @@ async fn errors_scenario(s: &mut Side) -> Transcript {
     let st = status(&write(c, &gone, 0, b"abc", sync).await);
     check("WRITE to a removed file", st, None);
     t
+}
+
+/// Every scenario again through a proxy whose session metadata answers LOOKUP, GETATTR,
+/// ACCESS and READLINK: the namespace changes it learns from must keep every answer
+/// equal to the server's.
+#[tokio::test]
+async fn scenarios_with_session_metadata() {
+    let cache = tempfile::tempdir().unwrap();
+    for scenario in ["files", "setattr", "namespace", "errors"] {
+        let cfg = session_metadata_cache(&cache.path().join(scenario));
+        let mut p = pair_with(&format!("procs-session-md-{scenario}"), |_| (), &cfg).await;
+        let (direct, proxy) = match scenario {
+            "files" => (
+                files_scenario(&mut p.direct).await,
+                files_scenario(&mut p.proxy).await,
+            ),
+            "setattr" => (
+                setattr_scenario(&mut p.direct).await,
+                setattr_scenario(&mut p.proxy).await,
+            ),
+            "namespace" => (
+                namespace_scenario(&mut p.direct).await,
+                namespace_scenario(&mut p.proxy).await,
+            ),
+            _ => (
+                errors_scenario(&mut p.direct).await,
+                errors_scenario(&mut p.proxy).await,
+            ),
+        };
+        direct.assert_same_as(&proxy, &format!("{scenario}, session metadata"));
+        p.clean_up();
+    }
 }
 
 #[tokio::test]

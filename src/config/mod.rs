@@ -245,6 +245,8 @@ pub struct CacheConfig {
     /// Bank files the sets are spread over.
     pub banks: u32,
     pub consistency: Consistency,
+    /// LOOKUP, GETATTR, ACCESS and READLINK answered from what the session learnt.
+    pub metadata: Metadata,
     pub write_policy: WritePolicy,
     /// SIGTERM/SIGINT write back all dirty data before the proxy exits.
     pub flush_on_exit: bool,
@@ -284,6 +286,16 @@ pub enum Consistency {
     /// Close-to-open: a file whose size or mtime changed upstream (seen in any reply,
     /// e.g. the GETATTR a kernel client sends at open) loses its cached blocks.
     Attributes,
+}
+
+/// What the cache does with metadata calls (LOOKUP, GETATTR, ACCESS, READLINK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metadata {
+    /// Every metadata call goes to the next hop.
+    Forward,
+    /// Answered from what earlier replies and the session's own namespace changes taught
+    /// (`proxy::names`); only with `consistency = "session"`.
+    Session,
 }
 
 /// A validated configuration.
@@ -454,6 +466,22 @@ impl RawConfig {
                         ));
                     }
                 };
+                let metadata = match c.metadata.as_str() {
+                    "forward" => Metadata::Forward,
+                    "session" if consistency == Consistency::Session => Metadata::Session,
+                    "session" => {
+                        return Err(invalid(
+                            "cache.metadata",
+                            "\"session\" needs consistency = \"session\"".into(),
+                        ));
+                    }
+                    other => {
+                        return Err(invalid(
+                            "cache.metadata",
+                            format!("`{other}`: use \"forward\" or \"session\""),
+                        ));
+                    }
+                };
                 let write_policy = match c.write_policy.as_str() {
                     "write-back" => WritePolicy::WriteBack,
                     "write-through" => WritePolicy::WriteThrough,
@@ -482,6 +510,7 @@ impl RawConfig {
                 Some(CacheConfig {
                     shared: c.shared,
                     consistency,
+                    metadata,
                     write_policy,
                     flush_on_exit: c.flush_on_exit,
                     writeback_in_flight: c.writeback_in_flight,

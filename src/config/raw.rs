@@ -147,6 +147,8 @@ pub(super) struct RawCache {
     pub banks: u32,
     #[serde(default = "default_consistency")]
     pub consistency: String,
+    #[serde(default = "default_metadata")]
+    pub metadata: String,
     #[serde(default = "default_write_policy")]
     pub write_policy: String,
     #[serde(default = "default_true")]
@@ -165,6 +167,10 @@ fn default_true() -> bool {
 }
 fn default_writeback_in_flight() -> usize {
     64
+}
+
+fn default_metadata() -> String {
+    "forward".into()
 }
 
 fn default_consistency() -> String {

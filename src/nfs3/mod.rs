@@ -42,7 +42,7 @@ mod types;
 #[cfg(test)]
 mod crosscheck;
 #[cfg(test)]
-mod samples;
+pub(crate) mod samples;
 #[cfg(test)]
 mod tests;
 

@@ -136,6 +136,8 @@ pub struct CacheLayer {
     pub evictions: AtomicU64,
     /// GETATTRs answered from the cache while the next hop was down.
     pub offline_getattrs: AtomicU64,
+    /// The session's metadata (`metadata = "session"`).
+    pub names: Option<super::names::Names>,
     /// Per-file locks, striped by handle: WRITEs and write-back share a file; a
     /// truncation or a write-through has it alone.
     locks: Vec<tokio::sync::RwLock<()>>,
@@ -209,6 +211,8 @@ impl CacheLayer {
             write_throughs: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             offline_getattrs: AtomicU64::new(0),
+            names: (cfg.metadata == crate::config::Metadata::Session)
+                .then(super::names::Names::default),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::RwLock::new(()))
                 .collect(),
@@ -322,6 +326,9 @@ impl CacheLayer {
         }
         if let Some(m) = self.meta.get() {
             m.drop_all();
+        }
+        if let Some(n) = &self.names {
+            n.drop_all();
         }
         self.store.drop_clean()
     }
@@ -1069,7 +1076,54 @@ pub async fn before_forward(
         .unwrap_or(Before::Forward { stamp: 0 })
 }
 
+impl super::names::Attrs for CacheLayer {
+    fn attr(&self, fh: &[u8]) -> Option<Fattr3> {
+        let (attr, local) = self.with_file(fh, |s| (s.attr.clone(), s.local));
+        let attr = attr?;
+        Some(match &local {
+            Some(l) => overlay(attr, l),
+            None => attr,
+        })
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn forget(&self, fh: &[u8]) {
+        let _m = self.mutate.lock().expect("mutate lock");
+        self.changed(fh, None);
+    }
+}
+
 impl CacheLayer {
+    /// The reply to a metadata call the session knows (`metadata = "session"`),
+    /// without touching the disk. None: forward it (call `names_before` first).
+    pub fn answer_metadata(&self, p: Proc, call: &[u8]) -> Option<BytesMut> {
+        self.names.as_ref()?.answer(p, call, self)
+    }
+
+    /// Before a call is forwarded (see `names::Names::before`).
+    pub fn names_before(&self, p: Proc, call: &[u8]) {
+        if let Some(n) = &self.names {
+            n.before(p, call, self);
+        }
+    }
+
+    /// What a forwarded call's reply teaches the session's metadata; call before
+    /// `observe`.
+    pub fn observe_names(&self, call: &[u8], reply: &[u8], stamp: u64) {
+        let Some(n) = &self.names else { return };
+        let Some((p, _)) = nfs_call(call) else { return };
+        let body = match parse_reply(reply) {
+            Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
+                &reply[results_at..]
+            }
+            _ => &[][..],
+        };
+        n.observe(p, call, body, stamp, self);
+    }
+
     /// Whether a GETATTR should be tried on the cache: the next hop is down and the
     /// cache is trusted (`session`).
     pub fn answers_getattr_offline(&self, up: &crate::upstream::Upstream) -> bool {

@@ -187,6 +187,20 @@ pub(super) async fn serve(
                                 });
                             }
                             (Some(cache), Target::Nfs) => {
+                                if let Some(reply) = cache.answer_metadata(proc_, &rec) {
+                                    if let Some(k) = call.key {
+                                        proxy.drc.finish(k, &reply, drc::worth_caching(proc_));
+                                    }
+                                    let o = Outgoing {
+                                        reply: reply.freeze(),
+                                        ..call.held
+                                    };
+                                    if reply_tx.send(o).await.is_err() {
+                                        break "client write side failed".into();
+                                    }
+                                    continue;
+                                }
+                                cache.names_before(proc_, &rec);
                                 let stamp = cache.stamp();
                                 let observe = Some((cache.clone(), rec.clone(), stamp));
                                 forward(&proxy, call, rec, reply_tx.clone(), observe).await;
@@ -231,6 +245,7 @@ async fn via_cache(
     rec: Bytes,
     tx: mpsc::Sender<Outgoing>,
 ) {
+    cache.names_before(call.proc_, &rec);
     match cached::before_forward(cache, &proxy.nfs, call.proc_, &rec).await {
         cached::Before::Hit(reply) => {
             if let Some(k) = call.key {
@@ -309,6 +324,7 @@ fn completion(
             // rewrite the reply (local writes' size, times and bytes).
             Some((cache, call, stamp)) => {
                 tokio::task::spawn_blocking(move || {
+                    cache.observe_names(&call, &reply, stamp);
                     let reply = cache.observe(&call, &reply, stamp).unwrap_or(reply);
                     if let Some(k) = key {
                         proxy.drc.finish(k, &reply, drc::worth_caching(proc_));

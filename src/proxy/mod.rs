@@ -7,6 +7,7 @@ mod conn;
 pub mod dispatch;
 pub mod drc;
 pub mod meta;
+pub mod names;
 pub mod portmap;
 pub mod upload;
 pub mod wholefile;
@@ -176,6 +177,7 @@ impl Proxy {
             cache_fills = c.fills.load(Relaxed),
             cache_local_writes = c.local_writes.load(Relaxed),
             cache_write_throughs = c.write_throughs.load(Relaxed),
+            cache_metadata_hits = c.names.as_ref().map_or(0, |n| n.hits.load(Relaxed)),
             "cache counters"
         );
     }

@@ -628,6 +628,7 @@ pub async fn create_sized(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
             return accepted_reply(xid, AcceptStat::SYSTEM_ERR);
         }
     };
+    cache.observe_names(&call, &reply, stamp);
     let fh = match parse_reply(&reply) {
         Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
             match Res::decode(Proc::CREATE, &reply[results_at..]) {

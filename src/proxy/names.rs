@@ -1,0 +1,821 @@
+//! The session's metadata (`[cache] metadata = "session"`): LOOKUP, GETATTR, ACCESS,
+//! READLINK — and a REMOVE of a name known to be absent — answered from what earlier
+//! replies and the session's own namespace changes taught, so a warm session does not
+//! pay a WAN round trip for each (paper §3: one user session owns its files; the
+//! middleware ends it with SIGUSR2, which forgets all of this with the cache).
+//!
+//! What is kept, all in memory and bounded (`MAX_ENTRIES` per table; a full table is
+//! cleared):
+//! - names: (directory, name) → the handle, or "absent" (a NOENT reply, a REMOVE);
+//! - complete directories: made by this proxy's MKDIR, so every name in them is known
+//!   (absent unless learnt) until something is not recorded exactly;
+//! - symlink targets (SYMLINK calls, READLINK replies);
+//! - ACCESS results per (object, caller's AUTH_SYS ids): asked bits and granted bits.
+//!
+//! Attributes are the cache's own (`CacheLayer`, with the local-write overlay).
+//!
+//! Races: every namespace change (CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME,
+//! LINK) ticks the cache's change clock for its directories before it is forwarded, and
+//! again when its reply is seen. A reply teaches a name only if its directory has not
+//! changed since the call's stamp (the tick of its own start, for a namespace change),
+//! so a LOOKUP answered before a REMOVE, or two changes of one directory in flight,
+//! never leave a stale entry: the names are forgotten instead and the next call asks.
+//!
+//! Not answered here: "." and "..", a LOOKUP whose object's attributes are unknown, an
+//! ACCESS asking bits not asked before. Changes made behind the proxy (by other clients
+//! of the server) are not seen, as for data in `consistency = "session"`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+
+use crate::nfs3::{self, Args, Fattr3, Fh, NfsResult, Nfsstat3, Proc, Res, WccData};
+use crate::rpc::msg::accepted_reply;
+use crate::rpc::{AcceptStat, CallHeader};
+use crate::xdr::Reader;
+
+/// Entries kept at most per table (names, directories, links, access); a table that
+/// would grow past it is cleared (with every directory's completeness).
+const MAX_ENTRIES: usize = 1 << 17;
+
+#[derive(Default)]
+struct Dir {
+    /// Clock value of the directory's last namespace change.
+    changed_at: u64,
+    /// Every name in the directory is in `names` (present) or absent.
+    complete: bool,
+}
+
+/// (directory handle, name) → the handle it names, or None for "absent".
+type NameMap = HashMap<(Vec<u8>, Vec<u8>), Option<Vec<u8>>>;
+
+#[derive(Default)]
+struct Inner {
+    names: NameMap,
+    dirs: HashMap<Vec<u8>, Dir>,
+    links: HashMap<Vec<u8>, Vec<u8>>,
+    access: HashMap<(Vec<u8>, Vec<u8>), (u32, u32)>,
+    /// Names a namespace change in flight works on, with what they named before it
+    /// (a RENAME's reply needs the handle it moved; a REMOVE's, the object removed).
+    pending: NameMap,
+}
+
+impl Inner {
+    fn clear(&mut self) {
+        *self = Inner::default();
+    }
+
+    fn changed_at(&self, dir: &[u8]) -> u64 {
+        self.dirs.get(dir).map_or(0, |d| d.changed_at)
+    }
+
+    fn set_name(&mut self, dir: &[u8], name: &[u8], fh: Option<Vec<u8>>) {
+        if self.names.len() >= MAX_ENTRIES {
+            self.clear();
+        }
+        self.names.insert((dir.to_vec(), name.to_vec()), fh);
+    }
+
+    /// A name whose outcome is not known: forgotten, and its directory is no longer
+    /// complete.
+    fn unknown(&mut self, dir: &[u8], name: &[u8]) {
+        self.names.remove(&(dir.to_vec(), name.to_vec()));
+        if let Some(d) = self.dirs.get_mut(dir) {
+            d.complete = false;
+        }
+    }
+
+    fn dir_mut(&mut self, dir: &[u8]) -> &mut Dir {
+        if self.dirs.len() >= MAX_ENTRIES && !self.dirs.contains_key(dir) {
+            self.clear();
+        }
+        self.dirs.entry(dir.to_vec()).or_default()
+    }
+
+    /// What LOOKUP(dir, name) would say: Some(Some(fh)), Some(None) for absent, None
+    /// when unknown.
+    fn lookup(&self, dir: &[u8], name: &[u8]) -> Option<Option<&Vec<u8>>> {
+        let key = (dir.to_vec(), name.to_vec());
+        if self.pending.contains_key(&key) {
+            return None;
+        }
+        if let Some(e) = self.names.get(&key) {
+            return Some(e.as_ref());
+        }
+        self.dirs
+            .get(dir)
+            .is_some_and(|d| d.complete)
+            .then_some(None)
+    }
+}
+
+/// The session metadata cache. `hits` counts calls answered here.
+#[derive(Default)]
+pub struct Names {
+    inner: Mutex<Inner>,
+    pub hits: AtomicU64,
+}
+
+/// Who is asking, for ACCESS: the AUTH_SYS uid, gid and groups (stamp and machine name
+/// left out), or the flavor and body of any other credential.
+fn who(h: &CallHeader<'_>) -> Vec<u8> {
+    let mut k = h.cred.flavor.0.to_be_bytes().to_vec();
+    let body = h.cred.body;
+    if h.cred.flavor.0 == 1 {
+        let mut r = Reader::new(body);
+        if r.u32().is_ok() && r.opaque(255).is_ok() {
+            k.extend_from_slice(&body[r.pos()..]);
+            return k;
+        }
+    }
+    k.extend_from_slice(body);
+    k
+}
+
+/// The attributes the cache holds for a handle (memory only, with local writes).
+pub trait Attrs {
+    fn attr(&self, fh: &[u8]) -> Option<Fattr3>;
+    /// A namespace change ticks the change clock; returns the new value.
+    fn tick(&self) -> u64;
+    /// Forgets the attributes of an object a namespace change touched (its link count
+    /// or ctime changed).
+    fn forget(&self, fh: &[u8]);
+}
+
+fn reply(xid: u32, res: &Res<'_>) -> BytesMut {
+    let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
+    res.encode(&mut out);
+    out
+}
+
+/// The directories a namespace change works on, with the names it changes.
+fn changes<'a>(args: &Args<'a>) -> Vec<(&'a [u8], &'a [u8])> {
+    match args {
+        Args::Create(a) => vec![(a.where_.dir.0, a.where_.name)],
+        Args::Mkdir(a) => vec![(a.where_.dir.0, a.where_.name)],
+        Args::Symlink(a) => vec![(a.where_.dir.0, a.where_.name)],
+        Args::Mknod(a) => vec![(a.where_.dir.0, a.where_.name)],
+        Args::Remove(a) => vec![(a.object.dir.0, a.object.name)],
+        Args::Rmdir(a) => vec![(a.object.dir.0, a.object.name)],
+        Args::Rename(a) => vec![(a.from.dir.0, a.from.name), (a.to.dir.0, a.to.name)],
+        Args::Link(a) => vec![(a.link.dir.0, a.link.name)],
+        _ => Vec::new(),
+    }
+}
+
+impl Names {
+    /// Forgets everything (SIGUSR2, with the cache).
+    pub fn drop_all(&self) {
+        self.inner.lock().expect("names lock").clear();
+    }
+
+    /// The reply to a metadata call if this session knows it; None: forward it.
+    pub fn answer(&self, p: Proc, call: &[u8], attrs: &dyn Attrs) -> Option<BytesMut> {
+        if !matches!(
+            p,
+            Proc::GETATTR | Proc::LOOKUP | Proc::ACCESS | Proc::READLINK | Proc::REMOVE
+        ) {
+            return None;
+        }
+        let h = CallHeader::parse(call).ok()?;
+        let args = Args::decode(p, &call[h.args_at..]).ok()?;
+        let xid = h.xid;
+        let out = match args {
+            Args::Getattr(a) => {
+                let attr = attrs.attr(a.object.0)?;
+                reply(
+                    xid,
+                    &Res::Getattr(NfsResult::Ok(nfs3::GetattrResOk {
+                        obj_attributes: attr,
+                    })),
+                )
+            }
+            Args::Lookup(a) => {
+                let (dir, name) = (a.what.dir.0, a.what.name);
+                if name == b"." || name == b".." {
+                    return None;
+                }
+                let found = self
+                    .inner
+                    .lock()
+                    .expect("names lock")
+                    .lookup(dir, name)?
+                    .cloned();
+                let dir_attributes = attrs.attr(dir);
+                match found {
+                    Some(fh) => {
+                        let obj = attrs.attr(&fh)?;
+                        reply(
+                            xid,
+                            &Res::Lookup(NfsResult::Ok(nfs3::LookupResOk {
+                                object: Fh(&fh),
+                                obj_attributes: Some(obj),
+                                dir_attributes,
+                            })),
+                        )
+                    }
+                    None => reply(
+                        xid,
+                        &Res::Lookup(NfsResult::Fail(
+                            Nfsstat3::NOENT,
+                            nfs3::LookupResFail { dir_attributes },
+                        )),
+                    ),
+                }
+            }
+            Args::Remove(a) => {
+                // Only a name known to be absent (nothing changes, nothing to write back).
+                let g = self.inner.lock().expect("names lock");
+                if g.lookup(a.object.dir.0, a.object.name)?.is_some() {
+                    return None;
+                }
+                drop(g);
+                reply(
+                    xid,
+                    &Res::Remove(NfsResult::Fail(
+                        Nfsstat3::NOENT,
+                        nfs3::RemoveResFail {
+                            dir_wcc: WccData {
+                                before: None,
+                                after: attrs.attr(a.object.dir.0),
+                            },
+                        },
+                    )),
+                )
+            }
+            Args::Access(a) => {
+                let key = (a.object.0.to_vec(), who(&h));
+                let (asked, granted) = *self.inner.lock().expect("names lock").access.get(&key)?;
+                if a.access & !asked != 0 {
+                    return None;
+                }
+                reply(
+                    xid,
+                    &Res::Access(NfsResult::Ok(nfs3::AccessResOk {
+                        obj_attributes: attrs.attr(a.object.0),
+                        access: granted & a.access,
+                    })),
+                )
+            }
+            Args::Readlink(a) => {
+                let target = self
+                    .inner
+                    .lock()
+                    .expect("names lock")
+                    .links
+                    .get(a.symlink.0)?
+                    .clone();
+                reply(
+                    xid,
+                    &Res::Readlink(NfsResult::Ok(nfs3::ReadlinkResOk {
+                        symlink_attributes: attrs.attr(a.symlink.0),
+                        data: &target,
+                    })),
+                )
+            }
+            _ => return None,
+        };
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(out)
+    }
+
+    /// Before a call is forwarded: a namespace change ticks the clock for its
+    /// directories and forgets the names it changes (so nothing answers them while it is
+    /// in flight); a SETATTR forgets the object's ACCESS results.
+    pub fn before(&self, p: Proc, call: &[u8], attrs: &dyn Attrs) {
+        if !matches!(
+            p,
+            Proc::SETATTR
+                | Proc::CREATE
+                | Proc::MKDIR
+                | Proc::SYMLINK
+                | Proc::MKNOD
+                | Proc::REMOVE
+                | Proc::RMDIR
+                | Proc::RENAME
+                | Proc::LINK
+        ) {
+            return;
+        }
+        let Ok(h) = CallHeader::parse(call) else {
+            return;
+        };
+        let Ok(args) = Args::decode(p, &call[h.args_at..]) else {
+            return;
+        };
+        let mut g = self.inner.lock().expect("names lock");
+        if let Args::Setattr(a) = &args {
+            let fh = a.object.0;
+            g.access.retain(|(o, _), _| o != fh);
+            return;
+        }
+        let t = attrs.tick();
+        for (dir, name) in changes(&args) {
+            g.dir_mut(dir).changed_at = t;
+            // The name's outcome is learnt from the reply; until then it is unknown,
+            // but the directory stays complete (the reply settles the name either way,
+            // or makes the directory incomplete).
+            let key = (dir.to_vec(), name.to_vec());
+            let was = g.names.remove(&key).flatten();
+            if g.pending.len() >= MAX_ENTRIES {
+                g.clear();
+            }
+            g.pending.insert(key, was);
+        }
+        if let Args::Link(a) = &args {
+            // Its link count changes.
+            g.access.retain(|(o, _), _| o != a.file.0);
+        }
+    }
+
+    /// Learns from a forwarded call's reply (`stamp` taken when it was forwarded, after
+    /// `before`). Call before the cache's own `observe`.
+    pub fn observe(&self, p: Proc, call: &[u8], reply_body: &[u8], stamp: u64, attrs: &dyn Attrs) {
+        if !matches!(
+            p,
+            Proc::LOOKUP
+                | Proc::ACCESS
+                | Proc::READLINK
+                | Proc::READDIRPLUS
+                | Proc::CREATE
+                | Proc::MKDIR
+                | Proc::SYMLINK
+                | Proc::MKNOD
+                | Proc::REMOVE
+                | Proc::RMDIR
+                | Proc::RENAME
+                | Proc::LINK
+        ) {
+            return;
+        }
+        let Ok(h) = CallHeader::parse(call) else {
+            return;
+        };
+        let Ok(args) = Args::decode(p, &call[h.args_at..]) else {
+            return;
+        };
+        let res = Res::decode(p, reply_body).ok();
+        let mut g = self.inner.lock().expect("names lock");
+        let namespace = changes(&args);
+        if !namespace.is_empty() {
+            let was: Vec<Option<Vec<u8>>> = namespace
+                .iter()
+                .map(|(d, n)| g.pending.remove(&(d.to_vec(), n.to_vec())).flatten())
+                .collect();
+            // Learnt only if nothing else changed these directories since this call
+            // started; else the names stay unknown.
+            let alone = namespace.iter().all(|(d, _)| g.changed_at(d) <= stamp);
+            let mut forget: Vec<Vec<u8>> = Vec::new();
+            if alone && let Some(res) = &res {
+                learn_change(&mut g, &args, res, &was, &mut forget);
+            } else {
+                for (d, n) in &namespace {
+                    g.unknown(d, n);
+                }
+            }
+            let t = attrs.tick();
+            for (d, _) in &namespace {
+                g.dir_mut(d).changed_at = t;
+            }
+            drop(g);
+            for fh in forget {
+                attrs.forget(&fh);
+            }
+            return;
+        }
+        let Some(res) = res else { return };
+        match (&args, &res) {
+            (Args::Lookup(a), Res::Lookup(r)) if g.changed_at(a.what.dir.0) <= stamp => {
+                let (dir, name) = (a.what.dir.0, a.what.name);
+                if name == b"." || name == b".." {
+                    return;
+                }
+                match r {
+                    NfsResult::Ok(ok) => g.set_name(dir, name, Some(ok.object.0.to_vec())),
+                    NfsResult::Fail(Nfsstat3::NOENT, _) => g.set_name(dir, name, None),
+                    NfsResult::Fail(..) => {}
+                }
+            }
+            (Args::Access(a), Res::Access(NfsResult::Ok(ok))) => {
+                if g.access.len() >= MAX_ENTRIES {
+                    g.access.clear();
+                }
+                g.access
+                    .insert((a.object.0.to_vec(), who(&h)), (a.access, ok.access));
+            }
+            (Args::Readlink(a), Res::Readlink(NfsResult::Ok(ok))) => {
+                if g.links.len() >= MAX_ENTRIES {
+                    g.links.clear();
+                }
+                g.links.insert(a.symlink.0.to_vec(), ok.data.to_vec());
+            }
+            (Args::Readdirplus(a), Res::Readdirplus(NfsResult::Ok(ok)))
+                if g.changed_at(a.dir.0) <= stamp =>
+            {
+                for e in &ok.reply.entries {
+                    if e.name == b"." || e.name == b".." {
+                        continue;
+                    }
+                    if let Some(fh) = e.name_handle {
+                        g.set_name(a.dir.0, e.name, Some(fh.0.to_vec()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records what a namespace change's reply says (the call ran alone in its
+/// directories). `forget` collects objects whose attributes changed.
+/// `was`: what each name of `changes(args)` named before the call.
+fn learn_change(
+    g: &mut Inner,
+    args: &Args<'_>,
+    res: &Res<'_>,
+    was: &[Option<Vec<u8>>],
+    forget: &mut Vec<Vec<u8>>,
+) {
+    let made = |g: &mut Inner,
+                dir: &[u8],
+                name: &[u8],
+                r: &NfsResult<nfs3::CreateResOk<'_>, nfs3::CreateResFail>| match r {
+        NfsResult::Ok(ok) => match ok.obj {
+            Some(fh) => {
+                g.set_name(dir, name, Some(fh.0.to_vec()));
+                Some(fh.0.to_vec())
+            }
+            None => {
+                g.unknown(dir, name);
+                None
+            }
+        },
+        // EEXIST and the like: the name exists, its handle is unknown.
+        NfsResult::Fail(..) => {
+            g.unknown(dir, name);
+            None
+        }
+    };
+    match (args, res) {
+        (Args::Create(a), Res::Create(r)) => {
+            made(g, a.where_.dir.0, a.where_.name, r);
+        }
+        (Args::Mknod(a), Res::Mknod(r)) => {
+            made(g, a.where_.dir.0, a.where_.name, r);
+        }
+        (Args::Mkdir(a), Res::Mkdir(r)) => {
+            if let Some(fh) = made(g, a.where_.dir.0, a.where_.name, r) {
+                // A new directory is empty: every name in it is known.
+                let d = g.dir_mut(&fh);
+                d.complete = true;
+            }
+        }
+        (Args::Symlink(a), Res::Symlink(r)) => {
+            if let Some(fh) = made(g, a.where_.dir.0, a.where_.name, r) {
+                if g.links.len() >= MAX_ENTRIES {
+                    g.links.clear();
+                }
+                g.links.insert(fh, a.symlink.symlink_data.to_vec());
+            }
+        }
+        (Args::Remove(_), Res::Remove(r)) | (Args::Rmdir(_), Res::Rmdir(r)) => {
+            let (dir, name) = changes(args)[0];
+            match r {
+                NfsResult::Ok(_) | NfsResult::Fail(Nfsstat3::NOENT, _) => {
+                    g.set_name(dir, name, None);
+                    // Its link count and ctime changed (or it is gone).
+                    forget.extend(was[0].iter().cloned());
+                }
+                NfsResult::Fail(..) => g.unknown(dir, name),
+            }
+        }
+        (Args::Rename(a), Res::Rename(r)) => {
+            let moved = was[0].clone();
+            match (r, moved) {
+                (NfsResult::Ok(_), Some(fh)) => {
+                    g.set_name(a.from.dir.0, a.from.name, None);
+                    g.set_name(a.to.dir.0, a.to.name, Some(fh.clone()));
+                    forget.push(fh); // its ctime changed
+                    // A file the new name replaced lost a link.
+                    forget.extend(was[1].iter().cloned());
+                }
+                (NfsResult::Ok(_), None) => {
+                    g.set_name(a.from.dir.0, a.from.name, None);
+                    g.unknown(a.to.dir.0, a.to.name);
+                }
+                (NfsResult::Fail(..), _) => {
+                    g.unknown(a.from.dir.0, a.from.name);
+                    g.unknown(a.to.dir.0, a.to.name);
+                }
+            }
+        }
+        (Args::Link(a), Res::Link(r)) => match r {
+            NfsResult::Ok(_) => {
+                g.set_name(a.link.dir.0, a.link.name, Some(a.file.0.to_vec()));
+                forget.push(a.file.0.to_vec());
+            }
+            NfsResult::Fail(..) => g.unknown(a.link.dir.0, a.link.name),
+        },
+        _ => {
+            for (d, n) in changes(args) {
+                g.unknown(d, n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::nfs3::samples::attr;
+    use crate::rpc::msg::call_message;
+    use crate::rpc::{ReplyKind, parse_reply};
+
+    /// The cache's attribute table and clock, in memory.
+    #[derive(Default)]
+    struct Table {
+        clock: Cell<u64>,
+        attrs: std::cell::RefCell<HashMap<Vec<u8>, Fattr3>>,
+    }
+
+    impl Attrs for Table {
+        fn attr(&self, fh: &[u8]) -> Option<Fattr3> {
+            self.attrs.borrow().get(fh).cloned()
+        }
+        fn tick(&self) -> u64 {
+            self.clock.set(self.clock.get() + 1);
+            self.clock.get()
+        }
+        fn forget(&self, fh: &[u8]) {
+            self.attrs.borrow_mut().remove(fh);
+        }
+    }
+
+    impl Table {
+        fn stamp(&self) -> u64 {
+            self.clock.get()
+        }
+        fn knows(&self, fh: &[u8]) {
+            self.attrs.borrow_mut().insert(fh.to_vec(), attr(1));
+        }
+    }
+
+    fn call(p: Proc, a: &Args<'_>) -> BytesMut {
+        let mut b = BytesMut::new();
+        a.encode(&mut b);
+        call_message(1, nfs3::PROGRAM, 3, p.0, &b)
+    }
+
+    fn body(res: &Res<'_>) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        res.encode(&mut b);
+        b.to_vec()
+    }
+
+    fn d(dir: &[u8], name: &'static str) -> nfs3::Diropargs3<'static> {
+        nfs3::Diropargs3 {
+            dir: Fh(Box::leak(dir.to_vec().into_boxed_slice())),
+            name: name.as_bytes(),
+        }
+    }
+
+    fn lookup_call(dir: &[u8], name: &'static str) -> BytesMut {
+        call(
+            Proc::LOOKUP,
+            &Args::Lookup(nfs3::LookupArgs { what: d(dir, name) }),
+        )
+    }
+
+    fn remove_call(dir: &[u8], name: &'static str) -> BytesMut {
+        call(
+            Proc::REMOVE,
+            &Args::Remove(nfs3::RemoveArgs {
+                object: d(dir, name),
+            }),
+        )
+    }
+
+    fn lookup_ok(fh: &[u8]) -> Vec<u8> {
+        body(&Res::Lookup(NfsResult::Ok(nfs3::LookupResOk {
+            object: Fh(fh),
+            obj_attributes: None,
+            dir_attributes: None,
+        })))
+    }
+
+    fn remove_ok() -> Vec<u8> {
+        body(&Res::Remove(NfsResult::Ok(nfs3::RemoveResOk {
+            dir_wcc: WccData::default(),
+        })))
+    }
+
+    /// The LOOKUP's answer: Some(Ok(handle)), Some(Err(status)), None (forwarded).
+    fn answer(
+        n: &Names,
+        t: &Table,
+        dir: &[u8],
+        name: &'static str,
+    ) -> Option<Result<Vec<u8>, Nfsstat3>> {
+        let r = n.answer(Proc::LOOKUP, &lookup_call(dir, name), t)?;
+        let Ok((_, ReplyKind::Accepted { results_at, .. })) = parse_reply(&r) else {
+            panic!("not a reply")
+        };
+        Some(match Res::decode(Proc::LOOKUP, &r[results_at..]).unwrap() {
+            Res::Lookup(NfsResult::Ok(ok)) => Ok(ok.object.0.to_vec()),
+            Res::Lookup(NfsResult::Fail(st, _)) => Err(st),
+            _ => unreachable!(),
+        })
+    }
+
+    const DIR: &[u8] = b"dir-handle";
+    const FILE: &[u8] = b"file-handle";
+
+    #[test]
+    fn lookup_reply_seen_after_a_remove_teaches_nothing() {
+        let (n, t) = (Names::default(), Table::default());
+        t.knows(FILE);
+        // LOOKUP forwarded, then REMOVE forwarded and answered; the LOOKUP's reply (from
+        // before the REMOVE at the server) arrives last.
+        let lookup_stamp = t.stamp();
+        let rm = remove_call(DIR, "x");
+        n.before(Proc::REMOVE, &rm, &t);
+        let rm_stamp = t.stamp();
+        n.observe(Proc::REMOVE, &rm, &remove_ok(), rm_stamp, &t);
+        assert_eq!(answer(&n, &t, DIR, "x"), Some(Err(Nfsstat3::NOENT)));
+        n.observe(
+            Proc::LOOKUP,
+            &lookup_call(DIR, "x"),
+            &lookup_ok(FILE),
+            lookup_stamp,
+            &t,
+        );
+        assert_eq!(
+            answer(&n, &t, DIR, "x"),
+            Some(Err(Nfsstat3::NOENT)),
+            "a LOOKUP stamped before the REMOVE must not bring the name back"
+        );
+    }
+
+    #[test]
+    fn two_changes_of_one_directory_in_flight_leave_the_name_unknown() {
+        let (n, t) = (Names::default(), Table::default());
+        t.knows(FILE);
+        let mk = call(
+            Proc::CREATE,
+            &Args::Create(nfs3::CreateArgs {
+                where_: d(DIR, "x"),
+                how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
+            }),
+        );
+        let made = body(&Res::Create(NfsResult::Ok(nfs3::CreateResOk {
+            obj: Some(Fh(FILE)),
+            obj_attributes: None,
+            dir_wcc: WccData::default(),
+        })));
+        let rm = remove_call(DIR, "x");
+        // Both orders in which the replies can be seen.
+        for remove_first in [true, false] {
+            n.drop_all();
+            n.before(Proc::CREATE, &mk, &t);
+            let s_mk = t.stamp();
+            n.before(Proc::REMOVE, &rm, &t);
+            let s_rm = t.stamp();
+            assert_eq!(answer(&n, &t, DIR, "x"), None, "in flight: forwarded");
+            if remove_first {
+                n.observe(Proc::REMOVE, &rm, &remove_ok(), s_rm, &t);
+                n.observe(Proc::CREATE, &mk, &made, s_mk, &t);
+            } else {
+                n.observe(Proc::CREATE, &mk, &made, s_mk, &t);
+                n.observe(Proc::REMOVE, &rm, &remove_ok(), s_rm, &t);
+            }
+            assert_eq!(
+                answer(&n, &t, DIR, "x"),
+                None,
+                "remove_first={remove_first}: the server's order is unknown, so is the name"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_directory_knows_all_its_names() {
+        let (n, t) = (Names::default(), Table::default());
+        t.knows(FILE);
+        let mk = call(
+            Proc::MKDIR,
+            &Args::Mkdir(nfs3::MkdirArgs {
+                where_: d(b"parent", "new"),
+                attributes: nfs3::Sattr3::default(),
+            }),
+        );
+        n.before(Proc::MKDIR, &mk, &t);
+        let s = t.stamp();
+        let made = body(&Res::Mkdir(NfsResult::Ok(nfs3::CreateResOk {
+            obj: Some(Fh(DIR)),
+            obj_attributes: None,
+            dir_wcc: WccData::default(),
+        })));
+        n.observe(Proc::MKDIR, &mk, &made, s, &t);
+        assert_eq!(answer(&n, &t, DIR, "anything"), Some(Err(Nfsstat3::NOENT)));
+        // A CREATE in flight in it: that name is asked upstream meanwhile.
+        let cr = call(
+            Proc::CREATE,
+            &Args::Create(nfs3::CreateArgs {
+                where_: d(DIR, "f"),
+                how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
+            }),
+        );
+        n.before(Proc::CREATE, &cr, &t);
+        let s = t.stamp();
+        assert_eq!(answer(&n, &t, DIR, "f"), None);
+        assert_eq!(answer(&n, &t, DIR, "other"), Some(Err(Nfsstat3::NOENT)));
+        let ok = body(&Res::Create(NfsResult::Ok(nfs3::CreateResOk {
+            obj: Some(Fh(FILE)),
+            obj_attributes: None,
+            dir_wcc: WccData::default(),
+        })));
+        n.observe(Proc::CREATE, &cr, &ok, s, &t);
+        assert_eq!(answer(&n, &t, DIR, "f"), Some(Ok(FILE.to_vec())));
+        // A failed change (not NOENT) makes the directory incomplete.
+        let rm = remove_call(DIR, "f");
+        n.before(Proc::REMOVE, &rm, &t);
+        let s = t.stamp();
+        let denied = body(&Res::Remove(NfsResult::Fail(
+            Nfsstat3::ACCES,
+            nfs3::RemoveResFail {
+                dir_wcc: WccData::default(),
+            },
+        )));
+        n.observe(Proc::REMOVE, &rm, &denied, s, &t);
+        assert_eq!(answer(&n, &t, DIR, "f"), None);
+        assert_eq!(answer(&n, &t, DIR, "other"), None, "no longer complete");
+    }
+
+    #[test]
+    fn lookup_without_the_objects_attributes_is_forwarded() {
+        let (n, t) = (Names::default(), Table::default());
+        let s = t.stamp();
+        n.observe(
+            Proc::LOOKUP,
+            &lookup_call(DIR, "x"),
+            &lookup_ok(FILE),
+            s,
+            &t,
+        );
+        assert_eq!(answer(&n, &t, DIR, "x"), None, "attributes unknown");
+        t.knows(FILE);
+        assert_eq!(answer(&n, &t, DIR, "x"), Some(Ok(FILE.to_vec())));
+        // REMOVE through the proxy: the removed object's attributes are forgotten.
+        let rm = remove_call(DIR, "x");
+        n.before(Proc::REMOVE, &rm, &t);
+        let s = t.stamp();
+        n.observe(Proc::REMOVE, &rm, &remove_ok(), s, &t);
+        assert!(t.attr(FILE).is_none(), "link count changed: asked again");
+    }
+
+    #[test]
+    fn access_answers_only_bits_asked_before_and_forgets_at_setattr() {
+        let (n, t) = (Names::default(), Table::default());
+        let ask = |mask: u32| {
+            call(
+                Proc::ACCESS,
+                &Args::Access(nfs3::AccessArgs {
+                    object: Fh(FILE),
+                    access: mask,
+                }),
+            )
+        };
+        let granted = body(&Res::Access(NfsResult::Ok(nfs3::AccessResOk {
+            obj_attributes: None,
+            access: 0x03,
+        })));
+        n.observe(Proc::ACCESS, &ask(0x07), &granted, t.stamp(), &t);
+        assert!(n.answer(Proc::ACCESS, &ask(0x01), &t).is_some());
+        assert!(n.answer(Proc::ACCESS, &ask(0x07), &t).is_some());
+        assert!(
+            n.answer(Proc::ACCESS, &ask(0x08), &t).is_none(),
+            "never asked"
+        );
+        let chmod = call(
+            Proc::SETATTR,
+            &Args::Setattr(nfs3::SetattrArgs {
+                object: Fh(FILE),
+                new_attributes: nfs3::Sattr3 {
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+                guard: None,
+            }),
+        );
+        n.before(Proc::SETATTR, &chmod, &t);
+        assert!(
+            n.answer(Proc::ACCESS, &ask(0x01), &t).is_none(),
+            "mode changed"
+        );
+    }
+}
