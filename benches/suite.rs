@@ -18,15 +18,23 @@
 //! - WAN-P: N client proxies cloning one image at once through one LAN proxy.
 //! - Runtime: a write-heavy phase and a build-like tree (cold, warm) on Local, WAN-NFS and
 //!   gridvfs.
+//! - WAN-persistent: a persistent VM (the user's own copy of img0, which its sessions write
+//!   into instead of a redo log) resumed twice through one client proxy (cold, then warm),
+//!   each session ended by the middleware's write-back (`gridvfs flush`, the last with
+//!   `--drop`); its Local baseline runs the same sessions on a local copy (`fsync`).
 //!
-//! Every clone's bytes (all it read and wrote) are checked against the golden files; a
-//! wrong byte fails the run. The full profile writes its tables into docs/benchmarks.md
-//! (between the suite markers) and a plot to docs/clone-times.svg.
+//! Every clone's bytes (all it read and wrote) are checked against the golden files, and
+//! after each write-back the persistent VM's disk file on the server's disk is compared
+//! with the golden disk plus every write; a wrong byte fails the run. The full profile
+//! (or `GRIDVFS_SUITE_DOCS=DIR`; `0` never) writes its tables into docs/benchmarks.md
+//! (between the suite markers) and a plot of the clone times to docs/clone-times.svg.
 
 #[path = "common/image.rs"]
 mod image;
 #[path = "common/nfs.rs"]
 mod nfs;
+#[path = "common/persistent.rs"]
+mod persistent;
 #[path = "common/proxy.rs"]
 mod proxy;
 #[path = "common/site.rs"]
@@ -75,11 +83,16 @@ impl Env {
 
     /// A client proxy whose next hop is `upstream` (`ssh://...` or `tcp://...`).
     fn client(&self, upstream: &str, cache: &Path) -> Proxy {
+        self.client_with(upstream, cache, "")
+    }
+
+    /// A client proxy with `extra` TOML sections appended (e.g. `[control]`).
+    fn client_with(&self, upstream: &str, cache: &Path, extra: &str) -> Proxy {
         Proxy::start_config(&format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n\
              [upstream]\nnfs = \"{upstream}\"\n{}\
              [cache]\ndir = \"{}\"\nsize = \"4GiB\"\nblock_size = \"64KiB\"\n\
-             [log]\nlevel = \"warn\"\n",
+             [log]\nlevel = \"warn\"\n{extra}",
             self.site.ssh_section(self.compression),
             cache.display(),
         ))
@@ -161,6 +174,87 @@ fn full_copy(e: &Env, tool: &str, image: &str, clone: &str) -> f64 {
     let want = vm::expected(&e.golden_dir(image), &e.spec, clone, seed(image));
     assert!(r.digest == want, "{tool} copy clone differs");
     t0.elapsed().as_secs_f64()
+}
+
+/// Sessions of the persistent VM in each of its scenarios: the first cold, the second
+/// warm (its blocks kept in the client proxy's cache by the first write-back).
+const SESSIONS: u32 = 2;
+
+fn check_persistent(e: &Env, name: &str, session: u32, r: &persistent::Session) {
+    let want = persistent::expected(&e.golden_dir("img0"), &e.spec, name, session, seed("img0"));
+    assert!(
+        r.digest == want,
+        "persistent VM {name}, session {session}: the bytes read and written differ from \
+         the golden image's with the earlier sessions' writes"
+    );
+}
+
+/// The persistent VM (the user's own copy of img0, prepared untimed): `SESSIONS` sessions
+/// on a local copy (the baseline), then through one client proxy over the WAN, each
+/// ended by the middleware's write-back; after every session the disk file is checked on
+/// the disk it lives on. Returns (Local, WAN-persistent).
+async fn persistent_vm(e: &Env) -> (Vec<persistent::Times>, Vec<persistent::Times>) {
+    let golden = e.golden_dir("img0");
+    let gdisk = golden.join(vm::DISK);
+    let sd = seed("img0");
+    let name = "pvm-local";
+    let vdir = e.t().join("persistent-local").join(name);
+    persistent::prepare(&golden, &vdir);
+    let mut local = Vec::new();
+    for k in 1..=SESSIONS {
+        let r = persistent::session_local(&vdir, &e.spec, name, k, sd);
+        check_persistent(e, name, k, &r);
+        persistent::check_disk(&vdir.join(vm::DISK), &gdisk, &e.spec, name, k, sd);
+        local.push(persistent::Times {
+            secs: r.secs,
+            resume_secs: r.resume_secs,
+            flush: None,
+            dirty: 0,
+            zero: 0,
+            stale: 0,
+            on_zero: persistent::bytes_on_zero_pages(&gdisk, &e.spec, name, k, sd),
+        });
+    }
+    // In the export, beside the golden images: the server's local disk.
+    let name = "pvm-wan";
+    let vdir = e.export_dir.join(BASE).join(persistent::DIR).join(name);
+    persistent::prepare(&golden, &vdir);
+    let cache = tempfile::tempdir_in(e.t()).unwrap();
+    let ctl = tempfile::tempdir_in(e.t()).unwrap();
+    let sock = ctl.path().join("control.sock");
+    let p = e.client_with(
+        &e.ssh_upstream(),
+        cache.path(),
+        &format!("[control]\nsocket = \"{}\"\n", sock.display()),
+    );
+    let mut wan = Vec::new();
+    for k in 1..=SESSIONS {
+        let (c, base) = base_at(p.addr, p.addr, &e.export).await;
+        let r = persistent::session_nfs(&c, &base, name, &e.spec, sd, k).await;
+        check_persistent(e, name, k, &r);
+        let st = proxy::control(&sock, &["status"]);
+        // The session's end: write back; the last one also drops the cache (SIGUSR2's work).
+        let t0 = Instant::now();
+        let args: &[&str] = if k == SESSIONS {
+            &["flush", "--drop"]
+        } else {
+            &["flush"]
+        };
+        let fl = proxy::control(&sock, args);
+        let flush_secs = t0.elapsed().as_secs_f64();
+        persistent::check_disk(&vdir.join(vm::DISK), &gdisk, &e.spec, name, k, sd);
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        wan.push(persistent::Times {
+            secs: r.secs,
+            resume_secs: r.resume_secs,
+            flush: Some((flush_secs, n(&fl["written"]))),
+            dirty: n(&st["cache"]["dirty_bytes"]),
+            zero: n(&st["meta"]["zero_bytes"]),
+            stale: n(&st["meta"]["sidecars_stale"]),
+            on_zero: persistent::bytes_on_zero_pages(&gdisk, &e.spec, name, k, sd),
+        });
+    }
+    (local, wan)
 }
 
 /// Results of one scenario: a label and the clone times in order.
@@ -362,6 +456,16 @@ async fn main() {
         println!("Runtime done ({:.0} s)", started.elapsed().as_secs_f64());
     }
 
+    // A persistent VM: Local, then through a client proxy over the WAN.
+    let mut persist = None;
+    if e.runs("WAN-persistent") {
+        persist = Some(persistent_vm(&e).await);
+        println!(
+            "WAN-persistent done ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
     // WAN-P: N client proxies clone img0 at once through one LAN proxy.
     let e = if e.runs("WAN-P") {
         let lan_cache = tempfile::tempdir_in(e.t()).unwrap();
@@ -395,8 +499,10 @@ async fn main() {
     } else {
         e
     };
+    let persist_md = persist.map(|(l, w)| persistent::report_md(&e.spec, &l, &w));
     if e.only.is_empty() {
-        report(&e, &out, runtime, &profile, started.elapsed().as_secs_f64());
+        let total = started.elapsed().as_secs_f64();
+        report(&e, &out, runtime, persist_md, &profile, total);
     } else {
         if let Some(r) = runtime {
             println!("Runtime (Local, WAN-NFS, gridvfs): {r:?}");
@@ -404,6 +510,9 @@ async fn main() {
         for s in &out {
             let ts: Vec<String> = s.times.iter().map(|t| format!("{t:.2}")).collect();
             println!("{}: {} — {}", s.name, ts.join(", "), s.note);
+        }
+        if let Some(md) = persist_md {
+            println!("\n{md}");
         }
     }
 }
@@ -437,7 +546,14 @@ fn floor_bytes(e: &Env, image: &str) -> (u64, u64) {
 }
 
 /// Prints the tables and, for the full profile, writes them into docs/.
-fn report(e: &Env, out: &[Scenario], runtime: Option<[vm::Runtime; 3]>, profile: &str, total: f64) {
+fn report(
+    e: &Env,
+    out: &[Scenario],
+    runtime: Option<[vm::Runtime; 3]>,
+    persist: Option<String>,
+    profile: &str,
+    total: f64,
+) {
     let get = |name: &str| out.iter().find(|s| s.name == name).expect("scenario");
     let local = median(get("Local").times.clone());
     let wannfs = get("WAN-NFS").times[0];
@@ -549,9 +665,15 @@ fn report(e: &Env, out: &[Scenario], runtime: Option<[vm::Runtime; 3]>, profile:
             verdict(g.build_warm / l.build_warm <= 1.05),
         ));
     }
+    if let Some(p) = persist {
+        md.push('\n');
+        md.push_str(&p);
+    }
     println!("\n{md}");
-    // The full profile writes the report; GRIDVFS_SUITE_DOCS=DIR writes it elsewhere.
+    // The full profile writes the report; GRIDVFS_SUITE_DOCS=DIR writes it elsewhere, and
+    // GRIDVFS_SUITE_DOCS=0 (or empty) nowhere.
     match std::env::var("GRIDVFS_SUITE_DOCS") {
+        Ok(dir) if dir.is_empty() || dir == "0" => {}
         Ok(dir) => write_docs(out, &md, Path::new(&dir)),
         Err(_) if profile == "full" => write_docs(
             out,

@@ -1,5 +1,6 @@
 //! A gridvfs daemon started from the built binary for a benchmark, with the TOML given,
-//! on a free port; killed on drop. Its peak RSS is read from /proc.
+//! on a free port; killed on drop. Its peak RSS is read from /proc; `control` speaks to its
+//! control socket (`gridvfs status`, `gridvfs flush`).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -80,4 +81,25 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `gridvfs ARGS --socket SOCK` and returns its reply (the JSON line), which must say
+/// ok.
+pub fn control(sock: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+        .args(args)
+        .arg("--socket")
+        .arg(sock)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("gridvfs {args:?}: {e}: {text}"));
+    assert!(
+        out.status.success() && v["ok"] == true,
+        "gridvfs {args:?} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
 }

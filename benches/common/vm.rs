@@ -7,12 +7,17 @@
 //! text, code and random bytes, holes between). `gridvfs meta generate` gives the
 //! memory state a whole-file sidecar and the disk a zero map.
 //!
-//! Cloning (non-persistent VM): copy the configuration, copy the memory state, symlink
-//! the disk, write the clone's configuration; then "resume": read the memory state whole,
-//! read a working set of the disk (default 10%), write a redo log. The same steps run
-//! over NFS (through gridvfs or straight to the server) and on a local file system; each
-//! returns a digest of every byte it read and wrote, which must equal the digest computed
-//! from the golden files (`expected`).
+//! Cloning (non-persistent VM, the configuration's "undoable" disk): copy the
+//! configuration, copy the memory state, symlink the disk, write the clone's
+//! configuration; then "resume": read the memory state whole, read a working set of the
+//! disk (default 10%), write a redo log. The same steps run over NFS (through gridvfs or
+//! straight to the server) and on a local file system; each returns a digest of every
+//! byte it read and wrote, which must equal the digest computed from the golden files
+//! (`expected`).
+//!
+//! The persistent kind of VM (one that owns its disk: writes go into the disk itself and
+//! are written back at the session's end, no redo log) is in `persistent.rs`; it reuses
+//! the golden images, the working set and the pipelined reads of this module.
 #![allow(dead_code)]
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -277,7 +282,7 @@ const WINDOW: usize = 16;
 
 /// The extents (offset, length) of a file, in the order given, read with `WINDOW` READs
 /// in flight.
-async fn read_extents(c: &Client, fh: &[u8], extents: &[(u64, u32)]) -> Vec<bytes::Bytes> {
+pub async fn read_extents(c: &Client, fh: &[u8], extents: &[(u64, u32)]) -> Vec<bytes::Bytes> {
     let mut set = tokio::task::JoinSet::new();
     let mut results: Vec<Option<bytes::Bytes>> = vec![None; extents.len()];
     let mut next = 0;
@@ -300,7 +305,7 @@ async fn read_extents(c: &Client, fh: &[u8], extents: &[(u64, u32)]) -> Vec<byte
 }
 
 /// The whole of a file, read with `WINDOW` READs in flight.
-async fn read_all(c: &Client, fh: &[u8], size: u64) -> Vec<u8> {
+pub async fn read_all(c: &Client, fh: &[u8], size: u64) -> Vec<u8> {
     let extents: Vec<(u64, u32)> = (0..size)
         .step_by(IO as usize)
         .map(|o| (o, (IO as u64).min(size - o) as u32))
