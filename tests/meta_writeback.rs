@@ -6,8 +6,8 @@
 //! The client proxy (write-back cache, sidecars) reaches the lab's Ganesha through a relay
 //! that understands RPC record marking and can hold back the replies of one procedure
 //! until told: that makes the arrival order of replies around a write-back deterministic.
-//! Two tests pin a bug found this way (ignored until fixed; `--ignored` runs them): a
-//! reply to a call forwarded before a write-back, arriving after it, is believed.
+//! Two regression tests pin a bug found this way (fixed): a reply to a call forwarded
+//! before a write-back, arriving after it, was believed.
 
 mod common;
 
@@ -214,15 +214,12 @@ fn writes_into_zero_mapped_blocks_read_back_across_write_back_and_drop() {
     );
 }
 
-/// BUG (reported, not fixed here; src/proxy/cached.rs `CacheLayer::written_back` and the
-/// write-back's WRITEs do not tick the change clock): a GETATTR forwarded before a
-/// write-back whose reply arrives after it is believed (`observe` checks only
-/// `unchanged_since(stamp)`). Its attributes are the server's from before the write-back
-/// — the size and mtime the sidecar was made for — so the stale zero map counts as fresh
-/// again, and a READ of the bytes the client wrote (and that are on the server) is
-/// answered with zeros by `MetaLayer::read`. Run with `--ignored`.
+/// Regression (the write-back did not tick the change clock): a GETATTR forwarded before
+/// a write-back whose reply arrives after it was believed. Its attributes are the
+/// server's from before the write-back — the size and mtime the sidecar was made for — so
+/// the stale zero map counted as fresh again, and a READ of the bytes the client wrote
+/// (and that are on the server) was answered with zeros by `MetaLayer::read`.
 #[test]
-#[ignore = "fails: a pre-write-back GETATTR reply revives a stale zero map (reported bug)"]
 fn a_getattr_reply_from_before_a_write_back_does_not_revive_the_stale_zero_map() {
     let lab = Lab::get();
     let (dir, name) = open_scratch(&lab, "meta-wb-race");
@@ -288,15 +285,14 @@ fn a_getattr_reply_from_before_a_write_back_does_not_revive_the_stale_zero_map()
 
 const READ: u32 = 6;
 
-/// BUG (reported, same cause as above): a READ forwarded before a write-back (a miss on a
-/// block the client wrote only part of) whose reply arrives after it is believed: its
-/// pre-write-back bytes are put into the cache over the block the write-back just marked
-/// clean (`observe` → `fill`; a clean put overwrites clean bytes), so later READs hit and
-/// return the old bytes although the server has the new ones. Also that READ itself,
-/// sent after the WRITE's COMMIT was answered, gets the old bytes (no longer merged with
-/// the dirty ones). No sidecar involved. Run with `--ignored`.
+/// Regression (same cause as above): a READ forwarded before a write-back (a miss on a
+/// block the client wrote only part of) whose reply arrives after it was believed: its
+/// pre-write-back bytes were put into the cache over the block the write-back had just
+/// marked clean, so later READs returned old bytes although the server has the new ones;
+/// and that READ itself, sent after the WRITE's COMMIT was answered, got the old bytes
+/// (no longer merged with the dirty ones). Now a reply older than a change of its file
+/// teaches nothing and gets the cache's newer bytes laid over it.
 #[test]
-#[ignore = "fails: a pre-write-back READ reply refills the cache with old bytes (reported bug)"]
 fn a_read_reply_from_before_a_write_back_does_not_refill_old_bytes() {
     let lab = Lab::get();
     let (dir, name) = open_scratch(&lab, "meta-wb-read");

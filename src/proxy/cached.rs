@@ -596,18 +596,29 @@ impl CacheLayer {
 
     /// After a write-back of the file: if no local WRITE came since `wgen`, the file is
     /// no longer local; `after` (the COMMIT's attributes) is the next hop's view now.
+    /// The attributes are kept in the store too (blocking I/O), so a restarted proxy
+    /// does not take the file's pre-write-back size and mtime for the current ones.
     pub fn written_back(&self, fh: &[u8], wgen: u64, after: Option<Fattr3>) {
         let _m = self.mutate.lock().expect("mutate lock");
-        self.with_file(fh, |s| {
+        let now = self.with_file(fh, |s| {
             if s.wgen != wgen {
-                return;
+                return None;
             }
-            let Some(l) = s.local.take() else { return };
+            let l = s.local.take()?;
             s.attr = match after {
                 Some(a) if a.size == l.size => Some(a),
                 _ => s.attr.take().map(|a| overlay(a, &l)),
             };
+            s.attr.clone()
         });
+        match now {
+            Some(a) => self.persist_attr(fh, None, &a),
+            None => {
+                if let Err(e) = self.store.invalidate(fh, ATTR_BLOCK) {
+                    warn!(side = "cache", error = %e, "cache invalidation failed");
+                }
+            }
+        }
     }
 
     /// The file is gone upstream (write-back got NFS3ERR_STALE): its dirty data goes,
@@ -706,16 +717,17 @@ impl CacheLayer {
 
     /// Builds a READ reply for a file with local writes from the next hop's bytes
     /// (`upstream`, may be short) with the dirty bytes laid over them, up to the local
-    /// size; bytes past both are zeros (a hole the local writes made).
+    /// size; bytes past both are zeros (a hole the local writes made). `all_cached`: every
+    /// cached byte is laid over, clean ones too (a reply older than the cache's bytes).
     fn merged_read(
         &self,
         xid: u32,
-        fh: &[u8],
-        off: u64,
-        count: u32,
+        r: &nfs3::ReadArgs<'_>,
         upstream: &[u8],
         upstream_eof: bool,
+        all_cached: bool,
     ) -> Option<BytesMut> {
+        let (fh, off, count) = (r.file.0, r.offset, r.count);
         let attr = self.effective_attr(fh)?;
         let mut end = off.saturating_add(count as u64).min(attr.size);
         if !upstream_eof {
@@ -732,7 +744,11 @@ impl CacheLayer {
                 let Ok(Some(c)) = self.store.get(fh, block) else {
                     continue;
                 };
-                let Some(d) = c.dirty.clone() else { continue };
+                let d = match (&c.dirty, all_cached) {
+                    (_, true) => c.valid.clone(),
+                    (Some(d), false) => d.clone(),
+                    (None, false) => continue,
+                };
                 let base = block * self.bs;
                 let lo = (base + d.start as u64).max(off);
                 let hi = (base + d.end as u64).min(end);
@@ -900,14 +916,23 @@ impl CacheLayer {
         }
         // Files with local writes: their READ data and their attributes as the client
         // must see them.
-        if let (Args::Read(r), Res::Read(rr)) = (&args, &res)
-            && self.with_file(r.file.0, |s| s.local.is_some())
-        {
-            if let Some(out) = self.read_local(xid, r.file.0, r.offset, r.count) {
-                return Some(out);
-            }
-            if let NfsResult::Ok(ok) = rr {
-                return self.merged_read(xid, r.file.0, r.offset, r.count, ok.data, ok.eof);
+        if let (Args::Read(r), Res::Read(rr)) = (&args, &res) {
+            if self.with_file(r.file.0, |s| s.local.is_some()) {
+                if let Some(out) = self.read_local(xid, r.file.0, r.offset, r.count) {
+                    return Some(out);
+                }
+                if let NfsResult::Ok(ok) = rr {
+                    return self.merged_read(xid, r, ok.data, ok.eof, false);
+                }
+            } else if let NfsResult::Ok(ok) = rr
+                && !self.unchanged_since(r.file.0, stamp)
+            {
+                // Forwarded before a change (a write-back of local writes, typically):
+                // the server may have answered with bytes from before it. What the cache
+                // holds of the range is newer: laid over the reply.
+                if let Some(out) = self.merged_read(xid, r, ok.data, ok.eof, true) {
+                    return Some(out);
+                }
             }
         }
         let mut touched = false;

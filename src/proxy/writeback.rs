@@ -765,11 +765,18 @@ pub async fn flush(
         }
     }
     // Files made local but left without dirty blocks (e.g. truncated to 0): clean now.
-    for (fh, wgen) in wgens.iter() {
-        if only.as_ref().is_none_or(|f| f == fh) && !with_dirty.contains(fh) {
-            cache.written_back(fh, *wgen, None);
+    let clean: Vec<(Vec<u8>, u64)> = wgens
+        .iter()
+        .filter(|(fh, _)| only.as_ref().is_none_or(|f| f == *fh) && !with_dirty.contains(*fh))
+        .map(|(fh, w)| (fh.clone(), *w))
+        .collect();
+    let c = cache.clone();
+    blocking(move || {
+        for (fh, wgen) in clean {
+            c.written_back(&fh, wgen, None);
         }
-    }
+    })
+    .await;
     p.running.store(false, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     info!(
@@ -801,6 +808,9 @@ async fn flush_file(
     wgen: Option<u64>,
 ) -> Result<FileOutcome, String> {
     let _shared = cache.file_lock(fh).read().await;
+    // The write-back changes the file at the next hop: replies to calls forwarded
+    // before it (old size, mtime, bytes) must not teach the cache anything after it.
+    cache.change(fh);
     let cred = cred_or_none(cache, fh);
     let mut bytes = 0;
     let mut all_clean = true;
@@ -851,7 +861,8 @@ async fn flush_file(
         }
     }
     if let (true, Some(wgen)) = (all_clean, wgen) {
-        cache.written_back(fh, wgen, after);
+        let (c, fh2) = (cache.clone(), fh.to_vec());
+        blocking(move || c.written_back(&fh2, wgen, after)).await;
     }
     Ok(FileOutcome::Written(bytes))
 }
@@ -973,6 +984,9 @@ async fn mark_written(
         bytes += n;
         cache.flush.done.fetch_add(n, Ordering::Relaxed);
     }
+    // A call forwarded while these bytes were on their way may have been answered with
+    // the old ones: its reply, seen after this, must not refill the blocks now clean.
+    cache.change(fh);
     // The versions those blocks superseded were cleared: durably, before anything can
     // rewrite the clean blocks in place.
     let c = cache.clone();
