@@ -91,7 +91,7 @@ impl Env {
         Proxy::start_config(&format!(
             "[listen]\naddr = \"127.0.0.1:0\"\n\
              [upstream]\nnfs = \"{upstream}\"\n{}\
-             [cache]\ndir = \"{}\"\nsize = \"4GiB\"\nblock_size = \"64KiB\"\n\
+             [cache]\ndir = \"{}\"\nsize = \"4GiB\"\nblock_size = \"64KiB\"\nmetadata = \"session\"\n\
              [log]\nlevel = \"warn\"\n{extra}",
             self.site.ssh_section(self.compression),
             cache.display(),
