@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use nfs::Client;
 use proxy::Proxy;
-use util::{env_addr, env_u64, median};
+use util::{CpuMeter, cores, env_addr, env_u64, median};
 
 /// Where the suite keeps its images below the export.
 const BASE: &str = "suite";
@@ -379,17 +379,25 @@ async fn main() {
     );
 
     // WAN-S1: one image, N times, one client proxy.
+    let mut cold_cpu = None;
     if e.runs("WAN-S1") {
         let cache = tempfile::tempdir_in(e.t()).unwrap();
         let p = e.client(&e.ssh_upstream(), cache.path());
         let mut times = Vec::new();
         for k in 0..n {
+            let cpu = CpuMeter::start(&[p.pid(), e.site.server.pid()]);
             times.push(clone_at(&e, p.addr, p.addr, "img0", &format!("s1-{k}")).await);
+            if k == 0 {
+                cold_cpu = Some(cpu.used());
+            }
         }
+        let cpu = cold_cpu.map_or(String::new(), |c| {
+            format!("; the cold clone used {c:.1} CPU-s (bench client, proxies, Ganesha)")
+        });
         out.push(Scenario {
             name: "WAN-S1",
             times,
-            note: "img0 cloned N times through one client proxy (first cold)".into(),
+            note: format!("img0 cloned N times through one client proxy (first cold){cpu}"),
         });
     }
     println!("WAN-S1 done ({:.0} s)", started.elapsed().as_secs_f64());
@@ -475,6 +483,9 @@ async fn main() {
             .map(|_| tempfile::tempdir_in(e.t()).unwrap())
             .collect();
         let proxies: Vec<Proxy> = caches.iter().map(|c| e.client(&lan_up, c.path())).collect();
+        let mut pids: Vec<u32> = proxies.iter().map(|p| p.pid()).collect();
+        pids.extend([lan.pid(), e.site.server.pid()]);
+        let cpu = CpuMeter::start(&pids);
         let t0 = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         let e2 = std::sync::Arc::new(e);
@@ -487,13 +498,21 @@ async fn main() {
             times.push(r.unwrap());
         }
         let all = t0.elapsed().as_secs_f64();
+        let used = cpu.used();
         drop(proxies);
         drop(lan);
         let e = std::sync::Arc::try_unwrap(e2).ok().expect("no other users");
         out.push(Scenario {
             name: "WAN-P",
             times,
-            note: format!("N client proxies at once via one LAN proxy; all done in {all:.2} s"),
+            note: format!(
+                "N client proxies at once via one LAN proxy; all done in {all:.2} s; they used \
+                 {used:.1} CPU-s (bench client, proxies, Ganesha{}), so on this machine's {} \
+                 cores they need at least {:.1} s",
+                cold_cpu.map_or(String::new(), |c| format!("; one cold clone: {c:.1} CPU-s")),
+                cores(),
+                used / cores() as f64
+            ),
         });
         e
     } else {

@@ -27,3 +27,51 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
+
+/// CPU time (user + system, seconds) used by processes while a scenario runs: the
+/// bench itself (its NFS clients, WAN relays and digests), the proxies and Ganesha.
+pub struct CpuMeter {
+    start: Vec<(u32, f64)>,
+}
+
+impl CpuMeter {
+    /// Starts counting for `pids` (the bench's own process is always counted).
+    pub fn start(pids: &[u32]) -> CpuMeter {
+        let mut all = vec![std::process::id()];
+        all.extend_from_slice(pids);
+        if let Ok(dir) = std::env::var("GRIDVFS_LAB_DIR")
+            && let Ok(p) = std::fs::read_to_string(format!("{dir}/ganesha.pid"))
+            && let Ok(p) = p.trim().parse()
+        {
+            all.push(p);
+        }
+        CpuMeter {
+            start: all.into_iter().map(|p| (p, cpu_secs(p))).collect(),
+        }
+    }
+
+    /// CPU seconds used since `start`.
+    pub fn used(&self) -> f64 {
+        self.start.iter().map(|&(p, t0)| cpu_secs(p) - t0).sum()
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used so far (/proc/PID/stat); 0 if gone.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // state is field 3, utime 14 and stime 15.
+    let rest = s.rfind(')').map_or("", |i| &s[i + 2..]);
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(14 - 3) + ticks(15 - 3)) as f64 / hz
+}
+
+/// Cores this machine has.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
