@@ -1338,9 +1338,6 @@ fn load_verifier(dir: &Path, lost: bool) -> Result<[u8; 8]> {
     Ok(v)
 }
 
-/// Appends `len` bytes read from `file` at `off` to `dst`, reading straight into its spare
-/// capacity: a cache hit is one copy (disk page cache → reply buffer), with no zero fill
-/// first (that memset was 16% of a warm re-read's CPU). On error `dst` is unchanged.
 /// Whether every byte of `b` is zero (16 bytes at a time; stops at the first that is not).
 fn all_zero(b: &[u8]) -> bool {
     let mut chunks = b.chunks_exact(16);
@@ -1373,6 +1370,9 @@ fn write_data(file: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
     file.write_all_at(buf, off)
 }
 
+/// Appends `len` bytes read from `file` at `off` to `dst`, reading straight into its spare
+/// capacity: a cache hit is one copy (disk page cache → reply buffer), with no zero fill
+/// first (that memset was 16% of a warm re-read's CPU). On error `dst` is unchanged.
 fn read_append(
     file: &File,
     dst: &mut bytes::BytesMut,

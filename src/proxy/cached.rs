@@ -328,7 +328,7 @@ impl CacheLayer {
             m.drop_all();
         }
         if let Some(n) = &self.names {
-            n.drop_all();
+            n.drop_all(t);
         }
         self.store.drop_clean()
     }
@@ -793,6 +793,12 @@ impl CacheLayer {
             Args::Setattr(a) if a.new_attributes.size.is_some() => {
                 self.changed(a.object.0, None);
             }
+            Args::Setattr(a) => {
+                // Mode, owner or times change: a GETATTR answered before must not put
+                // the old ones back when its reply comes last.
+                let attr = self.with_file(a.object.0, |s| s.attr.clone());
+                self.changed(a.object.0, attr);
+            }
             _ => {}
         }
     }
@@ -899,6 +905,12 @@ impl CacheLayer {
             }
             _ => {}
         }
+        if let (Args::Setattr(a), Res::Setattr(NfsResult::Ok(_))) = (&args, &res) {
+            // Its attributes are what this reply said: replies to calls forwarded while
+            // it ran (their stamps are older) must not put the old ones back.
+            let attr = self.with_file(a.object.0, |s| s.attr.clone());
+            self.changed(a.object.0, attr);
+        }
         for (fh, from, to) in stale {
             let attr = self.with_file(&fh, |s| s.attr.clone());
             self.changed(&fh, attr);
@@ -922,7 +934,10 @@ impl CacheLayer {
                     return Some(out);
                 }
                 if let NfsResult::Ok(ok) = rr {
-                    return self.merged_read(xid, r, ok.data, ok.eof, false);
+                    // A reply older than a change (a write-back batch marked clean) gets
+                    // every cached byte laid over it, not only the dirty ones.
+                    let older = !self.unchanged_since(r.file.0, stamp);
+                    return self.merged_read(xid, r, ok.data, ok.eof, older);
                 }
             } else if let NfsResult::Ok(ok) = rr
                 && !self.unchanged_since(r.file.0, stamp)
@@ -1115,9 +1130,22 @@ impl super::names::Attrs for CacheLayer {
         self.clock.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    fn now(&self) -> u64 {
+        self.stamp()
+    }
+
+    fn touch(&self, fh: &[u8]) {
+        self.change(fh);
+    }
+
+    /// Also the attributes kept in the store (blocking I/O): a later READ must not
+    /// bring them back (`persisted_attr`).
     fn forget(&self, fh: &[u8]) {
         let _m = self.mutate.lock().expect("mutate lock");
         self.changed(fh, None);
+        if let Err(e) = self.store.invalidate(fh, ATTR_BLOCK) {
+            warn!(side = "cache", error = %e, "cache invalidation failed");
+        }
     }
 }
 

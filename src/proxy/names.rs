@@ -51,6 +51,12 @@ struct Dir {
 /// (directory handle, name) → the handle it names, or None for "absent".
 type NameMap = HashMap<(Vec<u8>, Vec<u8>), Option<Vec<u8>>>;
 
+/// What a name was known to be: None unknown, Some(None) absent, Some(Some(handle)).
+type Was = Option<Option<Vec<u8>>>;
+
+/// Symlink targets kept at most (each up to 4 KiB).
+const MAX_LINKS: usize = 8192;
+
 #[derive(Default)]
 struct Inner {
     names: NameMap,
@@ -59,16 +65,29 @@ struct Inner {
     access: HashMap<(Vec<u8>, Vec<u8>), (u32, u32)>,
     /// Names a namespace change in flight works on, with what they named before it
     /// (a RENAME's reply needs the handle it moved; a REMOVE's, the object removed).
-    pending: NameMap,
+    pending: HashMap<(Vec<u8>, Vec<u8>), Was>,
+    /// The change clock when the tables were last cleared: every directory counts as
+    /// changed then (what `dirs` knew of later changes is gone).
+    floor: u64,
+    /// The change clock as read when the lock was last taken to change the tables.
+    hint: u64,
 }
 
 impl Inner {
     fn clear(&mut self) {
+        let floor = self.hint.max(self.floor);
         *self = Inner::default();
+        self.floor = floor;
+        self.hint = floor;
     }
 
+    /// Clock value of the last namespace change of `dir` (or of a change of the
+    /// attributes an ACCESS depends on, for other objects).
     fn changed_at(&self, dir: &[u8]) -> u64 {
-        self.dirs.get(dir).map_or(0, |d| d.changed_at)
+        self.dirs
+            .get(dir)
+            .map_or(0, |d| d.changed_at)
+            .max(self.floor)
     }
 
     fn set_name(&mut self, dir: &[u8], name: &[u8], fh: Option<Vec<u8>>) {
@@ -139,9 +158,22 @@ pub trait Attrs {
     fn attr(&self, fh: &[u8]) -> Option<Fattr3>;
     /// A namespace change ticks the change clock; returns the new value.
     fn tick(&self) -> u64;
+    /// The change clock's value now (stamps of calls in flight are at most this).
+    fn now(&self) -> u64;
+    /// A directory's entries change: replies stamped before now teach nothing about its
+    /// attributes (its mtime, size, link count); what is known stays.
+    fn touch(&self, fh: &[u8]);
     /// Forgets the attributes of an object a namespace change touched (its link count
     /// or ctime changed).
     fn forget(&self, fh: &[u8]);
+}
+
+/// The attributes to answer with: not those of a regular file with more than one link
+/// (a REMOVE of another of its names, through the proxy or not, changes its link count
+/// without the proxy knowing which file it was): those are asked for again.
+fn shared_attr(attrs: &dyn Attrs, fh: &[u8]) -> Option<Fattr3> {
+    let a = attrs.attr(fh)?;
+    (a.ftype != nfs3::Ftype3::REG || a.nlink <= 1).then_some(a)
 }
 
 fn reply(xid: u32, res: &Res<'_>) -> BytesMut {
@@ -166,9 +198,12 @@ fn changes<'a>(args: &Args<'a>) -> Vec<(&'a [u8], &'a [u8])> {
 }
 
 impl Names {
-    /// Forgets everything (SIGUSR2, with the cache).
-    pub fn drop_all(&self) {
-        self.inner.lock().expect("names lock").clear();
+    /// Forgets everything (SIGUSR2, with the cache); `now` is the change clock's value
+    /// after the drop ticked it: replies to calls stamped before teach nothing.
+    pub fn drop_all(&self, now: u64) {
+        let mut g = self.inner.lock().expect("names lock");
+        g.hint = g.hint.max(now);
+        g.clear();
     }
 
     /// The reply to a metadata call if this session knows it; None: forward it.
@@ -184,7 +219,7 @@ impl Names {
         let xid = h.xid;
         let out = match args {
             Args::Getattr(a) => {
-                let attr = attrs.attr(a.object.0)?;
+                let attr = shared_attr(attrs, a.object.0)?;
                 reply(
                     xid,
                     &Res::Getattr(NfsResult::Ok(nfs3::GetattrResOk {
@@ -206,7 +241,7 @@ impl Names {
                 let dir_attributes = attrs.attr(dir);
                 match found {
                     Some(fh) => {
-                        let obj = attrs.attr(&fh)?;
+                        let obj = shared_attr(attrs, &fh)?;
                         reply(
                             xid,
                             &Res::Lookup(NfsResult::Ok(nfs3::LookupResOk {
@@ -305,28 +340,33 @@ impl Names {
         let Ok(args) = Args::decode(p, &call[h.args_at..]) else {
             return;
         };
+        let t = attrs.tick();
         let mut g = self.inner.lock().expect("names lock");
+        g.hint = g.hint.max(t);
         if let Args::Setattr(a) = &args {
+            // Its mode or owner may change: ACCESS replies stamped before teach nothing.
             let fh = a.object.0;
+            g.dir_mut(fh).changed_at = t;
             g.access.retain(|(o, _), _| o != fh);
             return;
         }
-        let t = attrs.tick();
+        let dirs: Vec<&[u8]> = changes(&args).iter().map(|(d, _)| *d).collect();
         for (dir, name) in changes(&args) {
             g.dir_mut(dir).changed_at = t;
             // The name's outcome is learnt from the reply; until then it is unknown,
             // but the directory stays complete (the reply settles the name either way,
             // or makes the directory incomplete).
+            let was = g.lookup(dir, name).map(|o| o.cloned());
             let key = (dir.to_vec(), name.to_vec());
-            let was = g.names.remove(&key).flatten();
+            g.names.remove(&key);
             if g.pending.len() >= MAX_ENTRIES {
                 g.clear();
             }
             g.pending.insert(key, was);
         }
-        if let Args::Link(a) = &args {
-            // Its link count changes.
-            g.access.retain(|(o, _), _| o != a.file.0);
+        drop(g);
+        for d in dirs {
+            attrs.touch(d);
         }
     }
 
@@ -335,7 +375,8 @@ impl Names {
     pub fn observe(&self, p: Proc, call: &[u8], reply_body: &[u8], stamp: u64, attrs: &dyn Attrs) {
         if !matches!(
             p,
-            Proc::LOOKUP
+            Proc::SETATTR
+                | Proc::LOOKUP
                 | Proc::ACCESS
                 | Proc::READLINK
                 | Proc::READDIRPLUS
@@ -357,17 +398,29 @@ impl Names {
             return;
         };
         let res = Res::decode(p, reply_body).ok();
+        if let Args::Setattr(a) = &args {
+            // Done: ACCESS replies forwarded while it ran may hold the old grants.
+            let t = attrs.tick();
+            let mut g = self.inner.lock().expect("names lock");
+            g.hint = g.hint.max(t);
+            g.dir_mut(a.object.0).changed_at = t;
+            g.access.retain(|(o, _), _| o != a.object.0);
+            return;
+        }
         let mut g = self.inner.lock().expect("names lock");
+        g.hint = g.hint.max(attrs.now());
         let namespace = changes(&args);
         if !namespace.is_empty() {
-            let was: Vec<Option<Vec<u8>>> = namespace
+            let was: Vec<Was> = namespace
                 .iter()
                 .map(|(d, n)| g.pending.remove(&(d.to_vec(), n.to_vec())).flatten())
                 .collect();
             // Learnt only if nothing else changed these directories since this call
             // started; else the names stay unknown.
             let alone = namespace.iter().all(|(d, _)| g.changed_at(d) <= stamp);
-            let mut forget: Vec<Vec<u8>> = Vec::new();
+            // Whatever the names named before may have lost a link or changed its
+            // ctime (a CREATE of an existing file truncates it).
+            let mut forget: Vec<Vec<u8>> = was.iter().flatten().flatten().cloned().collect();
             if alone && let Some(res) = &res {
                 learn_change(&mut g, &args, res, &was, &mut forget);
             } else {
@@ -376,10 +429,14 @@ impl Names {
                 }
             }
             let t = attrs.tick();
+            g.hint = g.hint.max(t);
             for (d, _) in &namespace {
                 g.dir_mut(d).changed_at = t;
             }
             drop(g);
+            for (d, _) in &namespace {
+                attrs.touch(d);
+            }
             for fh in forget {
                 attrs.forget(&fh);
             }
@@ -398,7 +455,9 @@ impl Names {
                     NfsResult::Fail(..) => {}
                 }
             }
-            (Args::Access(a), Res::Access(NfsResult::Ok(ok))) => {
+            (Args::Access(a), Res::Access(NfsResult::Ok(ok)))
+                if g.changed_at(a.object.0) <= stamp =>
+            {
                 if g.access.len() >= MAX_ENTRIES {
                     g.access.clear();
                 }
@@ -406,7 +465,7 @@ impl Names {
                     .insert((a.object.0.to_vec(), who(&h)), (a.access, ok.access));
             }
             (Args::Readlink(a), Res::Readlink(NfsResult::Ok(ok))) => {
-                if g.links.len() >= MAX_ENTRIES {
+                if g.links.len() >= MAX_LINKS {
                     g.links.clear();
                 }
                 g.links.insert(a.symlink.0.to_vec(), ok.data.to_vec());
@@ -430,12 +489,12 @@ impl Names {
 
 /// Records what a namespace change's reply says (the call ran alone in its
 /// directories). `forget` collects objects whose attributes changed.
-/// `was`: what each name of `changes(args)` named before the call.
+/// `was`: what each name of `changes(args)` was known to be before the call.
 fn learn_change(
     g: &mut Inner,
     args: &Args<'_>,
     res: &Res<'_>,
-    was: &[Option<Vec<u8>>],
+    was: &[Was],
     forget: &mut Vec<Vec<u8>>,
 ) {
     let made = |g: &mut Inner,
@@ -474,7 +533,7 @@ fn learn_change(
         }
         (Args::Symlink(a), Res::Symlink(r)) => {
             if let Some(fh) = made(g, a.where_.dir.0, a.where_.name, r) {
-                if g.links.len() >= MAX_ENTRIES {
+                if g.links.len() >= MAX_LINKS {
                     g.links.clear();
                 }
                 g.links.insert(fh, a.symlink.symlink_data.to_vec());
@@ -485,36 +544,43 @@ fn learn_change(
             match r {
                 NfsResult::Ok(_) | NfsResult::Fail(Nfsstat3::NOENT, _) => {
                     g.set_name(dir, name, None);
-                    // Its link count and ctime changed (or it is gone).
-                    forget.extend(was[0].iter().cloned());
+                    // A removed directory knows no names any more.
+                    if let (Args::Rmdir(_), Some(Some(gone))) = (args, &was[0]) {
+                        g.dirs.remove(gone);
+                    }
                 }
                 NfsResult::Fail(..) => g.unknown(dir, name),
             }
         }
         (Args::Rename(a), Res::Rename(r)) => {
-            let moved = was[0].clone();
-            match (r, moved) {
-                (NfsResult::Ok(_), Some(fh)) => {
-                    g.set_name(a.from.dir.0, a.from.name, None);
-                    g.set_name(a.to.dir.0, a.to.name, Some(fh.clone()));
-                    forget.push(fh); // its ctime changed
-                    // A file the new name replaced lost a link.
-                    forget.extend(was[1].iter().cloned());
+            let (from, to) = (&a.from, &a.to);
+            match (r, &was[0], &was[1]) {
+                // Both names are links of one file: rename(2) does nothing.
+                (NfsResult::Ok(_), Some(Some(m)), Some(Some(t))) if m == t => {
+                    g.set_name(from.dir.0, from.name, Some(m.clone()));
+                    g.set_name(to.dir.0, to.name, Some(m.clone()));
                 }
-                (NfsResult::Ok(_), None) => {
-                    g.set_name(a.from.dir.0, a.from.name, None);
-                    g.unknown(a.to.dir.0, a.to.name);
+                // The target was absent or another file: a move.
+                (NfsResult::Ok(_), Some(Some(m)), Some(_)) => {
+                    g.set_name(from.dir.0, from.name, None);
+                    g.set_name(to.dir.0, to.name, Some(m.clone()));
                 }
-                (NfsResult::Fail(..), _) => {
-                    g.unknown(a.from.dir.0, a.from.name);
-                    g.unknown(a.to.dir.0, a.to.name);
+                // The target unknown (it may have been a link of the same file): the
+                // new name is the file's; whether the old one went is unknown.
+                (NfsResult::Ok(_), Some(Some(m)), None) => {
+                    g.unknown(from.dir.0, from.name);
+                    g.set_name(to.dir.0, to.name, Some(m.clone()));
+                }
+                _ => {
+                    g.unknown(from.dir.0, from.name);
+                    g.unknown(to.dir.0, to.name);
                 }
             }
         }
         (Args::Link(a), Res::Link(r)) => match r {
             NfsResult::Ok(_) => {
                 g.set_name(a.link.dir.0, a.link.name, Some(a.file.0.to_vec()));
-                forget.push(a.file.0.to_vec());
+                forget.push(a.file.0.to_vec()); // its link count changed
             }
             NfsResult::Fail(..) => g.unknown(a.link.dir.0, a.link.name),
         },
@@ -552,6 +618,12 @@ mod tests {
             self.clock.set(self.clock.get() + 1);
             self.clock.get()
         }
+        fn now(&self) -> u64 {
+            self.clock.get()
+        }
+        fn touch(&self, _: &[u8]) {
+            self.tick();
+        }
         fn forget(&self, fh: &[u8]) {
             self.attrs.borrow_mut().remove(fh);
         }
@@ -562,7 +634,9 @@ mod tests {
             self.clock.get()
         }
         fn knows(&self, fh: &[u8]) {
-            self.attrs.borrow_mut().insert(fh.to_vec(), attr(1));
+            let mut a = attr(1);
+            a.nlink = 1;
+            self.attrs.borrow_mut().insert(fh.to_vec(), a);
         }
     }
 
@@ -681,7 +755,7 @@ mod tests {
         let rm = remove_call(DIR, "x");
         // Both orders in which the replies can be seen.
         for remove_first in [true, false] {
-            n.drop_all();
+            n.drop_all(t.tick());
             n.before(Proc::CREATE, &mk, &t);
             let s_mk = t.stamp();
             n.before(Proc::REMOVE, &rm, &t);
@@ -816,6 +890,148 @@ mod tests {
         assert!(
             n.answer(Proc::ACCESS, &ask(0x01), &t).is_none(),
             "mode changed"
+        );
+    }
+
+    fn learn(n: &Names, t: &Table, dir: &[u8], name: &'static str, fh: &[u8]) {
+        n.observe(
+            Proc::LOOKUP,
+            &lookup_call(dir, name),
+            &lookup_ok(fh),
+            t.stamp(),
+            t,
+        );
+    }
+
+    #[test]
+    fn a_late_reply_after_the_tables_were_cleared_teaches_nothing() {
+        let (n, t) = (Names::default(), Table::default());
+        let lookup_stamp = t.stamp();
+        let noent = body(&Res::Lookup(NfsResult::Fail(
+            Nfsstat3::NOENT,
+            nfs3::LookupResFail {
+                dir_attributes: None,
+            },
+        )));
+        // A CREATE of the name completes, then the tables are cleared (SIGUSR2, or full).
+        let mk = call(
+            Proc::CREATE,
+            &Args::Create(nfs3::CreateArgs {
+                where_: d(DIR, "x"),
+                how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
+            }),
+        );
+        n.before(Proc::CREATE, &mk, &t);
+        let s = t.stamp();
+        let made = body(&Res::Create(NfsResult::Ok(nfs3::CreateResOk {
+            obj: Some(Fh(FILE)),
+            obj_attributes: None,
+            dir_wcc: WccData::default(),
+        })));
+        n.observe(Proc::CREATE, &mk, &made, s, &t);
+        n.drop_all(t.tick());
+        n.observe(
+            Proc::LOOKUP,
+            &lookup_call(DIR, "x"),
+            &noent,
+            lookup_stamp,
+            &t,
+        );
+        assert_eq!(
+            answer(&n, &t, DIR, "x"),
+            None,
+            "the NOENT is older than the CREATE"
+        );
+    }
+
+    #[test]
+    fn rename_onto_another_link_of_the_same_file_keeps_both_names() {
+        let (n, t) = (Names::default(), Table::default());
+        t.knows(FILE);
+        learn(&n, &t, DIR, "a", FILE);
+        learn(&n, &t, DIR, "b", FILE);
+        let mv = call(
+            Proc::RENAME,
+            &Args::Rename(nfs3::RenameArgs {
+                from: d(DIR, "a"),
+                to: d(DIR, "b"),
+            }),
+        );
+        n.before(Proc::RENAME, &mv, &t);
+        let s = t.stamp();
+        let ok = body(&Res::Rename(NfsResult::Ok(nfs3::RenameResOk {
+            fromdir_wcc: WccData::default(),
+            todir_wcc: WccData::default(),
+        })));
+        n.observe(Proc::RENAME, &mv, &ok, s, &t);
+        t.knows(FILE); // attributes asked again after the change
+        assert_eq!(
+            answer(&n, &t, DIR, "a"),
+            Some(Ok(FILE.to_vec())),
+            "rename(2) did nothing"
+        );
+        assert_eq!(answer(&n, &t, DIR, "b"), Some(Ok(FILE.to_vec())));
+        // A target not known: the new name is the file's, the old one unknown.
+        learn(&n, &t, DIR, "c", FILE);
+        let mv = call(
+            Proc::RENAME,
+            &Args::Rename(nfs3::RenameArgs {
+                from: d(DIR, "c"),
+                to: d(DIR, "unknown"),
+            }),
+        );
+        n.before(Proc::RENAME, &mv, &t);
+        let s = t.stamp();
+        n.observe(Proc::RENAME, &mv, &ok, s, &t);
+        t.knows(FILE);
+        assert_eq!(answer(&n, &t, DIR, "c"), None);
+        assert_eq!(answer(&n, &t, DIR, "unknown"), Some(Ok(FILE.to_vec())));
+    }
+
+    #[test]
+    fn an_access_reply_racing_a_setattr_teaches_nothing() {
+        let (n, t) = (Names::default(), Table::default());
+        let ask = call(
+            Proc::ACCESS,
+            &Args::Access(nfs3::AccessArgs {
+                object: Fh(FILE),
+                access: 0x01,
+            }),
+        );
+        let granted = body(&Res::Access(NfsResult::Ok(nfs3::AccessResOk {
+            obj_attributes: None,
+            access: 0x01,
+        })));
+        let chmod = call(
+            Proc::SETATTR,
+            &Args::Setattr(nfs3::SetattrArgs {
+                object: Fh(FILE),
+                new_attributes: nfs3::Sattr3 {
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+                guard: None,
+            }),
+        );
+        let done = body(&Res::Setattr(NfsResult::Ok(nfs3::SetattrResOk {
+            obj_wcc: WccData::default(),
+        })));
+        // Forwarded before the SETATTR, and forwarded while it ran: both replies come last.
+        let before = t.stamp();
+        n.before(Proc::SETATTR, &chmod, &t);
+        let during = t.stamp();
+        n.observe(Proc::SETATTR, &chmod, &done, during, &t);
+        for s in [before, during] {
+            n.observe(Proc::ACCESS, &ask, &granted, s, &t);
+            assert!(
+                n.answer(Proc::ACCESS, &ask, &t).is_none(),
+                "stamp {s}: old grant"
+            );
+        }
+        n.observe(Proc::ACCESS, &ask, &granted, t.stamp(), &t);
+        assert!(
+            n.answer(Proc::ACCESS, &ask, &t).is_some(),
+            "asked after: learnt"
         );
     }
 }
