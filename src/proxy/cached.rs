@@ -944,7 +944,10 @@ impl CacheLayer {
             {
                 // Forwarded before a change (a write-back of local writes, typically):
                 // the server may have answered with bytes from before it. What the cache
-                // holds of the range is newer: laid over the reply.
+                // holds of the range is newer: laid over the reply. Known window: a block
+                // written back and evicted before this reply came is not in the cache,
+                // and the reply's old bytes for it pass (a set full of dirty blocks
+                // within one round trip of the write-back).
                 if let Some(out) = self.merged_read(xid, r, ok.data, ok.eof, true) {
                     return Some(out);
                 }
