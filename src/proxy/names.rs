@@ -182,6 +182,28 @@ fn reply(xid: u32, res: &Res<'_>) -> BytesMut {
     out
 }
 
+/// Calls that change a directory's entries.
+fn is_namespace_change(p: Proc) -> bool {
+    matches!(
+        p,
+        Proc::CREATE
+            | Proc::MKDIR
+            | Proc::SYMLINK
+            | Proc::MKNOD
+            | Proc::REMOVE
+            | Proc::RMDIR
+            | Proc::RENAME
+            | Proc::LINK
+    )
+}
+
+/// The header and arguments of an NFSv3 call record to `p`.
+fn decode(p: Proc, call: &[u8]) -> Option<(CallHeader<'_>, Args<'_>)> {
+    let h = CallHeader::parse(call).ok()?;
+    let args = Args::decode(p, &call[h.args_at..]).ok()?;
+    Some((h, args))
+}
+
 /// The directories a namespace change works on, with the names it changes.
 fn changes<'a>(args: &Args<'a>) -> Vec<(&'a [u8], &'a [u8])> {
     match args {
@@ -214,8 +236,7 @@ impl Names {
         ) {
             return None;
         }
-        let h = CallHeader::parse(call).ok()?;
-        let args = Args::decode(p, &call[h.args_at..]).ok()?;
+        let (h, args) = decode(p, call)?;
         let xid = h.xid;
         let out = match args {
             Args::Getattr(a) => {
@@ -320,24 +341,10 @@ impl Names {
     /// directories and forgets the names it changes (so nothing answers them while it is
     /// in flight); a SETATTR forgets the object's ACCESS results.
     pub fn before(&self, p: Proc, call: &[u8], attrs: &dyn Attrs) {
-        if !matches!(
-            p,
-            Proc::SETATTR
-                | Proc::CREATE
-                | Proc::MKDIR
-                | Proc::SYMLINK
-                | Proc::MKNOD
-                | Proc::REMOVE
-                | Proc::RMDIR
-                | Proc::RENAME
-                | Proc::LINK
-        ) {
+        if p != Proc::SETATTR && !is_namespace_change(p) {
             return;
         }
-        let Ok(h) = CallHeader::parse(call) else {
-            return;
-        };
-        let Ok(args) = Args::decode(p, &call[h.args_at..]) else {
+        let Some((_, args)) = decode(p, call) else {
             return;
         };
         let t = attrs.tick();
@@ -373,28 +380,14 @@ impl Names {
     /// Learns from a forwarded call's reply (`stamp` taken when it was forwarded, after
     /// `before`). Call before the cache's own `observe`.
     pub fn observe(&self, p: Proc, call: &[u8], reply_body: &[u8], stamp: u64, attrs: &dyn Attrs) {
-        if !matches!(
+        let teaches = matches!(
             p,
-            Proc::SETATTR
-                | Proc::LOOKUP
-                | Proc::ACCESS
-                | Proc::READLINK
-                | Proc::READDIRPLUS
-                | Proc::CREATE
-                | Proc::MKDIR
-                | Proc::SYMLINK
-                | Proc::MKNOD
-                | Proc::REMOVE
-                | Proc::RMDIR
-                | Proc::RENAME
-                | Proc::LINK
-        ) {
+            Proc::SETATTR | Proc::LOOKUP | Proc::ACCESS | Proc::READLINK | Proc::READDIRPLUS
+        );
+        if !teaches && !is_namespace_change(p) {
             return;
         }
-        let Ok(h) = CallHeader::parse(call) else {
-            return;
-        };
-        let Ok(args) = Args::decode(p, &call[h.args_at..]) else {
+        let Some((h, args)) = decode(p, call) else {
             return;
         };
         let res = Res::decode(p, reply_body).ok();
