@@ -14,7 +14,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,49 @@ fn client_proxy(lab: &Lab, relay: SocketAddr, cache: &Path, sock: &Path) -> Grid
     ))
 }
 
+/// The relay to Ganesha, and a client proxy through it with its control socket.
+struct Rig {
+    relay: HoldingRelay,
+    _tmp: tempfile::TempDir,
+    sock: PathBuf,
+    p: Gridvfs,
+}
+
+impl Rig {
+    fn start(lab: &Lab) -> Rig {
+        let relay = HoldingRelay::start(lab.nfs);
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("c.sock");
+        let p = client_proxy(lab, relay.addr, &tmp.path().join("cache"), &sock);
+        Rig {
+            relay,
+            _tmp: tmp,
+            sock,
+            p,
+        }
+    }
+}
+
+/// Reads the zero-mapped block at `AT` (zeros, answered by the zero map), then writes
+/// `data` there and COMMITs.
+async fn write_over_zero_map(
+    c: &mut common::Client,
+    fh: &nfs3_types::nfs3::nfs_fh3,
+    sock: &Path,
+    p: &Gridvfs,
+    data: &[u8],
+) {
+    let z = common::read(c, fh, AT, 64 << 10).await;
+    assert!(z.data.iter().all(|&b| b == 0));
+    assert!(
+        zero_reads(sock) >= 1,
+        "the zero map is not in use\n{}",
+        p.log_text()
+    );
+    common::write(c, fh, AT, data, stable_how::UNSTABLE).await;
+    common::commit(c, fh).await;
+}
+
 fn zero_reads(sock: &Path) -> u64 {
     ctl(sock, &["status"]).1["meta"]["zero_reads"]
         .as_u64()
@@ -177,24 +220,18 @@ fn writes_into_zero_mapped_blocks_read_back_across_write_back_and_drop() {
     let lab = Lab::get();
     let (dir, name) = open_scratch(&lab, "meta-wb-zero");
     let mut img = disk_with_zero_map(&dir);
-    let relay = HoldingRelay::start(lab.nfs);
-    let tmp = tempfile::tempdir().unwrap();
-    let sock = tmp.path().join("c.sock");
-    let p = client_proxy(&lab, relay.addr, &tmp.path().join("cache"), &sock);
+    let Rig {
+        relay: _relay,
+        _tmp,
+        sock,
+        p,
+    } = Rig::start(&lab);
     let data = pseudo_random(64 << 10, 72);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut c = common::mount(p.endpoints(), &lab.export).await;
         let fh = common::lookup_path(&mut c, &name, "disk.img").await;
-        let z = common::read(&mut c, &fh, AT, 64 << 10).await;
-        assert!(z.data.iter().all(|&b| b == 0));
-        assert!(
-            zero_reads(&sock) >= 1,
-            "the zero map is not in use\n{}",
-            p.log_text()
-        );
-        common::write(&mut c, &fh, AT, &data, stable_how::UNSTABLE).await;
-        common::commit(&mut c, &fh).await;
+        write_over_zero_map(&mut c, &fh, &sock, &p, &data).await;
         let got = common::read(&mut c, &fh, AT, 64 << 10).await;
         common::assert_same_bytes("before the write-back", &got.data, &data);
         let (ok, v) = ctl(&sock, &["flush"]);
@@ -224,25 +261,19 @@ fn a_getattr_reply_from_before_a_write_back_does_not_revive_the_stale_zero_map()
     let lab = Lab::get();
     let (dir, name) = open_scratch(&lab, "meta-wb-race");
     let img = disk_with_zero_map(&dir);
-    let relay = HoldingRelay::start(lab.nfs);
-    let tmp = tempfile::tempdir().unwrap();
-    let sock = tmp.path().join("c.sock");
-    let p = client_proxy(&lab, relay.addr, &tmp.path().join("cache"), &sock);
+    let Rig {
+        relay,
+        _tmp,
+        sock,
+        p,
+    } = Rig::start(&lab);
     let data = pseudo_random(64 << 10, 73);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut c = common::mount(p.endpoints(), &lab.export).await;
         let mut c2 = common::mount(p.endpoints(), &lab.export).await;
         let fh = common::lookup_path(&mut c, &name, "disk.img").await;
-        let z = common::read(&mut c, &fh, AT, 64 << 10).await;
-        assert!(z.data.iter().all(|&b| b == 0));
-        assert!(
-            zero_reads(&sock) >= 1,
-            "the zero map is not in use\n{}",
-            p.log_text()
-        );
-        common::write(&mut c, &fh, AT, &data, stable_how::UNSTABLE).await;
-        common::commit(&mut c, &fh).await;
+        write_over_zero_map(&mut c, &fh, &sock, &p, &data).await;
         // Another GETATTR of the file (the kernel client revalidating) reaches the server
         // before the write-back; its reply is slow to come back (held by the relay).
         relay.hold(GETATTR);
@@ -298,10 +329,12 @@ fn a_read_reply_from_before_a_write_back_does_not_refill_old_bytes() {
     let (dir, name) = open_scratch(&lab, "meta-wb-read");
     let mut img = pseudo_random(512 << 10, 74);
     std::fs::write(dir.join("f.img"), &img).unwrap();
-    let relay = HoldingRelay::start(lab.nfs);
-    let tmp = tempfile::tempdir().unwrap();
-    let sock = tmp.path().join("c.sock");
-    let p = client_proxy(&lab, relay.addr, &tmp.path().join("cache"), &sock);
+    let Rig {
+        relay,
+        _tmp,
+        sock,
+        p,
+    } = Rig::start(&lab);
     let data = pseudo_random(4096, 75);
     let (block, at) = (64u64 << 10, (64u64 << 10) + 4096);
     common::apply(&mut img, at, &data);

@@ -89,6 +89,21 @@ wire_enum! {
 }
 
 impl Proc {
+    /// Whether the procedure adds, removes or renames directory entries.
+    pub fn changes_namespace(self) -> bool {
+        matches!(
+            self,
+            Proc::CREATE
+                | Proc::MKDIR
+                | Proc::SYMLINK
+                | Proc::MKNOD
+                | Proc::REMOVE
+                | Proc::RMDIR
+                | Proc::RENAME
+                | Proc::LINK
+        )
+    }
+
     /// Every NFSv3 procedure, in number order.
     pub const ALL: [Proc; 22] = {
         let mut all = [Proc(0); 22];

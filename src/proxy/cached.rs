@@ -1171,6 +1171,10 @@ impl CacheLayer {
     pub fn observe_names(&self, call: &[u8], reply: &[u8], stamp: u64) {
         let Some(n) = &self.names else { return };
         let Some((p, _)) = nfs_call(call) else { return };
+        // Every forwarded reply passes here: READ/WRITE/COMMIT replies are not parsed.
+        if !super::names::Names::learns_from(p) {
+            return;
+        }
         let body = match parse_reply(reply) {
             Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
                 &reply[results_at..]

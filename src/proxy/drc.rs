@@ -68,18 +68,7 @@ impl Key {
 
 /// Whether a completed call's reply is kept for replay.
 pub fn worth_caching(p: Proc) -> bool {
-    matches!(
-        p,
-        Proc::SETATTR
-            | Proc::CREATE
-            | Proc::MKDIR
-            | Proc::SYMLINK
-            | Proc::MKNOD
-            | Proc::REMOVE
-            | Proc::RMDIR
-            | Proc::RENAME
-            | Proc::LINK
-    )
+    p == Proc::SETATTR || p.changes_namespace()
 }
 
 enum Entry {

@@ -182,21 +182,6 @@ fn reply(xid: u32, res: &Res<'_>) -> BytesMut {
     out
 }
 
-/// Calls that change a directory's entries.
-fn is_namespace_change(p: Proc) -> bool {
-    matches!(
-        p,
-        Proc::CREATE
-            | Proc::MKDIR
-            | Proc::SYMLINK
-            | Proc::MKNOD
-            | Proc::REMOVE
-            | Proc::RMDIR
-            | Proc::RENAME
-            | Proc::LINK
-    )
-}
-
 /// The header and arguments of an NFSv3 call record to `p`.
 fn decode(p: Proc, call: &[u8]) -> Option<(CallHeader<'_>, Args<'_>)> {
     let h = CallHeader::parse(call).ok()?;
@@ -220,6 +205,16 @@ fn changes<'a>(args: &Args<'a>) -> Vec<(&'a [u8], &'a [u8])> {
 }
 
 impl Names {
+    /// Whether a reply to `p` can teach the session anything (`observe` does nothing
+    /// for the others: READ, WRITE, COMMIT, ...).
+    pub fn learns_from(p: Proc) -> bool {
+        p.changes_namespace()
+            || matches!(
+                p,
+                Proc::SETATTR | Proc::LOOKUP | Proc::ACCESS | Proc::READLINK | Proc::READDIRPLUS
+            )
+    }
+
     /// Forgets everything (SIGUSR2, with the cache); `now` is the change clock's value
     /// after the drop ticked it: replies to calls stamped before teach nothing.
     pub fn drop_all(&self, now: u64) {
@@ -341,7 +336,7 @@ impl Names {
     /// directories and forgets the names it changes (so nothing answers them while it is
     /// in flight); a SETATTR forgets the object's ACCESS results.
     pub fn before(&self, p: Proc, call: &[u8], attrs: &dyn Attrs) {
-        if p != Proc::SETATTR && !is_namespace_change(p) {
+        if p != Proc::SETATTR && !p.changes_namespace() {
             return;
         }
         let Some((_, args)) = decode(p, call) else {
@@ -380,11 +375,7 @@ impl Names {
     /// Learns from a forwarded call's reply (`stamp` taken when it was forwarded, after
     /// `before`). Call before the cache's own `observe`.
     pub fn observe(&self, p: Proc, call: &[u8], reply_body: &[u8], stamp: u64, attrs: &dyn Attrs) {
-        let teaches = matches!(
-            p,
-            Proc::SETATTR | Proc::LOOKUP | Proc::ACCESS | Proc::READLINK | Proc::READDIRPLUS
-        );
-        if !teaches && !is_namespace_change(p) {
+        if !Names::learns_from(p) {
             return;
         }
         let Some((h, args)) = decode(p, call) else {
@@ -668,6 +659,29 @@ mod tests {
         )
     }
 
+    fn create_call(dir: &[u8], name: &'static str) -> BytesMut {
+        call(
+            Proc::CREATE,
+            &Args::Create(nfs3::CreateArgs {
+                where_: d(dir, name),
+                how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
+            }),
+        )
+    }
+
+    /// The reply of a CREATE or MKDIR (`p`) that made `fh`.
+    fn made_reply(p: Proc, fh: &[u8]) -> Vec<u8> {
+        let ok = nfs3::CreateResOk {
+            obj: Some(Fh(fh)),
+            obj_attributes: None,
+            dir_wcc: WccData::default(),
+        };
+        body(&match p {
+            Proc::MKDIR => Res::Mkdir(NfsResult::Ok(ok)),
+            _ => Res::Create(NfsResult::Ok(ok)),
+        })
+    }
+
     fn lookup_ok(fh: &[u8]) -> Vec<u8> {
         body(&Res::Lookup(NfsResult::Ok(nfs3::LookupResOk {
             object: Fh(fh),
@@ -733,18 +747,8 @@ mod tests {
     fn two_changes_of_one_directory_in_flight_leave_the_name_unknown() {
         let (n, t) = (Names::default(), Table::default());
         t.knows(FILE);
-        let mk = call(
-            Proc::CREATE,
-            &Args::Create(nfs3::CreateArgs {
-                where_: d(DIR, "x"),
-                how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
-            }),
-        );
-        let made = body(&Res::Create(NfsResult::Ok(nfs3::CreateResOk {
-            obj: Some(Fh(FILE)),
-            obj_attributes: None,
-            dir_wcc: WccData::default(),
-        })));
+        let mk = create_call(DIR, "x");
+        let made = made_reply(Proc::CREATE, FILE);
         let rm = remove_call(DIR, "x");
         // Both orders in which the replies can be seen.
         for remove_first in [true, false] {
@@ -782,30 +786,16 @@ mod tests {
         );
         n.before(Proc::MKDIR, &mk, &t);
         let s = t.stamp();
-        let made = body(&Res::Mkdir(NfsResult::Ok(nfs3::CreateResOk {
-            obj: Some(Fh(DIR)),
-            obj_attributes: None,
-            dir_wcc: WccData::default(),
-        })));
+        let made = made_reply(Proc::MKDIR, DIR);
         n.observe(Proc::MKDIR, &mk, &made, s, &t);
         assert_eq!(answer(&n, &t, DIR, "anything"), Some(Err(Nfsstat3::NOENT)));
         // A CREATE in flight in it: that name is asked upstream meanwhile.
-        let cr = call(
-            Proc::CREATE,
-            &Args::Create(nfs3::CreateArgs {
-                where_: d(DIR, "f"),
-                how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
-            }),
-        );
+        let cr = create_call(DIR, "f");
         n.before(Proc::CREATE, &cr, &t);
         let s = t.stamp();
         assert_eq!(answer(&n, &t, DIR, "f"), None);
         assert_eq!(answer(&n, &t, DIR, "other"), Some(Err(Nfsstat3::NOENT)));
-        let ok = body(&Res::Create(NfsResult::Ok(nfs3::CreateResOk {
-            obj: Some(Fh(FILE)),
-            obj_attributes: None,
-            dir_wcc: WccData::default(),
-        })));
+        let ok = made_reply(Proc::CREATE, FILE);
         n.observe(Proc::CREATE, &cr, &ok, s, &t);
         assert_eq!(answer(&n, &t, DIR, "f"), Some(Ok(FILE.to_vec())));
         // A failed change (not NOENT) makes the directory incomplete.
@@ -907,20 +897,10 @@ mod tests {
             },
         )));
         // A CREATE of the name completes, then the tables are cleared (SIGUSR2, or full).
-        let mk = call(
-            Proc::CREATE,
-            &Args::Create(nfs3::CreateArgs {
-                where_: d(DIR, "x"),
-                how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
-            }),
-        );
+        let mk = create_call(DIR, "x");
         n.before(Proc::CREATE, &mk, &t);
         let s = t.stamp();
-        let made = body(&Res::Create(NfsResult::Ok(nfs3::CreateResOk {
-            obj: Some(Fh(FILE)),
-            obj_attributes: None,
-            dir_wcc: WccData::default(),
-        })));
+        let made = made_reply(Proc::CREATE, FILE);
         n.observe(Proc::CREATE, &mk, &made, s, &t);
         n.drop_all(t.tick());
         n.observe(
