@@ -168,7 +168,7 @@ async fn status(p: &Proxy) -> String {
             format!(
                 "{{\"enabled\":true,\"write_policy\":\"{}\",\"hits\":{},\"misses\":{},\"fills\":{},\
                  \"local_writes\":{},\"write_throughs\":{},\"set_evictions\":{},\
-                 \"metadata_hits\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
+                 \"metadata_hits\":{},\"local_truncations\":{},\"truncations_pending\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
                 c.policy.name(),
                 c.hits.load(Relaxed),
                 c.misses.load(Relaxed),
@@ -177,6 +177,8 @@ async fn status(p: &Proxy) -> String {
                 c.write_throughs.load(Relaxed),
                 c.evictions.load(Relaxed),
                 c.names.as_ref().map_or(0, |n| n.hits.load(Relaxed)),
+                c.local_truncations.load(Relaxed),
+                c.cut_files().len(),
                 dirty.bytes,
                 dirty.blocks,
                 dirty.files,

@@ -235,6 +235,12 @@ sync
         s["cache"]["dirty_bytes"].as_u64().unwrap() > 0,
         "nothing dirty after the guest's writes: {s}"
     );
+    // The kernel's truncations (truncate -s, O_TRUNC) are SETATTRs of the size, kept in
+    // the cache until the flush like the data.
+    assert!(
+        s["cache"]["local_truncations"].as_u64().unwrap() >= 3,
+        "the kernel's truncations were not kept in the cache: {s}"
+    );
     for (f, bytes) in want {
         let disk = std::fs::read(dir.join(f)).unwrap_or_default();
         assert!(

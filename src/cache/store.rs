@@ -92,6 +92,11 @@ struct Version {
     dirty: Option<Range<u32>>,
 }
 
+/// Block numbers from here up are not file data but the cache layer's small records
+/// about a file (kept like blocks, dirty ones durable like dirty data): never listed
+/// by `dirty_blocks` or `dirty_in_set`, so never written back as bytes of the file.
+pub const RECORDS_FROM: u64 = u64::MAX - 15;
+
 /// A dirty block, for write-back: the newest version's sequence and dirty byte range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirtyBlock {
@@ -141,6 +146,11 @@ pub struct Store {
     unstable: std::sync::RwLock<()>,
     /// The `unstable` marker file exists.
     marked: AtomicBool,
+    /// When the last dirty write began, in milliseconds since `born` (see `MARKER_LINGER`).
+    last_dirty_ms: AtomicU64,
+    born: std::time::Instant,
+    /// `MARKER_LINGER` in milliseconds (tests set 0).
+    linger_ms: AtomicU64,
     /// Opened with `open_shared`: another proxy owns (fills) this directory.
     shared: Option<SharedView>,
 }
@@ -162,6 +172,13 @@ struct SharedView {
 /// first dirty write after a durable point; removed by the `sync` that leaves no
 /// unsynced dirty write behind.
 const UNSTABLE: &str = "unstable";
+
+/// A `sync` retires the `unstable` marker only when no dirty write began for this long:
+/// a session that writes and commits file after file would otherwise create it (two
+/// fsyncs) and remove it again for every file. A crash while it lingers changes the
+/// write verifier although nothing was lost: clients re-send what they did not see
+/// committed, which is always safe. `close` retires it at once.
+const MARKER_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn fingerprint(fh: &[u8], block: u64) -> u64 {
     let mut b = Vec::with_capacity(fh.len() + 8);
@@ -258,6 +275,9 @@ impl Store {
             verifier: Mutex::new([0; 8]),
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
+            last_dirty_ms: AtomicU64::new(0),
+            born: std::time::Instant::now(),
+            linger_ms: AtomicU64::new(MARKER_LINGER.as_millis() as u64),
             shared: None,
         };
         store.verify_dirty()?;
@@ -341,6 +361,9 @@ impl Store {
             verifier: Mutex::new([0; 8]),
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
+            last_dirty_ms: AtomicU64::new(0),
+            born: std::time::Instant::now(),
+            linger_ms: AtomicU64::new(MARKER_LINGER.as_millis() as u64),
             shared: Some(SharedView {
                 bypass: Mutex::default(),
             }),
@@ -426,6 +449,7 @@ impl Store {
             return Ok(());
         }
         self.sync()?;
+        self.retire_marker(true)?;
         for (b, bank) in self.banks.iter().enumerate() {
             let bank = bank.lock().expect("bank lock");
             if let Some((_, t)) = &bank.files {
@@ -937,14 +961,35 @@ impl Store {
                 bank.tags_dirty = false;
             }
         }
-        if self.marked.load(Ordering::SeqCst) {
+        self.retire_marker(false)
+    }
+
+    /// Sets how long the `unstable` marker lingers after the last dirty write.
+    pub fn set_marker_linger(&self, d: std::time::Duration) {
+        self.linger_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Removes the `unstable` marker if no unsynced dirty write is left and (unless
+    /// `now`) none began within `MARKER_LINGER`.
+    fn retire_marker(&self, now: bool) -> Result<()> {
+        let quiet = || {
+            self.now_ms()
+                .saturating_sub(self.last_dirty_ms.load(Ordering::Relaxed))
+                >= self.linger_ms.load(Ordering::Relaxed)
+        };
+        if self.marked.load(Ordering::SeqCst) && (now || quiet()) {
             // No dirty write can start while we look (they hold the lock shared).
             let _x = self.unstable.write().expect("unstable lock");
             let all_synced = self.banks.iter().all(|b| {
                 let b = b.lock().expect("bank lock");
                 b.written.iter().all(|&li| !b.meta[li].dirty)
             });
-            if all_synced {
+            if all_synced && (now || quiet()) {
                 let p = self.dir.join(UNSTABLE);
                 match std::fs::remove_file(&p) {
                     Ok(()) => {}
@@ -959,6 +1004,7 @@ impl Store {
 
     /// Shared hold on the `unstable` marker, creating it (durably) first if needed.
     fn unstable_guard(&self) -> Result<std::sync::RwLockReadGuard<'_, ()>> {
+        self.last_dirty_ms.store(self.now_ms(), Ordering::Relaxed);
         loop {
             let g = self.unstable.read().expect("unstable lock");
             if self.marked.load(Ordering::SeqCst) {
@@ -1142,9 +1188,22 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Every dirty block (its newest version), sorted by file handle and block, for
-    /// write-back.
+    /// Every dirty block of file data (its newest version), sorted by file handle and
+    /// block, for write-back. Records (blocks from `RECORDS_FROM`) are not listed.
     pub fn dirty_blocks(&self) -> Result<Vec<DirtyBlock>> {
+        let mut out = self.all_dirty()?;
+        out.retain(|d| d.block < RECORDS_FROM);
+        Ok(out)
+    }
+
+    /// Every dirty record (blocks from `RECORDS_FROM`), sorted like `dirty_blocks`.
+    pub fn dirty_records(&self) -> Result<Vec<DirtyBlock>> {
+        let mut out = self.all_dirty()?;
+        out.retain(|d| d.block >= RECORDS_FROM);
+        Ok(out)
+    }
+
+    fn all_dirty(&self) -> Result<Vec<DirtyBlock>> {
         let mut out = Vec::new();
         for (b, bank) in self.banks.iter().enumerate() {
             let bank = bank.lock().expect("bank lock");
@@ -1197,6 +1256,7 @@ impl Store {
                 out.extend(self.dirty_block_at(&bank, f)?);
             }
         }
+        out.retain(|d| d.block < RECORDS_FROM);
         Self::newest_dirty(out)
     }
 

@@ -447,6 +447,7 @@ fn write_verifier_is_stable_until_dirty_data_is_lost() {
     let g = geo(4, 16);
     let v1 = {
         let s = Store::open(dir.path(), g).unwrap();
+        s.set_marker_linger(std::time::Duration::ZERO);
         stored(s.put(b"f", 0, 0, &bytes(100, 1), true).unwrap());
         s.sync().unwrap();
         s.verifier()
@@ -484,6 +485,12 @@ fn a_crash_with_unsynced_dirty_writes_changes_the_verifier() {
             dir.path().join("unstable").exists(),
             "marker before the reply"
         );
+        s.sync().unwrap();
+        assert!(
+            dir.path().join("unstable").exists(),
+            "a sync right after a dirty write leaves the marker (MARKER_LINGER)"
+        );
+        s.set_marker_linger(std::time::Duration::ZERO);
         s.sync().unwrap();
         assert!(!dir.path().join("unstable").exists(), "retired by the sync");
         stored(s.put(b"f", 1, 0, &bytes(100, 2), false).unwrap()); // clean: no marker
@@ -540,6 +547,7 @@ fn runtime_loss_of_an_unstable_write_changes_the_verifier() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), geo(4, 64)).unwrap();
+    s.set_marker_linger(std::time::Duration::ZERO);
     let v0 = s.verifier();
     stored(s.put(b"F", 0, 0, &[5u8; 4096], true).unwrap());
     let f = std::fs::OpenOptions::new()
@@ -752,4 +760,41 @@ fn zero_blocks_are_holes_and_read_back_as_zeros() {
         assert_eq!(c.dirty, Some(0..BS));
     }
     assert!(all_zero(&[0; 33]) && !all_zero(&[0, 0, 1]) && !all_zero(&[[0; 31], [1; 31]].concat()));
+}
+
+/// The `unstable` marker lingers after a sync while writes keep coming (no two fsyncs
+/// per committed file); a crash then changes the verifier although nothing was lost
+/// (always safe: clients re-send only what they did not see committed), while a clean
+/// close retires it and keeps the verifier.
+#[test]
+fn the_unstable_marker_lingers_until_quiet_or_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 16);
+    let v1 = {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &bytes(100, 1), true).unwrap());
+        s.sync().unwrap();
+        assert!(dir.path().join("unstable").exists(), "lingers");
+        s.verifier()
+    }; // a crash while it lingers
+    let s = Store::open(dir.path(), g).unwrap();
+    assert_ne!(
+        s.verifier(),
+        v1,
+        "a lingering marker at a crash: a new verifier"
+    );
+    assert_eq!(
+        s.get(b"f", 0).unwrap().unwrap().data,
+        bytes(100, 1),
+        "nothing lost"
+    );
+    let v2 = s.verifier();
+    stored(s.put(b"f", 0, 0, &bytes(100, 2), true).unwrap());
+    s.sync().unwrap();
+    s.close().unwrap();
+    assert!(!dir.path().join("unstable").exists(), "retired by close");
+    drop(s);
+    let s = Store::open(dir.path(), g).unwrap();
+    assert_eq!(s.verifier(), v2, "a clean close keeps the verifier");
+    assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, bytes(100, 2));
 }

@@ -55,6 +55,25 @@ struct FileState {
     /// Counts local WRITEs: a flush that saw the same count before and after left the
     /// file clean.
     wgen: u64,
+    /// A truncation answered here and not yet applied at the next hop (write-back): the
+    /// next hop's bytes from this offset on are not the file's any more (zeros, unless
+    /// written since). Kept durably in the store (`CUT_BLOCK`); implies `local`.
+    cut: Option<u64>,
+    /// The last cut applied at the next hop, with the clock value then: a READ reply
+    /// stamped before it may still carry the bytes the cut removed.
+    cut_gone: Option<(u64, u64)>,
+}
+
+impl FileState {
+    /// The next hop shows `size`: a file with local writes is at least that long (another
+    /// writer's extension), unless a truncation here is still to be applied there.
+    fn grow_local(&mut self, size: u64) {
+        if self.cut.is_none()
+            && let Some(l) = &mut self.local
+        {
+            l.size = l.size.max(size);
+        }
+    }
 }
 
 /// The local view of a file with dirty data.
@@ -72,6 +91,28 @@ pub use crate::upstream::calls::Cred;
 /// can answer READs of cached files, and GETATTRs while the next hop is down, before
 /// any reply has told it the file's size again.
 const ATTR_BLOCK: u64 = u64::MAX;
+
+/// The block number under which a file's pending truncation is kept (dirty, so as
+/// durable as dirty data): the cut (`FileState::cut`) and the local size it left, 8
+/// bytes each, big-endian. Above `store::RECORDS_FROM`, so never written back as data.
+const CUT_BLOCK: u64 = u64::MAX - 1;
+const _: () = assert!(CUT_BLOCK >= crate::cache::store::RECORDS_FROM);
+
+fn cut_record(cut: u64, size: u64) -> [u8; 16] {
+    let mut r = [0u8; 16];
+    r[..8].copy_from_slice(&cut.to_be_bytes());
+    r[8..].copy_from_slice(&size.to_be_bytes());
+    r
+}
+
+fn parse_cut_record(b: &[u8]) -> Option<(u64, u64)> {
+    let b: &[u8; 16] = b.try_into().ok()?;
+    let (c, s) = b.split_at(8);
+    Some((
+        u64::from_be_bytes(c.try_into().ok()?),
+        u64::from_be_bytes(s.try_into().ok()?),
+    ))
+}
 
 /// Where the credential of the last writer is kept, so a restarted proxy can write back
 /// dirty data before any client has called again.
@@ -136,6 +177,9 @@ pub struct CacheLayer {
     pub evictions: AtomicU64,
     /// GETATTRs answered from the cache while the next hop was down.
     pub offline_getattrs: AtomicU64,
+    /// Truncations (SETATTR of the size, CREATE of an existing file) answered here and
+    /// applied at the next hop by the write-back.
+    pub local_truncations: AtomicU64,
     /// The session's metadata (`metadata = "session"`).
     pub names: Option<super::names::Names>,
     /// Per-file locks, striped by handle: WRITEs and write-back share a file; a
@@ -211,6 +255,7 @@ impl CacheLayer {
             write_throughs: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             offline_getattrs: AtomicU64::new(0),
+            local_truncations: AtomicU64::new(0),
             names: (cfg.metadata == crate::config::Metadata::Session)
                 .then(super::names::Names::default),
             locks: (0..LOCK_STRIPES)
@@ -240,9 +285,35 @@ impl CacheLayer {
                 l.size = l.size.max(end);
             });
         }
-        if !dirty.is_empty() {
+        // Truncations answered before the restart and not yet applied at the next hop.
+        let mut cuts = 0;
+        for r in layer.store.dirty_records()? {
+            if r.block != CUT_BLOCK {
+                continue;
+            }
+            let Some((cut, size)) = layer
+                .store
+                .get(&r.fh, CUT_BLOCK)?
+                .and_then(|c| parse_cut_record(&c.data))
+            else {
+                warn!(side = "cache", "a truncation record is damaged; ignored");
+                continue;
+            };
+            cuts += 1;
+            layer.with_file(&r.fh, |s| {
+                s.cut = Some(cut);
+                let l = s.local.get_or_insert(Local {
+                    size: 0,
+                    mtime: t,
+                    ctime: t,
+                });
+                l.size = l.size.max(size);
+            });
+        }
+        if !dirty.is_empty() || cuts > 0 {
             tracing::info!(
                 blocks = dirty.len(),
+                truncations = cuts,
                 "cache holds dirty data from before the restart; it is written back at the next flush"
             );
         }
@@ -378,6 +449,7 @@ impl CacheLayer {
         out.put_u32(n as u32);
         out.put_xdr_bool(end >= attr.size);
         out.put_u32(n as u32);
+        let cut = self.with_file(fh, |s| s.cut);
         let mut pos = off;
         while pos < end {
             let block = pos / self.bs;
@@ -385,6 +457,8 @@ impl CacheLayer {
             let hi = (end - block * self.bs).min(self.bs) as u32;
             match self.store.read_into(fh, block, lo..hi, &mut out) {
                 Ok(true) => {}
+                Ok(false)
+                    if cut.is_some_and(|c| self.read_past_cut(fh, block, lo..hi, c, &mut out)) => {}
                 Ok(false) => return None,
                 Err(e) => {
                     warn!(side = "cache", error = %e, "cache read failed; forwarding");
@@ -395,6 +469,43 @@ impl CacheLayer {
         }
         out.put_bytes(0, crate::xdr::pad(n));
         Some(out)
+    }
+
+    /// Appends bytes `want` of a block of a file truncated here at `cut` (not yet applied
+    /// at the next hop) when every one of them is cached or at or past the cut (zeros):
+    /// such bytes need no call upstream. False (`dst` unchanged) otherwise.
+    fn read_past_cut(
+        &self,
+        fh: &[u8],
+        block: u64,
+        want: std::ops::Range<u32>,
+        cut: u64,
+        dst: &mut BytesMut,
+    ) -> bool {
+        let base = block * self.bs;
+        let c = match self.store.get(fh, block) {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let valid = c.as_ref().map_or(0..0, |c| c.valid.clone());
+        // The bytes not cached: below the valid range and above it.
+        let below = want.start..valid.start.clamp(want.start, want.end);
+        let above = valid.end.clamp(want.start, want.end)..want.end;
+        let zeros = |r: &std::ops::Range<u32>| r.is_empty() || base + r.start as u64 >= cut;
+        if !zeros(&below) || !zeros(&above) {
+            return false;
+        }
+        let start = dst.len();
+        dst.resize(start + want.len(), 0);
+        if let Some(c) = &c {
+            let lo = c.valid.start.max(want.start);
+            let hi = c.valid.end.min(want.end);
+            if lo < hi {
+                let at = start + (lo - want.start) as usize;
+                dst[at..at + (hi - lo) as usize].copy_from_slice(c.bytes(lo..hi));
+            }
+        }
+        true
     }
 
     /// The attributes a client must see: the next hop's, with the local size and times
@@ -420,9 +531,7 @@ impl CacheLayer {
             if s.changed_at > stamp {
                 return None;
             }
-            if let Some(l) = &mut s.local {
-                l.size = l.size.max(a.size);
-            }
+            s.grow_local(a.size);
             Some(s.attr.get_or_insert(a).clone())
         })
     }
@@ -493,6 +602,17 @@ impl CacheLayer {
         if !self.unchanged_since(fh, stamp) {
             return Ok(());
         }
+        // Past a truncation not yet applied at the next hop, its bytes are zeros here.
+        let mut zeroed;
+        let mut data = data;
+        if let Some(cut) = self.with_file(fh, |s| s.cut)
+            && off.saturating_add(data.len() as u64) > cut
+        {
+            zeroed = data.to_vec();
+            let from = cut.saturating_sub(off) as usize;
+            zeroed[from..].fill(0);
+            data = &zeroed;
+        }
         let mut pos = off;
         let end = off + data.len() as u64;
         while pos < end {
@@ -521,9 +641,7 @@ impl CacheLayer {
         let _m = self.mutate.lock().expect("mutate lock");
         if self.unchanged_since(fh, stamp) {
             self.with_file(fh, |s| {
-                if let Some(l) = &mut s.local {
-                    l.size = l.size.max(attr.size);
-                }
+                s.grow_local(attr.size);
                 s.attr = Some(attr)
             });
         }
@@ -601,7 +719,7 @@ impl CacheLayer {
     pub fn written_back(&self, fh: &[u8], wgen: u64, after: Option<Fattr3>) {
         let _m = self.mutate.lock().expect("mutate lock");
         let now = self.with_file(fh, |s| {
-            if s.wgen != wgen {
+            if s.wgen != wgen || s.cut.is_some() {
                 return None;
             }
             let l = s.local.take()?;
@@ -626,8 +744,14 @@ impl CacheLayer {
     pub fn forget_file(&self, fh: &[u8]) {
         let _m = self.mutate.lock().expect("mutate lock");
         self.changed(fh, None);
-        self.with_file(fh, |s| s.local = None);
+        self.with_file(fh, |s| {
+            s.local = None;
+            s.cut = None;
+        });
         let _ = self.store.invalidate(fh, ATTR_BLOCK);
+        if let Err(e) = self.store.invalidate(fh, CUT_BLOCK) {
+            warn!(side = "cache", error = %e, "cache invalidation failed");
+        }
         if let Err(e) = self.store.invalidate_range(fh, 0, u64::MAX / self.bs) {
             warn!(side = "cache", error = %e, "cache invalidation failed");
         }
@@ -715,10 +839,118 @@ impl CacheLayer {
         self.store.sync_all()
     }
 
+    /// A SETATTR(size) answered here (write-back): the cache cuts or zero-extends the file
+    /// as `truncated` does, and records the truncation (durably, like dirty data) for the
+    /// next write-back, which applies it at the next hop before the file's WRITEs. Until
+    /// then the next hop's bytes past the cut are not the file's: reads there are zeros
+    /// unless written since. Returns the attributes before and after, or None when the
+    /// cache cannot take it (attributes unknown, not a regular file, no room): the caller
+    /// forwards the truncation instead.
+    pub fn truncate_locally(
+        &self,
+        fh: &[u8],
+        new: u64,
+    ) -> Result<Option<(WccAttr, Fattr3)>, CacheError> {
+        if self.store.is_shared() {
+            return Ok(None);
+        }
+        let _m = self.mutate.lock().expect("mutate lock");
+        let Some(before) = self.effective_attr(fh).filter(|a| a.ftype == Ftype3::REG) else {
+            return Ok(None);
+        };
+        let old = before.size;
+        let low = old.min(new);
+        let cut = self.with_file(fh, |s| s.cut).map_or(low, |c| c.min(low));
+        if !low.is_multiple_of(self.bs)
+            && let Err(e) = self
+                .store
+                .truncate_block(fh, low / self.bs, (low % self.bs) as u32)
+        {
+            // Nothing recorded yet (bytes past `low` go either way): forwarded instead.
+            tracing::debug!(side = "cache", error = %e, "cannot cut a cached block here; forwarding the truncation");
+            return Ok(None);
+        }
+        match self
+            .store
+            .put(fh, CUT_BLOCK, 0, &cut_record(cut, new), true)
+        {
+            Ok(Put::Stored { .. }) => {}
+            Ok(_) | Err(CacheError::SetFull) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let attr = self.with_file(fh, |s| s.attr.clone());
+        self.changed(fh, attr);
+        let t = now();
+        self.with_file(fh, |s| {
+            s.cut = Some(cut);
+            let l = s.local.get_or_insert(Local {
+                size: new,
+                mtime: t,
+                ctime: t,
+            });
+            l.size = new;
+            l.mtime = t;
+            l.ctime = t;
+            s.wgen += 1;
+        });
+        let first_whole = low.div_ceil(self.bs);
+        self.store
+            .invalidate_range(fh, first_whole, (old.max(new) / self.bs).max(first_whole))?;
+        self.store.sync_all()?;
+        self.local_truncations.fetch_add(1, Ordering::Relaxed);
+        let after = self.effective_attr(fh).unwrap_or_else(|| {
+            let mut a = before.clone();
+            a.size = new;
+            a
+        });
+        let pre = WccAttr {
+            size: before.size,
+            mtime: before.mtime,
+            ctime: before.ctime,
+        };
+        Ok(Some((pre, after)))
+    }
+
+    /// The truncation to apply at the next hop before the file's data (write-back).
+    pub fn cut(&self, fh: &[u8]) -> Option<u64> {
+        self.with_file(fh, |s| s.cut)
+    }
+
+    /// Files with a truncation to apply at the next hop.
+    pub fn cut_files(&self) -> Vec<Vec<u8>> {
+        let f = self.files.lock().expect("files lock");
+        f.map
+            .iter()
+            .filter(|(_, s)| s.cut.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The next hop has applied the truncation `cut` (and the file's local size): its
+    /// record goes, durably. A READ reply stamped before now may still carry the bytes it
+    /// removed (`cut_gone`).
+    pub fn cut_applied(&self, fh: &[u8], cut: u64) -> Result<(), CacheError> {
+        let _m = self.mutate.lock().expect("mutate lock");
+        if self.with_file(fh, |s| s.cut) != Some(cut) {
+            return Ok(()); // a newer truncation: its record stays
+        }
+        self.store.invalidate(fh, CUT_BLOCK)?;
+        self.store.sync_tags()?;
+        let attr = self.with_file(fh, |s| s.attr.clone());
+        self.changed(fh, attr);
+        let at = self.stamp();
+        self.with_file(fh, |s| {
+            s.cut = None;
+            s.cut_gone = Some((cut, at));
+        });
+        Ok(())
+    }
+
     /// Builds a READ reply for a file with local writes from the next hop's bytes
     /// (`upstream`, may be short) with the dirty bytes laid over them, up to the local
     /// size; bytes past both are zeros (a hole the local writes made). `all_cached`: every
     /// cached byte is laid over, clean ones too (a reply older than the cache's bytes).
+    /// `zero_from`: the next hop's bytes from there on are not the file's (a truncation).
     fn merged_read(
         &self,
         xid: u32,
@@ -726,11 +958,18 @@ impl CacheLayer {
         upstream: &[u8],
         upstream_eof: bool,
         all_cached: bool,
+        zero_from: Option<u64>,
     ) -> Option<BytesMut> {
         let (fh, off, count) = (r.file.0, r.offset, r.count);
         let attr = self.effective_attr(fh)?;
         let mut end = off.saturating_add(count as u64).min(attr.size);
-        if !upstream_eof {
+        let upstream = match zero_from {
+            Some(z) => &upstream[..upstream.len().min(z.saturating_sub(off) as usize)],
+            None => upstream,
+        };
+        // Past the cut the next hop's bytes are not needed: a short reply still covers it.
+        let covered = zero_from.is_some_and(|z| off + upstream.len() as u64 >= z);
+        if !upstream_eof && !covered {
             // A short read from the server that is not at its end of file: answer as
             // short (the client asks again for the rest), never with invented zeros.
             end = end.min(off + upstream.len() as u64);
@@ -853,11 +1092,9 @@ impl CacheLayer {
                 continue; // stamped before a change: these attributes may be older
             }
             let before = self.with_file(&fh, |s| {
-                if let Some(l) = &mut s.local {
-                    // Truncations go through the cache (`truncated`), so a larger size
-                    // upstream is another writer's extension.
-                    l.size = l.size.max(f.size);
-                }
+                // Truncations go through the cache (`truncated`, `truncate_locally`), so
+                // a larger size upstream is another writer's extension.
+                s.grow_local(f.size);
                 s.attr.replace(f.clone())
             });
             self.persist_attr(&fh, before.as_ref(), &f);
@@ -886,7 +1123,12 @@ impl CacheLayer {
             (Args::Read(r), Res::Read(NfsResult::Ok(ok)))
                 if self.unchanged_since(r.file.0, stamp) =>
             {
-                self.fill(r.file.0, r.offset, ok.data);
+                // Past a truncation not yet applied upstream the bytes are not the file's.
+                let data = match self.with_file(r.file.0, |s| s.cut) {
+                    Some(c) => &ok.data[..ok.data.len().min(c.saturating_sub(r.offset) as usize)],
+                    None => ok.data,
+                };
+                self.fill(r.file.0, r.offset, data);
             }
             (Args::Setattr(a), Res::Setattr(NfsResult::Ok(ok))) if !write_back => {
                 if let Some(new) = a.new_attributes.size {
@@ -929,7 +1171,13 @@ impl CacheLayer {
         // Files with local writes: their READ data and their attributes as the client
         // must see them.
         if let (Args::Read(r), Res::Read(rr)) = (&args, &res) {
-            if self.with_file(r.file.0, |s| s.local.is_some()) {
+            // The next hop's bytes from here on are not the file's: a truncation to be
+            // applied there, or one applied after this call was forwarded.
+            let (local, zero_from) = self.with_file(r.file.0, |s| {
+                let gone = s.cut_gone.filter(|g| stamp < g.1).map(|g| g.0);
+                (s.local.is_some(), s.cut.or(gone))
+            });
+            if local {
                 if let Some(out) = self.read_local(xid, r.file.0, r.offset, r.count) {
                     return Some(out);
                 }
@@ -937,7 +1185,7 @@ impl CacheLayer {
                     // A reply older than a change (a write-back batch marked clean) gets
                     // every cached byte laid over it, not only the dirty ones.
                     let older = !self.unchanged_since(r.file.0, stamp);
-                    return self.merged_read(xid, r, ok.data, ok.eof, older);
+                    return self.merged_read(xid, r, ok.data, ok.eof, older, zero_from);
                 }
             } else if let NfsResult::Ok(ok) = rr
                 && !self.unchanged_since(r.file.0, stamp)
@@ -948,7 +1196,7 @@ impl CacheLayer {
                 // written back and evicted before this reply came is not in the cache,
                 // and the reply's old bytes for it pass (a set full of dirty blocks
                 // within one round trip of the write-back).
-                if let Some(out) = self.merged_read(xid, r, ok.data, ok.eof, true) {
+                if let Some(out) = self.merged_read(xid, r, ok.data, ok.eof, true, zero_from) {
                     return Some(out);
                 }
             }
@@ -1025,6 +1273,20 @@ pub fn touches_store(p: Proc) -> bool {
         p,
         Proc::READ | Proc::WRITE | Proc::SETATTR | Proc::COMMIT | Proc::CREATE
     )
+}
+
+/// A call answered before anything else sees it (write-back): a truncation the cache
+/// takes (`writeback::truncate_here`). None: go on with `names_before` and
+/// `before_forward`.
+pub async fn answer_here(
+    cache: &std::sync::Arc<CacheLayer>,
+    p: Proc,
+    call: &bytes::Bytes,
+) -> Option<BytesMut> {
+    if cache.policy != WritePolicy::WriteBack || !matches!(p, Proc::SETATTR | Proc::CREATE) {
+        return None;
+    }
+    super::writeback::truncate_here(cache, p, call).await
 }
 
 /// Tries a READ on the cache; answers WRITE, COMMIT and SETATTR(size) in write-back

@@ -135,3 +135,113 @@ fn forget_attr_drops_the_blocks_of_a_file_changed_behind_the_proxy() {
         "a block from before the change is served under the new mtime"
     );
 }
+
+/// A READ call for `fh` and the next hop's reply to it: `data` with EOF, the file's
+/// attributes at `size`.
+fn read_exchange(fh: &[u8], off: u64, data: &[u8], size: u64) -> (BytesMut, BytesMut) {
+    use crate::rpc::msg::{accepted_reply, call_message};
+    let mut args = BytesMut::new();
+    Args::Read(nfs3::ReadArgs {
+        file: nfs3::Fh(fh),
+        offset: off,
+        count: data.len() as u32,
+    })
+    .encode(&mut args);
+    let call = call_message(1, nfs3::PROGRAM, nfs3::VERSION, Proc::READ.0, &args);
+    let mut reply = accepted_reply(1, AcceptStat::SUCCESS);
+    Res::Read(NfsResult::Ok(nfs3::ReadResOk {
+        file_attributes: Some(attr(size)),
+        count: data.len() as u32,
+        eof: true,
+        data,
+    }))
+    .encode(&mut reply);
+    (call, reply)
+}
+
+/// The data of a READ reply record.
+fn read_data(reply: &[u8]) -> Vec<u8> {
+    let Ok((_, ReplyKind::Accepted { results_at, .. })) = parse_reply(reply) else {
+        panic!("not an accepted reply");
+    };
+    match Res::decode(Proc::READ, &reply[results_at..]) {
+        Ok(Res::Read(NfsResult::Ok(ok))) => ok.data.to_vec(),
+        _ => panic!("not a READ reply"),
+    }
+}
+
+/// A truncation kept here (not yet applied upstream): the next hop's bytes past the cut
+/// never reach a client or the cache, whether the reply was sent before the truncation,
+/// after it, or before the write-back applied it; after that, the next hop's bytes are
+/// the file's again. Ranges past the cut are answered without the next hop.
+#[test]
+fn bytes_past_a_kept_cut_are_zeros_until_it_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = layer(dir.path(), 4, 16);
+    c.learn_attr(b"F", attr(8192), c.stamp());
+    let old = vec![9u8; 8192];
+    let mut want = vec![9u8; 100];
+    want.resize(8192, 0);
+    let before = c.stamp();
+    assert!(c.truncate_locally(b"F", 100).unwrap().is_some());
+    let (_, after) = c.truncate_locally(b"F", 8192).unwrap().unwrap();
+    assert_eq!((after.size, c.cut(b"F")), (8192, Some(100)));
+    assert_eq!(
+        read_data(&c.read(1, b"F", 4096, 4096).expect("past the cut: a hit")),
+        vec![0u8; 4096]
+    );
+    assert!(
+        c.read(1, b"F", 0, 8192).is_none(),
+        "bytes below the cut: asked"
+    );
+
+    // Sent before the truncation: merged, zeros past the cut, and nothing cached.
+    let (call, reply) = read_exchange(b"F", 0, &old, 8192);
+    let out = c
+        .observe(&call, &reply, before)
+        .expect("a local file's READ is rebuilt");
+    assert_eq!(read_data(&out), want);
+    // Sent after: the same, and its bytes below the cut are cached.
+    let out = c.observe(&call, &reply, c.stamp()).expect("rebuilt");
+    assert_eq!(read_data(&out), want);
+    assert_eq!(
+        read_data(&c.read(1, b"F", 0, 8192).expect("now a hit")),
+        want
+    );
+
+    // The write-back applied it: an old reply still gets zeros past the cut.
+    let applying = c.stamp();
+    c.cut_applied(b"F", 100).unwrap();
+    assert_eq!(c.cut(b"F"), None);
+    c.store.invalidate(b"F", 0).unwrap();
+    let out = c.observe(&call, &reply, applying).expect("rebuilt");
+    assert_eq!(
+        read_data(&out),
+        want,
+        "a reply from before the cut was applied"
+    );
+}
+
+/// A kept truncation is as durable as dirty data: after an unclean stop the reopened
+/// cache has the cut and the size it left, and the next hop's larger size does not
+/// bring the old length back.
+#[test]
+fn a_kept_cut_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = layer(dir.path(), 4, 16);
+        c.learn_attr(b"F", attr(100_000), c.stamp());
+        assert!(c.truncate_locally(b"F", 10).unwrap().is_some());
+        assert!(c.truncate_locally(b"F", 5000).unwrap().is_some());
+        // Dropped without `close`: an unclean stop.
+    }
+    let c = layer(dir.path(), 4, 16);
+    assert_eq!(c.cut(b"F"), Some(10));
+    assert_eq!(c.local(b"F").map(|l| l.size), Some(5000));
+    c.learn_attr(b"F", attr(100_000), c.stamp());
+    assert_eq!(c.effective_attr(b"F").unwrap().size, 5000);
+    assert!(
+        c.store.dirty_blocks().unwrap().is_empty(),
+        "a record is not data"
+    );
+}

@@ -245,8 +245,14 @@ async fn via_cache(
     rec: Bytes,
     tx: mpsc::Sender<Outgoing>,
 ) {
-    cache.names_before(call.proc_, &rec);
-    match cached::before_forward(cache, &proxy.nfs, call.proc_, &rec).await {
+    let before = match cached::answer_here(cache, call.proc_, &rec).await {
+        Some(reply) => cached::Before::Hit(reply),
+        None => {
+            cache.names_before(call.proc_, &rec);
+            cached::before_forward(cache, &proxy.nfs, call.proc_, &rec).await
+        }
+    };
+    match before {
         cached::Before::Hit(reply) => {
             if let Some(k) = call.key {
                 proxy.drc.finish(k, &reply, drc::worth_caching(call.proc_));

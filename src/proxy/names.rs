@@ -223,6 +223,19 @@ impl Names {
         g.clear();
     }
 
+    /// The handle `name` in `dir` is known to name now (not while a change of it is in
+    /// flight), or None.
+    pub fn known(&self, dir: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+        if name == b"." || name == b".." {
+            return None;
+        }
+        self.inner
+            .lock()
+            .expect("names lock")
+            .lookup(dir, name)?
+            .cloned()
+    }
+
     /// The reply to a metadata call if this session knows it; None: forward it.
     pub fn answer(&self, p: Proc, call: &[u8], attrs: &dyn Attrs) -> Option<BytesMut> {
         if !matches!(

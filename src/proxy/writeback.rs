@@ -311,6 +311,16 @@ async fn make_room(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, fh: &[u8], block
             let Ok(_wb) = c.wb_lock(&v.fh).try_lock() else {
                 return false;
             };
+            // A truncation still to be applied goes first, or it would cut this block.
+            let cred = cred_or_none(&c, &v.fh);
+            match apply_cut(&c, &u, &v.fh, &cred).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return true, // the file is gone: its data was dropped
+                Err(e) => {
+                    warn!(side = "upstream", error = %e, "write-back of a truncation to make room failed");
+                    return true;
+                }
+            }
             if let Err(e) = writeback_block(&c, &u, &v).await {
                 warn!(side = "upstream", error = %e, "write-back of a block to make room failed");
             }
@@ -384,6 +394,12 @@ async fn write_through(
     let fh = w.file.0;
     let _x = cache.file_lock(fh).write().await;
     let _wb = cache.wb_lock(fh).lock().await;
+    // Bytes that reach the next hop must not be cut by a truncation applied later.
+    match apply_cut(cache, up, fh, cred).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return write_fail(xid, Nfsstat3::STALE, cache, fh),
+        Err(e) => return write_fail(xid, Nfsstat3::IO, cache, fh).tap_warn(&e),
+    }
     let bs = cache.bs;
     let (first, last) = (
         w.offset / bs,
@@ -498,6 +514,14 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     };
     let fh = a.object.0.to_vec();
     let _x = cache.file_lock(&fh).write().await;
+    let cred = Cred::of(&call).expect("parsed above");
+    {
+        let _wb = cache.wb_lock(&fh).lock().await;
+        if let Err(e) = apply_cut(cache, up, &fh, &cred).await {
+            warn!(side = "upstream", error = %e, "a truncation kept in the cache could not be applied; SETATTR answered NFS3ERR_IO");
+            return setattr_fail(xid, Nfsstat3::IO);
+        }
+    }
     cache.change(&fh);
     let reply = match up.call(BytesMut::from(&call[..])).await {
         Ok(r) => r,
@@ -519,15 +543,7 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
         let (c, fh2) = (cache.clone(), fh.clone());
         let fail = |why: String| {
             warn!(side = "cache", error = %why, "truncation in the cache failed; SETATTR answered NFS3ERR_IO (the client retries)");
-            reply_with(
-                xid,
-                &Res::Setattr(NfsResult::Fail(
-                    Nfsstat3::IO,
-                    nfs3::SetattrResFail {
-                        obj_wcc: WccData::default(),
-                    },
-                )),
-            )
+            setattr_fail(xid, Nfsstat3::IO)
         };
         match blocking(move || c.truncated(&fh2, old, new)).await {
             Ok(None) => {}
@@ -550,6 +566,156 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
         Some(out) => out,
         None => BytesMut::from(&reply[..]),
     }
+}
+
+fn setattr_fail(xid: u32, status: Nfsstat3) -> BytesMut {
+    reply_with(
+        xid,
+        &Res::Setattr(NfsResult::Fail(
+            status,
+            nfs3::SetattrResFail {
+                obj_wcc: WccData::default(),
+            },
+        )),
+    )
+}
+
+/// A truncation answered here: SETATTR of the size alone (no guard), or CREATE
+/// UNCHECKED of a name the session knows to be an existing regular file with one link,
+/// asking nothing but the size of it (a mode, owner or group it already has may be
+/// given; the mtime may be set to "now"). The cache cuts the file and records the truncation for the write-back
+/// (`CacheLayer::truncate_locally`); nothing crosses to the next hop. None: forward.
+pub async fn truncate_here(cache: &Arc<CacheLayer>, p: Proc, call: &Bytes) -> Option<BytesMut> {
+    let h = CallHeader::parse(call).ok()?;
+    let args = Args::decode(p, &call[h.args_at..]).ok()?;
+    let plain = |a: &nfs3::Sattr3, have: Option<&Fattr3>| {
+        let same = |want: Option<u32>, is: Option<u32>| want.is_none() || want == is;
+        // A truncation sets the mtime anyway: "to the server's time" is what it does here.
+        a.size.is_some()
+            && a.atime == nfs3::SetTime::DontChange
+            && matches!(
+                a.mtime,
+                nfs3::SetTime::DontChange | nfs3::SetTime::SetToServerTime
+            )
+            && same(a.mode, have.map(|f| f.mode & 0o7777))
+            && same(a.uid, have.map(|f| f.uid))
+            && same(a.gid, have.map(|f| f.gid))
+    };
+    let (fh, new, dir) = match &args {
+        Args::Setattr(a) if a.guard.is_none() && plain(&a.new_attributes, None) => {
+            (a.object.0.to_vec(), a.new_attributes.size?, None)
+        }
+        Args::Create(c) => {
+            let nfs3::CreateHow3::Unchecked(sa) = &c.how else {
+                return None;
+            };
+            let names = cache.names.as_ref()?;
+            let fh = names.known(c.where_.dir.0, c.where_.name)?;
+            let have = cache.effective_attr(&fh)?;
+            if have.ftype != nfs3::Ftype3::REG || have.nlink > 1 || !plain(sa, Some(&have)) {
+                return None;
+            }
+            (fh, sa.size?, Some(c.where_.dir.0.to_vec()))
+        }
+        _ => return None,
+    };
+    let _x = cache.file_lock(&fh).write().await;
+    let (c, fh2) = (cache.clone(), fh.clone());
+    let (before, after) = match blocking(move || c.truncate_locally(&fh2, new)).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(e) => {
+            warn!(side = "cache", error = %e, "truncation in the cache failed; answered NFS3ERR_IO (the client retries)");
+            return Some(match p {
+                Proc::CREATE => reply_with(
+                    h.xid,
+                    &Res::Create(NfsResult::Fail(
+                        Nfsstat3::IO,
+                        nfs3::CreateResFail {
+                            dir_wcc: WccData::default(),
+                        },
+                    )),
+                ),
+                _ => setattr_fail(h.xid, Nfsstat3::IO),
+            });
+        }
+    };
+    let res = match dir {
+        None => Res::Setattr(NfsResult::Ok(nfs3::SetattrResOk {
+            obj_wcc: WccData {
+                before: Some(before),
+                after: Some(after),
+            },
+        })),
+        Some(dir) => Res::Create(NfsResult::Ok(nfs3::CreateResOk {
+            obj: Some(Fh(&fh)),
+            obj_attributes: Some(after),
+            // The directory does not change: a name that exists is truncated.
+            dir_wcc: WccData {
+                before: None,
+                after: cache.effective_attr(&dir),
+            },
+        })),
+    };
+    Some(reply_with(h.xid, &res))
+}
+
+/// Applies a truncation kept in the cache (`truncate_here`) at the next hop: SETATTR of
+/// the size to the cut, then to the file's local size, before any of the file's bytes
+/// written since go there; then its record goes. Call with the file's write-back lock
+/// held (or its exclusive lock), so the cut is applied once and before any WRITE of the
+/// file. Ok(Some(attributes after)), Ok(None) when the file is gone at the next hop
+/// (its local data dropped), Err when it could not be applied (it stays recorded).
+async fn apply_cut(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    fh: &[u8],
+    cred: &Cred,
+) -> Result<Option<Option<Fattr3>>, String> {
+    let Some(cut) = cache.cut(fh) else {
+        return Ok(Some(None));
+    };
+    let size = cache.local(fh).map_or(cut, |l| l.size);
+    let mut after = None;
+    let sizes = if size == cut {
+        vec![cut]
+    } else {
+        vec![cut, size]
+    };
+    for s in sizes {
+        let args = Args::Setattr(nfs3::SetattrArgs {
+            object: Fh(fh),
+            new_attributes: nfs3::Sattr3 {
+                size: Some(s),
+                ..Default::default()
+            },
+            guard: None,
+        });
+        match nfs_call(up, cred, &args).await {
+            Ok((reply, at)) => {
+                if let Ok(Res::Setattr(NfsResult::Ok(ok))) =
+                    Res::decode(Proc::SETATTR, &reply[at..])
+                {
+                    after = ok.obj_wcc.after.clone();
+                }
+            }
+            Err(e) if e.gone() => {
+                info!(
+                    side = "upstream",
+                    "file removed at the next hop; its truncation and dirty data are dropped"
+                );
+                cache.forget_file(fh);
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("write-back SETATTR (size {s}): {e}")),
+        }
+    }
+    let (c, fh2) = (cache.clone(), fh.to_vec());
+    blocking(move || c.cut_applied(&fh2, cut))
+        .await
+        .map_err(|e| format!("clearing a truncation record: {e}"))?;
+    debug!(cut, size, "truncation applied at the next hop");
+    Ok(Some(after))
 }
 
 /// Walks `rel` (`a/b/c`) from a directory handle with LOOKUPs.
@@ -642,6 +808,13 @@ pub async fn create_sized(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     if let Some(fh) = fh {
         let _x = cache.file_lock(&fh).write().await;
         let had_local = cache.local(&fh).is_some();
+        let cred = Cred::of(&call).expect("parsed above");
+        {
+            let _wb = cache.wb_lock(&fh).lock().await;
+            if let Err(e) = apply_cut(cache, up, &fh, &cred).await {
+                warn!(side = "upstream", error = %e, "a truncation kept in the cache could not be applied before a CREATE's");
+            }
+        }
         let (c, fh2) = (cache.clone(), fh.clone());
         match blocking(move || c.truncated(&fh2, None, new)).await {
             Ok(None) => {}
@@ -655,7 +828,6 @@ pub async fn create_sized(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
             Err(e) => warn!(side = "cache", error = %e, "cache truncation after CREATE failed"),
         }
         if had_local {
-            let cred = Cred::of(&call).expect("parsed above");
             let args = Args::Setattr(nfs3::SetattrArgs {
                 object: Fh(&fh),
                 new_attributes: nfs3::Sattr3 {
@@ -736,6 +908,12 @@ pub async fn flush(
             _ => by_file.push((d.fh.clone(), vec![d])),
         }
     }
+    // Files with only a truncation to apply (truncated, not written since).
+    for fh in cache.cut_files() {
+        if only.as_ref().is_none_or(|f| *f == fh) && !by_file.iter().any(|(f, _)| *f == fh) {
+            by_file.push((fh, Vec::new()));
+        }
+    }
     let with_dirty: std::collections::HashSet<Vec<u8>> =
         by_file.iter().map(|(f, _)| f.clone()).collect();
     let wgens = Arc::new(wgens);
@@ -814,10 +992,17 @@ async fn flush_file(
     let cred = cred_or_none(cache, fh);
     let mut bytes = 0;
     let mut all_clean = true;
-    let mut after = None;
     // Decided once per file: the first batch sent changes the file's mtime, after which
     // its sidecar no longer counts as fresh.
     let mut whole = super::upload::plan(cache, up, fh, &cred).await;
+    // A truncation answered here goes first: the WRITEs below land on the cut file.
+    let mut after = {
+        let _wb = cache.wb_lock(fh).lock().await;
+        match apply_cut(cache, up, fh, &cred).await? {
+            None => return Ok(FileOutcome::Gone),
+            Some(a) => a,
+        }
+    };
     // In batches, each committed and marked clean before the next: a big file frees its
     // frames as the write-back goes, not only at its end.
     for batch in blocks.chunks(BATCH_BLOCKS) {

@@ -1,0 +1,283 @@
+//! Truncations kept in the write-back cache, against the real server: a SETATTR of the
+//! size, or a CREATE of a name the session knows to exist, is answered by the proxy
+//! without a call upstream; reads see zeros past the cut (never the server's old bytes);
+//! the write-back applies the cut at the server before the file's WRITEs, so the server's
+//! file ends byte-equal to what the client saw; a crash loses nothing acknowledged.
+//!
+//! The next hop is a second gridvfs in front of Ganesha whose control socket reports the
+//! calls it received; the truth is Ganesha's export directory on this machine's disk.
+
+mod common;
+
+use std::path::Path;
+
+use common::{
+    Client, Gridvfs, Lab, apply, assert_same_bytes, commit, control_section, ctl, getattr,
+    lookup_in, mount, pseudo_random, read, read_all, scratch_fh, set_size, write, write_back_cache,
+};
+use nfs3_types::nfs3::{
+    CREATE3args, Nfs3Option, Nfs3Result, SETATTR3args, createhow3, diropargs3, filename3, nfs_fh3,
+    sattr3, stable_how,
+};
+use nfs3_types::xdr_codec::Opaque;
+
+/// A counting next hop in front of Ganesha, and a write-back, session-metadata proxy.
+struct Chain {
+    hop: Gridvfs,
+    proxy: Gridvfs,
+    tmp: tempfile::TempDir,
+}
+
+impl Chain {
+    fn start(lab: &Lab) -> Chain {
+        let tmp = tempfile::tempdir().unwrap();
+        let hop = Gridvfs::start_with(
+            lab.endpoint(),
+            "127.0.0.1:0",
+            "",
+            &control_section(&tmp.path().join("hop.sock")),
+        );
+        let proxy = Self::proxy(&hop, tmp.path());
+        Chain { hop, proxy, tmp }
+    }
+
+    fn proxy(hop: &Gridvfs, dir: &Path) -> Gridvfs {
+        let cfg = format!(
+            "{}{}",
+            write_back_cache(&dir.join("cache"), "metadata = \"session\"\n"),
+            control_section(&dir.join("proxy.sock"))
+        );
+        Gridvfs::start_with(hop.endpoints(), "127.0.0.1:0", "", &cfg)
+    }
+
+    /// Calls of `proc_` the next hop received.
+    fn upstream(&self, proc_: &str) -> u64 {
+        let (ok, s) = ctl(&self.tmp.path().join("hop.sock"), &["status"]);
+        assert!(ok, "{s}");
+        s["calls"][proc_].as_u64().unwrap_or(0)
+    }
+
+    /// A number from the proxy's `cache` status.
+    fn cache_status(&self, key: &str) -> u64 {
+        let (ok, s) = ctl(&self.tmp.path().join("proxy.sock"), &["status"]);
+        assert!(ok, "{s}");
+        s["cache"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no cache.{key} in {s}"))
+    }
+
+    fn flush(&self) {
+        let (ok, v) = ctl(&self.tmp.path().join("proxy.sock"), &["flush"]);
+        assert!(ok, "flush: {v}");
+    }
+}
+
+/// CREATE UNCHECKED of `name` with mode 0644 and `size` (NFSv3's create-or-truncate).
+async fn create_sized(c: &mut Client, dir: &nfs_fh3, name: &str, size: u64) -> nfs_fh3 {
+    let args = CREATE3args {
+        where_: diropargs3 {
+            dir: dir.clone(),
+            name: filename3(Opaque::owned(name.as_bytes().to_vec())),
+        },
+        how: createhow3::UNCHECKED(sattr3 {
+            mode: Nfs3Option::Some(0o644),
+            size: Nfs3Option::Some(size),
+            ..Default::default()
+        }),
+    };
+    match c.create(&args).await.expect("CREATE") {
+        Nfs3Result::Ok(ok) => match ok.obj {
+            Nfs3Option::Some(fh) => fh,
+            Nfs3Option::None => lookup_in(c, dir, name).await.object,
+        },
+        Nfs3Result::Err((st, _)) => panic!("CREATE {name}: {st:?}"),
+    }
+}
+
+/// A file of `len` random bytes, mode 0644, in the scratch directory.
+fn server_file(dir: &Path, name: &str, len: usize, seed: u64) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt;
+    let data = pseudo_random(len, seed);
+    let p = dir.join(name);
+    std::fs::write(&p, &data).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    data
+}
+
+/// CREATE of a known file and SETATTRs of the size are answered by the proxy; the
+/// server's file is untouched until the write-back, which leaves it equal to what the
+/// client saw (old bytes past the cut never come back).
+#[tokio::test]
+async fn truncations_are_kept_here_until_the_write_back() {
+    let lab = Lab::get();
+    let (local, name) = lab.scratch("trunc-kept");
+    let old = server_file(&local, "f", 300_000, 11);
+    let chain = Chain::start(&lab);
+    let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
+    let top = scratch_fh(&mut c, &name).await;
+    let fh = lookup_in(&mut c, &top, "f").await.object;
+    assert_same_bytes("first read", &read_all(&mut c, &fh).await, &old);
+    let (setattrs, creates) = (chain.upstream("SETATTR"), chain.upstream("CREATE"));
+
+    // CREATE of the existing name: the same file, now empty.
+    assert_eq!(create_sized(&mut c, &top, "f", 0).await, fh, "same handle");
+    assert_eq!(getattr(&mut c, &fh).await.size, 0);
+    assert!(read_all(&mut c, &fh).await.is_empty(), "empty after CREATE");
+
+    // Written again at its head and far past it: the gap reads as zeros.
+    let mut want = Vec::new();
+    let head = pseudo_random(1000, 12);
+    let tail = pseudo_random(100, 13);
+    write(&mut c, &fh, 0, &head, stable_how::UNSTABLE).await;
+    apply(&mut want, 0, &head);
+    write(&mut c, &fh, 200_000, &tail, stable_how::UNSTABLE).await;
+    apply(&mut want, 200_000, &tail);
+    commit(&mut c, &fh).await;
+    assert_same_bytes("after the rewrite", &read_all(&mut c, &fh).await, &want);
+    let mid = read(&mut c, &fh, 100_003, 5000).await;
+    assert!(
+        mid.data.iter().all(|&b| b == 0),
+        "bytes past the cut are zeros, not the server's old ones"
+    );
+
+    // SETATTR of the size: cut below the tail, then extended again.
+    set_size(&mut c, &fh, 150_000).await;
+    want.truncate(150_000);
+    set_size(&mut c, &fh, 180_000).await;
+    want.resize(180_000, 0);
+    assert_eq!(getattr(&mut c, &fh).await.size, 180_000);
+    assert_same_bytes("after SETATTRs", &read_all(&mut c, &fh).await, &want);
+
+    assert_eq!(
+        chain.upstream("SETATTR"),
+        setattrs,
+        "no SETATTR upstream yet"
+    );
+    assert_eq!(chain.upstream("CREATE"), creates, "no CREATE upstream");
+    assert_same_bytes(
+        "the server's file before the write-back",
+        &std::fs::read(local.join("f")).unwrap(),
+        &old,
+    );
+    assert_eq!(chain.cache_status("local_truncations"), 3);
+    assert_eq!(chain.cache_status("truncations_pending"), 1);
+
+    chain.flush();
+    assert_same_bytes(
+        "the server's file after the write-back",
+        &std::fs::read(local.join("f")).unwrap(),
+        &want,
+    );
+    assert_eq!(
+        chain.upstream("SETATTR"),
+        setattrs + 2,
+        "the write-back applies the cut and the size: two SETATTRs"
+    );
+    assert_eq!(chain.cache_status("truncations_pending"), 0);
+    assert_same_bytes(
+        "read after the write-back",
+        &read_all(&mut c, &fh).await,
+        &want,
+    );
+
+    // A file only truncated (nothing written since) is written back too.
+    set_size(&mut c, &fh, 10).await;
+    chain.flush();
+    assert_same_bytes(
+        "the server's file after a bare truncation",
+        &std::fs::read(local.join("f")).unwrap(),
+        &want[..10],
+    );
+}
+
+/// A truncation the proxy must forward (it also changes the mode) applies the one kept
+/// in the cache first, so the server never holds bytes that the later write-back of the
+/// kept cut would destroy, and the file ends right.
+#[tokio::test]
+async fn a_forwarded_truncation_applies_the_kept_one_first() {
+    let lab = Lab::get();
+    let (local, name) = lab.scratch("trunc-forwarded");
+    let old = server_file(&local, "g", 200_000, 21);
+    let chain = Chain::start(&lab);
+    let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
+    let top = scratch_fh(&mut c, &name).await;
+    let fh = lookup_in(&mut c, &top, "g").await.object;
+    assert_same_bytes("first read", &read_all(&mut c, &fh).await, &old);
+
+    set_size(&mut c, &fh, 5000).await;
+    let mut want = old[..5000].to_vec();
+    let data = pseudo_random(3000, 22);
+    write(&mut c, &fh, 100_000, &data, stable_how::UNSTABLE).await;
+    apply(&mut want, 100_000, &data);
+    commit(&mut c, &fh).await;
+    let setattrs = chain.upstream("SETATTR");
+
+    let r = c
+        .setattr(&SETATTR3args {
+            object: fh.clone(),
+            new_attributes: sattr3 {
+                mode: Nfs3Option::Some(0o600),
+                size: Nfs3Option::Some(101_000),
+                ..Default::default()
+            },
+            guard: Nfs3Option::None,
+        })
+        .await
+        .expect("SETATTR");
+    assert!(matches!(r, Nfs3Result::Ok(_)), "SETATTR mode+size");
+    want.truncate(101_000);
+    assert!(
+        chain.upstream("SETATTR") >= setattrs + 2,
+        "the kept cut went first, then the forwarded SETATTR"
+    );
+    assert_same_bytes("read", &read_all(&mut c, &fh).await, &want);
+    chain.flush();
+    assert_same_bytes(
+        "the server's file after the write-back",
+        &std::fs::read(local.join("g")).unwrap(),
+        &want,
+    );
+}
+
+/// The proxy is killed after acknowledging a truncation and a COMMIT: restarted on the
+/// same cache, it still shows the cut file, and its write-back makes the server's file
+/// equal to it.
+#[tokio::test]
+async fn a_kept_truncation_survives_a_crash() {
+    let lab = Lab::get();
+    let (local, name) = lab.scratch("trunc-crash");
+    let old = server_file(&local, "h", 300_000, 31);
+    let mut chain = Chain::start(&lab);
+    let want = {
+        let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
+        let top = scratch_fh(&mut c, &name).await;
+        let fh = lookup_in(&mut c, &top, "h").await.object;
+        assert_same_bytes("first read", &read_all(&mut c, &fh).await, &old);
+        set_size(&mut c, &fh, 1000).await;
+        let mut want = old[..1000].to_vec();
+        let data = pseudo_random(100, 32);
+        write(&mut c, &fh, 50_000, &data, stable_how::UNSTABLE).await;
+        apply(&mut want, 50_000, &data);
+        commit(&mut c, &fh).await;
+        want
+    };
+    chain.proxy.kill();
+    assert_same_bytes(
+        "the server's file after the crash",
+        &std::fs::read(local.join("h")).unwrap(),
+        &old,
+    );
+    chain.proxy = Chain::proxy(&chain.hop, chain.tmp.path());
+    assert_eq!(chain.cache_status("truncations_pending"), 1);
+    let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
+    let top = scratch_fh(&mut c, &name).await;
+    let fh = lookup_in(&mut c, &top, "h").await.object;
+    assert_eq!(getattr(&mut c, &fh).await.size, want.len() as u64);
+    assert_same_bytes("read after restart", &read_all(&mut c, &fh).await, &want);
+    chain.flush();
+    assert_same_bytes(
+        "the server's file after the write-back",
+        &std::fs::read(local.join("h")).unwrap(),
+        &want,
+    );
+}
