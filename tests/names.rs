@@ -448,3 +448,83 @@ fn bad_metadata_config_is_refused() {
         );
     }
 }
+
+/// MKDIR, SYMLINK, CREATE GUARDED and LINK of a name the session knows to exist are
+/// refused with NFS3ERR_EXIST by the proxy, as Ganesha refuses them, without a call
+/// upstream; a name not known is still asked.
+#[tokio::test]
+async fn making_a_known_name_again_is_refused_here() {
+    use nfs3_types::nfs3::LINK3args;
+    let lab = Lab::get();
+    let (_local, name) = lab.scratch("names-exist");
+    let chain = Chain::start(&lab);
+    let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
+    let mut direct = mount(lab.endpoint(), &lab.export).await;
+    let top = scratch_fh(&mut c, &name).await;
+    let sub = mkdir(&mut c, &top, "sub").await;
+    let f = create(&mut c, &sub, "f").await;
+    fn st<T, E>(r: Nfs3Result<T, E>) -> nfsstat3 {
+        match r {
+            Nfs3Result::Ok(_) => nfsstat3::NFS3_OK,
+            Nfs3Result::Err((st, _)) => st,
+        }
+    }
+    // Each call, through the proxy and straight to Ganesha.
+    async fn attempts(c: &mut Client, dir: &nfs_fh3, f: &nfs_fh3) -> Vec<nfsstat3> {
+        let mut out = Vec::new();
+        let r = c
+            .mkdir(&MKDIR3args {
+                where_: dirop(dir, "f"),
+                attributes: sattr3::default(),
+            })
+            .await
+            .expect("MKDIR");
+        out.push(st(r));
+        let r = c
+            .symlink(&SYMLINK3args {
+                where_: dirop(dir, "f"),
+                symlink: symlinkdata3 {
+                    symlink_attributes: sattr3::default(),
+                    symlink_data: b"x".to_vec().into(),
+                },
+            })
+            .await
+            .expect("SYMLINK");
+        out.push(st(r));
+        let r = c
+            .create(&CREATE3args {
+                where_: dirop(dir, "f"),
+                how: createhow3::GUARDED(sattr3::default()),
+            })
+            .await
+            .expect("CREATE");
+        out.push(st(r));
+        let r = c
+            .link(&LINK3args {
+                file: f.clone(),
+                link: dirop(dir, "f"),
+            })
+            .await
+            .expect("LINK");
+        out.push(st(r));
+        out
+    }
+    let before = ["MKDIR", "SYMLINK", "CREATE", "LINK"].map(|p| chain.upstream(p));
+    let hits = chain.hits();
+    let got = attempts(&mut c, &sub, &f).await;
+    assert_eq!(
+        ["MKDIR", "SYMLINK", "CREATE", "LINK"].map(|p| chain.upstream(p)),
+        before,
+        "answered by the proxy"
+    );
+    assert_eq!(chain.hits(), hits + 4);
+    let dtop = scratch_fh(&mut direct, &name).await;
+    let dsub = lookup(&mut direct, &dtop, "sub").await.unwrap();
+    let df = lookup(&mut direct, &dsub, "f").await.unwrap();
+    let want = attempts(&mut direct, &dsub, &df).await;
+    assert_eq!(got, want, "the same statuses as Ganesha's");
+    assert!(got.iter().all(|s| *s == nfsstat3::NFS3ERR_EXIST), "{got:?}");
+    // A name the session does not know goes upstream.
+    let _new = mkdir(&mut c, &sub, "d2").await;
+    assert_eq!(chain.upstream("MKDIR"), before[0] + 1);
+}

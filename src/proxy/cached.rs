@@ -1275,14 +1275,20 @@ pub fn touches_store(p: Proc) -> bool {
     )
 }
 
-/// A call answered before anything else sees it (write-back): a truncation the cache
-/// takes (`writeback::truncate_here`). None: go on with `names_before` and
+/// A call answered before anything else sees it: a CREATE GUARDED of a name the session
+/// knows to exist (NFS3ERR_EXIST), or (write-back) a truncation the cache takes
+/// (`writeback::truncate_here`). None: go on with `names_before` and
 /// `before_forward`.
 pub async fn answer_here(
     cache: &std::sync::Arc<CacheLayer>,
     p: Proc,
     call: &bytes::Bytes,
 ) -> Option<BytesMut> {
+    if p == Proc::CREATE
+        && let Some(r) = cache.answer_metadata(p, call)
+    {
+        return Some(r); // GUARDED, of a name known to exist
+    }
     if cache.policy != WritePolicy::WriteBack || !matches!(p, Proc::SETATTR | Proc::CREATE) {
         return None;
     }

@@ -1,5 +1,6 @@
 //! The session's metadata (`[cache] metadata = "session"`): LOOKUP, GETATTR, ACCESS,
-//! READLINK — and a REMOVE of a name known to be absent — answered from what earlier
+//! READLINK — a REMOVE of a name known to be absent, and a MKDIR, SYMLINK, MKNOD, LINK or
+//! CREATE GUARDED of a name known to exist — answered from what earlier
 //! replies and the session's own namespace changes taught, so a warm session does not
 //! pay a WAN round trip for each (paper §3: one user session owns its files; the
 //! middleware ends it with SIGUSR2, which forgets all of this with the cache).
@@ -240,13 +241,71 @@ impl Names {
     pub fn answer(&self, p: Proc, call: &[u8], attrs: &dyn Attrs) -> Option<BytesMut> {
         if !matches!(
             p,
-            Proc::GETATTR | Proc::LOOKUP | Proc::ACCESS | Proc::READLINK | Proc::REMOVE
+            Proc::GETATTR
+                | Proc::LOOKUP
+                | Proc::ACCESS
+                | Proc::READLINK
+                | Proc::REMOVE
+                | Proc::MKDIR
+                | Proc::SYMLINK
+                | Proc::MKNOD
+                | Proc::LINK
+                | Proc::CREATE
         ) {
             return None;
         }
         let (h, args) = decode(p, call)?;
         let xid = h.xid;
+        // A name that must not exist yet for the call to make it: NFS3ERR_EXIST when it is
+        // known to exist (nothing changes, nothing to write back).
+        let exists = |dir: &[u8], name: &[u8]| {
+            name != b"."
+                && name != b".."
+                && matches!(
+                    self.inner.lock().expect("names lock").lookup(dir, name),
+                    Some(Some(_))
+                )
+        };
+        let exist_fail = |dir: &[u8]| nfs3::CreateResFail {
+            dir_wcc: WccData {
+                before: None,
+                after: attrs.attr(dir),
+            },
+        };
         let out = match args {
+            Args::Mkdir(a) if exists(a.where_.dir.0, a.where_.name) => reply(
+                xid,
+                &Res::Mkdir(NfsResult::Fail(Nfsstat3::EXIST, exist_fail(a.where_.dir.0))),
+            ),
+            Args::Symlink(a) if exists(a.where_.dir.0, a.where_.name) => reply(
+                xid,
+                &Res::Symlink(NfsResult::Fail(Nfsstat3::EXIST, exist_fail(a.where_.dir.0))),
+            ),
+            Args::Mknod(a) if exists(a.where_.dir.0, a.where_.name) => reply(
+                xid,
+                &Res::Mknod(NfsResult::Fail(Nfsstat3::EXIST, exist_fail(a.where_.dir.0))),
+            ),
+            // GUARDED only: UNCHECKED succeeds on an existing file, and EXCLUSIVE does
+            // when its verifier matches (a retransmission).
+            Args::Create(a)
+                if matches!(a.how, nfs3::CreateHow3::Guarded(_))
+                    && exists(a.where_.dir.0, a.where_.name) =>
+            {
+                reply(
+                    xid,
+                    &Res::Create(NfsResult::Fail(Nfsstat3::EXIST, exist_fail(a.where_.dir.0))),
+                )
+            }
+            Args::Link(a) if exists(a.link.dir.0, a.link.name) => reply(
+                xid,
+                &Res::Link(NfsResult::Fail(
+                    Nfsstat3::EXIST,
+                    nfs3::LinkResFail {
+                        file_attributes: attrs.attr(a.file.0),
+                        linkdir_wcc: exist_fail(a.link.dir.0).dir_wcc,
+                    },
+                )),
+            ),
             Args::Getattr(a) => {
                 let attr = shared_attr(attrs, a.object.0)?;
                 reply(
