@@ -28,6 +28,7 @@
 //! fails the benchmark. Other knobs: `GRIDVFS_BENCH_BLOCK_KIB` (256, cache block),
 //! `GRIDVFS_BENCH_DROP_CACHES=0` (scenario 2 without the dropped-page-cache passes),
 //! `GRIDVFS_BENCH_WRITE_POLICY` (`write-back`; empty = leave the key out),
+//! `GRIDVFS_BENCH_METADATA` (`session`, or `forward`: every LOOKUP/GETATTR asks the next hop),
 //! `GRIDVFS_BENCH_TREE_DIRECT_ROUNDS` (1: rounds of scenario 3 directly over the WAN, for
 //! reference), `GRIDVFS_BENCH_SCENARIOS` (`1,2,3`). Needs the lab and root:
 //! `scripts/bench.sh writeback`.
@@ -581,6 +582,7 @@ async fn main() {
     let block_kib = env_u64("GRIDVFS_BENCH_BLOCK_KIB", 256);
     let policy = std::env::var("GRIDVFS_BENCH_WRITE_POLICY").unwrap_or("write-back".into());
     let by_create = std::env::var("GRIDVFS_BENCH_TREE_TRUNC").as_deref() == Ok("create");
+    let metadata = std::env::var("GRIDVFS_BENCH_METADATA").unwrap_or("session".into());
     let scenarios = std::env::var("GRIDVFS_BENCH_SCENARIOS").unwrap_or("1,2,3".into());
     let on = |n: &str| scenarios.split(',').any(|s| s.trim() == n);
 
@@ -612,7 +614,7 @@ async fn main() {
         wm,
         &format!(
             "[cache]\ndir = \"{}\"\nsize = \"{cache_gib}GiB\"\nblock_size = \"{block_kib}KiB\"\n\
-             ways = 16\nbanks = 16\n{policy_line}[control]\nsocket = \"{}\"\n",
+             ways = 16\nbanks = 16\nmetadata = \"{metadata}\"\n{policy_line}[control]\nsocket = \"{}\"\n",
             cache_dir.path().display(),
             socket.display()
         ),
@@ -625,7 +627,7 @@ async fn main() {
     let mut out = vec![
         format!(
             "WAN emulator: 40 ms RTT, {mbit} Mbit/s shared link. gridvfs: cache {cache_gib} GiB on local disk, \
-             {block_kib} KiB blocks, 16-way, 16 banks, write_policy = {}. Medians of {rounds} rounds.",
+             {block_kib} KiB blocks, 16-way, 16 banks, metadata = {metadata}, write_policy = {}. Medians of {rounds} rounds.",
             if policy.is_empty() {
                 "(default)"
             } else {

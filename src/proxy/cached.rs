@@ -854,7 +854,7 @@ impl CacheLayer {
         if self.store.is_shared() {
             return Ok(None);
         }
-        let _m = self.mutate.lock().expect("mutate lock");
+        let m = self.mutate.lock().expect("mutate lock");
         let Some(before) = self.effective_attr(fh).filter(|a| a.ftype == Ftype3::REG) else {
             return Ok(None);
         };
@@ -896,6 +896,9 @@ impl CacheLayer {
         let first_whole = low.div_ceil(self.bs);
         self.store
             .invalidate_range(fh, first_whole, (old.max(new) / self.bs).max(first_whole))?;
+        // Durable before the reply, but not under `mutate`: every other change and fill
+        // of every file would wait for these fsyncs (8 truncating clients took turns).
+        drop(m);
         self.store.sync_all()?;
         self.local_truncations.fetch_add(1, Ordering::Relaxed);
         let after = self.effective_attr(fh).unwrap_or_else(|| {
