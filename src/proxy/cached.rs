@@ -846,10 +846,13 @@ impl CacheLayer {
     /// unless written since. Returns the attributes before and after, or None when the
     /// cache cannot take it (attributes unknown, not a regular file, no room): the caller
     /// forwards the truncation instead.
+    /// `cred`: the caller's credential, kept (as a WRITE's is) for the write-back that
+    /// applies the truncation.
     pub fn truncate_locally(
         &self,
         fh: &[u8],
         new: u64,
+        cred: Option<Cred>,
     ) -> Result<Option<(WccAttr, Fattr3)>, CacheError> {
         if self.store.is_shared() {
             return Ok(None);
@@ -869,6 +872,10 @@ impl CacheLayer {
             // Nothing recorded yet (bytes past `low` go either way): forwarded instead.
             tracing::debug!(side = "cache", error = %e, "cannot cut a cached block here; forwarding the truncation");
             return Ok(None);
+        }
+        // Before the record: a restart that finds it also finds a credential to apply it.
+        if let Some(c) = cred.clone() {
+            self.remember_cred(c);
         }
         match self
             .store
@@ -892,6 +899,9 @@ impl CacheLayer {
             l.mtime = t;
             l.ctime = t;
             s.wgen += 1;
+            if cred.is_some() {
+                s.cred = cred;
+            }
         });
         let first_whole = low.div_ceil(self.bs);
         self.store

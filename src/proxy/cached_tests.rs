@@ -183,8 +183,8 @@ fn bytes_past_a_kept_cut_are_zeros_until_it_is_applied() {
     let mut want = vec![9u8; 100];
     want.resize(8192, 0);
     let before = c.stamp();
-    assert!(c.truncate_locally(b"F", 100).unwrap().is_some());
-    let (_, after) = c.truncate_locally(b"F", 8192).unwrap().unwrap();
+    assert!(c.truncate_locally(b"F", 100, None).unwrap().is_some());
+    let (_, after) = c.truncate_locally(b"F", 8192, None).unwrap().unwrap();
     assert_eq!((after.size, c.cut(b"F")), (8192, Some(100)));
     assert_eq!(
         read_data(&c.read(1, b"F", 4096, 4096).expect("past the cut: a hit")),
@@ -231,8 +231,8 @@ fn a_kept_cut_survives_reopening() {
     {
         let c = layer(dir.path(), 4, 16);
         c.learn_attr(b"F", attr(100_000), c.stamp());
-        assert!(c.truncate_locally(b"F", 10).unwrap().is_some());
-        assert!(c.truncate_locally(b"F", 5000).unwrap().is_some());
+        assert!(c.truncate_locally(b"F", 10, None).unwrap().is_some());
+        assert!(c.truncate_locally(b"F", 5000, None).unwrap().is_some());
         // Dropped without `close`: an unclean stop.
     }
     let c = layer(dir.path(), 4, 16);

@@ -620,8 +620,8 @@ pub async fn truncate_here(cache: &Arc<CacheLayer>, p: Proc, call: &Bytes) -> Op
         _ => return None,
     };
     let _x = cache.file_lock(&fh).write().await;
-    let (c, fh2) = (cache.clone(), fh.clone());
-    let (before, after) = match blocking(move || c.truncate_locally(&fh2, new)).await {
+    let (c, fh2, cred) = (cache.clone(), fh.clone(), Cred::of(call));
+    let (before, after) = match blocking(move || c.truncate_locally(&fh2, new, cred)).await {
         Ok(Some(r)) => r,
         Ok(None) => return None,
         Err(e) => {
