@@ -938,15 +938,26 @@ impl CacheLayer {
 
     /// The next hop has applied the truncation `cut` (and the file's local size): its
     /// record goes, durably. A READ reply stamped before now may still carry the bytes it
-    /// removed (`cut_gone`).
-    pub fn cut_applied(&self, fh: &[u8], cut: u64) -> Result<(), CacheError> {
+    /// removed (`cut_gone`). `after`: the next hop's attributes after it (its last
+    /// SETATTR's), which replace those kept from before the cut, also in the store: a
+    /// restart must not take the old size for another writer's extension.
+    pub fn cut_applied(
+        &self,
+        fh: &[u8],
+        cut: u64,
+        after: Option<Fattr3>,
+    ) -> Result<(), CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         if self.with_file(fh, |s| s.cut) != Some(cut) {
             return Ok(()); // a newer truncation: its record stays
         }
+        match &after {
+            Some(a) => self.persist_attr(fh, None, a),
+            None => self.store.invalidate(fh, ATTR_BLOCK)?,
+        }
         self.store.invalidate(fh, CUT_BLOCK)?;
         self.store.sync_tags()?;
-        let attr = self.with_file(fh, |s| s.attr.clone());
+        let attr = after.or_else(|| self.with_file(fh, |s| s.attr.clone()));
         self.changed(fh, attr);
         let at = self.stamp();
         self.with_file(fh, |s| {

@@ -710,8 +710,8 @@ async fn apply_cut(
             Err(e) => return Err(format!("write-back SETATTR (size {s}): {e}")),
         }
     }
-    let (c, fh2) = (cache.clone(), fh.to_vec());
-    blocking(move || c.cut_applied(&fh2, cut))
+    let (c, fh2, a) = (cache.clone(), fh.to_vec(), after.clone());
+    blocking(move || c.cut_applied(&fh2, cut, a))
         .await
         .map_err(|e| format!("clearing a truncation record: {e}"))?;
     debug!(cut, size, "truncation applied at the next hop");
