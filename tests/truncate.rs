@@ -281,3 +281,32 @@ async fn a_kept_truncation_survives_a_crash() {
         &want,
     );
 }
+
+/// A session that only truncates (no WRITE through this cache yet, so no writer's
+/// credential is known): the write-back applies the cut with the credential of the call
+/// that asked for it, not AUTH_NONE (which the server refuses), and the server's file
+/// ends cut.
+#[tokio::test]
+async fn a_bare_truncation_is_written_back_with_its_callers_credential() {
+    let lab = Lab::get();
+    let (local, name) = lab.scratch("trunc-cred");
+    let old = server_file(&local, "k", 100_000, 41);
+    let chain = Chain::start(&lab);
+    let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
+    let top = scratch_fh(&mut c, &name).await;
+    let fh = lookup_in(&mut c, &top, "k").await.object;
+    assert_same_bytes("first read", &read_all(&mut c, &fh).await, &old);
+    set_size(&mut c, &fh, 10).await;
+    assert_eq!(chain.cache_status("truncations_pending"), 1);
+    chain.flush();
+    assert_eq!(
+        chain.cache_status("truncations_pending"),
+        0,
+        "the cut was applied"
+    );
+    assert_same_bytes(
+        "the server's file after the write-back",
+        &std::fs::read(local.join("k")).unwrap(),
+        &old[..10],
+    );
+}

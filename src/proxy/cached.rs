@@ -846,10 +846,13 @@ impl CacheLayer {
     /// unless written since. Returns the attributes before and after, or None when the
     /// cache cannot take it (attributes unknown, not a regular file, no room): the caller
     /// forwards the truncation instead.
+    /// `cred`: the caller's credential, kept (as a WRITE's is) for the write-back that
+    /// applies the truncation.
     pub fn truncate_locally(
         &self,
         fh: &[u8],
         new: u64,
+        cred: Option<Cred>,
     ) -> Result<Option<(WccAttr, Fattr3)>, CacheError> {
         if self.store.is_shared() {
             return Ok(None);
@@ -869,6 +872,10 @@ impl CacheLayer {
             // Nothing recorded yet (bytes past `low` go either way): forwarded instead.
             tracing::debug!(side = "cache", error = %e, "cannot cut a cached block here; forwarding the truncation");
             return Ok(None);
+        }
+        // Before the record: a restart that finds it also finds a credential to apply it.
+        if let Some(c) = cred.clone() {
+            self.remember_cred(c);
         }
         match self
             .store
@@ -892,6 +899,9 @@ impl CacheLayer {
             l.mtime = t;
             l.ctime = t;
             s.wgen += 1;
+            if cred.is_some() {
+                s.cred = cred;
+            }
         });
         let first_whole = low.div_ceil(self.bs);
         self.store
@@ -931,15 +941,26 @@ impl CacheLayer {
 
     /// The next hop has applied the truncation `cut` (and the file's local size): its
     /// record goes, durably. A READ reply stamped before now may still carry the bytes it
-    /// removed (`cut_gone`).
-    pub fn cut_applied(&self, fh: &[u8], cut: u64) -> Result<(), CacheError> {
+    /// removed (`cut_gone`). `after`: the next hop's attributes after it (its last
+    /// SETATTR's), which replace those kept from before the cut, also in the store: a
+    /// restart must not take the old size for another writer's extension.
+    pub fn cut_applied(
+        &self,
+        fh: &[u8],
+        cut: u64,
+        after: Option<Fattr3>,
+    ) -> Result<(), CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         if self.with_file(fh, |s| s.cut) != Some(cut) {
             return Ok(()); // a newer truncation: its record stays
         }
+        match &after {
+            Some(a) => self.persist_attr(fh, None, a),
+            None => self.store.invalidate(fh, ATTR_BLOCK)?,
+        }
         self.store.invalidate(fh, CUT_BLOCK)?;
         self.store.sync_tags()?;
-        let attr = self.with_file(fh, |s| s.attr.clone());
+        let attr = after.or_else(|| self.with_file(fh, |s| s.attr.clone()));
         self.changed(fh, attr);
         let at = self.stamp();
         self.with_file(fh, |s| {

@@ -183,8 +183,8 @@ fn bytes_past_a_kept_cut_are_zeros_until_it_is_applied() {
     let mut want = vec![9u8; 100];
     want.resize(8192, 0);
     let before = c.stamp();
-    assert!(c.truncate_locally(b"F", 100).unwrap().is_some());
-    let (_, after) = c.truncate_locally(b"F", 8192).unwrap().unwrap();
+    assert!(c.truncate_locally(b"F", 100, None).unwrap().is_some());
+    let (_, after) = c.truncate_locally(b"F", 8192, None).unwrap().unwrap();
     assert_eq!((after.size, c.cut(b"F")), (8192, Some(100)));
     assert_eq!(
         read_data(&c.read(1, b"F", 4096, 4096).expect("past the cut: a hit")),
@@ -211,7 +211,7 @@ fn bytes_past_a_kept_cut_are_zeros_until_it_is_applied() {
 
     // The write-back applied it: an old reply still gets zeros past the cut.
     let applying = c.stamp();
-    c.cut_applied(b"F", 100).unwrap();
+    c.cut_applied(b"F", 100, None).unwrap();
     assert_eq!(c.cut(b"F"), None);
     c.store.invalidate(b"F", 0).unwrap();
     let out = c.observe(&call, &reply, applying).expect("rebuilt");
@@ -231,8 +231,8 @@ fn a_kept_cut_survives_reopening() {
     {
         let c = layer(dir.path(), 4, 16);
         c.learn_attr(b"F", attr(100_000), c.stamp());
-        assert!(c.truncate_locally(b"F", 10).unwrap().is_some());
-        assert!(c.truncate_locally(b"F", 5000).unwrap().is_some());
+        assert!(c.truncate_locally(b"F", 10, None).unwrap().is_some());
+        assert!(c.truncate_locally(b"F", 5000, None).unwrap().is_some());
         // Dropped without `close`: an unclean stop.
     }
     let c = layer(dir.path(), 4, 16);
@@ -243,5 +243,34 @@ fn a_kept_cut_survives_reopening() {
     assert!(
         c.store.dirty_blocks().unwrap().is_empty(),
         "a record is not data"
+    );
+}
+
+/// A kept cut applied by a path other than the file's flush (room-making, a
+/// write-through, a forwarded truncation) leaves the file local; after a clean stop the
+/// reopened cache must not take the size kept from before the cut (the attributes kept
+/// in the store) for another writer's extension and show the old length again.
+#[test]
+fn an_applied_cut_does_not_bring_the_old_size_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = layer(dir.path(), 4, 16);
+        c.learn_attr(b"F", attr(300_000), c.stamp());
+        c.persist_attr(b"F", None, &attr(300_000)); // as a reply's attributes are kept
+        assert!(c.truncate_locally(b"F", 1000, None).unwrap().is_some());
+        c.store.put(b"F", 0, 0, &[7u8; 500], true).unwrap();
+        c.note_local_write(b"F", 500, None);
+        // The write-back applied the cut (SETATTR 1000) to make room, then stopped.
+        c.cut_applied(b"F", 1000, Some(attr(1000))).unwrap();
+        assert_eq!(c.effective_attr(b"F").unwrap().size, 1000);
+        c.close().unwrap();
+    }
+    let c = layer(dir.path(), 4, 16);
+    let _ = c.effective_attr(b"F");
+    let size = c.effective_attr(b"F").map(|a| a.size);
+    assert_eq!(
+        size,
+        Some(1000),
+        "the size the cut left (not the one from before it, 300000)"
     );
 }

@@ -620,8 +620,8 @@ pub async fn truncate_here(cache: &Arc<CacheLayer>, p: Proc, call: &Bytes) -> Op
         _ => return None,
     };
     let _x = cache.file_lock(&fh).write().await;
-    let (c, fh2) = (cache.clone(), fh.clone());
-    let (before, after) = match blocking(move || c.truncate_locally(&fh2, new)).await {
+    let (c, fh2, cred) = (cache.clone(), fh.clone(), Cred::of(call));
+    let (before, after) = match blocking(move || c.truncate_locally(&fh2, new, cred)).await {
         Ok(Some(r)) => r,
         Ok(None) => return None,
         Err(e) => {
@@ -710,8 +710,8 @@ async fn apply_cut(
             Err(e) => return Err(format!("write-back SETATTR (size {s}): {e}")),
         }
     }
-    let (c, fh2) = (cache.clone(), fh.to_vec());
-    blocking(move || c.cut_applied(&fh2, cut))
+    let (c, fh2, a) = (cache.clone(), fh.to_vec(), after.clone());
+    blocking(move || c.cut_applied(&fh2, cut, a))
         .await
         .map_err(|e| format!("clearing a truncation record: {e}"))?;
     debug!(cut, size, "truncation applied at the next hop");
