@@ -882,6 +882,10 @@ impl CacheLayer {
             .put(fh, CUT_BLOCK, 0, &cut_record(cut, new), true)
         {
             Ok(Put::Stored { .. }) => {}
+            // No room for the record: forwarded. Known limit: the block holding `low` is
+            // already cut, so should the server then refuse the truncation, the cached
+            // bytes past `low` in that block are gone although the client was told it
+            // failed (a client retries a failed truncation).
             Ok(_) | Err(CacheError::SetFull) => return Ok(None),
             Err(e) => return Err(e),
         }
@@ -1219,7 +1223,10 @@ impl CacheLayer {
                 // holds of the range is newer: laid over the reply. Known window: a block
                 // written back and evicted before this reply came is not in the cache,
                 // and the reply's old bytes for it pass (a set full of dirty blocks
-                // within one round trip of the write-back).
+                // within one round trip of the write-back). The same holds for bytes
+                // past a cut applied within one round trip when the file's entry was
+                // dropped meanwhile (SIGUSR2), or past the cut before the last one
+                // (`cut_gone` keeps one).
                 if let Some(out) = self.merged_read(xid, r, ok.data, ok.eof, true, zero_from) {
                     return Some(out);
                 }
@@ -1313,7 +1320,13 @@ pub async fn answer_here(
     {
         return Some(r); // GUARDED, of a name known to exist
     }
-    if cache.policy != WritePolicy::WriteBack || !matches!(p, Proc::SETATTR | Proc::CREATE) {
+    // Only in the session model: with `consistency = "attributes"` another writer may
+    // have grown the file since its size was seen, and a growing truncation kept here
+    // would zero that writer's bytes.
+    if cache.policy != WritePolicy::WriteBack
+        || cache.consistency != Consistency::Session
+        || !matches!(p, Proc::SETATTR | Proc::CREATE)
+    {
         return None;
     }
     super::writeback::truncate_here(cache, p, call).await
