@@ -14,6 +14,7 @@ use std::path::Path;
 use common::{
     Client, Gridvfs, Lab, apply, assert_same_bytes, commit, control_section, ctl, getattr,
     lookup_in, mount, pseudo_random, read, read_all, scratch_fh, set_size, write, write_back_cache,
+    write_back_cache_with, write_chunks,
 };
 use nfs3_types::nfs3::{
     CREATE3args, Nfs3Option, Nfs3Result, SETATTR3args, createhow3, diropargs3, filename3, nfs_fh3,
@@ -30,6 +31,11 @@ struct Chain {
 
 impl Chain {
     fn start(lab: &Lab) -> Chain {
+        Self::start_in(lab, None)
+    }
+
+    /// With the proxy's cache of `geometry` (size, block_size, ways, banks lines).
+    fn start_in(lab: &Lab, geometry: Option<&str>) -> Chain {
         let tmp = tempfile::tempdir().unwrap();
         let hop = Gridvfs::start_with(
             lab.endpoint(),
@@ -37,16 +43,17 @@ impl Chain {
             "",
             &control_section(&tmp.path().join("hop.sock")),
         );
-        let proxy = Self::proxy(&hop, tmp.path());
+        let proxy = Self::proxy(&hop, tmp.path(), geometry);
         Chain { hop, proxy, tmp }
     }
 
-    fn proxy(hop: &Gridvfs, dir: &Path) -> Gridvfs {
-        let cfg = format!(
-            "{}{}",
-            write_back_cache(&dir.join("cache"), "metadata = \"session\"\n"),
-            control_section(&dir.join("proxy.sock"))
-        );
+    fn proxy(hop: &Gridvfs, dir: &Path, geometry: Option<&str>) -> Gridvfs {
+        let session = "metadata = \"session\"\n";
+        let cache = match geometry {
+            Some(g) => write_back_cache_with(&dir.join("cache"), g, session),
+            None => write_back_cache(&dir.join("cache"), session),
+        };
+        let cfg = format!("{cache}{}", control_section(&dir.join("proxy.sock")));
         Gridvfs::start_with(hop.endpoints(), "127.0.0.1:0", "", &cfg)
     }
 
@@ -267,7 +274,7 @@ async fn a_kept_truncation_survives_a_crash() {
         &std::fs::read(local.join("h")).unwrap(),
         &old,
     );
-    chain.proxy = Chain::proxy(&chain.hop, chain.tmp.path());
+    chain.proxy = Chain::proxy(&chain.hop, chain.tmp.path(), None);
     assert_eq!(chain.cache_status("truncations_pending"), 1);
     let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
     let top = scratch_fh(&mut c, &name).await;
@@ -308,5 +315,39 @@ async fn a_bare_truncation_is_written_back_with_its_callers_credential() {
         "the server's file after the write-back",
         &std::fs::read(local.join("k")).unwrap(),
         &old[..10],
+    );
+}
+
+/// In a cache too small for the file's new bytes, room is made by writing dirty blocks
+/// back before the flush (or the WRITE goes through): the kept truncation is applied at
+/// the server first, so the later write-back does not cut the bytes already sent.
+#[tokio::test]
+async fn room_making_applies_a_kept_cut_first() {
+    let lab = Lab::get();
+    let (local, name) = lab.scratch("trunc-room");
+    server_file(&local, "r", 100_000, 51);
+    // 4 frames of 16 KiB in 2 sets: the record and 5 new blocks cannot all stay.
+    let tiny = "size = \"64KiB\"\nblock_size = \"16KiB\"\nways = 2\nbanks = 1\n";
+    let chain = Chain::start_in(&lab, Some(tiny));
+    let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
+    let top = scratch_fh(&mut c, &name).await;
+    let fh = lookup_in(&mut c, &top, "r").await.object;
+    assert_eq!(getattr(&mut c, &fh).await.size, 100_000);
+    let setattrs = chain.upstream("SETATTR");
+    set_size(&mut c, &fh, 0).await;
+    assert_eq!(chain.upstream("SETATTR"), setattrs, "kept in the cache");
+    let data = pseudo_random(80 << 10, 52);
+    write_chunks(&mut c, &fh, 0, &data, 16 << 10, stable_how::UNSTABLE).await;
+    commit(&mut c, &fh).await;
+    assert!(
+        chain.upstream("SETATTR") > setattrs,
+        "room-making (or a write-through) applied the cut first"
+    );
+    assert_same_bytes("read before the flush", &read_all(&mut c, &fh).await, &data);
+    chain.flush();
+    assert_same_bytes(
+        "the server's file after the write-back",
+        &std::fs::read(local.join("r")).unwrap(),
+        &data,
     );
 }
