@@ -13,8 +13,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    Client, Gridvfs, Lab, commit, control_section, create, ctl, getattr, mount, read_all,
-    scratch_fh, signal, write, write_back_cache,
+    Client, CountingChain, Lab, commit, create, getattr, mount, read_all, scratch_fh, signal,
+    write, write_back_cache,
 };
 use nfs3_types::nfs3::{
     ACCESS3args, CREATE3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result, READLINK3args,
@@ -24,40 +24,13 @@ use nfs3_types::nfs3::{
 use nfs3_types::xdr_codec::Opaque;
 
 /// A counting next hop in front of Ganesha, and a session-metadata proxy in front of it.
-struct Chain {
-    /// Kept running until the test ends (stopped on drop).
-    _hop: Gridvfs,
-    proxy: Gridvfs,
-    tmp: tempfile::TempDir,
-}
+struct Chain(CountingChain);
 
 impl Chain {
     fn start(lab: &Lab) -> Chain {
-        let tmp = tempfile::tempdir().unwrap();
-        let hop = Gridvfs::start_with(
-            lab.endpoint(),
-            "127.0.0.1:0",
-            "",
-            &control_section(&tmp.path().join("hop.sock")),
-        );
-        let cfg = format!(
-            "{}{}",
-            write_back_cache(&tmp.path().join("cache"), "metadata = \"session\"\n"),
-            control_section(&tmp.path().join("proxy.sock"))
-        );
-        let proxy = Gridvfs::start_with(hop.endpoints(), "127.0.0.1:0", "", &cfg);
-        Chain {
-            _hop: hop,
-            proxy,
-            tmp,
-        }
-    }
-
-    /// Calls of `proc_` the next hop received.
-    fn upstream(&self, proc_: &str) -> u64 {
-        let (ok, s) = ctl(&self.tmp.path().join("hop.sock"), &["status"]);
-        assert!(ok, "{s}");
-        s["calls"][proc_].as_u64().unwrap_or(0)
+        Chain(CountingChain::start(lab, |dir| {
+            write_back_cache(dir, "metadata = \"session\"\n")
+        }))
     }
 
     /// Metadata calls the next hop received: LOOKUP + GETATTR + ACCESS + READLINK + REMOVE.
@@ -69,11 +42,14 @@ impl Chain {
     }
 
     fn hits(&self) -> u64 {
-        let (ok, s) = ctl(&self.tmp.path().join("proxy.sock"), &["status"]);
-        assert!(ok, "{s}");
-        s["cache"]["metadata_hits"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no cache.metadata_hits in {s}"))
+        self.cache_status("metadata_hits")
+    }
+}
+
+impl std::ops::Deref for Chain {
+    type Target = CountingChain;
+    fn deref(&self) -> &CountingChain {
+        &self.0
     }
 }
 

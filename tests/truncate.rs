@@ -12,92 +12,25 @@ mod common;
 use std::path::Path;
 
 use common::{
-    Client, Gridvfs, Lab, apply, assert_same_bytes, commit, control_section, ctl, getattr,
-    lookup_in, mount, pseudo_random, read, read_all, scratch_fh, set_size, write, write_back_cache,
+    CountingChain, Lab, apply, assert_same_bytes, commit, create_sized, getattr, lookup_in, mount,
+    pseudo_random, read, read_all, scratch_fh, set_size, write, write_back_cache,
     write_back_cache_with, write_chunks,
 };
-use nfs3_types::nfs3::{
-    CREATE3args, Nfs3Option, Nfs3Result, SETATTR3args, createhow3, diropargs3, filename3, nfs_fh3,
-    sattr3, stable_how,
-};
-use nfs3_types::xdr_codec::Opaque;
+use nfs3_types::nfs3::{Nfs3Option, Nfs3Result, SETATTR3args, sattr3, stable_how};
 
-/// A counting next hop in front of Ganesha, and a write-back, session-metadata proxy.
-struct Chain {
-    hop: Gridvfs,
-    proxy: Gridvfs,
-    tmp: tempfile::TempDir,
+/// A counting next hop in front of Ganesha, and a write-back, session-metadata proxy
+/// (with a cache of `geometry`, or the default one).
+fn chain(lab: &Lab, geometry: Option<&'static str>) -> CountingChain {
+    CountingChain::start(lab, cache(geometry))
 }
 
-impl Chain {
-    fn start(lab: &Lab) -> Chain {
-        Self::start_in(lab, None)
-    }
-
-    /// With the proxy's cache of `geometry` (size, block_size, ways, banks lines).
-    fn start_in(lab: &Lab, geometry: Option<&str>) -> Chain {
-        let tmp = tempfile::tempdir().unwrap();
-        let hop = Gridvfs::start_with(
-            lab.endpoint(),
-            "127.0.0.1:0",
-            "",
-            &control_section(&tmp.path().join("hop.sock")),
-        );
-        let proxy = Self::proxy(&hop, tmp.path(), geometry);
-        Chain { hop, proxy, tmp }
-    }
-
-    fn proxy(hop: &Gridvfs, dir: &Path, geometry: Option<&str>) -> Gridvfs {
+fn cache(geometry: Option<&'static str>) -> impl Fn(&Path) -> String {
+    move |dir| {
         let session = "metadata = \"session\"\n";
-        let cache = match geometry {
-            Some(g) => write_back_cache_with(&dir.join("cache"), g, session),
-            None => write_back_cache(&dir.join("cache"), session),
-        };
-        let cfg = format!("{cache}{}", control_section(&dir.join("proxy.sock")));
-        Gridvfs::start_with(hop.endpoints(), "127.0.0.1:0", "", &cfg)
-    }
-
-    /// Calls of `proc_` the next hop received.
-    fn upstream(&self, proc_: &str) -> u64 {
-        let (ok, s) = ctl(&self.tmp.path().join("hop.sock"), &["status"]);
-        assert!(ok, "{s}");
-        s["calls"][proc_].as_u64().unwrap_or(0)
-    }
-
-    /// A number from the proxy's `cache` status.
-    fn cache_status(&self, key: &str) -> u64 {
-        let (ok, s) = ctl(&self.tmp.path().join("proxy.sock"), &["status"]);
-        assert!(ok, "{s}");
-        s["cache"][key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no cache.{key} in {s}"))
-    }
-
-    fn flush(&self) {
-        let (ok, v) = ctl(&self.tmp.path().join("proxy.sock"), &["flush"]);
-        assert!(ok, "flush: {v}");
-    }
-}
-
-/// CREATE UNCHECKED of `name` with mode 0644 and `size` (NFSv3's create-or-truncate).
-async fn create_sized(c: &mut Client, dir: &nfs_fh3, name: &str, size: u64) -> nfs_fh3 {
-    let args = CREATE3args {
-        where_: diropargs3 {
-            dir: dir.clone(),
-            name: filename3(Opaque::owned(name.as_bytes().to_vec())),
-        },
-        how: createhow3::UNCHECKED(sattr3 {
-            mode: Nfs3Option::Some(0o644),
-            size: Nfs3Option::Some(size),
-            ..Default::default()
-        }),
-    };
-    match c.create(&args).await.expect("CREATE") {
-        Nfs3Result::Ok(ok) => match ok.obj {
-            Nfs3Option::Some(fh) => fh,
-            Nfs3Option::None => lookup_in(c, dir, name).await.object,
-        },
-        Nfs3Result::Err((st, _)) => panic!("CREATE {name}: {st:?}"),
+        match geometry {
+            Some(g) => write_back_cache_with(dir, g, session),
+            None => write_back_cache(dir, session),
+        }
     }
 }
 
@@ -119,7 +52,7 @@ async fn truncations_are_kept_here_until_the_write_back() {
     let lab = Lab::get();
     let (local, name) = lab.scratch("trunc-kept");
     let old = server_file(&local, "f", 300_000, 11);
-    let chain = Chain::start(&lab);
+    let chain = chain(&lab, None);
     let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
     let top = scratch_fh(&mut c, &name).await;
     let fh = lookup_in(&mut c, &top, "f").await.object;
@@ -127,7 +60,11 @@ async fn truncations_are_kept_here_until_the_write_back() {
     let (setattrs, creates) = (chain.upstream("SETATTR"), chain.upstream("CREATE"));
 
     // CREATE of the existing name: the same file, now empty.
-    assert_eq!(create_sized(&mut c, &top, "f", 0).await, fh, "same handle");
+    assert_eq!(
+        create_sized(&mut c, &top, "f", Some(0)).await,
+        fh,
+        "same handle"
+    );
     assert_eq!(getattr(&mut c, &fh).await.size, 0);
     assert!(read_all(&mut c, &fh).await.is_empty(), "empty after CREATE");
 
@@ -205,7 +142,7 @@ async fn a_forwarded_truncation_applies_the_kept_one_first() {
     let lab = Lab::get();
     let (local, name) = lab.scratch("trunc-forwarded");
     let old = server_file(&local, "g", 200_000, 21);
-    let chain = Chain::start(&lab);
+    let chain = chain(&lab, None);
     let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
     let top = scratch_fh(&mut c, &name).await;
     let fh = lookup_in(&mut c, &top, "g").await.object;
@@ -254,7 +191,7 @@ async fn a_kept_truncation_survives_a_crash() {
     let lab = Lab::get();
     let (local, name) = lab.scratch("trunc-crash");
     let old = server_file(&local, "h", 300_000, 31);
-    let mut chain = Chain::start(&lab);
+    let mut chain = chain(&lab, None);
     let want = {
         let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
         let top = scratch_fh(&mut c, &name).await;
@@ -274,7 +211,7 @@ async fn a_kept_truncation_survives_a_crash() {
         &std::fs::read(local.join("h")).unwrap(),
         &old,
     );
-    chain.proxy = Chain::proxy(&chain.hop, chain.tmp.path(), None);
+    chain.proxy = CountingChain::proxy(&chain.hop, chain.tmp.path(), cache(None));
     assert_eq!(chain.cache_status("truncations_pending"), 1);
     let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
     let top = scratch_fh(&mut c, &name).await;
@@ -298,7 +235,7 @@ async fn a_bare_truncation_is_written_back_with_its_callers_credential() {
     let lab = Lab::get();
     let (local, name) = lab.scratch("trunc-cred");
     let old = server_file(&local, "k", 100_000, 41);
-    let chain = Chain::start(&lab);
+    let chain = chain(&lab, None);
     let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
     let top = scratch_fh(&mut c, &name).await;
     let fh = lookup_in(&mut c, &top, "k").await.object;
@@ -328,7 +265,7 @@ async fn room_making_applies_a_kept_cut_first() {
     server_file(&local, "r", 100_000, 51);
     // 4 frames of 16 KiB in 2 sets: the record and 5 new blocks cannot all stay.
     let tiny = "size = \"64KiB\"\nblock_size = \"16KiB\"\nways = 2\nbanks = 1\n";
-    let chain = Chain::start_in(&lab, Some(tiny));
+    let chain = chain(&lab, Some(tiny));
     let mut c = mount(chain.proxy.endpoints(), &lab.export).await;
     let top = scratch_fh(&mut c, &name).await;
     let fh = lookup_in(&mut c, &top, "r").await.object;

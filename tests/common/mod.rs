@@ -523,6 +523,12 @@ pub async fn lookup_in(c: &mut Client, dir: &nfs_fh3, name: &str) -> LOOKUP3reso
 
 /// CREATE (UNCHECKED, mode 0644) of `name` in `dir`; returns its handle.
 pub async fn create(c: &mut Client, dir: &nfs_fh3, name: &str) -> nfs_fh3 {
+    create_sized(c, dir, name, None).await
+}
+
+/// CREATE UNCHECKED with mode 0644 and, if given, a size (NFSv3's create-or-truncate of
+/// an existing file); returns its handle.
+pub async fn create_sized(c: &mut Client, dir: &nfs_fh3, name: &str, size: Option<u64>) -> nfs_fh3 {
     let args = CREATE3args {
         where_: diropargs3 {
             dir: dir.clone(),
@@ -530,6 +536,7 @@ pub async fn create(c: &mut Client, dir: &nfs_fh3, name: &str) -> nfs_fh3 {
         },
         how: createhow3::UNCHECKED(sattr3 {
             mode: Nfs3Option::Some(0o644),
+            size: size.map_or(Nfs3Option::None, Nfs3Option::Some),
             ..Default::default()
         }),
     };
@@ -678,4 +685,59 @@ pub fn boot_vm(vars: &[(&str, String)]) -> std::process::Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// A next hop that counts the calls it receives (a second gridvfs in front of Ganesha,
+/// reporting through its control socket), and a proxy under test in front of it.
+pub struct CountingChain {
+    pub hop: Gridvfs,
+    pub proxy: Gridvfs,
+    pub tmp: tempfile::TempDir,
+}
+
+impl CountingChain {
+    /// The proxy runs with `cache` (its `[cache]` section, given the cache directory).
+    pub fn start(lab: &Lab, cache: impl Fn(&Path) -> String) -> CountingChain {
+        let tmp = tempfile::tempdir().unwrap();
+        let hop = Gridvfs::start_with(
+            lab.endpoint(),
+            "127.0.0.1:0",
+            "",
+            &control_section(&tmp.path().join("hop.sock")),
+        );
+        let proxy = Self::proxy(&hop, tmp.path(), cache);
+        CountingChain { hop, proxy, tmp }
+    }
+
+    /// (Re)starts the proxy in front of `hop`, its cache and socket in `dir`.
+    pub fn proxy(hop: &Gridvfs, dir: &Path, cache: impl Fn(&Path) -> String) -> Gridvfs {
+        let cfg = format!(
+            "{}{}",
+            cache(&dir.join("cache")),
+            control_section(&dir.join("proxy.sock"))
+        );
+        Gridvfs::start_with(hop.endpoints(), "127.0.0.1:0", "", &cfg)
+    }
+
+    /// Calls of `proc_` the next hop received.
+    pub fn upstream(&self, proc_: &str) -> u64 {
+        let (ok, s) = ctl(&self.tmp.path().join("hop.sock"), &["status"]);
+        assert!(ok, "{s}");
+        s["calls"][proc_].as_u64().unwrap_or(0)
+    }
+
+    /// A number from the proxy's `cache` status.
+    pub fn cache_status(&self, key: &str) -> u64 {
+        let (ok, s) = ctl(&self.tmp.path().join("proxy.sock"), &["status"]);
+        assert!(ok, "{s}");
+        s["cache"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no cache.{key} in {s}"))
+    }
+
+    /// `gridvfs flush` through the proxy's control socket.
+    pub fn flush(&self) {
+        let (ok, v) = ctl(&self.tmp.path().join("proxy.sock"), &["flush"]);
+        assert!(ok, "flush: {v}");
+    }
 }
