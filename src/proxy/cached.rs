@@ -270,7 +270,7 @@ impl CacheLayer {
         // again, their size at least the end of their dirty bytes until the next hop's
         // attributes say more.
         let t = now();
-        let dirty = layer.store.dirty_blocks()?;
+        let (dirty, records) = layer.store.dirty_blocks_and_records()?;
         for d in &dirty {
             let end = d
                 .block
@@ -287,7 +287,7 @@ impl CacheLayer {
         }
         // Truncations answered before the restart and not yet applied at the next hop.
         let mut cuts = 0;
-        for r in layer.store.dirty_records()? {
+        for r in records {
             if r.block != CUT_BLOCK {
                 continue;
             }
@@ -449,7 +449,6 @@ impl CacheLayer {
         out.put_u32(n as u32);
         out.put_xdr_bool(end >= attr.size);
         out.put_u32(n as u32);
-        let cut = self.with_file(fh, |s| s.cut);
         let mut pos = off;
         while pos < end {
             let block = pos / self.bs;
@@ -457,8 +456,11 @@ impl CacheLayer {
             let hi = (end - block * self.bs).min(self.bs) as u32;
             match self.store.read_into(fh, block, lo..hi, &mut out) {
                 Ok(true) => {}
+                // Only a miss asks for the file's cut (a hit takes no extra lock).
                 Ok(false)
-                    if cut.is_some_and(|c| self.read_past_cut(fh, block, lo..hi, c, &mut out)) => {}
+                    if self
+                        .cut(fh)
+                        .is_some_and(|c| self.read_past_cut(fh, block, lo..hi, c, &mut out)) => {}
                 Ok(false) => return None,
                 Err(e) => {
                     warn!(side = "cache", error = %e, "cache read failed; forwarding");
@@ -892,20 +894,19 @@ impl CacheLayer {
         let attr = self.with_file(fh, |s| s.attr.clone());
         self.changed(fh, attr);
         let t = now();
-        self.with_file(fh, |s| {
+        let after = self.with_file(fh, |s| {
             s.cut = Some(cut);
-            let l = s.local.get_or_insert(Local {
+            let l = s.local.insert(Local {
                 size: new,
                 mtime: t,
                 ctime: t,
             });
-            l.size = new;
-            l.mtime = t;
-            l.ctime = t;
+            let after = overlay(s.attr.clone().unwrap_or_else(|| before.clone()), l);
             s.wgen += 1;
             if cred.is_some() {
                 s.cred = cred;
             }
+            after
         });
         let first_whole = low.div_ceil(self.bs);
         self.store
@@ -915,11 +916,6 @@ impl CacheLayer {
         drop(m);
         self.store.sync_all()?;
         self.local_truncations.fetch_add(1, Ordering::Relaxed);
-        let after = self.effective_attr(fh).unwrap_or_else(|| {
-            let mut a = before.clone();
-            a.size = new;
-            a
-        });
         let pre = WccAttr {
             size: before.size,
             mtime: before.mtime,

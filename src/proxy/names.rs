@@ -995,20 +995,24 @@ mod tests {
         t.knows(FILE);
         learn(&n, &t, DIR, "a", FILE);
         learn(&n, &t, DIR, "b", FILE);
-        let mv = call(
-            Proc::RENAME,
-            &Args::Rename(nfs3::RenameArgs {
-                from: d(DIR, "a"),
-                to: d(DIR, "b"),
-            }),
-        );
-        n.before(Proc::RENAME, &mv, &t);
-        let s = t.stamp();
-        let ok = body(&Res::Rename(NfsResult::Ok(nfs3::RenameResOk {
-            fromdir_wcc: WccData::default(),
-            todir_wcc: WccData::default(),
-        })));
-        n.observe(Proc::RENAME, &mv, &ok, s, &t);
+        // A RENAME within DIR, forwarded and answered OK.
+        let rename = |from: &'static str, to: &'static str| {
+            let mv = call(
+                Proc::RENAME,
+                &Args::Rename(nfs3::RenameArgs {
+                    from: d(DIR, from),
+                    to: d(DIR, to),
+                }),
+            );
+            n.before(Proc::RENAME, &mv, &t);
+            let s = t.stamp();
+            let ok = body(&Res::Rename(NfsResult::Ok(nfs3::RenameResOk {
+                fromdir_wcc: WccData::default(),
+                todir_wcc: WccData::default(),
+            })));
+            n.observe(Proc::RENAME, &mv, &ok, s, &t);
+        };
+        rename("a", "b");
         t.knows(FILE); // attributes asked again after the change
         assert_eq!(
             answer(&n, &t, DIR, "a"),
@@ -1018,16 +1022,7 @@ mod tests {
         assert_eq!(answer(&n, &t, DIR, "b"), Some(Ok(FILE.to_vec())));
         // A target not known: the new name is the file's, the old one unknown.
         learn(&n, &t, DIR, "c", FILE);
-        let mv = call(
-            Proc::RENAME,
-            &Args::Rename(nfs3::RenameArgs {
-                from: d(DIR, "c"),
-                to: d(DIR, "unknown"),
-            }),
-        );
-        n.before(Proc::RENAME, &mv, &t);
-        let s = t.stamp();
-        n.observe(Proc::RENAME, &mv, &ok, s, &t);
+        rename("c", "unknown");
         t.knows(FILE);
         assert_eq!(answer(&n, &t, DIR, "c"), None);
         assert_eq!(answer(&n, &t, DIR, "unknown"), Some(Ok(FILE.to_vec())));

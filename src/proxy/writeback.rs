@@ -515,12 +515,9 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     let fh = a.object.0.to_vec();
     let _x = cache.file_lock(&fh).write().await;
     let cred = Cred::of(&call).expect("parsed above");
-    {
-        let _wb = cache.wb_lock(&fh).lock().await;
-        if let Err(e) = apply_cut(cache, up, &fh, &cred).await {
-            warn!(side = "upstream", error = %e, "a truncation kept in the cache could not be applied; SETATTR answered NFS3ERR_IO");
-            return setattr_fail(xid, Nfsstat3::IO);
-        }
+    if let Err(e) = apply_cut_locked(cache, up, &fh, &cred).await {
+        warn!(side = "upstream", error = %e, "a truncation kept in the cache could not be applied; SETATTR answered NFS3ERR_IO");
+        return setattr_fail(xid, Nfsstat3::IO);
     }
     cache.change(&fh);
     let reply = match up.call(BytesMut::from(&call[..])).await {
@@ -718,6 +715,17 @@ async fn apply_cut(
     Ok(Some(after))
 }
 
+/// `apply_cut` under the file's write-back lock (for callers that do not hold it).
+async fn apply_cut_locked(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    fh: &[u8],
+    cred: &Cred,
+) -> Result<Option<Option<Fattr3>>, String> {
+    let _wb = cache.wb_lock(fh).lock().await;
+    apply_cut(cache, up, fh, cred).await
+}
+
 /// Walks `rel` (`a/b/c`) from a directory handle with LOOKUPs.
 pub async fn lookup_path(
     cache: &CacheLayer,
@@ -809,11 +817,8 @@ pub async fn create_sized(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
         let _x = cache.file_lock(&fh).write().await;
         let had_local = cache.local(&fh).is_some();
         let cred = Cred::of(&call).expect("parsed above");
-        {
-            let _wb = cache.wb_lock(&fh).lock().await;
-            if let Err(e) = apply_cut(cache, up, &fh, &cred).await {
-                warn!(side = "upstream", error = %e, "a truncation kept in the cache could not be applied before a CREATE's");
-            }
+        if let Err(e) = apply_cut_locked(cache, up, &fh, &cred).await {
+            warn!(side = "upstream", error = %e, "a truncation kept in the cache could not be applied before a CREATE's");
         }
         let (c, fh2) = (cache.clone(), fh.clone());
         match blocking(move || c.truncated(&fh2, None, new)).await {
@@ -908,14 +913,14 @@ pub async fn flush(
             _ => by_file.push((d.fh.clone(), vec![d])),
         }
     }
+    let mut with_dirty: std::collections::HashSet<Vec<u8>> =
+        by_file.iter().map(|(f, _)| f.clone()).collect();
     // Files with only a truncation to apply (truncated, not written since).
     for fh in cache.cut_files() {
-        if only.as_ref().is_none_or(|f| *f == fh) && !by_file.iter().any(|(f, _)| *f == fh) {
+        if only.as_ref().is_none_or(|f| *f == fh) && with_dirty.insert(fh.clone()) {
             by_file.push((fh, Vec::new()));
         }
     }
-    let with_dirty: std::collections::HashSet<Vec<u8>> =
-        by_file.iter().map(|(f, _)| f.clone()).collect();
     let wgens = Arc::new(wgens);
     let window = Arc::new(Semaphore::new(cache.cfg.writeback_in_flight));
     let files = Arc::new(Semaphore::new(FILES_IN_PARALLEL));
@@ -996,12 +1001,8 @@ async fn flush_file(
     // its sidecar no longer counts as fresh.
     let mut whole = super::upload::plan(cache, up, fh, &cred).await;
     // A truncation answered here goes first: the WRITEs below land on the cut file.
-    let mut after = {
-        let _wb = cache.wb_lock(fh).lock().await;
-        match apply_cut(cache, up, fh, &cred).await? {
-            None => return Ok(FileOutcome::Gone),
-            Some(a) => a,
-        }
+    let Some(mut after) = apply_cut_locked(cache, up, fh, &cred).await? else {
+        return Ok(FileOutcome::Gone);
     };
     // In batches, each committed and marked clean before the next: a big file frees its
     // frames as the write-back goes, not only at its end.
