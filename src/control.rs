@@ -168,7 +168,7 @@ async fn status(p: &Proxy) -> String {
             format!(
                 "{{\"enabled\":true,\"write_policy\":\"{}\",\"hits\":{},\"misses\":{},\"fills\":{},\
                  \"local_writes\":{},\"write_throughs\":{},\"set_evictions\":{},\
-                 \"metadata_hits\":{},\"local_truncations\":{},\"truncations_pending\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
+                 \"metadata_hits\":{},\"local_truncations\":{},\"truncations_pending\":{},\"syncs\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
                 c.policy.name(),
                 c.hits.load(Relaxed),
                 c.misses.load(Relaxed),
@@ -179,6 +179,7 @@ async fn status(p: &Proxy) -> String {
                 c.names.as_ref().map_or(0, |n| n.hits.load(Relaxed)),
                 c.local_truncations.load(Relaxed),
                 c.cut_files().len(),
+                c.syncs(),
                 dirty.bytes,
                 dirty.blocks,
                 dirty.files,

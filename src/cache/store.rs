@@ -2,9 +2,11 @@
 //! the durability order of `docs/cache-design.md`:
 //!
 //! - a block whose frame holds dirty data is rewritten *elsewhere* in its set (copy-on-
-//!   write) with a higher sequence number; the superseded frame is cleared only after the
-//!   next `sync`, so the last durable version survives a crash at any point;
-//! - `sync` (the durable point: COMMIT, FILE_SYNC) fdatasyncs data, then tags;
+//!   write) with a higher sequence number; the superseded frame is cleared only after its
+//!   successor is durable (at the bank's next sync), so the last durable version survives
+//!   a crash at any point;
+//! - the durable point (COMMIT, FILE_SYNC: `sync_file`; `sync` for all) is one fdatasync
+//!   per bank file, which holds its tags and then its data frames;
 //! - reads verify the data checksum; a mismatch is a miss, and the next older version of
 //!   the block (if any) is used instead.
 //!
@@ -128,8 +130,15 @@ struct Bank {
     written: Vec<usize>,
     /// Superseded versions to clear once their successors are durable.
     superseded: Vec<usize>,
+    /// Superseded versions whose successors are durable: cleared at the bank's next sync
+    /// (its fdatasync makes the clearing durable, no fsync of its own), or at once with
+    /// an fsync before a frame of their set is rewritten in place (see `settle`).
+    retired: Vec<usize>,
     /// Tags were rewritten or cleared since the tag file was last synced.
     tags_dirty: bool,
+    /// Files (hash of the handle) with a dirty write, a cut or a cleared tag in this bank
+    /// since its last sync: what `sync_file` syncs for them.
+    unsynced_files: std::collections::HashSet<u64>,
 }
 
 pub struct Store {
@@ -153,6 +162,8 @@ pub struct Store {
     linger_ms: AtomicU64,
     /// Opened with `open_shared`: another proxy owns (fills) this directory.
     shared: Option<SharedView>,
+    /// fsync/fdatasync calls made on the cache's bank files (status: `cache_syncs`).
+    syncs: AtomicU64,
 }
 
 /// A read-only view of a cache directory that another proxy owns and fills (the paper's
@@ -199,7 +210,9 @@ const SUPERBLOCK: &str = "superblock";
 /// Clearing a tag is not fsynced, so after a crash an invalidated block could come back:
 /// an unclean start drops every clean block.
 const CLEAN: &str = "clean-shutdown";
-const SB_MAGIC: &str = "gridvfs-cache v2";
+const SB_MAGIC: &str = "gridvfs-cache v3";
+/// What every format's magic starts with (v2 had separate data and tag files).
+const SB_FAMILY: &str = "gridvfs-cache v";
 
 impl Store {
     /// Opens (or creates) the cache in `dir` with this geometry and reads all tags.
@@ -231,12 +244,16 @@ impl Store {
                 hands: vec![0; geo.sets_per_bank as usize],
                 written: Vec::new(),
                 superseded: Vec::new(),
+                retired: Vec::new(),
                 tags_dirty: false,
+                unsynced_files: Default::default(),
             };
-            let tags_path = dir.join(format!("bank-{b:04}.tags"));
-            if tags_path.exists() {
-                bank.files = Some(open_bank(dir, b, &geo)?);
-                let bytes = std::fs::read(&tags_path).map_err(io(&tags_path))?;
+            let path = bank_path(dir, b);
+            if path.exists() {
+                let files = open_bank(dir, b, &geo)?;
+                let mut bytes = vec![0u8; per_bank * TAG_SIZE];
+                files.1.read_exact_at(&mut bytes, 0).map_err(io(&path))?;
+                bank.files = Some(files);
                 for (i, chunk) in bytes.chunks_exact(TAG_SIZE).take(per_bank).enumerate() {
                     let slot: &[u8; TAG_SIZE] = chunk.try_into().expect("chunk size");
                     match Tag::decode(slot, geo.block_size) {
@@ -279,6 +296,7 @@ impl Store {
             born: std::time::Instant::now(),
             linger_ms: AtomicU64::new(MARKER_LINGER.as_millis() as u64),
             shared: None,
+            syncs: AtomicU64::new(0),
         };
         store.verify_dirty()?;
         // Of several versions of a block, the newest that verifies wins and the others
@@ -327,20 +345,11 @@ impl Store {
         let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
         let banks = (0..geo.banks)
             .map(|b| {
-                let open = |name: String| {
-                    let p = dir.join(name);
-                    match File::open(&p) {
-                        Ok(f) => Ok(Some(f)),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                        Err(e) => Err(io(&p)(e)),
-                    }
-                };
-                let files = match (
-                    open(format!("bank-{b:04}.data"))?,
-                    open(format!("bank-{b:04}.tags"))?,
-                ) {
-                    (Some(d), Some(t)) => Some((d, t)),
-                    _ => None,
+                let p = bank_path(dir, b);
+                let files = match File::open(&p).and_then(|f| Ok((f.try_clone()?, f))) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(io(&p)(e)),
                 };
                 Ok(Mutex::new(Bank {
                     files,
@@ -348,7 +357,9 @@ impl Store {
                     hands: vec![0; geo.sets_per_bank as usize],
                     written: Vec::new(),
                     superseded: Vec::new(),
+                    retired: Vec::new(),
                     tags_dirty: false,
+                    unsynced_files: Default::default(),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -367,6 +378,7 @@ impl Store {
             shared: Some(SharedView {
                 bypass: Mutex::default(),
             }),
+            syncs: AtomicU64::new(0),
         })
     }
 
@@ -393,10 +405,10 @@ impl Store {
         if self.shared.is_none() || bank.files.is_some() {
             return;
         }
-        let data = File::open(self.data_path(b));
-        let tags = File::open(self.tags_path(b));
-        if let (Ok(d), Ok(t)) = (data, tags) {
-            bank.files = Some((d, t));
+        if let Ok(f) = File::open(self.bank_path(b))
+            && let Ok(t) = f.try_clone()
+        {
+            bank.files = Some((f, t));
         }
     }
 
@@ -425,8 +437,8 @@ impl Store {
                 let mut data = vec![0u8; (t.valid.end - t.valid.start) as usize];
                 let (dfile, _) = bank.files.as_ref().expect("tags imply files");
                 dfile
-                    .read_exact_at(&mut data, self.geo.data_offset(f) + t.valid.start as u64)
-                    .map_err(io(&self.data_path(f.bank)))?;
+                    .read_exact_at(&mut data, self.data_at(f) + t.valid.start as u64)
+                    .map_err(io(&self.bank_path(f.bank)))?;
                 if crc32fast::hash(&data) != t.data_crc {
                     tracing::warn!(
                         bank = b,
@@ -451,10 +463,15 @@ impl Store {
         self.sync()?;
         self.retire_marker(true)?;
         for (b, bank) in self.banks.iter().enumerate() {
-            let bank = bank.lock().expect("bank lock");
+            let mut bank = bank.lock().expect("bank lock");
+            for li in std::mem::take(&mut bank.retired) {
+                let f = self.frame_of(b as u32, li);
+                self.clear(&mut bank, f)?;
+            }
             if let Some((_, t)) = &bank.files {
-                // Cleared tags (invalidations) are not synced by `sync` on their own.
-                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
+                // Cleared tags (invalidations, retired versions) are not synced by `sync`
+                // on their own.
+                self.sync_data(t, || self.bank_path(b as u32))?;
             }
         }
         let clean = self.dir.join(CLEAN);
@@ -507,10 +524,10 @@ impl Store {
             let f = self.geo.frame(set, way);
             let mut data = vec![0u8; (t.valid.end - t.valid.start) as usize];
             let (dfile, _) = bank.files.as_ref().expect("tags imply files");
-            let at = self.geo.data_offset(f) + t.valid.start as u64;
+            let at = self.data_at(f) + t.valid.start as u64;
             dfile
                 .read_exact_at(&mut data, at)
-                .map_err(io(&self.data_path(f.bank)))?;
+                .map_err(io(&self.bank_path(f.bank)))?;
             if crc32fast::hash(&data) == t.data_crc {
                 if dropped_dirty {
                     self.lost("a dirty cache block failed its checksum");
@@ -520,13 +537,15 @@ impl Store {
                 // The version served is never cleared as superseded (its newer copy
                 // may have been lost).
                 bank.superseded.retain(|&x| x != li);
+                bank.retired.retain(|&x| x != li);
                 if !bank.meta[li].unsynced {
                     // Older versions behind a durable one (left by a crash before their
                     // clearing): cleared at the next sync.
                     for (w, _) in self.versions(bank, set, fp, fh, block)? {
                         let old = self.local(self.geo.frame(set, w));
-                        if w != way && !bank.superseded.contains(&old) {
-                            bank.superseded.push(old);
+                        if w != way && !bank.retired.contains(&old) {
+                            bank.superseded.retain(|&x| x != old);
+                            bank.retired.push(old);
                         }
                     }
                 }
@@ -597,13 +616,8 @@ impl Store {
         let f = self.geo.frame(set, way);
         let start = dst.len();
         let (dfile, _) = bank.files.as_ref().expect("tags imply files");
-        read_append(
-            dfile,
-            dst,
-            want.len(),
-            self.geo.data_offset(f) + want.start as u64,
-        )
-        .map_err(io(&self.data_path(f.bank)))?;
+        read_append(dfile, dst, want.len(), self.data_at(f) + want.start as u64)
+            .map_err(io(&self.bank_path(f.bank)))?;
         if crc32fast::hash(&dst[start..]) == t.data_crc {
             let li = self.local(f);
             bank.meta[li].referenced = true;
@@ -771,6 +785,19 @@ impl Store {
             let m = bank.meta[self.local(self.geo.frame(set, w))];
             !old_dirty || m.unsynced
         });
+        let base = self.local(self.geo.frame(set, 0));
+        let ways = base..base + self.geo.ways as usize;
+        if in_place.is_some()
+            && bank
+                .retired
+                .iter()
+                .any(|li| ways.contains(li) && bank.meta[*li].fp == fp)
+        {
+            // A torn rewrite in place must not let an older version of the block win
+            // (a version that a truncation left clean, say): clear the retired ones
+            // durably first.
+            self.settle(bank, set)?;
+        }
         let way = match in_place {
             Some((w, _)) => w,
             None => self.victim(bank, set, old_way)?,
@@ -790,12 +817,12 @@ impl Store {
         };
         let written = {
             let (dfile, tfile) = bank.files.as_ref().expect("opened above");
-            write_data(dfile, &buf, self.geo.data_offset(f) + valid.start as u64)
-                .map_err(io(&self.data_path(f.bank)))
+            write_data(dfile, &buf, self.data_at(f) + valid.start as u64)
+                .map_err(io(&self.bank_path(f.bank)))
                 .and_then(|_| {
                     tfile
                         .write_all_at(&tag.encode(), self.tag_offset(f))
-                        .map_err(io(&self.tags_path(f.bank)))
+                        .map_err(io(&self.bank_path(f.bank)))
                 })
         };
         if let Err(e) = written {
@@ -823,6 +850,9 @@ impl Store {
         if !was_unsynced {
             // At most once per frame between syncs: bounded by the cache's frames.
             bank.written.push(li);
+        }
+        if dirty_range.is_some() {
+            bank.unsynced_files.insert(fnv1a(fh));
         }
         if let Some(w) = old_way.filter(|w| *w != way) {
             // The superseded version stays until the new one is durable.
@@ -877,16 +907,50 @@ impl Store {
         let (_, tfile) = bank.files.as_ref().expect("tags imply files");
         tfile
             .write_all_at(&tag.encode(), self.tag_offset(f))
-            .map_err(io(&self.tags_path(f.bank)))?;
+            .map_err(io(&self.bank_path(f.bank)))?;
         let li = self.local(f);
         bank.meta[li].dirty = dirty.is_some();
         bank.tags_dirty = true;
+        bank.unsynced_files.insert(fnv1a(fh));
         Ok(())
     }
 
     /// Picks a frame to (re)use in `set`: an empty one, else a clean one by CLOCK;
     /// never `keep` (the version being superseded) and never a dirty frame.
     fn victim(&self, bank: &mut Bank, set: u64, keep: Option<u32>) -> Result<u32> {
+        match self.victim_now(bank, set, keep) {
+            Err(CacheError::SetFull) if self.retired_in_set(bank, set) => {
+                // Retired versions are dirty until cleared: clear them to make room.
+                self.settle(bank, set)?;
+                self.victim_now(bank, set, keep)
+            }
+            r => r,
+        }
+    }
+
+    /// Whether `set` holds retired versions (see `Bank::retired`).
+    fn retired_in_set(&self, bank: &Bank, set: u64) -> bool {
+        let set_in_bank = (set % self.geo.sets_per_bank) as usize;
+        let ways = self.geo.ways as usize;
+        bank.retired.iter().any(|&li| li / ways == set_in_bank)
+    }
+
+    /// Clears the bank's retired versions and makes that durable (one fdatasync), before
+    /// a frame of `set` is rewritten in place or reused.
+    fn settle(&self, bank: &mut Bank, set: u64) -> Result<()> {
+        let b = self.geo.frame(set, 0).bank;
+        for li in std::mem::take(&mut bank.retired) {
+            let f = self.frame_of(b, li);
+            self.clear(bank, f)?;
+        }
+        if let Some((_, t)) = &bank.files {
+            self.sync_data(t, || self.bank_path(b))?;
+            bank.tags_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn victim_now(&self, bank: &mut Bank, set: u64, keep: Option<u32>) -> Result<u32> {
         let ways = self.geo.ways;
         let base = self.local(self.geo.frame(set, 0));
         if let Some(w) =
@@ -918,50 +982,80 @@ impl Store {
         if self.is_shared() {
             return Ok(());
         }
-        for (b, bank) in self.banks.iter().enumerate() {
-            let mut bank = bank.lock().expect("bank lock");
-            if bank.written.is_empty() && bank.superseded.is_empty() {
-                continue;
-            }
-            if let Some((d, t)) = &bank.files {
-                let synced = d
-                    .sync_data()
-                    .map_err(io(&self.data_path(b as u32)))
-                    .and_then(|_| t.sync_data().map_err(io(&self.tags_path(b as u32))));
-                if let Err(e) = synced {
-                    // Linux reports a writeback error once: a later fdatasync may
-                    // succeed although the data never reached the disk. So the older,
-                    // durable versions stay (never cleared as superseded), and clients
-                    // re-send what they have not seen committed.
-                    bank.superseded.clear();
-                    if bank.written.iter().any(|&li| bank.meta[li].dirty) {
-                        self.lost("syncing the cache failed");
-                    }
-                    return Err(e);
-                }
-            }
-            if bank.files.is_some() {
-                bank.tags_dirty = false;
-            }
-            for li in std::mem::take(&mut bank.written) {
-                bank.meta[li].unsynced = false;
-            }
-            let superseded = std::mem::take(&mut bank.superseded);
-            for &li in &superseded {
-                let f = self.frame_of(b as u32, li);
-                self.clear(&mut bank, f)?;
-            }
-            if !superseded.is_empty()
-                && let Some((_, t)) = &bank.files
-            {
-                // Durable too: the newer version's frame may later be rewritten in place
-                // (clean, or not yet synced), and a torn rewrite must not let a stale
-                // older version win after a power failure.
-                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
-                bank.tags_dirty = false;
+        for b in 0..self.banks.len() {
+            let mut bank = self.banks[b].lock().expect("bank lock");
+            if !bank.written.is_empty() || !bank.superseded.is_empty() || !bank.retired.is_empty() {
+                self.sync_bank(b, &mut bank)?;
             }
         }
         self.retire_marker(false)
+    }
+
+    /// The durable point for one file (COMMIT, FILE_SYNC, a truncation kept here): syncs
+    /// the banks that hold its dirty writes, cuts or cleared tags since their last sync —
+    /// with everything else written there, but no other bank. A small file's blocks and
+    /// records share a bank or two (consecutive sets), so committing one file costs two
+    /// fsyncs, however many other files were written meanwhile.
+    pub fn sync_file(&self, fh: &[u8]) -> Result<()> {
+        if self.is_shared() {
+            return Ok(());
+        }
+        let h = fnv1a(fh);
+        for b in 0..self.banks.len() {
+            let mut bank = self.banks[b].lock().expect("bank lock");
+            if bank.unsynced_files.contains(&h) {
+                self.sync_bank(b, &mut bank)?;
+            }
+        }
+        self.retire_marker(false)
+    }
+
+    /// fsync/fdatasync calls made on the bank files so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    fn sync_data(&self, file: &File, path: impl FnOnce() -> PathBuf) -> Result<()> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        file.sync_data().map_err(|e| io(&path())(e))
+    }
+
+    /// Syncs bank `b` (locked by the caller): its data and tags in one fdatasync, which
+    /// also makes durable the clearing of the versions retired at its last sync; the
+    /// versions superseded since then are retired now (cleared at the next sync).
+    fn sync_bank(&self, b: usize, bank: &mut Bank) -> Result<()> {
+        for li in std::mem::take(&mut bank.retired) {
+            let f = self.frame_of(b as u32, li);
+            self.clear(bank, f)?;
+        }
+        if let Some((_, t)) = &bank.files {
+            // One fdatasync for the data and the tags (one file): a tag that reaches the
+            // disk before its data fails its checksum after a crash, and its version was
+            // not acknowledged (this sync had not returned), so the older one is used.
+            if let Err(e) = self.sync_data(t, || self.bank_path(b as u32)) {
+                // Linux reports a writeback error once: a later fdatasync may
+                // succeed although the data never reached the disk. So the older,
+                // durable versions stay (never cleared as superseded), and clients
+                // re-send what they have not seen committed.
+                bank.superseded.clear();
+                if bank.written.iter().any(|&li| bank.meta[li].dirty) {
+                    self.lost("syncing the cache failed");
+                }
+                return Err(e);
+            }
+        }
+        if bank.files.is_some() {
+            bank.tags_dirty = false;
+        }
+        bank.unsynced_files.clear();
+        for li in std::mem::take(&mut bank.written) {
+            bank.meta[li].unsynced = false;
+        }
+        // Their successors are durable now. Clearing them needs to be durable before
+        // a successor's frame is rewritten in place (a torn rewrite must not let a stale
+        // older version win after a power failure): the next sync does it, or `settle`.
+        bank.retired = std::mem::take(&mut bank.superseded);
+        Ok(())
     }
 
     /// Sets how long the `unstable` marker lingers after the last dirty write.
@@ -1051,7 +1145,7 @@ impl Store {
         let (_, tfile) = bank.files.as_ref().expect("tags imply files");
         tfile
             .write_all_at(&tag.encode(), self.tag_offset(f))
-            .map_err(io(&self.tags_path(f.bank)))?;
+            .map_err(io(&self.bank_path(f.bank)))?;
         let li = self.local(f);
         bank.meta[li].dirty = false;
         bank.tags_dirty = true;
@@ -1095,6 +1189,7 @@ impl Store {
                     return Ok(());
                 }
                 self.clear(&mut bank, f)?;
+                bank.unsynced_files.insert(fnv1a(fh));
             }
         }
         Ok(())
@@ -1149,6 +1244,7 @@ impl Store {
                     && !dirty_blocks.contains(&t.block)
                 {
                     self.clear(&mut bank, f)?;
+                    bank.unsynced_files.insert(h);
                 }
             }
         }
@@ -1168,7 +1264,7 @@ impl Store {
             let Some((_, tfile)) = &bank.files else {
                 continue;
             };
-            let path = self.tags_path(b as u32);
+            let path = self.bank_path(b as u32);
             let mut tags = vec![0u8; bank.meta.len() * TAG_SIZE];
             tfile.read_exact_at(&mut tags, 0).map_err(io(&path))?;
             let mut n = 0;
@@ -1179,7 +1275,7 @@ impl Store {
                 }
             }
             tfile.write_all_at(&tags, 0).map_err(io(&path))?;
-            tfile.sync_data().map_err(io(&path))?;
+            self.sync_data(tfile, || path.clone())?;
             for m in bank.meta.iter_mut().filter(|m| m.fp != 0 && !m.dirty) {
                 *m = Meta::default();
             }
@@ -1279,7 +1375,7 @@ impl Store {
                 continue;
             }
             if let Some((_, t)) = &bank.files {
-                t.sync_data().map_err(io(&self.tags_path(b as u32)))?;
+                self.sync_data(t, || self.bank_path(b as u32))?;
             }
             bank.tags_dirty = false;
         }
@@ -1319,7 +1415,7 @@ impl Store {
         let mut b = [0u8; TAG_SIZE];
         tfile
             .read_exact_at(&mut b, self.tag_offset(f))
-            .map_err(io(&self.tags_path(f.bank)))?;
+            .map_err(io(&self.bank_path(f.bank)))?;
         Ok(Tag::decode(&b, self.geo.block_size))
     }
 
@@ -1329,10 +1425,11 @@ impl Store {
         // The frame may be reused at once: `sync` must not clear it later as a
         // superseded version.
         bank.superseded.retain(|&x| x != li);
+        bank.retired.retain(|&x| x != li);
         if let Some((_, tfile)) = &bank.files {
             tfile
                 .write_all_at(&[0u8; TAG_SIZE], self.tag_offset(f))
-                .map_err(io(&self.tags_path(f.bank)))?;
+                .map_err(io(&self.bank_path(f.bank)))?;
             bank.tags_dirty = true;
         }
         Ok(())
@@ -1355,12 +1452,13 @@ impl Store {
         self.local(f) as u64 * TAG_SIZE as u64
     }
 
-    fn data_path(&self, b: u32) -> PathBuf {
-        self.dir.join(format!("bank-{b:04}.data"))
+    fn bank_path(&self, b: u32) -> PathBuf {
+        bank_path(&self.dir, b)
     }
 
-    fn tags_path(&self, b: u32) -> PathBuf {
-        self.dir.join(format!("bank-{b:04}.tags"))
+    /// Where a frame's data starts in its bank file: after the bank's tags.
+    fn data_at(&self, f: Frame) -> u64 {
+        tags_area(&self.geo) + self.geo.data_offset(f)
     }
 }
 
@@ -1495,6 +1593,14 @@ fn has_superblock(dir: &Path, want: &str) -> Result<bool> {
             found: found.lines().nth(1).unwrap_or("").into(),
             configured: want.lines().nth(1).unwrap_or("").into(),
         }),
+        Ok(found) if found.starts_with(SB_FAMILY) => Err(CacheError::BadSuperblock {
+            path: sb,
+            why: format!(
+                "made by another gridvfs version ({}; this one writes {SB_MAGIC}). It may \
+                 hold dirty data: flush it with that version, or remove the directory",
+                found.lines().next().unwrap_or("")
+            ),
+        }),
         Ok(_) => Err(CacheError::BadSuperblock {
             path: sb,
             why: "not a gridvfs cache superblock".into(),
@@ -1504,27 +1610,33 @@ fn has_superblock(dir: &Path, want: &str) -> Result<bool> {
     }
 }
 
-/// Opens (creating, sparse, at full size) a bank's data and tag files.
+fn bank_path(dir: &Path, b: u32) -> PathBuf {
+    dir.join(format!("bank-{b:04}"))
+}
+
+/// Bytes at the start of a bank file that hold its tags (one per frame), rounded up to
+/// a page so that data frames stay page-aligned.
+fn tags_area(geo: &Geometry) -> u64 {
+    (geo.sets_per_bank * geo.ways as u64 * TAG_SIZE as u64).next_multiple_of(4096)
+}
+
+/// Opens (creating, sparse, at full size) a bank's file: its tags, then its data frames.
+/// Two handles of it: data and tags (one file, so one fdatasync makes both durable).
 fn open_bank(dir: &Path, b: u32, geo: &Geometry) -> Result<(File, File)> {
-    let open = |name: String, len: u64| -> Result<File> {
-        let p = dir.join(name);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p)
-            .map_err(io(&p))?;
-        if f.metadata().map_err(io(&p))?.len() < len {
-            f.set_len(len).map_err(io(&p))?;
-        }
-        Ok(f)
-    };
-    let frames = geo.sets_per_bank * geo.ways as u64;
-    Ok((
-        open(format!("bank-{b:04}.data"), geo.bank_bytes())?,
-        open(format!("bank-{b:04}.tags"), frames * TAG_SIZE as u64)?,
-    ))
+    let p = bank_path(dir, b);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .map_err(io(&p))?;
+    let len = tags_area(geo) + geo.bank_bytes();
+    if f.metadata().map_err(io(&p))?.len() < len {
+        f.set_len(len).map_err(io(&p))?;
+    }
+    let t = f.try_clone().map_err(io(&p))?;
+    Ok((f, t))
 }
 
 #[cfg(test)]

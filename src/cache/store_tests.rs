@@ -62,9 +62,10 @@ fn checksum_failure_is_a_miss() {
     let s = Store::open(dir.path(), geo(4, 8)).unwrap();
     stored(s.put(b"f", 3, 0, &bytes(BS as usize, 9), false).unwrap());
     // Damage one byte of the bank's data file wherever the block landed.
-    let p = dir.path().join("bank-0000.data");
+    let p = bank_path(dir.path(), 0);
     let mut data = std::fs::read(&p).unwrap();
-    let at = data.iter().position(|&b| b != 0).unwrap() + 17;
+    let base = tags_area(&geo(4, 8)) as usize;
+    let at = base + data[base..].iter().position(|&b| b != 0).unwrap() + 17;
     data[at] ^= 0xff;
     std::fs::write(&p, data).unwrap();
     assert!(s.get(b"f", 3).unwrap().is_none());
@@ -111,7 +112,7 @@ fn torn_unstable_write_falls_back_to_the_committed_version() {
         s.sync().unwrap(); // COMMIT of version 1
         stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap()); // unstable version 2
         // "Crash": no sync; version 2's data reaches the disk torn.
-        let p = dir.path().join("bank-0000.data");
+        let p = bank_path(dir.path(), 0);
         let mut data = std::fs::read(&p).unwrap();
         let v2 = data.windows(512).position(|w| w == [2u8; 512]).unwrap();
         data[v2 + 100] = 0x55;
@@ -144,8 +145,8 @@ fn durable_rewrite_replaces_and_clears_the_old_version() {
             .collect::<Vec<_>>(),
         vec![(b"f".to_vec(), 0, seq)]
     );
-    let tags = std::fs::read(dir.path().join("bank-0000.tags")).unwrap();
-    let live = tags
+    let bank = std::fs::read(bank_path(dir.path(), 0)).unwrap();
+    let live = bank[..tags_area(&g) as usize]
         .chunks_exact(TAG_SIZE)
         .filter(|c| matches!(Tag::decode((*c).try_into().unwrap(), BS), Slot::Tag(_)))
         .count();
@@ -459,7 +460,7 @@ fn write_verifier_is_stable_until_dirty_data_is_lost() {
         stored(s.put(b"f", 0, 0, &bytes(100, 9), true).unwrap()); // unstable rewrite
     }
     // Damage the unstable version's data, as a crash before its write reached the disk.
-    let data = dir.path().join("bank-0000.data");
+    let data = bank_path(dir.path(), 0);
     let f = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
     use std::os::unix::fs::FileExt;
     let whole = std::fs::read(&data).unwrap();
@@ -552,10 +553,11 @@ fn runtime_loss_of_an_unstable_write_changes_the_verifier() {
     stored(s.put(b"F", 0, 0, &[5u8; 4096], true).unwrap());
     let f = std::fs::OpenOptions::new()
         .write(true)
-        .open(dir.path().join("bank-0000.data"))
+        .open(bank_path(dir.path(), 0))
         .unwrap();
+    let base = tags_area(&geo(4, 64));
     for frame in 0..4 * 64u64 {
-        f.write_all_at(&[0xAA; 16], frame * 4096).unwrap();
+        f.write_all_at(&[0xAA; 16], base + frame * 4096).unwrap();
     }
     assert!(s.get(b"F", 0).unwrap().is_none());
     s.sync().unwrap();
@@ -574,7 +576,7 @@ fn a_lost_newer_version_does_not_take_the_committed_one_with_it() {
     stored(s.put(b"F", 0, 0, &[1u8; 512], true).unwrap());
     s.sync().unwrap(); // P committed
     stored(s.put(b"F", 0, 0, &[2u8; 512], true).unwrap()); // U, copy-on-write, unsynced
-    let p = dir.path().join("bank-0000.data");
+    let p = bank_path(dir.path(), 0);
     let data = std::fs::read(&p).unwrap();
     let u = data.windows(512).position(|w| w == [2u8; 512]).unwrap();
     std::fs::OpenOptions::new()
@@ -741,12 +743,12 @@ fn zero_blocks_are_holes_and_read_back_as_zeros() {
             );
         }
         s.sync_all().unwrap();
-        let full = std::fs::metadata(s.data_path(0)).unwrap().blocks();
+        let full = std::fs::metadata(s.bank_path(0)).unwrap().blocks();
         for b in 0..32 {
             stored(s.put(b"f", b, 0, &zeros, true).unwrap());
         }
         s.sync_all().unwrap();
-        let after = std::fs::metadata(s.data_path(0)).unwrap().blocks();
+        let after = std::fs::metadata(s.bank_path(0)).unwrap().blocks();
         assert!(
             after + 32 * (BS as u64 / 512) <= full,
             "32 zero blocks should free their data blocks: {full} -> {after} sectors"
@@ -797,4 +799,123 @@ fn the_unstable_marker_lingers_until_quiet_or_close() {
     let s = Store::open(dir.path(), g).unwrap();
     assert_eq!(s.verifier(), v2, "a clean close keeps the verifier");
     assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, bytes(100, 2));
+}
+
+/// A file's durable point (COMMIT) syncs the banks holding that file's unsynced changes
+/// — one fdatasync each, data and tags being one file — and no other bank.
+#[test]
+fn sync_file_syncs_only_the_files_banks() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 banks of 8 sets: block b of a file lands in set (h + b) mod 32.
+    let g = Geometry::new(4 * 32 * BS as u64, BS, 4, 4).unwrap();
+    let s = Store::open(dir.path(), g).unwrap();
+    let bank_of = |fh: &[u8]| g.frame(g.set_of(fnv1a(fh), 0), 0).bank;
+    let a: &[u8] = b"file-a";
+    let b = (0u32..)
+        .map(|i| format!("file-b{i}").into_bytes())
+        .find(|fh| bank_of(fh) != bank_of(a))
+        .unwrap();
+    stored(s.put(a, 0, 0, &bytes(512, 1), true).unwrap());
+    stored(s.put(&b, 0, 0, &bytes(512, 2), true).unwrap());
+    let unsynced = |fh: &[u8]| {
+        let bank = s.banks[bank_of(fh) as usize].lock().unwrap();
+        bank.unsynced_files.contains(&fnv1a(fh)) && !bank.written.is_empty()
+    };
+    assert!(unsynced(a) && unsynced(&b));
+    let n0 = s.syncs();
+    s.sync_file(a).unwrap();
+    assert_eq!(s.syncs() - n0, 1, "one bank, one fdatasync");
+    assert!(!unsynced(a), "file a is durable");
+    assert!(unsynced(&b), "file b's bank was not synced for a's COMMIT");
+    s.sync_file(a).unwrap();
+    assert_eq!(s.syncs() - n0, 1, "nothing more to sync for file a");
+    // A cut (a cleared tag, no data written) is file b's change to make durable too.
+    s.sync_file(&b).unwrap();
+    s.invalidate(&b, 0).unwrap();
+    let n1 = s.syncs();
+    s.sync_file(&b).unwrap();
+    assert_eq!(s.syncs() - n1, 1, "the cleared tag is synced");
+    drop(s);
+    // Not closed: an unclean start drops clean blocks; the committed dirty block of
+    // file a and the durable clear of file b's block are what is found.
+    let s = Store::open(dir.path(), g).unwrap();
+    assert_eq!(s.get(a, 0).unwrap().unwrap().data, bytes(512, 1));
+    assert!(s.get(&b, 0).unwrap().is_none());
+}
+
+#[test]
+fn a_cache_of_another_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 8);
+    std::fs::write(
+        dir.path().join(SUPERBLOCK),
+        "gridvfs-cache v2\nblock_size=4096 ways=4 banks=1 sets_per_bank=8\n",
+    )
+    .unwrap();
+    let e = Store::open(dir.path(), g)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("another gridvfs version") && e.contains("gridvfs-cache v2"),
+        "{e}"
+    );
+}
+
+/// Count of live tags in bank 0.
+fn live_tags(dir: &Path, g: &Geometry) -> usize {
+    let bank = std::fs::read(bank_path(dir, 0)).unwrap();
+    bank[..tags_area(g) as usize]
+        .chunks_exact(TAG_SIZE)
+        .filter(|c| matches!(Tag::decode((*c).try_into().unwrap(), BS), Slot::Tag(_)))
+        .count()
+}
+
+/// A version superseded by a durable one is cleared at the bank's next sync, inside its
+/// one fdatasync — or at once, durably, before its successor is rewritten in place.
+#[test]
+fn superseded_versions_go_at_the_next_sync_or_before_a_rewrite_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 1);
+    let s = Store::open(dir.path(), g).unwrap();
+    stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
+    s.sync().unwrap();
+    stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap()); // copy-on-write
+    let n0 = s.syncs();
+    s.sync().unwrap();
+    assert_eq!(s.syncs() - n0, 1, "no fsync of its own for the clearing");
+    assert_eq!(
+        live_tags(dir.path(), &g),
+        2,
+        "version 1 stays until the next sync"
+    );
+    stored(s.put(b"g", 0, 0, &[3; 512], true).unwrap());
+    s.sync_file(b"g").unwrap();
+    assert_eq!(s.syncs() - n0, 2);
+    assert_eq!(
+        live_tags(dir.path(), &g),
+        2,
+        "f's version 1 went with g's sync"
+    );
+    assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 512]);
+
+    // A version left clean by a truncation, with its retired predecessor still there:
+    // a clean fill rewrites it in place, so the predecessor goes first, durably.
+    stored(s.put(b"h", 0, 0, &[4; 512], false).unwrap());
+    stored(s.put(b"h", 0, 300, &[5; 100], true).unwrap()); // in place over a clean one
+    s.sync().unwrap();
+    stored(s.put(b"h", 0, 350, &[6; 10], true).unwrap()); // copy-on-write
+    s.sync().unwrap(); // h's older version is retired
+    s.truncate_block(b"h", 0, 200).unwrap(); // no dirty bytes left: clean
+    let live = live_tags(dir.path(), &g);
+    let n1 = s.syncs();
+    stored(s.put(b"h", 0, 0, &[7; 100], false).unwrap()); // in place
+    assert_eq!(
+        s.syncs() - n1,
+        1,
+        "the retired version was cleared durably first"
+    );
+    assert_eq!(live_tags(dir.path(), &g), live - 1);
+    let c = s.get(b"h", 0).unwrap().unwrap();
+    assert_eq!((c.valid, c.dirty), (0..200, None));
 }

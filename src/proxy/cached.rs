@@ -326,6 +326,11 @@ impl CacheLayer {
     }
 
     /// A stamp for a call about to be forwarded.
+    /// fsync/fdatasync calls made on the cache's bank files so far.
+    pub fn syncs(&self) -> u64 {
+        self.store.syncs()
+    }
+
     pub fn stamp(&self) -> u64 {
         self.clock.load(Ordering::SeqCst)
     }
@@ -914,7 +919,7 @@ impl CacheLayer {
         // Durable before the reply, but not under `mutate`: every other change and fill
         // of every file would wait for these fsyncs (8 truncating clients took turns).
         drop(m);
-        self.store.sync_all()?;
+        self.store.sync_file(fh)?;
         self.local_truncations.fetch_add(1, Ordering::Relaxed);
         let pre = WccAttr {
             size: before.size,

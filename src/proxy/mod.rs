@@ -179,6 +179,7 @@ impl Proxy {
             cache_write_throughs = c.write_throughs.load(Relaxed),
             cache_metadata_hits = c.names.as_ref().map_or(0, |n| n.hits.load(Relaxed)),
             cache_local_truncations = c.local_truncations.load(Relaxed),
+            cache_syncs = c.syncs(),
             "cache counters"
         );
     }

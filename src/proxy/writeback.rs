@@ -159,8 +159,8 @@ pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> 
     }
     let mut committed = StableHow::UNSTABLE;
     if stable != StableHow::UNSTABLE {
-        let c = cache.clone();
-        if let Err(e) = blocking(move || c.store.sync()).await {
+        let (c, f) = (cache.clone(), fh.clone());
+        if let Err(e) = blocking(move || c.store.sync_file(&f)).await {
             warn!(side = "cache", error = %e, "cache sync failed");
             return write_fail(xid, Nfsstat3::IO, cache, &fh);
         }
@@ -462,8 +462,8 @@ impl TapWarn for BytesMut {
     }
 }
 
-/// Answers a COMMIT from the cache: everything written so far is made durable on the
-/// local disk first.
+/// Answers a COMMIT from the cache: everything written to the file so far is made
+/// durable on the local disk first.
 pub async fn commit(cache: &Arc<CacheLayer>, call: Bytes) -> BytesMut {
     let Ok(h) = CallHeader::parse(&call) else {
         return accepted_reply(0, AcceptStat::GARBAGE_ARGS);
@@ -472,8 +472,8 @@ pub async fn commit(cache: &Arc<CacheLayer>, call: Bytes) -> BytesMut {
     let Ok(Args::Commit(a)) = Args::decode(Proc::COMMIT, &call[h.args_at..]) else {
         return accepted_reply(xid, AcceptStat::GARBAGE_ARGS);
     };
-    let c = cache.clone();
-    let synced = blocking(move || c.store.sync()).await;
+    let (c, f) = (cache.clone(), a.file.0.to_vec());
+    let synced = blocking(move || c.store.sync_file(&f)).await;
     let file_wcc = WccData {
         before: None,
         after: cache.effective_attr(a.file.0),
