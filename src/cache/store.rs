@@ -130,10 +130,6 @@ struct Bank {
     written: Vec<usize>,
     /// Superseded versions to clear once their successors are durable.
     superseded: Vec<usize>,
-    /// Superseded versions whose successors are durable: cleared at the bank's next sync
-    /// (its fdatasync makes the clearing durable, no fsync of its own), or at once with
-    /// an fsync before a frame of their set is rewritten in place (see `settle`).
-    retired: Vec<usize>,
     /// Tags were rewritten or cleared since the tag file was last synced.
     tags_dirty: bool,
     /// Files (hash of the handle) with a dirty write, a cut or a cleared tag in this bank
@@ -244,7 +240,6 @@ impl Store {
                 hands: vec![0; geo.sets_per_bank as usize],
                 written: Vec::new(),
                 superseded: Vec::new(),
-                retired: Vec::new(),
                 tags_dirty: false,
                 unsynced_files: Default::default(),
             };
@@ -357,7 +352,6 @@ impl Store {
                     hands: vec![0; geo.sets_per_bank as usize],
                     written: Vec::new(),
                     superseded: Vec::new(),
-                    retired: Vec::new(),
                     tags_dirty: false,
                     unsynced_files: Default::default(),
                 }))
@@ -464,14 +458,9 @@ impl Store {
         self.retire_marker(true)?;
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
-            for li in std::mem::take(&mut bank.retired) {
-                let f = self.frame_of(b as u32, li);
-                self.clear(&mut bank, f)?;
-            }
-            if let Some((_, t)) = &bank.files {
-                // Cleared tags (invalidations, retired versions) are not synced by `sync`
-                // on their own.
-                self.sync_data(t, || self.bank_path(b as u32))?;
+            if bank.files.is_some() {
+                // Cleared tags (invalidations) are not synced by `sync` on their own.
+                self.fsync_bank(b, &mut bank)?;
             }
         }
         let clean = self.dir.join(CLEAN);
@@ -537,15 +526,13 @@ impl Store {
                 // The version served is never cleared as superseded (its newer copy
                 // may have been lost).
                 bank.superseded.retain(|&x| x != li);
-                bank.retired.retain(|&x| x != li);
                 if !bank.meta[li].unsynced {
                     // Older versions behind a durable one (left by a crash before their
                     // clearing): cleared at the next sync.
                     for (w, _) in self.versions(bank, set, fp, fh, block)? {
                         let old = self.local(self.geo.frame(set, w));
-                        if w != way && !bank.retired.contains(&old) {
-                            bank.superseded.retain(|&x| x != old);
-                            bank.retired.push(old);
+                        if w != way && !bank.superseded.contains(&old) {
+                            bank.superseded.push(old);
                         }
                     }
                 }
@@ -785,19 +772,6 @@ impl Store {
             let m = bank.meta[self.local(self.geo.frame(set, w))];
             !old_dirty || m.unsynced
         });
-        let base = self.local(self.geo.frame(set, 0));
-        let ways = base..base + self.geo.ways as usize;
-        if in_place.is_some()
-            && bank
-                .retired
-                .iter()
-                .any(|li| ways.contains(li) && bank.meta[*li].fp == fp)
-        {
-            // A torn rewrite in place must not let an older version of the block win
-            // (a version that a truncation left clean, say): clear the retired ones
-            // durably first.
-            self.settle(bank, set)?;
-        }
         let way = match in_place {
             Some((w, _)) => w,
             None => self.victim(bank, set, old_way)?,
@@ -918,39 +892,6 @@ impl Store {
     /// Picks a frame to (re)use in `set`: an empty one, else a clean one by CLOCK;
     /// never `keep` (the version being superseded) and never a dirty frame.
     fn victim(&self, bank: &mut Bank, set: u64, keep: Option<u32>) -> Result<u32> {
-        match self.victim_now(bank, set, keep) {
-            Err(CacheError::SetFull) if self.retired_in_set(bank, set) => {
-                // Retired versions are dirty until cleared: clear them to make room.
-                self.settle(bank, set)?;
-                self.victim_now(bank, set, keep)
-            }
-            r => r,
-        }
-    }
-
-    /// Whether `set` holds retired versions (see `Bank::retired`).
-    fn retired_in_set(&self, bank: &Bank, set: u64) -> bool {
-        let set_in_bank = (set % self.geo.sets_per_bank) as usize;
-        let ways = self.geo.ways as usize;
-        bank.retired.iter().any(|&li| li / ways == set_in_bank)
-    }
-
-    /// Clears the bank's retired versions and makes that durable (one fdatasync), before
-    /// a frame of `set` is rewritten in place or reused.
-    fn settle(&self, bank: &mut Bank, set: u64) -> Result<()> {
-        let b = self.geo.frame(set, 0).bank;
-        for li in std::mem::take(&mut bank.retired) {
-            let f = self.frame_of(b, li);
-            self.clear(bank, f)?;
-        }
-        if let Some((_, t)) = &bank.files {
-            self.sync_data(t, || self.bank_path(b))?;
-            bank.tags_dirty = false;
-        }
-        Ok(())
-    }
-
-    fn victim_now(&self, bank: &mut Bank, set: u64, keep: Option<u32>) -> Result<u32> {
         let ways = self.geo.ways;
         let base = self.local(self.geo.frame(set, 0));
         if let Some(w) =
@@ -984,7 +925,7 @@ impl Store {
         }
         for b in 0..self.banks.len() {
             let mut bank = self.banks[b].lock().expect("bank lock");
-            if !bank.written.is_empty() || !bank.superseded.is_empty() || !bank.retired.is_empty() {
+            if !bank.written.is_empty() || !bank.superseded.is_empty() {
                 self.sync_bank(b, &mut bank)?;
             }
         }
@@ -1015,46 +956,49 @@ impl Store {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    fn sync_data(&self, file: &File, path: impl FnOnce() -> PathBuf) -> Result<()> {
+    /// One fdatasync of bank `b` (locked by the caller): its data and tags, one file. Every
+    /// fsync of a bank goes through here, since Linux reports a writeback error once per
+    /// file: whichever call sees it must treat the bank's unsynced dirty writes as lost
+    /// (a new write verifier; the older, durable versions stay, never cleared as
+    /// superseded), or a later fdatasync would "succeed" and a COMMIT would be answered
+    /// for data that never reached the disk.
+    fn fsync_bank(&self, b: usize, bank: &mut Bank) -> Result<()> {
+        let Some((_, t)) = &bank.files else {
+            return Ok(());
+        };
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        file.sync_data().map_err(|e| io(&path())(e))
+        if let Err(e) = t.sync_data() {
+            bank.superseded.clear();
+            if bank.written.iter().any(|&li| bank.meta[li].dirty) {
+                self.lost("syncing the cache failed");
+            }
+            return Err(io(&self.bank_path(b as u32))(e));
+        }
+        bank.tags_dirty = false;
+        Ok(())
     }
 
-    /// Syncs bank `b` (locked by the caller): its data and tags in one fdatasync, which
-    /// also makes durable the clearing of the versions retired at its last sync; the
-    /// versions superseded since then are retired now (cleared at the next sync).
+    /// Syncs bank `b` (locked by the caller): its data and tags in one fdatasync (a tag
+    /// that reaches the disk before its data fails its checksum after a crash, and its
+    /// version was not acknowledged, since this sync had not returned: the older one is
+    /// used); then superseded versions are cleared, durably.
     fn sync_bank(&self, b: usize, bank: &mut Bank) -> Result<()> {
-        for li in std::mem::take(&mut bank.retired) {
-            let f = self.frame_of(b as u32, li);
-            self.clear(bank, f)?;
-        }
-        if let Some((_, t)) = &bank.files {
-            // One fdatasync for the data and the tags (one file): a tag that reaches the
-            // disk before its data fails its checksum after a crash, and its version was
-            // not acknowledged (this sync had not returned), so the older one is used.
-            if let Err(e) = self.sync_data(t, || self.bank_path(b as u32)) {
-                // Linux reports a writeback error once: a later fdatasync may
-                // succeed although the data never reached the disk. So the older,
-                // durable versions stay (never cleared as superseded), and clients
-                // re-send what they have not seen committed.
-                bank.superseded.clear();
-                if bank.written.iter().any(|&li| bank.meta[li].dirty) {
-                    self.lost("syncing the cache failed");
-                }
-                return Err(e);
-            }
-        }
-        if bank.files.is_some() {
-            bank.tags_dirty = false;
-        }
+        self.fsync_bank(b, bank)?;
         bank.unsynced_files.clear();
         for li in std::mem::take(&mut bank.written) {
             bank.meta[li].unsynced = false;
         }
-        // Their successors are durable now. Clearing them needs to be durable before
-        // a successor's frame is rewritten in place (a torn rewrite must not let a stale
-        // older version win after a power failure): the next sync does it, or `settle`.
-        bank.retired = std::mem::take(&mut bank.superseded);
+        let superseded = std::mem::take(&mut bank.superseded);
+        for &li in &superseded {
+            let f = self.frame_of(b as u32, li);
+            self.clear(bank, f)?;
+        }
+        if !superseded.is_empty() {
+            // Durable too: the newer version's frame may later be rewritten in place
+            // (clean, or not yet synced), and a torn rewrite must not let a stale
+            // older version win after a power failure.
+            self.fsync_bank(b, bank)?;
+        }
         Ok(())
     }
 
@@ -1275,7 +1219,7 @@ impl Store {
                 }
             }
             tfile.write_all_at(&tags, 0).map_err(io(&path))?;
-            self.sync_data(tfile, || path.clone())?;
+            self.fsync_bank(b, &mut bank)?;
             for m in bank.meta.iter_mut().filter(|m| m.fp != 0 && !m.dirty) {
                 *m = Meta::default();
             }
@@ -1374,9 +1318,7 @@ impl Store {
             if !bank.tags_dirty {
                 continue;
             }
-            if let Some((_, t)) = &bank.files {
-                self.sync_data(t, || self.bank_path(b as u32))?;
-            }
+            self.fsync_bank(b, &mut bank)?;
             bank.tags_dirty = false;
         }
         Ok(())
@@ -1425,7 +1367,6 @@ impl Store {
         // The frame may be reused at once: `sync` must not clear it later as a
         // superseded version.
         bank.superseded.retain(|&x| x != li);
-        bank.retired.retain(|&x| x != li);
         if let Some((_, tfile)) = &bank.files {
             tfile
                 .write_all_at(&[0u8; TAG_SIZE], self.tag_offset(f))

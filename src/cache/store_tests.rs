@@ -871,51 +871,28 @@ fn live_tags(dir: &Path, g: &Geometry) -> usize {
         .count()
 }
 
-/// A version superseded by a durable one is cleared at the bank's next sync, inside its
-/// one fdatasync — or at once, durably, before its successor is rewritten in place.
+/// A version superseded by a durable one goes (durably) with the sync that made its
+/// successor durable: a truncation that leaves the successor clean must not let the
+/// older dirty version back when clean blocks are dropped or evicted.
 #[test]
-fn superseded_versions_go_at_the_next_sync_or_before_a_rewrite_in_place() {
+fn a_truncated_block_never_lets_its_older_dirty_version_back() {
     let dir = tempfile::tempdir().unwrap();
     let g = geo(4, 1);
     let s = Store::open(dir.path(), g).unwrap();
-    stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
-    s.sync().unwrap();
-    stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap()); // copy-on-write
+    stored(s.put(b"f", 0, 0, &[1; 4096], false).unwrap());
+    stored(s.put(b"f", 0, 3000, &[2; 100], true).unwrap());
+    s.sync_file(b"f").unwrap();
+    stored(s.put(b"f", 0, 3050, &[3; 100], true).unwrap()); // copy-on-write
+    s.truncate_block(b"f", 0, 1000).unwrap(); // no dirty bytes left: clean
     let n0 = s.syncs();
-    s.sync().unwrap();
-    assert_eq!(s.syncs() - n0, 1, "no fsync of its own for the clearing");
+    s.sync_file(b"f").unwrap();
     assert_eq!(
-        live_tags(dir.path(), &g),
+        s.syncs() - n0,
         2,
-        "version 1 stays until the next sync"
+        "the sync, then the clearing of the old version"
     );
-    stored(s.put(b"g", 0, 0, &[3; 512], true).unwrap());
-    s.sync_file(b"g").unwrap();
-    assert_eq!(s.syncs() - n0, 2);
-    assert_eq!(
-        live_tags(dir.path(), &g),
-        2,
-        "f's version 1 went with g's sync"
-    );
-    assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![2; 512]);
-
-    // A version left clean by a truncation, with its retired predecessor still there:
-    // a clean fill rewrites it in place, so the predecessor goes first, durably.
-    stored(s.put(b"h", 0, 0, &[4; 512], false).unwrap());
-    stored(s.put(b"h", 0, 300, &[5; 100], true).unwrap()); // in place over a clean one
-    s.sync().unwrap();
-    stored(s.put(b"h", 0, 350, &[6; 10], true).unwrap()); // copy-on-write
-    s.sync().unwrap(); // h's older version is retired
-    s.truncate_block(b"h", 0, 200).unwrap(); // no dirty bytes left: clean
-    let live = live_tags(dir.path(), &g);
-    let n1 = s.syncs();
-    stored(s.put(b"h", 0, 0, &[7; 100], false).unwrap()); // in place
-    assert_eq!(
-        s.syncs() - n1,
-        1,
-        "the retired version was cleared durably first"
-    );
-    assert_eq!(live_tags(dir.path(), &g), live - 1);
-    let c = s.get(b"h", 0).unwrap().unwrap();
-    assert_eq!((c.valid, c.dirty), (0..200, None));
+    assert_eq!(live_tags(dir.path(), &g), 1);
+    assert!(s.dirty_blocks().unwrap().is_empty());
+    s.drop_clean().unwrap();
+    assert!(s.get(b"f", 0).unwrap().is_none());
 }

@@ -359,10 +359,16 @@ async fn writeback_block(
     let off = d.block * cache.bs + dirty.start as u64;
     match write_upstream(up, &cred, &d.fh, off, bytes, StableHow::FILE_SYNC).await {
         Ok(_) => {
+            // Durably: the frame is reused at once (room-making), and the older versions
+            // `mark_clean` cleared must not come back after a crash as dirty data.
             let (c, fh2, seq) = (cache.clone(), d.fh.clone(), got.seq);
-            blocking(move || c.store.mark_clean(&fh2, block, seq))
-                .await
-                .map_err(|e| e.to_string())?;
+            blocking(move || {
+                c.store
+                    .mark_clean(&fh2, block, seq)
+                    .and_then(|_| c.store.sync_tags())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(())
         }
         Err(e) if e.gone() => {
