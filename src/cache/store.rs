@@ -135,6 +135,11 @@ struct Bank {
     /// Files (hash of the handle) with a dirty write, a cut or a cleared tag in this bank
     /// since its last sync: what `sync_file` syncs for them.
     unsynced_files: std::collections::HashSet<u64>,
+    /// An fdatasync of this bank failed. Linux reports a writeback error once per file,
+    /// so no later fsync of it can be trusted: every durable point that needs this bank
+    /// fails from then on, and it takes no dirty write or cut (they are written through
+    /// or forwarded instead) until the proxy restarts and recovery checks its tags.
+    failed: bool,
 }
 
 pub struct Store {
@@ -242,6 +247,7 @@ impl Store {
                 superseded: Vec::new(),
                 tags_dirty: false,
                 unsynced_files: Default::default(),
+                failed: false,
             };
             let path = bank_path(dir, b);
             if path.exists() {
@@ -354,6 +360,7 @@ impl Store {
                     superseded: Vec::new(),
                     tags_dirty: false,
                     unsynced_files: Default::default(),
+                    failed: false,
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -767,6 +774,9 @@ impl Store {
             buf,
             dirty: dirty_range,
         } = v;
+        if bank.failed && dirty_range.is_some() {
+            return Err(self.failed_bank(self.geo.frame(set, 0).bank));
+        }
         let old_way = old.map(|(w, _)| w);
         let in_place = old.filter(|&(w, old_dirty)| {
             let m = bank.meta[self.local(self.geo.frame(set, w))];
@@ -847,6 +857,9 @@ impl Store {
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        if bank.failed {
+            return Err(self.failed_bank(frame0.bank));
+        }
         let Some((way, c)) = self.newest(&mut bank, set, fp, fh, block)? else {
             return Ok(());
         };
@@ -963,19 +976,27 @@ impl Store {
     /// superseded), or a later fdatasync would "succeed" and a COMMIT would be answered
     /// for data that never reached the disk.
     fn fsync_bank(&self, b: usize, bank: &mut Bank) -> Result<()> {
+        if bank.failed {
+            return Err(self.failed_bank(b as u32));
+        }
         let Some((_, t)) = &bank.files else {
             return Ok(());
         };
         self.syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = t.sync_data() {
+            bank.failed = true;
             bank.superseded.clear();
-            if bank.written.iter().any(|&li| bank.meta[li].dirty) {
-                self.lost("syncing the cache failed");
-            }
+            self.lost("syncing the cache failed");
             return Err(io(&self.bank_path(b as u32))(e));
         }
         bank.tags_dirty = false;
         Ok(())
+    }
+
+    fn failed_bank(&self, b: u32) -> CacheError {
+        io(&self.bank_path(b))(std::io::Error::other(
+            "an earlier fdatasync of this cache file failed; restart the proxy to recover",
+        ))
     }
 
     /// Syncs bank `b` (locked by the caller): its data and tags in one fdatasync (a tag

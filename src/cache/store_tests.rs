@@ -896,3 +896,32 @@ fn a_truncated_block_never_lets_its_older_dirty_version_back() {
     s.drop_clean().unwrap();
     assert!(s.get(b"f", 0).unwrap().is_none());
 }
+
+/// After an fdatasync of a bank failed (Linux reports a writeback error once per file),
+/// no later durable point that needs the bank succeeds, it takes no dirty write or cut,
+/// and the cache is not closed as clean.
+#[test]
+fn a_failed_bank_sync_is_not_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 8);
+    let s = Store::open(dir.path(), g).unwrap();
+    stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
+    {
+        // As `fsync_bank` leaves a bank on EIO: failed, its tag changes not synced.
+        let mut b = s.banks[0].lock().unwrap();
+        b.failed = true;
+        b.tags_dirty = true;
+    }
+    let n0 = s.syncs();
+    assert!(s.sync_file(b"f").is_err(), "a COMMIT must not succeed now");
+    assert!(s.sync().is_err() && s.sync_tags().is_err());
+    assert_eq!(s.syncs(), n0, "no fdatasync is trusted to report it again");
+    assert!(
+        s.put(b"f", 1, 0, &[2; 512], true).is_err(),
+        "written through instead"
+    );
+    assert!(s.truncate_block(b"f", 0, 100).is_err(), "forwarded instead");
+    stored(s.put(b"g", 0, 0, &[3; 512], false).unwrap()); // clean fills still cached
+    assert!(s.close().is_err());
+    assert!(!dir.path().join(CLEAN).exists(), "not a clean shutdown");
+}
