@@ -99,6 +99,20 @@ impl Env {
         ))
     }
 
+    /// A client proxy over SSH with a fresh cache and a control socket: the directories
+    /// to keep while it runs (first, so that they outlive it), the proxy, the socket.
+    fn client_with_control(&self) -> ([tempfile::TempDir; 2], Proxy, PathBuf) {
+        let cache = tempfile::tempdir_in(self.t()).unwrap();
+        let ctl = tempfile::tempdir_in(self.t()).unwrap();
+        let sock = ctl.path().join("control.sock");
+        let p = self.client_with(
+            &self.ssh_upstream(),
+            cache.path(),
+            &format!("[control]\nsocket = \"{}\"\n", sock.display()),
+        );
+        ([cache, ctl], p, sock)
+    }
+
     /// Whether scenario `name` is to run (`GRIDVFS_SUITE_SCENARIOS`, default all).
     fn runs(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s.eq_ignore_ascii_case(name))
@@ -226,14 +240,7 @@ async fn persistent_vm(e: &Env) -> (Vec<persistent::Times>, Vec<persistent::Time
     let name = "pvm-wan";
     let vdir = e.export_dir.join(BASE).join(persistent::DIR).join(name);
     persistent::prepare(&golden, &vdir);
-    let cache = tempfile::tempdir_in(e.t()).unwrap();
-    let ctl = tempfile::tempdir_in(e.t()).unwrap();
-    let sock = ctl.path().join("control.sock");
-    let p = e.client_with(
-        &e.ssh_upstream(),
-        cache.path(),
-        &format!("[control]\nsocket = \"{}\"\n", sock.display()),
-    );
+    let (_dirs, p, sock) = e.client_with_control();
     let mut wan = Vec::new();
     for k in 1..=SESSIONS {
         let (c, base) = base_at(p.addr, p.addr, &e.export).await;
@@ -465,14 +472,7 @@ async fn main() {
         )
         .await;
         let wannfs = vm::runtime_nfs(&c, &base, "wannfs", shape, None).await;
-        let cache = tempfile::tempdir_in(e.t()).unwrap();
-        let ctl = tempfile::tempdir_in(e.t()).unwrap();
-        let sock = ctl.path().join("control.sock");
-        let p = e.client_with(
-            &e.ssh_upstream(),
-            cache.path(),
-            &format!("[control]\nsocket = \"{}\"\n", sock.display()),
-        );
+        let (_dirs, p, sock) = e.client_with_control();
         let (c, base) = base_at(p.addr, p.addr, &e.export).await;
         let counts = || {
             let v = proxy::control(&sock, &["status"]);

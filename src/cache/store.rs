@@ -2,9 +2,9 @@
 //! the durability order of `docs/cache-design.md`:
 //!
 //! - a block whose frame holds dirty data is rewritten *elsewhere* in its set (copy-on-
-//!   write) with a higher sequence number; the superseded frame is cleared only after its
-//!   successor is durable (at the bank's next sync), so the last durable version survives
-//!   a crash at any point;
+//!   write) with a higher sequence number; the superseded frame is cleared (durably) by
+//!   the sync that makes its successor durable, so the last durable version survives a
+//!   crash at any point;
 //! - the durable point (COMMIT, FILE_SYNC: `sync_file`; `sync` for all) is one fdatasync
 //!   per bank file, which holds its tags and then its data frames;
 //! - reads verify the data checksum; a mismatch is a miss, and the next older version of
@@ -122,7 +122,8 @@ struct Meta {
 }
 
 struct Bank {
-    files: Option<(File, File)>,
+    /// The bank file (tags, then data frames), opened on first use.
+    file: Option<File>,
     meta: Vec<Meta>,
     /// CLOCK hand per set.
     hands: Vec<u8>,
@@ -240,7 +241,7 @@ impl Store {
         let mut banks = Vec::with_capacity(geo.banks as usize);
         for b in 0..geo.banks {
             let mut bank = Bank {
-                files: None,
+                file: None,
                 meta: vec![Meta::default(); per_bank],
                 hands: vec![0; geo.sets_per_bank as usize],
                 written: Vec::new(),
@@ -251,10 +252,10 @@ impl Store {
             };
             let path = bank_path(dir, b);
             if path.exists() {
-                let files = open_bank(dir, b, &geo)?;
+                let file = open_bank(dir, b, &geo)?;
                 let mut bytes = vec![0u8; per_bank * TAG_SIZE];
-                files.1.read_exact_at(&mut bytes, 0).map_err(io(&path))?;
-                bank.files = Some(files);
+                file.read_exact_at(&mut bytes, 0).map_err(io(&path))?;
+                bank.file = Some(file);
                 for (i, chunk) in bytes.chunks_exact(TAG_SIZE).take(per_bank).enumerate() {
                     let slot: &[u8; TAG_SIZE] = chunk.try_into().expect("chunk size");
                     match Tag::decode(slot, geo.block_size) {
@@ -347,13 +348,13 @@ impl Store {
         let banks = (0..geo.banks)
             .map(|b| {
                 let p = bank_path(dir, b);
-                let files = match File::open(&p).and_then(|f| Ok((f.try_clone()?, f))) {
+                let file = match File::open(&p) {
                     Ok(f) => Some(f),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                     Err(e) => return Err(io(&p)(e)),
                 };
                 Ok(Mutex::new(Bank {
-                    files,
+                    file,
                     meta: vec![Meta::default(); per_bank],
                     hands: vec![0; geo.sets_per_bank as usize],
                     written: Vec::new(),
@@ -403,13 +404,11 @@ impl Store {
     /// A shared view opened before the owner created this bank's files: open them once
     /// they exist (the owner creates a bank on its first fill there).
     fn open_late(&self, bank: &mut Bank, b: u32) {
-        if self.shared.is_none() || bank.files.is_some() {
+        if self.shared.is_none() || bank.file.is_some() {
             return;
         }
-        if let Ok(f) = File::open(self.bank_path(b))
-            && let Ok(t) = f.try_clone()
-        {
-            bank.files = Some((f, t));
+        if let Ok(f) = File::open(self.bank_path(b)) {
+            bank.file = Some(f);
         }
     }
 
@@ -436,9 +435,8 @@ impl Store {
                     continue;
                 };
                 let mut data = vec![0u8; (t.valid.end - t.valid.start) as usize];
-                let (dfile, _) = bank.files.as_ref().expect("tags imply files");
-                dfile
-                    .read_exact_at(&mut data, self.data_at(f) + t.valid.start as u64)
+                let file = bank.file.as_ref().expect("tags imply a bank file");
+                file.read_exact_at(&mut data, self.data_at(f) + t.valid.start as u64)
                     .map_err(io(&self.bank_path(f.bank)))?;
                 if crc32fast::hash(&data) != t.data_crc {
                     tracing::warn!(
@@ -465,7 +463,7 @@ impl Store {
         self.retire_marker(true)?;
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
-            if bank.files.is_some() {
+            if bank.file.is_some() {
                 // Cleared tags (invalidations) are not synced by `sync` on their own.
                 self.fsync_bank(b, &mut bank)?;
             }
@@ -519,10 +517,9 @@ impl Store {
         for (way, t) in versions {
             let f = self.geo.frame(set, way);
             let mut data = vec![0u8; (t.valid.end - t.valid.start) as usize];
-            let (dfile, _) = bank.files.as_ref().expect("tags imply files");
+            let file = bank.file.as_ref().expect("tags imply a bank file");
             let at = self.data_at(f) + t.valid.start as u64;
-            dfile
-                .read_exact_at(&mut data, at)
+            file.read_exact_at(&mut data, at)
                 .map_err(io(&self.bank_path(f.bank)))?;
             if crc32fast::hash(&data) == t.data_crc {
                 if dropped_dirty {
@@ -609,8 +606,8 @@ impl Store {
         }
         let f = self.geo.frame(set, way);
         let start = dst.len();
-        let (dfile, _) = bank.files.as_ref().expect("tags imply files");
-        read_append(dfile, dst, want.len(), self.data_at(f) + want.start as u64)
+        let file = bank.file.as_ref().expect("tags imply a bank file");
+        read_append(file, dst, want.len(), self.data_at(f) + want.start as u64)
             .map_err(io(&self.bank_path(f.bank)))?;
         if crc32fast::hash(&dst[start..]) == t.data_crc {
             let li = self.local(f);
@@ -787,8 +784,8 @@ impl Store {
             None => self.victim(bank, set, old_way)?,
         };
         let f = self.geo.frame(set, way);
-        if bank.files.is_none() {
-            bank.files = Some(open_bank(&self.dir, f.bank, &self.geo)?);
+        if bank.file.is_none() {
+            bank.file = Some(open_bank(&self.dir, f.bank, &self.geo)?);
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let tag = Tag {
@@ -800,12 +797,11 @@ impl Store {
             data_crc: crc32fast::hash(&buf),
         };
         let written = {
-            let (dfile, tfile) = bank.files.as_ref().expect("opened above");
-            write_data(dfile, &buf, self.data_at(f) + valid.start as u64)
+            let file = bank.file.as_ref().expect("opened above");
+            write_data(file, &buf, self.data_at(f) + valid.start as u64)
                 .map_err(io(&self.bank_path(f.bank)))
                 .and_then(|_| {
-                    tfile
-                        .write_all_at(&tag.encode(), self.tag_offset(f))
+                    file.write_all_at(&tag.encode(), self.tag_offset(f))
                         .map_err(io(&self.bank_path(f.bank)))
                 })
         };
@@ -824,9 +820,10 @@ impl Store {
         }
         let li = self.local(f);
         let was_unsynced = bank.meta[li].unsynced;
+        let fh_hash = fnv1a(fh);
         bank.meta[li] = Meta {
             fp,
-            fh_hash: fnv1a(fh),
+            fh_hash,
             dirty: dirty_range.is_some(),
             referenced: true,
             unsynced: true,
@@ -836,7 +833,7 @@ impl Store {
             bank.written.push(li);
         }
         if dirty_range.is_some() {
-            bank.unsynced_files.insert(fnv1a(fh));
+            bank.unsynced_files.insert(fh_hash);
         }
         if let Some(w) = old_way.filter(|w| *w != way) {
             // The superseded version stays until the new one is durable.
@@ -891,9 +888,8 @@ impl Store {
             dirty: dirty.clone(),
             data_crc: crc32fast::hash(kept),
         };
-        let (_, tfile) = bank.files.as_ref().expect("tags imply files");
-        tfile
-            .write_all_at(&tag.encode(), self.tag_offset(f))
+        let file = bank.file.as_ref().expect("tags imply a bank file");
+        file.write_all_at(&tag.encode(), self.tag_offset(f))
             .map_err(io(&self.bank_path(f.bank)))?;
         let li = self.local(f);
         bank.meta[li].dirty = dirty.is_some();
@@ -948,8 +944,9 @@ impl Store {
     /// The durable point for one file (COMMIT, FILE_SYNC, a truncation kept here): syncs
     /// the banks that hold its dirty writes, cuts or cleared tags since their last sync —
     /// with everything else written there, but no other bank. A small file's blocks and
-    /// records share a bank or two (consecutive sets), so committing one file costs two
-    /// fsyncs, however many other files were written meanwhile.
+    /// records share a bank or two (consecutive sets), so committing one file costs one
+    /// fdatasync per such bank (two if it superseded a durable version), however many
+    /// other files were written meanwhile.
     pub fn sync_file(&self, fh: &[u8]) -> Result<()> {
         if self.is_shared() {
             return Ok(());
@@ -979,11 +976,11 @@ impl Store {
         if bank.failed {
             return Err(self.failed_bank(b as u32));
         }
-        let Some((_, t)) = &bank.files else {
+        let Some(file) = &bank.file else {
             return Ok(());
         };
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = t.sync_data() {
+        if let Err(e) = file.sync_data() {
             bank.failed = true;
             bank.superseded.clear();
             self.lost("syncing the cache failed");
@@ -1107,9 +1104,8 @@ impl Store {
             dirty: None,
             data_crc: crc32fast::hash(&c.data),
         };
-        let (_, tfile) = bank.files.as_ref().expect("tags imply files");
-        tfile
-            .write_all_at(&tag.encode(), self.tag_offset(f))
+        let file = bank.file.as_ref().expect("tags imply a bank file");
+        file.write_all_at(&tag.encode(), self.tag_offset(f))
             .map_err(io(&self.bank_path(f.bank)))?;
         let li = self.local(f);
         bank.meta[li].dirty = false;
@@ -1226,12 +1222,12 @@ impl Store {
         let mut dropped = 0;
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
-            let Some((_, tfile)) = &bank.files else {
+            let Some(file) = &bank.file else {
                 continue;
             };
             let path = self.bank_path(b as u32);
             let mut tags = vec![0u8; bank.meta.len() * TAG_SIZE];
-            tfile.read_exact_at(&mut tags, 0).map_err(io(&path))?;
+            file.read_exact_at(&mut tags, 0).map_err(io(&path))?;
             let mut n = 0;
             for (i, slot) in tags.chunks_exact_mut(TAG_SIZE).enumerate() {
                 if bank.meta[i].fp != 0 && !bank.meta[i].dirty {
@@ -1239,7 +1235,7 @@ impl Store {
                     n += 1;
                 }
             }
-            tfile.write_all_at(&tags, 0).map_err(io(&path))?;
+            file.write_all_at(&tags, 0).map_err(io(&path))?;
             self.fsync_bank(b, &mut bank)?;
             for m in bank.meta.iter_mut().filter(|m| m.fp != 0 && !m.dirty) {
                 *m = Meta::default();
@@ -1372,12 +1368,11 @@ impl Store {
     }
 
     fn read_tag(&self, bank: &Bank, f: Frame) -> Result<Slot> {
-        let Some((_, tfile)) = &bank.files else {
+        let Some(file) = &bank.file else {
             return Ok(Slot::Empty);
         };
         let mut b = [0u8; TAG_SIZE];
-        tfile
-            .read_exact_at(&mut b, self.tag_offset(f))
+        file.read_exact_at(&mut b, self.tag_offset(f))
             .map_err(io(&self.bank_path(f.bank)))?;
         Ok(Tag::decode(&b, self.geo.block_size))
     }
@@ -1388,9 +1383,8 @@ impl Store {
         // The frame may be reused at once: `sync` must not clear it later as a
         // superseded version.
         bank.superseded.retain(|&x| x != li);
-        if let Some((_, tfile)) = &bank.files {
-            tfile
-                .write_all_at(&[0u8; TAG_SIZE], self.tag_offset(f))
+        if let Some(file) = &bank.file {
+            file.write_all_at(&[0u8; TAG_SIZE], self.tag_offset(f))
                 .map_err(io(&self.bank_path(f.bank)))?;
             bank.tags_dirty = true;
         }
@@ -1582,9 +1576,9 @@ fn tags_area(geo: &Geometry) -> u64 {
     (geo.sets_per_bank * geo.ways as u64 * TAG_SIZE as u64).next_multiple_of(4096)
 }
 
-/// Opens (creating, sparse, at full size) a bank's file: its tags, then its data frames.
-/// Two handles of it: data and tags (one file, so one fdatasync makes both durable).
-fn open_bank(dir: &Path, b: u32, geo: &Geometry) -> Result<(File, File)> {
+/// Opens (creating, sparse, at full size) a bank's file: its tags, then its data frames
+/// (one file, so one fdatasync makes both durable).
+fn open_bank(dir: &Path, b: u32, geo: &Geometry) -> Result<File> {
     let p = bank_path(dir, b);
     let f = OpenOptions::new()
         .read(true)
@@ -1597,8 +1591,7 @@ fn open_bank(dir: &Path, b: u32, geo: &Geometry) -> Result<(File, File)> {
     if f.metadata().map_err(io(&p))?.len() < len {
         f.set_len(len).map_err(io(&p))?;
     }
-    let t = f.try_clone().map_err(io(&p))?;
-    Ok((f, t))
+    Ok(f)
 }
 
 #[cfg(test)]
