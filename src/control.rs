@@ -219,13 +219,16 @@ async fn status(p: &Proxy) -> String {
                     let ws = &w.stats;
                     format!(
                         "{{\"files\":{files},\"bytes\":{bytes},\"fetches\":{},\"failed\":{},\
-                         \"raw_bytes\":{},\"wire_bytes\":{},\"reads\":{},\"evicted\":{}}}",
+                         \"raw_bytes\":{},\"wire_bytes\":{},\"reads\":{},\"evicted\":{},\
+                         \"working_sets\":{},\"working_set_reads\":{}}}",
                         ws.fetches.load(Relaxed),
                         ws.failed.load(Relaxed),
                         ws.raw_bytes.load(Relaxed),
                         ws.wire_bytes.load(Relaxed),
                         ws.reads.load(Relaxed),
-                        ws.evicted.load(Relaxed)
+                        ws.evicted.load(Relaxed),
+                        ws.working_sets.load(Relaxed),
+                        ws.working_set_reads.load(Relaxed)
                     )
                 }
                 None => "null".into(),

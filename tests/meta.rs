@@ -400,6 +400,129 @@ fn whole_file_fetch_with_zstd_and_gzip_is_byte_equal() {
     assert_eq!(n(&st["server"]["file_fetches"]), 2, "{st}");
 }
 
+/// A working set in the sidecar of a file read by blocks crosses once, as one compressed
+/// stream of just its non-zero blocks (the tunnel is throttled so the first READs are
+/// answered while it runs); READs inside it are answered from that copy, READs outside
+/// or across its edge go by blocks, and every byte is right.
+#[test]
+fn a_working_set_crosses_as_one_stream_and_answers_only_its_reads() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-workset");
+    // A disk-like image: data blocks (half random, half text) with zero runs: 1 MiB at
+    // 3 MiB, 2 MiB at 7 MiB, and every 7th block.
+    let blocks = (16u64 << 20) / BS;
+    let noise = pseudo_random((blocks * BS) as usize, 91);
+    let text = b"root:x:0:0:root:/root:/bin/sh daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+    let mut img = vec![0u8; (blocks * BS) as usize];
+    let mut zeros = Vec::new();
+    for b in 0..blocks {
+        let page = &mut img[(b * BS) as usize..((b + 1) * BS) as usize];
+        if (768..1024).contains(&b) || (1792..2304).contains(&b) || b % 7 == 3 {
+            zeros.push(b..b + 1);
+        } else if b % 2 == 0 {
+            page.copy_from_slice(&noise[(b * BS) as usize..((b + 1) * BS) as usize]);
+        } else {
+            for (i, c) in page.iter_mut().enumerate() {
+                *c = text[(i + b as usize) % text.len()];
+            }
+        }
+    }
+    let file = dir.join("disk.img");
+    std::fs::write(&file, &img).unwrap();
+    // Unaligned ranges: the plan widens them to whole 4 KiB blocks.
+    let mib = 1u64 << 20;
+    let ws = vec![
+        mib + 100..mib + mib / 2,
+        5 * mib..6 * mib + 3,
+        12 * mib + 4096..12 * mib + 300_000,
+    ];
+    write_sidecar(
+        &file,
+        &zeros,
+        actions(Fetch::Blocks, Codec::Zstd, Writeback::Blocks),
+    );
+    let mut sc = Sidecar::parse(&std::fs::read(sidecar_path(&file)).unwrap()).unwrap();
+    sc.working_set = ws.clone();
+    std::fs::write(sidecar_path(&file), sc.encode()).unwrap();
+    // The blocks the copy covers, and the non-zero bytes among them (what crosses).
+    let cover: Vec<std::ops::Range<u64>> = ws
+        .iter()
+        .map(|r| r.start / BS * BS..r.end.div_ceil(BS) * BS)
+        .collect();
+    let plan_bytes: u64 = cover
+        .iter()
+        .flat_map(|r| (r.start / BS..r.end / BS).filter(|b| !sc.zeros.is_zero_block(*b)))
+        .count() as u64
+        * BS;
+    assert!(
+        plan_bytes > 100_000,
+        "the test image has data in the working set"
+    );
+    let c = Chain::start(&lab, Some(4_000_000));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "disk.img").await;
+        let at = |o: u64, k: u64| &img[o as usize..(o + k) as usize];
+        // The first READ (of a data block in the working set's last range) starts the
+        // transfer and waits for its range. (A READ of zero blocks is answered by the
+        // zero map alone.)
+        let first = (cover[2].start / BS..cover[2].end / BS)
+            .rev()
+            .find(|b| !sc.zeros.is_zero_block(*b))
+            .expect("data in the last range")
+            * BS;
+        let r = common::read(&mut cl, &fh, first, 4096).await;
+        assert_eq!(&r.data[..], at(first, 4096));
+        // Its frames are all in; the copy is made durable, then counted.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while n(&c.client_status()["meta"]["whole"]["working_sets"]) == 0 {
+            assert!(Instant::now() < deadline, "no working set\n{}", c.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = c.client_status();
+        assert_eq!(n(&st["meta"]["whole"]["raw_bytes"]), plan_bytes, "{st}");
+        assert_eq!(n(&st["meta"]["whole"]["fetches"]), 1, "{st}");
+        // Inside the working set: from the copy, nothing crosses but the calls.
+        let before = (
+            c.relay.bytes().1,
+            n(&st["meta"]["whole"]["working_set_reads"]),
+        );
+        for r in &cover {
+            let mut o = r.start;
+            while o < r.end {
+                let k = (r.end - o).min(65536);
+                let got = common::read(&mut cl, &fh, o, k as u32).await;
+                assert_eq!(&got.data[..], at(o, k), "working-set READ at {o}");
+                o += k;
+            }
+        }
+        let st = c.client_status();
+        assert!(
+            n(&st["meta"]["whole"]["working_set_reads"]) > before.1 + 20,
+            "{st}"
+        );
+        assert!(
+            c.relay.bytes().1 - before.0 < 256 << 10,
+            "working-set READs crossed the tunnel: {} bytes",
+            c.relay.bytes().1 - before.0
+        );
+        // Outside it, and across its edge: by blocks, right bytes.
+        for (o, k) in [(8 * mib, 65536), (mib + mib / 2 - 4096, 8192), (0, 4096)] {
+            let got = common::read(&mut cl, &fh, o, k as u32).await;
+            assert_eq!(
+                &got.data[..],
+                at(o, k),
+                "READ at {o} outside the working set"
+            );
+        }
+        let all = common::read_all(&mut cl, &fh).await;
+        common::assert_same_bytes("whole file", &all, &img);
+    });
+    let st = c.server_status();
+    assert_eq!(n(&st["server"]["file_fetches"]), 1, "{st}");
+}
+
 /// A READ in the middle of a file being fetched whole is answered as soon as its range
 /// arrived, before the transfer ends (the tunnel is throttled to 2 MB/s).
 #[test]

@@ -184,6 +184,25 @@ impl ZeroMap {
             .is_some_and(|r| r.start <= first && last < r.end)
     }
 
+    /// The first part of `off..end` that is not in zero blocks (what `data_ranges` would
+    /// list first), without listing the rest.
+    pub fn next_data(&self, off: u64, end: u64) -> Option<Range<u64>> {
+        let bs = self.block_size as u64;
+        let mut pos = off;
+        let mut i = self.runs.partition_point(|r| r.end <= off / bs);
+        while pos < end {
+            match self.runs.get(i) {
+                Some(r) if r.start.saturating_mul(bs) <= pos => {
+                    pos = r.end.saturating_mul(bs).max(pos);
+                    i += 1;
+                }
+                Some(r) => return Some(pos..r.start.saturating_mul(bs).min(end)),
+                None => return Some(pos..end),
+            }
+        }
+        None
+    }
+
     /// The parts of `off..end` that are not in zero blocks, in order.
     pub fn data_ranges(&self, off: u64, end: u64) -> Vec<Range<u64>> {
         let mut out = Vec::new();

@@ -179,3 +179,20 @@ fn a_bitmap_with_more_runs_than_the_limit_is_refused() {
         other => panic!("accepted or wrong error: {other:?}"),
     }
 }
+
+/// `next_data` is `data_ranges(..).first()` without the list (the whole-file writer asks
+/// it once per frame).
+#[test]
+fn next_data_is_the_first_data_range() {
+    let z = ZeroMap::from_runs(4096, 50, vec![0..2, 5..9, 20..21, 40..50]);
+    let size = 50 * 4096 - 10;
+    for off in (0..size + 5000).step_by(1000) {
+        for end in [off, off + 1, off + 4096, off + 40_000, size] {
+            assert_eq!(
+                z.next_data(off, end),
+                z.data_ranges(off, end).first().cloned(),
+                "{off}..{end}"
+            );
+        }
+    }
+}

@@ -10,6 +10,9 @@
 //!   partly zero asks the next hop only for its other bytes.
 //! - `fetch = "whole-file"`: the first READ starts a whole-file transfer over the file
 //!   channel (`wholefile`), and READs are answered from it as their range arrives.
+//! - A working set in the sidecar of a file read by blocks: the first READ starts a
+//!   transfer of just the working set the same way; READs inside it wait for it, the
+//!   others go by blocks.
 //!
 //! Files with local writes (write-back) are left to the block path: the sidecar
 //! describes the next hop's file, and the cache's dirty data wins.
@@ -22,7 +25,7 @@ use bytes::{BufMut, BytesMut};
 use tracing::{debug, warn};
 
 use super::cached::CacheLayer;
-use super::wholefile::WholeFiles;
+use super::wholefile::{Plan, WholeFiles};
 use crate::config::MetaConfig;
 use crate::meta::{Fetch, FileTime, Sidecar, sidecar_name};
 use crate::nfs3::{self, Args, Fattr3, Fh, Ftype3, LookupArgs, NfsResult, Nfstime3, Proc, Res};
@@ -353,15 +356,31 @@ impl MetaLayer {
                 |_| Ok(()),
             ));
         }
-        if sc.actions.fetch == Fetch::WholeFile
-            && let (Some(whole), Some(conn)) = (&self.whole, &self.connector)
-        {
+        // Whole files, and working sets of files read by blocks, come over the file
+        // channel as one compressed stream.
+        let plan = match sc.actions.fetch {
+            Fetch::WholeFile => Some(Plan::Whole),
+            Fetch::Blocks if !sc.working_set.is_empty() => Some(Plan::WorkingSet),
+            Fetch::Blocks => None,
+        };
+        if let (Some(plan), Some(whole), Some(conn)) = (plan, &self.whole, &self.connector) {
             let entry = match whole.get(&fh, attr.size, attr.mtime) {
                 Some(e) => Some(e),
-                None => whole.start(conn.clone(), &fh, sc.clone(), attr.mtime, cred.clone()),
+                None => whole.start(
+                    conn.clone(),
+                    &fh,
+                    sc.clone(),
+                    attr.mtime,
+                    cred.clone(),
+                    plan,
+                ),
             };
-            if let Some(e) = entry {
+            // A partial copy answers only the READs inside its working set.
+            if let Some(e) = entry.filter(|e| e.covers(&sc.zeros, off, end)) {
                 let near = match e.progress() {
+                    // A working set is what the VM reads next: its READs wait for it
+                    // rather than fetch the same bytes again by blocks.
+                    super::wholefile::Progress::Running { .. } if e.is_partial() => true,
                     super::wholefile::Progress::Running { frontier } => {
                         off <= frontier.saturating_add(self.cfg.wait_ahead)
                     }
@@ -386,6 +405,12 @@ impl MetaLayer {
                     .await;
                     if let Ok(Ok(reply)) = r {
                         whole.stats.reads.fetch_add(1, Ordering::Relaxed);
+                        if e.is_partial() {
+                            whole
+                                .stats
+                                .working_set_reads
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                         return MetaRead::Reply(reply);
                     }
                 }
