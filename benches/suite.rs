@@ -146,6 +146,66 @@ async fn clone_at(e: &Env, nfs: SocketAddr, mount: SocketAddr, image: &str, clon
     r.secs
 }
 
+/// Records each image's disk working set (one clone through a recording proxy straight
+/// to Ganesha) and writes it into the disk's sidecar with the product's tools:
+/// `gridvfs workset` on the proxy, `gridvfs meta workset` where the files are. Returns
+/// the bytes of working set written.
+async fn profile_working_sets(
+    e: &Env,
+    images: &[String],
+    nfs: SocketAddr,
+    mount: SocketAddr,
+) -> u64 {
+    let cache = tempfile::tempdir_in(e.t()).unwrap();
+    let ctl = tempfile::tempdir_in(e.t()).unwrap();
+    let sock = ctl.path().join("control.sock");
+    let p = Proxy::start_config(&format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\
+         [upstream]\nnfs = \"tcp://{nfs}\"\nmount = \"tcp://{mount}\"\n\
+         [cache]\ndir = \"{}\"\nsize = \"4GiB\"\nblock_size = \"64KiB\"\n\
+         [meta]\nrecord_working_set = true\n\
+         [control]\nsocket = \"{}\"\n[log]\nlevel = \"warn\"\n",
+        cache.path().display(),
+        sock.display()
+    ));
+    let mut total = 0;
+    for im in images {
+        clone_at(e, p.addr, p.addr, im, &format!("profile-{im}")).await;
+        let path = format!("{}/{BASE}/golden/{im}/{}", e.export, vm::DISK);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+            .args(["workset", "--socket"])
+            .arg(&sock)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gridvfs workset {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        total += text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+        let ws = ctl.path().join(format!("{im}.ws"));
+        std::fs::write(&ws, &text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+            .args(["meta", "workset", "--from"])
+            .arg(&ws)
+            .arg(e.golden_dir(im).join(vm::DISK))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gridvfs meta workset {im}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    total
+}
+
 fn seed(image: &str) -> u64 {
     image
         .bytes()
@@ -335,6 +395,19 @@ async fn main() {
             .unwrap_or_default(),
     };
     let mut out: Vec<Scenario> = Vec::new();
+
+    // Working-set profiles (untimed, like `meta generate`): each golden image is cloned
+    // once on the LAN through a proxy that records what is read, and the disk's working
+    // set goes into its sidecar, which the client proxies then prefetch in one stream.
+    if env_u64("GRIDVFS_SUITE_WORKSET", 1) == 1 {
+        let t0 = Instant::now();
+        let bytes = profile_working_sets(&e, &images, nfs_addr, mount_addr).await;
+        println!(
+            "working sets recorded and written into the disks' sidecars in {:.1} s ({:.1} MiB each)",
+            t0.elapsed().as_secs_f64(),
+            bytes as f64 / n as f64 / (1 << 20) as f64
+        );
+    }
 
     // Local.
     let mut times = Vec::new();
