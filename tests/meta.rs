@@ -726,7 +726,7 @@ fn workset_cli(socket: &Path, path: &str) -> (String, String, i32) {
 #[test]
 fn a_recorded_working_set_is_dumped_by_path() {
     let lab = Lab::get();
-    let (dir, name) = lab.scratch("meta-workset");
+    let (dir, name) = lab.scratch("meta-record");
     let size = (1u64 << 20) + 100;
     let img = pseudo_random(size as usize, 91);
     std::fs::write(dir.join("disk.img"), &img).unwrap();
