@@ -9,9 +9,13 @@
 //!   `{"ok":true,"written":N,"files":N,...}` (`"ok":false` if some file could not be
 //!   written back: its data stays dirty).
 //! - `flush --drop` → write back, then drop the whole cache (`"dropped":N` blocks).
+//! - `workset PATH` → the byte ranges clients READ of the file at PATH (as mounted),
+//!   recorded with `[meta] record_working_set`: `{"ok":true,"path":..,"size":N,
+//!   "ranges":[[off,len],...],"bytes":N,"truncated":false}` (see `proxy::workset`).
 //!
-//! `gridvfs status --socket P` and `gridvfs flush [--drop] --socket P` are the clients;
-//! the last line of an answer is the one with `"ok"`.
+//! `gridvfs status --socket P`, `gridvfs flush [--drop] --socket P` and
+//! `gridvfs workset --socket P PATH` are the clients; the last line of an answer is the
+//! one with `"ok"`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,8 +28,8 @@ use tracing::{info, warn};
 use crate::nfs3::Proc;
 use crate::proxy::Proxy;
 
-/// Longest request line accepted.
-const MAX_LINE: usize = 256;
+/// Longest request line accepted: a verb and a path of up to PATH_MAX (4,096) bytes.
+const MAX_LINE: usize = 4096 + 64;
 
 /// Serves the control socket until the task is dropped. The socket file is replaced if
 /// it exists (a stale one from a crash) and made owner-only.
@@ -54,11 +58,17 @@ pub async fn serve(listener: UnixListener, proxy: Arc<Proxy>) {
 async fn handle(stream: UnixStream, proxy: &Arc<Proxy>) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    let mut rd = BufReader::new(rd).take(MAX_LINE as u64);
+    let mut rd = BufReader::new(rd).take(MAX_LINE as u64 + 1);
     rd.read_line(&mut line).await?;
+    let cut = line.len() > MAX_LINE && !line.ends_with('\n');
     let line = line.trim_end_matches(['\n', '\r']);
     let reply = match line {
+        // Never act on a cut line: its path would be another file's.
+        _ if cut => error_line(&format!("request line over {MAX_LINE} bytes")),
         "status" => status(proxy).await,
+        _ if line.starts_with("workset ") && line.len() > "workset ".len() => {
+            workset(proxy, &line["workset ".len()..]).await
+        }
         _ if line == "flush" || line.starts_with("flush ") => {
             let mut rest = &line["flush".len()..];
             let drop = rest.starts_with(" --drop");
@@ -79,13 +89,35 @@ async fn handle(stream: UnixStream, proxy: &Arc<Proxy>) -> std::io::Result<()> {
 }
 
 fn bad_request(line: &str) -> String {
-    format!(
-        "{{\"ok\":false,\"error\":{}}}",
-        json_str(&format!(
-            "unknown request {:?}: use status, flush [--drop] [--file PATH]",
-            line.chars().take(40).collect::<String>()
-        ))
-    )
+    error_line(&format!(
+        "unknown request {:?}: use status, flush [--drop] [--file PATH], workset PATH",
+        line.chars().take(40).collect::<String>()
+    ))
+}
+
+/// `{"ok":false,"error":...}`.
+fn error_line(error: &str) -> String {
+    format!("{{\"ok\":false,\"error\":{}}}", json_str(error))
+}
+
+/// Answers `workset PATH`: what the recorder holds for the file, clipped to its size.
+async fn workset(proxy: &Proxy, path: &str) -> String {
+    info!(path, "control: workset");
+    let dump = match proxy.working_set(path).await {
+        Ok(d) => d,
+        Err(e) => return error_line(&e),
+    };
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        ok: bool,
+        #[serde(flatten)]
+        dump: &'a crate::proxy::workset::Dump,
+    }
+    serde_json::to_string(&Answer {
+        ok: true,
+        dump: &dump,
+    })
+    .unwrap_or_else(|e| error_line(&format!("cannot encode the answer: {e}")))
 }
 
 /// How often a waiting `flush` is told the progress.
@@ -210,6 +242,20 @@ async fn status(p: &Proxy) -> String {
         ),
         None => "{\"enabled\":false}".to_string(),
     };
+    let workset = {
+        let rec = p.cache.as_ref().and_then(|c| c.workset.as_ref());
+        let t = rec.map(|r| r.totals()).unwrap_or_default();
+        format!(
+            "{{\"recording\":{},\"files\":{},\"ranges\":{},\"bytes\":{},\
+             \"files_not_recorded\":{},\"truncated\":{}}}",
+            rec.is_some(),
+            t.files,
+            t.ranges,
+            t.bytes,
+            t.files_not_recorded,
+            t.truncated
+        )
+    };
     let meta = match p.cache.as_ref().and_then(|c| c.meta.get()) {
         Some(mt) => {
             let s = &mt.stats;
@@ -236,7 +282,8 @@ async fn status(p: &Proxy) -> String {
             format!(
                 "{{\"enabled\":true,\"file_channel\":{},\"sidecars_found\":{},\"sidecars_absent\":{},\
                  \"sidecars_stale\":{},\"sidecars_bad\":{},\"zero_reads\":{},\"zero_bytes\":{},\
-                 \"partial_reads\":{},\"uploads\":{},\"upload_bytes\":{},\"whole\":{whole}}}",
+                 \"partial_reads\":{},\"uploads\":{},\"upload_bytes\":{},\"whole\":{whole},\
+                 \"workset\":{workset}}}",
                 mt.has_channel(),
                 s.sidecars_found.load(Relaxed),
                 s.sidecars_absent.load(Relaxed),
@@ -249,7 +296,8 @@ async fn status(p: &Proxy) -> String {
                 s.upload_bytes.load(Relaxed)
             )
         }
-        None => "{\"enabled\":false}".into(),
+        // Recording works without sidecars: its counters are shown either way.
+        None => format!("{{\"enabled\":false,\"workset\":{workset}}}"),
     };
     format!(
         "{{\"ok\":true,\"connections\":{},\"calls\":{{{}}},\"mount_calls\":{},\"garbage_args\":{},\
@@ -289,4 +337,44 @@ pub async fn request(
         }
         return Ok(reply.to_string());
     }
+}
+
+/// Why `gridvfs workset` got no working set.
+#[derive(Debug, thiserror::Error)]
+pub enum WorksetError {
+    #[error("cannot reach the control socket {}: {source}", socket.display())]
+    Unreachable {
+        socket: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The proxy answered `"ok":false` (recording off, no such path, nothing recorded).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the proxy's answer is not a working set ({why}): {line}")]
+    Garbled { why: String, line: String },
+}
+
+/// The client side of `workset PATH`: asks the proxy at `socket` and decodes its answer.
+pub async fn workset_request(
+    socket: &Path,
+    path: &str,
+) -> Result<crate::proxy::workset::Dump, WorksetError> {
+    let line = request(socket, &format!("workset {path}"), |_| {})
+        .await
+        .map_err(|source| WorksetError::Unreachable {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
+    let garbled = |why: String| WorksetError::Garbled {
+        why,
+        line: line.chars().take(200).collect(),
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| garbled(e.to_string()))?;
+    if v["ok"] != serde_json::Value::Bool(true) {
+        return Err(match v["error"].as_str() {
+            Some(e) => WorksetError::Refused(e.to_string()),
+            None => garbled("no \"ok\":true and no error".into()),
+        });
+    }
+    serde_json::from_value(v).map_err(|e| garbled(e.to_string()))
 }

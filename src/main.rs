@@ -65,6 +65,16 @@ enum Cmd {
         #[arg(long)]
         file: Option<String>,
     },
+    /// Print the working set a running proxy recorded for a file (`[meta]
+    /// record_working_set`): `OFFSET LEN` per line, the text `gridvfs meta workset
+    /// --from` writes into the file's sidecar.
+    Workset {
+        #[arg(long)]
+        socket: PathBuf,
+        /// The file's path as the client mounted it (`/export/dir/file`), or relative to
+        /// the one mounted export.
+        path: String,
+    },
     /// Make, inspect and check metadata sidecars (`.NAME.gvfsmeta`, docs/sidecar-format.md).
     Meta {
         #[command(subcommand)]
@@ -132,11 +142,41 @@ fn control(socket: &std::path::Path, line: &str) -> ExitCode {
     }
 }
 
+/// Asks the proxy for a file's recorded working set and prints it as text; exit 1 with
+/// the proxy's reason if it has none.
+fn workset(socket: &std::path::Path, path: &str) -> ExitCode {
+    if path.contains('\n') {
+        eprintln!("gridvfs: PATH: a path with a newline");
+        return ExitCode::from(2);
+    }
+    let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::from(1);
+    };
+    match rt.block_on(gridvfs::control::workset_request(socket, path)) {
+        Ok(d) => {
+            use gridvfs::meta::workset::format;
+            print!("{}", format(&d.path, d.size, &d.ranges, d.truncated));
+            if d.truncated {
+                eprintln!(
+                    "gridvfs: warning: the recording of {path} was truncated at the range \
+                     limit; READs after that are missing"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gridvfs: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Status { socket } => control(&socket, "status"),
         Cmd::Meta { cmd } => meta_cli::run(cmd),
+        Cmd::Workset { socket, path } => workset(&socket, &path),
         Cmd::Keygen { out, comment } => {
             let comment = comment.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -1,4 +1,4 @@
-//! `gridvfs meta generate|show|verify`: the binary's half of the sidecar tools. Arguments
+//! `gridvfs meta generate|show|verify|workset`: the binary's half of the sidecar tools. Arguments
 //! come in through clap, files go through `gridvfs::meta::generate`, and what a person
 //! reads comes out here: one line per file on stdout, errors and skips on stderr, a
 //! progress line on stderr when it is a terminal. Exit codes are picked here and only here.
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use clap::{Subcommand, ValueEnum};
 use gridvfs::meta::format::VERSION;
 use gridvfs::meta::generate::{
-    self, Check, MetaError, ScanOptions, Verdict, is_meta_name, read_sidecar_at, resolve,
+    self, Check, KeptWorkingSet, MetaError, ScanOptions, Verdict, is_meta_name, read_sidecar_at,
+    resolve,
 };
 use gridvfs::meta::{Actions, Codec, Fetch, FileTime, Sidecar, Writeback, sidecar_name};
 
@@ -54,6 +55,26 @@ pub enum MetaCmd {
         quick: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Write a working set (the text `gridvfs workset` prints: `OFFSET LEN` per line)
+    /// into the sidecar of DATAFILE, replacing the one it holds; or remove it (--clear).
+    /// The sidecar must exist and be fresh (`gridvfs meta generate` first). Exit 1 if
+    /// nothing was written.
+    Workset {
+        /// The working set: a file, or - for standard input.
+        #[arg(
+            long,
+            value_name = "FILE|-",
+            conflicts_with = "clear",
+            required_unless_present = "clear"
+        )]
+        from: Option<PathBuf>,
+        /// Remove the working set from the sidecar.
+        #[arg(long)]
+        clear: bool,
+        /// The data file (or its sidecar).
+        #[arg(value_name = "DATAFILE")]
+        file: PathBuf,
     },
 }
 
@@ -116,6 +137,11 @@ pub fn run(cmd: MetaCmd) -> ExitCode {
         }
         MetaCmd::Show { file } => show(&file),
         MetaCmd::Verify { quick, files } => verify_all(&files, quick),
+        MetaCmd::Workset {
+            from,
+            clear: _,
+            file,
+        } => workset(from.as_deref(), &file),
     }
 }
 
@@ -216,13 +242,23 @@ fn generate_all(paths: &[PathBuf], opts: &ScanOptions) -> ExitCode {
 }
 
 fn generate_one(path: &Path, opts: &ScanOptions, t: &mut Tally) {
-    let r = with_progress(path, |p| generate::scan_with_progress(path, opts, p))
-        .and_then(|s| Ok((generate::write_sidecar(path, &s)?, s)));
+    let r =
+        with_progress(path, |p| generate::scan_with_progress(path, opts, p)).and_then(|mut s| {
+            let kept = generate::keep_working_set(path, &mut s);
+            Ok((generate::write_sidecar(path, &s)?, s, kept))
+        });
     match r {
-        Ok((side, s)) => {
+        Ok((side, s, kept)) => {
             t.done += 1;
+            let ws = match kept {
+                KeptWorkingSet::None => String::new(),
+                KeptWorkingSet::Kept(n) => format!(", working set of {n} ranges kept"),
+                KeptWorkingSet::Dropped(n) => format!(
+                    ", working set of {n} ranges dropped (it reaches past the end of the file)"
+                ),
+            };
             println!(
-                "{}: {} bytes, {:.2}% zero, sidecar {}",
+                "{}: {} bytes, {:.2}% zero, sidecar {}{ws}",
                 path.display(),
                 s.size,
                 percent(s.zero_bytes(), s.size),
@@ -372,7 +408,15 @@ fn describe(data: &Path, side: &Path, s: &Sidecar) -> String {
             },
         ),
     );
-    line("working set", format!("{} ranges", s.working_set.len()));
+    let ws_bytes: u64 = s.working_set.iter().map(|r| r.end - r.start).sum();
+    line(
+        "working set",
+        format!(
+            "{} ranges, {ws_bytes} bytes ({:.2}% of the file)",
+            s.working_set.len(),
+            percent(ws_bytes, s.size)
+        ),
+    );
     let fresh = match std::fs::metadata(data) {
         Ok(m) => {
             use std::os::unix::fs::MetadataExt;
@@ -441,4 +485,73 @@ fn verify_all(files: &[PathBuf], quick: bool) -> ExitCode {
         }
     }
     ExitCode::from(worst)
+}
+
+/// `meta workset`: the data file's fresh sidecar with its working set replaced by the
+/// ranges read from `from` (None: cleared), written as `generate` writes sidecars.
+fn workset(from: Option<&Path>, file: &Path) -> ExitCode {
+    let data = match resolve(file) {
+        Ok((data, _)) => data,
+        Err(e) => {
+            eprintln!("gridvfs: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut sidecar = match generate::read_fresh_sidecar(&data) {
+        Ok(s) => s,
+        Err(e) => {
+            let hint = match &e {
+                MetaError::Missing {
+                    what: "sidecar", ..
+                }
+                | MetaError::Malformed { .. }
+                | MetaError::ReadSidecar { .. } => {
+                    format!("; run `gridvfs meta generate {}` first", data.display())
+                }
+                _ => String::new(),
+            };
+            eprintln!("gridvfs: {e}{hint}");
+            return ExitCode::from(1);
+        }
+    };
+    let ranges = match from {
+        None => Ok(Vec::new()),
+        Some(p) if p == Path::new("-") => {
+            gridvfs::meta::workset::parse(std::io::stdin().lock(), sidecar.size)
+                .map_err(|e| format!("standard input: {e}"))
+        }
+        Some(p) => std::fs::File::open(p)
+            .map_err(|e| format!("{}: cannot open: {e}", p.display()))
+            .and_then(|f| {
+                gridvfs::meta::workset::parse(std::io::BufReader::new(f), sidecar.size)
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            }),
+    };
+    sidecar.working_set = match ranges {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "gridvfs: {e} (the sidecar of {} is unchanged)",
+                data.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match generate::write_sidecar(&data, &sidecar) {
+        Ok(side) => {
+            let bytes: u64 = sidecar.working_set.iter().map(|r| r.end - r.start).sum();
+            println!(
+                "{}: working set of {} ranges, {bytes} bytes ({:.2}% of the file), sidecar {}",
+                data.display(),
+                sidecar.working_set.len(),
+                percent(bytes, sidecar.size),
+                side.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gridvfs: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -825,3 +825,208 @@ fn a_file_changed_behind_the_client_proxy_is_read_by_blocks() {
         c.logs()
     );
 }
+
+/// `gridvfs workset --socket S PATH` as an operator runs it; (stdout, stderr, exit code).
+fn workset_cli(socket: &Path, path: &str) -> (String, String, i32) {
+    let out = std::process::Command::new(common::bin())
+        .arg("workset")
+        .arg("--socket")
+        .arg(socket)
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// A client proxy with `record_working_set = true` records the byte ranges of every
+/// READ (hits and misses alike), and `gridvfs workset` dumps them by path, merged and
+/// clipped to the file's size; the dump written into the sidecar on the server side
+/// (`gridvfs meta workset`) holds exactly those ranges. A proxy without it says so.
+#[test]
+fn a_recorded_working_set_is_dumped_by_path() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("meta-record");
+    let size = (1u64 << 20) + 100;
+    let img = pseudo_random(size as usize, 91);
+    std::fs::write(dir.join("disk.img"), &img).unwrap();
+    std::fs::write(dir.join("other.img"), pseudo_random(10_000, 92)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("ctl.sock");
+    let cache = |d: &str| {
+        format!(
+            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nways = 8\nbanks = 4\n",
+            tmp.path().join(d).display()
+        )
+    };
+    let p = Gridvfs::start_with(
+        lab.endpoint(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "{}[meta]\nrecord_working_set = true\n{}",
+            cache("cache"),
+            common::control_section(&socket)
+        ),
+    );
+    let path = format!("{}/{name}/disk.img", lab.export);
+    // Before any READ: nothing to dump.
+    let (_, err, code) = workset_cli(&socket, &path);
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing recorded: no READ of it"), "{err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = common::mount(p.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "disk.img").await;
+        // Touching, overlapping, apart (twice: the second time a cache hit, recorded
+        // all the same), across the end of file.
+        for (off, count) in [
+            (0u64, 4096u32),
+            (4096, 4096),
+            (65_536, 1000),
+            (60_000, 6000),
+            (70_000, 10),
+            (70_000, 10),
+            (size - 50, 4096),
+        ] {
+            let r = common::read(&mut cl, &fh, off, count).await;
+            let end = (off + count as u64).min(size) as usize;
+            assert_eq!(&r.data[..], &img[off as usize..end], "READ at {off}");
+        }
+        let other = common::lookup_path(&mut cl, &name, "other.img").await;
+        let _ = common::read(&mut cl, &other, 100, 200).await;
+    });
+
+    let (out, err, code) = workset_cli(&socket, &path);
+    assert_eq!(code, 0, "{err}\n{}", p.log_text());
+    let bytes = 8192 + 6536 + 10 + 50;
+    assert_eq!(
+        out,
+        format!(
+            "# gridvfs working set of {path}: {size} bytes, 4 ranges, {bytes} bytes\n\
+             0 8192\n\
+             60000 6536\n\
+             70000 10\n\
+             {} 50\n",
+            size - 50
+        )
+    );
+    let (ok, st) = ctl(&socket, &["status"]);
+    assert!(ok, "{st}");
+    let w = &st["meta"]["workset"];
+    assert_eq!(w["recording"], true, "{st}");
+    assert_eq!((n(&w["files"]), n(&w["ranges"])), (2, 5), "{st}");
+    // As asked: the READ across the end of file counts its whole 4096 bytes here.
+    assert_eq!(n(&w["bytes"]), 8192 + 6536 + 10 + 4096 + 200, "{st}");
+    assert_eq!((n(&w["files_not_recorded"]), n(&w["truncated"])), (0, 0));
+    assert!(
+        n(&st["cache"]["hits"]) >= 1,
+        "the repeated READ was no hit: {st}"
+    );
+
+    // On the server's side: the dump goes into the file's sidecar as it is.
+    let data = dir.join("disk.img");
+    let ws = tmp.path().join("ws.txt");
+    std::fs::write(&ws, &out).unwrap();
+    let meta = |args: &[&str]| {
+        let o = std::process::Command::new(common::bin())
+            .arg("meta")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "meta {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    meta(&["generate", data.to_str().unwrap()]);
+    meta(&[
+        "workset",
+        "--from",
+        ws.to_str().unwrap(),
+        data.to_str().unwrap(),
+    ]);
+    let sc = Sidecar::parse(&std::fs::read(sidecar_path(&data)).unwrap()).unwrap();
+    assert_eq!(
+        sc.working_set,
+        [0..8192, 60_000..66_536, 70_000..70_010, size - 50..size]
+    );
+
+    // A file never read, and a path outside the mounted export: clear errors, exit 1.
+    std::fs::write(dir.join("unread.img"), b"x").unwrap();
+    let (out, err, code) = workset_cli(&socket, &format!("{}/{name}/unread.img", lab.export));
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        err.contains("nothing recorded: no READ of it was recorded since the proxy started"),
+        "{err}"
+    );
+    let (_, err, code) = workset_cli(&socket, "/elsewhere/disk.img");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not under an export mounted through this proxy"),
+        "{err}"
+    );
+
+    // A proxy restarted on the warm cache, with sidecars off (the sidecar now made
+    // plays no part): a READ answered from the cache alone is recorded too.
+    let mut p = p;
+    assert_eq!(p.stop(), Some(0));
+    let p = Gridvfs::start_with(
+        lab.endpoint(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "{}[meta]\nsidecars = false\nrecord_working_set = true\n{}",
+            cache("cache"),
+            common::control_section(&socket)
+        ),
+    );
+    rt.block_on(async {
+        let mut cl = common::mount(p.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "disk.img").await;
+        let r = common::read(&mut cl, &fh, 70_000, 10).await;
+        assert_eq!(&r.data[..], &img[70_000..70_010]);
+    });
+    let (_, st) = ctl(&socket, &["status"]);
+    assert_eq!(
+        (n(&st["cache"]["hits"]), n(&st["cache"]["misses"])),
+        (1, 0),
+        "{st}"
+    );
+    assert_eq!(st["meta"]["enabled"], false, "{st}");
+    assert_eq!(st["meta"]["workset"]["recording"], true, "{st}");
+    let (out, err, code) = workset_cli(&socket, &path);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!("# gridvfs working set of {path}: {size} bytes, 1 ranges, 10 bytes\n70000 10\n")
+    );
+
+    // A proxy with the recording off says so.
+    let off_socket = tmp.path().join("off.sock");
+    let q = Gridvfs::start_with(
+        lab.endpoint(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "{}{}",
+            cache("cache-off"),
+            common::control_section(&off_socket)
+        ),
+    );
+    let _ = nfs_cat(q.endpoints(), &lab.export, &format!("{name}/other.img"));
+    let (out, err, code) = workset_cli(&off_socket, &path);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err,
+        "gridvfs: record_working_set is off in this proxy's config\n"
+    );
+    let (_, st) = ctl(&off_socket, &["status"]);
+    assert_eq!(st["meta"]["workset"]["recording"], false, "{st}");
+    assert_eq!(n(&st["meta"]["workset"]["files"]), 0, "{st}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -293,3 +293,194 @@ fn a_directory_walk_skips_sidecars_links_and_names_too_long() {
     assert_eq!(names, [".a.img.gvfsmeta", "a.img", "link.img", "sub"]);
     assert!(root.join("sub/.b.img.gvfsmeta").exists());
 }
+
+/// `meta workset` with its input on standard input.
+fn gridvfs_stdin(args: &[&str], paths: &[&Path], input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+        .arg("meta")
+        .args(args)
+        .args(paths)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The sidecar with its working set left out: what `meta workset` must not change.
+fn without_working_set(s: &Sidecar) -> Sidecar {
+    Sidecar {
+        working_set: Vec::new(),
+        ..s.clone()
+    }
+}
+
+#[test]
+fn meta_workset_writes_the_working_set_into_a_fresh_sidecar_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("disk.img");
+    fixture(&img);
+    let side = sidecar_of(&img);
+    let parse = || Sidecar::parse(&std::fs::read(&side).unwrap()).unwrap();
+
+    // No sidecar yet: refused, saying what to run.
+    let ws = tmp.path().join("ws.txt");
+    std::fs::write(&ws, "0 4096\n").unwrap();
+    let from = ws.to_str().unwrap();
+    let (_, err, code) = text(&gridvfs(&["workset", "--from", from], &[&img]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(".disk.img.gvfsmeta: no such sidecar"), "{err}");
+    assert!(err.contains("run `gridvfs meta generate"), "{err}");
+
+    let (_, err, code) = text(&gridvfs(&["generate", "--block-size", "64KiB"], &[&img]));
+    assert_eq!(code, 0, "{err}");
+    let before = parse();
+    assert!(before.working_set.is_empty());
+
+    // What `gridvfs workset` prints, with a range added out of order and overlapping.
+    std::fs::write(
+        &ws,
+        "# gridvfs working set of /export/vm/disk.img: 8388608 bytes, 3 ranges, 1069056 bytes\n\
+         0 65536\n\
+         1048576 1000000\n\
+         8384512 4096\n\
+         \n\
+         # added by hand\n\
+         60000 10000\n",
+    )
+    .unwrap();
+    let (out, err, code) = text(&gridvfs(&["workset", "--from", from], &[&img]));
+    assert_eq!(code, 0, "{err}");
+    // 0..70000 (merged), 1048576..2048576, 8384512..8388608.
+    let bytes = 70_000 + 1_000_000 + 4096;
+    assert_eq!(
+        out,
+        format!(
+            "{}: working set of 3 ranges, {bytes} bytes (12.80% of the file), sidecar {}\n",
+            img.display(),
+            side.display()
+        )
+    );
+    let after = parse();
+    assert_eq!(
+        after.working_set,
+        [0..70_000, 1_048_576..2_048_576, 8_384_512..8_388_608]
+    );
+    // Size, mtime, digest, actions and zero map are the generated ones.
+    assert_eq!(without_working_set(&after), before);
+
+    let (out, _, code) = text(&gridvfs(&["show"], &[&img]));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!(
+            "working set: 3 ranges, {bytes} bytes (12.80% of the file)\n"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("freshness:   fresh"), "{out}");
+
+    // From standard input, replacing the working set.
+    let (out, err, code) = text(&gridvfs_stdin(
+        &["workset", "--from", "-"],
+        &[&img],
+        "4096 8192\n20000 1\n",
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("working set of 2 ranges, 8193 bytes (0.10% of the file)"),
+        "{out}"
+    );
+    assert_eq!(parse().working_set, [4096..12_288, 20_000..20_001]);
+
+    // Regenerating keeps it (it still fits) and says so.
+    let (out, err, code) = text(&gridvfs(&["generate"], &[&img]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with(", working set of 2 ranges kept\n"), "{out}");
+    assert_eq!(parse().working_set, [4096..12_288, 20_000..20_001]);
+    let before = without_working_set(&parse());
+
+    // --clear removes it, and only it.
+    let (out, err, code) = text(&gridvfs(&["workset", "--clear"], &[&img]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("working set of 0 ranges, 0 bytes (0.00% of the file)"),
+        "{out}"
+    );
+    assert_eq!(parse(), before);
+    let (out, _, _) = text(&gridvfs(&["show"], &[&img]));
+    assert!(out.contains("working set: 0 ranges, 0 bytes"), "{out}");
+}
+
+#[test]
+fn meta_workset_refuses_bad_input_and_stale_sidecars_and_leaves_the_sidecar_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("disk.img");
+    fixture(&img);
+    assert_eq!(gridvfs(&["generate"], &[&img]).status.code(), Some(0));
+    let side = sidecar_of(&img);
+    let raw = std::fs::read(&side).unwrap();
+    let ws = tmp.path().join("ws.txt");
+    let from = ws.to_str().unwrap();
+
+    // A range past the end of the file, on line 3.
+    std::fs::write(&ws, "# header\n0 4096\n8388000 1000\n").unwrap();
+    let (_, err, code) = text(&gridvfs(&["workset", "--from", from], &[&img]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{from}: line 3: range 8388000+1000 ends past the end of the file (8388608 bytes)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("is unchanged"), "{err}");
+    // A line that is not two numbers.
+    std::fs::write(&ws, "0 4096\n4096\n").unwrap();
+    let (_, err, code) = text(&gridvfs(&["workset", "--from", from], &[&img]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 2: 1 fields; expected two decimal numbers"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&side).unwrap(), raw, "sidecar changed");
+
+    // A stale sidecar (the file's mtime moved): refused, naming the fix.
+    let m = std::fs::metadata(&img).unwrap();
+    set_mtime(&img, m.mtime() + 5, 0);
+    std::fs::write(&ws, "0 4096\n").unwrap();
+    let (_, err, code) = text(&gridvfs(&["workset", "--from", from], &[&img]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the sidecar is stale (modification time changed")
+            && err.contains("run `gridvfs meta generate` on the file first"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&side).unwrap(), raw, "sidecar changed");
+    // Fresh again: accepted.
+    set_mtime(&img, m.mtime(), m.mtime_nsec());
+    let (_, err, code) = text(&gridvfs(&["workset", "--from", from], &[&img]));
+    assert_eq!(code, 0, "{err}");
+
+    // A damaged sidecar: refused, naming the fix.
+    std::fs::write(&side, &raw[..raw.len() - 1]).unwrap();
+    let (_, err, code) = text(&gridvfs(&["workset", "--clear"], &[&img]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("checksum mismatch") && err.contains("run `gridvfs meta generate"),
+        "{err}"
+    );
+
+    // Usage: neither --from nor --clear, or both.
+    for args in [&["workset"][..], &["workset", "--clear", "--from", from]] {
+        let (_, err, code) = text(&gridvfs(args, &[&img]));
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}

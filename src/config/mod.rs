@@ -311,6 +311,10 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// Sidecars and whole files (needs the cache); None when off.
     pub meta: Option<MetaConfig>,
+    /// `[meta] record_working_set`: record the byte ranges clients READ of each file, for
+    /// `gridvfs workset` (needs the cache, which sees every READ; works with
+    /// `sidecars = false` too, so it is not part of `meta`).
+    pub record_working_set: bool,
 }
 
 /// What the client side does with metadata sidecars (`[meta]`).
@@ -523,6 +527,12 @@ impl RawConfig {
             }
         };
         let raw_meta = self.meta.unwrap_or_default();
+        if raw_meta.record_working_set && cache.is_none() {
+            return Err(invalid(
+                "meta.record_working_set",
+                "needs a [cache] section: READs are recorded where the cache sees them".into(),
+            ));
+        }
         let meta = match &cache {
             Some(c) if raw_meta.sidecars => Some(MetaConfig {
                 whole_file_dir: (!c.shared).then(|| {
@@ -538,6 +548,7 @@ impl RawConfig {
         };
         Ok(Config {
             control_socket: self.control.map(|c| c.socket),
+            record_working_set: raw_meta.record_working_set,
             meta,
             cache,
             server,
@@ -830,6 +841,28 @@ mod tests {
         let e = parse("[upstream]\nnfs = \"h:1\"\n[cache]\ndir = \"/tmp/c\"\nsize = \"1MiB\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("fewer than one set"), "{e}");
+    }
+
+    #[test]
+    fn record_working_set_defaults_off_and_needs_a_cache() {
+        let cache = "[cache]\ndir = \"/tmp/c\"\nsize = \"1GiB\"\n";
+        let c = parse(&format!("[upstream]\nnfs = \"h:1\"\n{cache}")).unwrap();
+        assert!(!c.record_working_set);
+        let on = "[meta]\nrecord_working_set = true\n";
+        let c = parse(&format!("[upstream]\nnfs = \"h:1\"\n{cache}{on}")).unwrap();
+        assert!(c.record_working_set);
+        // Without sidecars the recording still works (it is on the cache layer).
+        let c = parse(&format!(
+            "[upstream]\nnfs = \"h:1\"\n{cache}{on}sidecars = false\n"
+        ))
+        .unwrap();
+        assert!(c.record_working_set && c.meta.is_none());
+        let e = parse(&format!("[upstream]\nnfs = \"h:1\"\n{on}")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("meta.record_working_set: needs a [cache] section"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub(super) struct RawMeta {
     pub whole_file_dir: Option<PathBuf>,
     pub whole_file_max: ByteSize,
     pub wait_ahead: ByteSize,
+    pub record_working_set: bool,
 }
 
 impl Default for RawMeta {
@@ -41,6 +42,7 @@ impl Default for RawMeta {
             whole_file_dir: None,
             whole_file_max: ByteSize(4 << 30),
             wait_ahead: ByteSize(256 << 20),
+            record_working_set: false,
         }
     }
 }

@@ -87,6 +87,11 @@ pub enum MetaError {
         path.display()
     )]
     TooFragmented { path: PathBuf, limit: String },
+    #[error(
+        "{}: the sidecar is stale ({why}); run `gridvfs meta generate` on the file first",
+        path.display()
+    )]
+    Stale { path: PathBuf, why: Stale },
 }
 
 impl MetaError {
@@ -402,6 +407,53 @@ pub fn read_sidecar_at(side: &Path) -> Result<Sidecar, MetaError> {
         path: side.to_path_buf(),
         source,
     })
+}
+
+/// The sidecar of `data`, checked against the file as it is now (size and mtime, a
+/// stat): what a change to the sidecar alone (`gridvfs meta workset`) starts from, so
+/// that it never writes a sidecar describing another version of the file.
+pub fn read_fresh_sidecar(data: &Path) -> Result<Sidecar, MetaError> {
+    let sidecar = read_sidecar(data)?;
+    let (_, m) = open_data(data)?;
+    sidecar
+        .check_fresh(m.len(), mtime_of(&m))
+        .map_err(|why| MetaError::Stale {
+            path: sidecar_path(data).unwrap_or_else(|_| data.to_path_buf()),
+            why,
+        })?;
+    Ok(sidecar)
+}
+
+/// What [`keep_working_set`] did with the working set of the sidecar being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptWorkingSet {
+    /// There was none (no old sidecar, an unreadable one, or no working set in it).
+    None,
+    /// Its ranges (this many) are in the new sidecar.
+    Kept(usize),
+    /// Its ranges (this many) were left out: one ends past the file's new size.
+    Dropped(usize),
+}
+
+/// Carries the working set of `data`'s current sidecar over into `new` (a new scan of
+/// the file) when every range still fits the new size. A working set is a profile of
+/// which parts a VM reads first: regenerating the zero map (the file was rewritten, or
+/// another block size) does not make it wrong, and re-recording it costs a VM run; a
+/// range past the new end of file does, and then none is kept
+/// (`gridvfs meta workset --clear` drops one on purpose).
+pub fn keep_working_set(data: &Path, new: &mut Sidecar) -> KeptWorkingSet {
+    let Ok(old) = read_sidecar(data) else {
+        return KeptWorkingSet::None;
+    };
+    let n = old.working_set.len();
+    if n == 0 {
+        KeptWorkingSet::None
+    } else if old.working_set.iter().all(|r| r.end <= new.size) {
+        new.working_set = old.working_set;
+        KeptWorkingSet::Kept(n)
+    } else {
+        KeptWorkingSet::Dropped(n)
+    }
 }
 
 /// How thoroughly [`verify`] checks.

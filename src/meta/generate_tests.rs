@@ -236,3 +236,71 @@ fn a_fifo_or_directory_in_the_sidecar_s_place_is_refused_without_hanging() {
         "{e}"
     );
 }
+
+#[test]
+fn regenerating_keeps_a_working_set_that_fits_and_drops_one_that_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = fixture(tmp.path(), 4096, 8 * 4096, &[]);
+    // No sidecar yet: nothing to keep.
+    let mut s = scan(&p, &ScanOptions::default()).unwrap();
+    assert_eq!(keep_working_set(&p, &mut s), KeptWorkingSet::None);
+    s.working_set = vec![0..4096, 20_000..32_768];
+    write_sidecar(&p, &s).unwrap();
+
+    // The same size again (another block size): kept, exactly.
+    let opts = ScanOptions {
+        block_size: 512,
+        ..ScanOptions::default()
+    };
+    let mut again = scan(&p, &opts).unwrap();
+    assert_eq!(keep_working_set(&p, &mut again), KeptWorkingSet::Kept(2));
+    assert_eq!(again.working_set, [0..4096, 20_000..32_768]);
+    write_sidecar(&p, &again).unwrap();
+
+    // The file shrank below the last range's end: none kept.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(30_000)
+        .unwrap();
+    let mut shorter = scan(&p, &opts).unwrap();
+    assert_eq!(
+        keep_working_set(&p, &mut shorter),
+        KeptWorkingSet::Dropped(2)
+    );
+    assert!(shorter.working_set.is_empty());
+
+    // A damaged old sidecar has nothing to keep.
+    std::fs::write(sidecar_path(&p).unwrap(), b"junk").unwrap();
+    assert_eq!(keep_working_set(&p, &mut shorter), KeptWorkingSet::None);
+}
+
+#[test]
+fn read_fresh_sidecar_refuses_a_stale_or_missing_sidecar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = fixture(tmp.path(), 4096, 3 * 4096, &[]);
+    assert!(matches!(
+        read_fresh_sidecar(&p),
+        Err(MetaError::Missing {
+            what: "sidecar",
+            ..
+        })
+    ));
+    let s = scan(&p, &ScanOptions::default()).unwrap();
+    write_sidecar(&p, &s).unwrap();
+    assert_eq!(read_fresh_sidecar(&p).unwrap(), s);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .set_len(3 * 4096 + 1)
+        .unwrap();
+    let e = read_fresh_sidecar(&p).unwrap_err();
+    assert!(matches!(e, MetaError::Stale { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the sidecar is stale (size changed: sidecar says 12288, file is 12289); run `gridvfs meta generate`"),
+        "{e}"
+    );
+}

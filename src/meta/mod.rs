@@ -6,10 +6,13 @@
 //! - `format`: the on-disk format, parsed with every field bounds-checked.
 //! - `generate`: `gridvfs meta generate|show|verify` (scans files, writes sidecars
 //!   atomically).
+//! - `workset`: the working set as text (`gridvfs workset` prints it, `gridvfs meta
+//!   workset` reads it into a sidecar).
 
 pub mod channel;
 pub mod format;
 pub mod generate;
+pub mod workset;
 
 pub use format::{
     Actions, Codec, Fetch, FileTime, Sidecar, SidecarError, Stale, Writeback, ZeroMap,

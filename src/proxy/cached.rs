@@ -189,6 +189,10 @@ pub struct CacheLayer {
     wb_locks: Vec<tokio::sync::Mutex<()>>,
     /// Sidecars and whole files (`[meta]`), set once the upstream is known.
     pub meta: std::sync::OnceLock<std::sync::Arc<super::meta::MetaLayer>>,
+    /// The READ ranges of each file (`[meta] record_working_set`), set by the proxy
+    /// before the layer is shared; None when off. Here rather than on the sidecar layer
+    /// so that recording works with `sidecars = false` too.
+    pub workset: Option<super::workset::Recorder>,
 }
 
 /// A block a truncation could not cut in the cache (see `CacheLayer::truncated`).
@@ -265,6 +269,7 @@ impl CacheLayer {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             meta: std::sync::OnceLock::new(),
+            workset: None,
         };
         // Dirty data found at open (after a restart or a crash): the files are local
         // again, their size at least the end of their dirty bytes until the next hop's
@@ -1360,6 +1365,12 @@ pub async fn before_forward(
         return Before::Forward {
             stamp: cache.stamp(),
         };
+    }
+    // Every READ the client sends is part of its working set, however it is answered.
+    if p == Proc::READ
+        && let Some(ws) = &cache.workset
+    {
+        ws.record_call(call);
     }
     if p == Proc::READ
         && let Some(m) = cache.meta.get()

@@ -11,6 +11,7 @@ pub mod names;
 pub mod portmap;
 pub mod upload;
 pub mod wholefile;
+pub mod workset;
 pub mod writeback;
 
 use std::net::SocketAddr;
@@ -128,6 +129,15 @@ impl Proxy {
     /// (`/export/dir/file`), or relative to the only export mounted; LOOKUPs from the
     /// export's root with the last writer's credential.
     pub async fn resolve(&self, path: &str) -> Result<Vec<u8>, String> {
+        self.resolve_as(path, None).await
+    }
+
+    /// [`Proxy::resolve`] with the LOOKUPs made as `cred` (None: the last writer's).
+    pub async fn resolve_as(
+        &self,
+        path: &str,
+        cred: Option<crate::upstream::calls::Cred>,
+    ) -> Result<Vec<u8>, String> {
         let Some(cache) = &self.cache else {
             return Err("no cache configured".into());
         };
@@ -158,7 +168,42 @@ impl Proxy {
                 }
             }
         };
-        writeback::lookup_path(cache, &self.nfs, &root, &rel).await
+        writeback::lookup_path(cache, &self.nfs, &root, &rel, cred).await
+    }
+
+    /// What `[meta] record_working_set` recorded of the file at `path` (as
+    /// [`Proxy::resolve`] takes it), clipped to the file's size as its clients see it.
+    /// The LOOKUPs and the GETATTR go as the last reader recorded (a profiling session
+    /// may have written nothing, so there may be no writer's credential to use).
+    pub async fn working_set(&self, path: &str) -> Result<workset::Dump, String> {
+        let Some((cache, rec)) = self
+            .cache
+            .as_ref()
+            .and_then(|c| Some((c, c.workset.as_ref()?)))
+        else {
+            return Err("record_working_set is off in this proxy's config".into());
+        };
+        let cred = rec.reader();
+        if cred.is_none() {
+            // No READ at all yet: nothing to find, and no credential to look PATH up with.
+            let never = workset::NotRecorded::NeverRead;
+            return Err(format!("{path}: nothing recorded: {never}"));
+        }
+        let fh = self.resolve_as(path, cred.clone()).await?;
+        let got = rec
+            .get(&fh)
+            .map_err(|e| format!("{path}: nothing recorded: {e}"))?;
+        let attr = writeback::attributes(cache, &self.nfs, &fh, cred)
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        let (ranges, bytes) = workset::clip(&got.ranges, attr.size);
+        Ok(workset::Dump {
+            path: path.to_string(),
+            size: attr.size,
+            ranges: ranges.iter().map(|r| [r.start, r.end - r.start]).collect(),
+            bytes,
+            truncated: got.truncated,
+        })
     }
 
     /// Closes the cache cleanly (after the last call), so the next start finds it warm.
@@ -203,7 +248,7 @@ impl Bound {
             Some(c) => {
                 // Reading the tag files is blocking I/O: off the reactor.
                 let dir = c.dir.clone();
-                let opened = tokio::task::spawn_blocking(move || cached::CacheLayer::open(&c))
+                let mut opened = tokio::task::spawn_blocking(move || cached::CacheLayer::open(&c))
                     .await
                     .map_err(std::io::Error::other)?
                     .map_err(|e| {
@@ -212,6 +257,7 @@ impl Bound {
                             dir.display()
                         ))
                     })?;
+                opened.workset = cfg.record_working_set.then(workset::Recorder::new);
                 Some(Arc::new(opened))
             }
             None => None,

@@ -732,14 +732,16 @@ async fn apply_cut_locked(
     apply_cut(cache, up, fh, cred).await
 }
 
-/// Walks `rel` (`a/b/c`) from a directory handle with LOOKUPs.
+/// Walks `rel` (`a/b/c`) from a directory handle with LOOKUPs, as `cred` (default: the
+/// last writer's).
 pub async fn lookup_path(
     cache: &CacheLayer,
     up: &Upstream,
     root: &[u8],
     rel: &str,
+    cred: Option<Cred>,
 ) -> Result<Vec<u8>, String> {
-    let cred = cred_or_none(cache, root);
+    let cred = cred.unwrap_or_else(|| cred_or_none(cache, root));
     let mut fh = root.to_vec();
     for name in rel.split('/').filter(|n| !n.is_empty() && *n != ".") {
         let args = Args::Lookup(nfs3::LookupArgs {
@@ -757,6 +759,25 @@ pub async fn lookup_path(
         fh = ok.object.0.to_vec();
     }
     Ok(fh)
+}
+
+/// A file's attributes as its clients see them: what the cache knows (the local size
+/// while it has dirty data), else a GETATTR of the next hop as `cred` (default: the last
+/// writer's).
+pub async fn attributes(
+    cache: &Arc<CacheLayer>,
+    up: &Upstream,
+    fh: &[u8],
+    cred: Option<Cred>,
+) -> Result<Fattr3, String> {
+    let (c, f) = (cache.clone(), fh.to_vec());
+    if let Some(a) = blocking(move || c.effective_attr(&f)).await {
+        return Ok(a);
+    }
+    let cred = cred.unwrap_or_else(|| cred_or_none(cache, fh));
+    getattr(cache, up, &cred, fh)
+        .await
+        .map_err(|e| format!("GETATTR: {e}"))
 }
 
 /// A block a truncation could not cut in the cache: its dirty bytes below the cut go to
