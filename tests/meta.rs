@@ -173,6 +173,11 @@ struct Chain {
 
 impl Chain {
     fn start(lab: &Lab, down_rate: Option<u64>) -> Chain {
+        Chain::start_with(lab, down_rate, false)
+    }
+
+    /// With `compression`, the client asks for SSH's zlib compression on the tunnel.
+    fn start_with(lab: &Lab, down_rate: Option<u64>, compression: bool) -> Chain {
         let keys = Keys::new();
         let (state, cdir, socks) = (
             tempfile::tempdir().unwrap(),
@@ -194,7 +199,7 @@ impl Chain {
             relay.addr,
             "client_key",
             &format!(
-                "{}{}",
+                "compression = {compression}\n{}{}",
                 common::write_back_cache(cdir.path(), ""),
                 common::control_section(&client_sock)
             ),
@@ -521,6 +526,42 @@ fn a_working_set_crosses_as_one_stream_and_answers_only_its_reads() {
     });
     let st = c.server_status();
     assert_eq!(n(&st["server"]["file_fetches"]), 1, "{st}");
+}
+
+/// Regression (found by the clone suite): over a tunnel with SSH compression, a channel
+/// packet of the full 256 KiB of already compressed (incompressible) frame bytes grows a
+/// little in zlib and passed russh's packet limit on the receiving side, which then
+/// closed the whole session — every RPC channel with it — and the transfer fell back to
+/// blocks. Channel packets now leave room for that growth.
+#[test]
+fn incompressible_frames_cross_a_compressed_tunnel() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-zlib");
+    let img = pseudo_random(8 << 20, 5);
+    std::fs::write(dir.join("random.bin"), &img).unwrap();
+    write_sidecar(
+        &dir.join("random.bin"),
+        &[],
+        actions(Fetch::WholeFile, Codec::Zstd, Writeback::Blocks),
+    );
+    let c = Chain::start_with(&lab, None, true);
+    let got = nfs_cat(
+        c.client.endpoints(),
+        &lab.export,
+        &format!("{name}/random.bin"),
+    );
+    common::assert_same_bytes("random.bin", &got, &img);
+    let st = c.client_status();
+    let w = &st["meta"]["whole"];
+    assert_eq!(n(&w["failed"]), 0, "{st}\n{}", c.logs());
+    assert_eq!(n(&w["fetches"]), 1, "{st}\n{}", c.logs());
+    assert!(
+        !c.client
+            .log_text()
+            .contains("connection to the next hop lost"),
+        "{}",
+        c.logs()
+    );
 }
 
 /// A READ in the middle of a file being fetched whole is answered as soon as its range

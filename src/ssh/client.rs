@@ -250,7 +250,7 @@ impl SshConnector {
         let key_fp = fingerprint(key.public_key());
         let config = Arc::new(client::Config {
             window_size: o.window,
-            maximum_packet_size: 256 << 10,
+            maximum_packet_size: super::MAX_PACKET,
             channel_buffer_size: 1024,
             keepalive_interval: Some(o.keepalive),
             keepalive_max: 3,

@@ -25,6 +25,15 @@ use std::path::PathBuf;
 /// The SSH subsystem a gridvfs server proxy serves.
 pub const SUBSYSTEM: &str = "gridvfs";
 
+/// The most data bytes in one channel packet that gridvfs asks its peer to send: 1 KiB
+/// under russh's 256 KiB, because with `compression` on, a packet of incompressible
+/// bytes (zstd frames, random file data) *grows* a little in zlib, and russh refuses a
+/// packet longer than 256 KiB plus 33 bytes of framing by closing the whole session —
+/// every channel of it. A 1 MiB READ reply of random data was enough, and the re-sent
+/// call failed the same way forever. Deflate's worst case for 255 KiB is well under
+/// 100 bytes (5 per stored block of up to 64 KiB, plus the flush).
+pub const MAX_PACKET: u32 = (256 << 10) - 1024;
+
 /// Most outgoing bytes buffered for the socket (see `decouple`); above what SSH flow
 /// control lets a session have in flight with the default windows (a few channels of
 /// 32 MiB), below what a misbehaving peer could make us hold.

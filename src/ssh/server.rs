@@ -106,7 +106,7 @@ pub async fn serve(
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         keys: vec![key],
         window_size: opts.window,
-        maximum_packet_size: 256 << 10,
+        maximum_packet_size: super::MAX_PACKET,
         channel_buffer_size: 1024,
         auth_rejection_time: Duration::from_millis(300),
         auth_rejection_time_initial: Some(Duration::ZERO),
