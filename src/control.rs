@@ -266,7 +266,7 @@ async fn status(p: &Proxy) -> String {
                     format!(
                         "{{\"files\":{files},\"bytes\":{bytes},\"fetches\":{},\"failed\":{},\
                          \"raw_bytes\":{},\"wire_bytes\":{},\"reads\":{},\"evicted\":{},\
-                         \"working_sets\":{},\"working_set_reads\":{}}}",
+                         \"working_sets\":{},\"working_set_waits\":{}}}",
                         ws.fetches.load(Relaxed),
                         ws.failed.load(Relaxed),
                         ws.raw_bytes.load(Relaxed),
@@ -274,7 +274,7 @@ async fn status(p: &Proxy) -> String {
                         ws.reads.load(Relaxed),
                         ws.evicted.load(Relaxed),
                         ws.working_sets.load(Relaxed),
-                        ws.working_set_reads.load(Relaxed)
+                        ws.working_set_waits.load(Relaxed)
                     )
                 }
                 None => "null".into(),

@@ -164,6 +164,8 @@ fn actions(fetch: Fetch, codec: Codec, writeback: Writeback) -> Actions {
 struct Chain {
     server: Gridvfs,
     client: Gridvfs,
+    /// The client proxy's `[upstream.ssh]` extra lines, for a restart.
+    client_extra: String,
     relay: Relay,
     server_sock: PathBuf,
     client_sock: PathBuf,
@@ -194,25 +196,33 @@ impl Chain {
         );
         let relay = Relay::start(ssh_addr(&server), down_rate);
         keys.trust(relay.addr, &keys.host_pub);
-        let client = client_proxy(
-            &keys,
-            relay.addr,
-            "client_key",
-            &format!(
-                "compression = {compression}\n{}{}",
-                common::write_back_cache(cdir.path(), ""),
-                common::control_section(&client_sock)
-            ),
+        let client_extra = format!(
+            "compression = {compression}\n{}{}",
+            common::write_back_cache(cdir.path(), ""),
+            common::control_section(&client_sock)
         );
+        let client = client_proxy(&keys, relay.addr, "client_key", &client_extra);
         Chain {
             server,
             client,
+            client_extra,
             relay,
             server_sock,
             client_sock,
             _dirs: vec![state, cdir, socks],
             _keys: keys,
         }
+    }
+
+    /// Stops the client proxy (SIGTERM) and starts it again on the same cache.
+    fn restart_client(&mut self) {
+        assert_eq!(self.client.stop(), Some(0), "{}", self.logs());
+        self.client = client_proxy(
+            &self._keys,
+            self.relay.addr,
+            "client_key",
+            &self.client_extra,
+        );
     }
 
     fn client_status(&self) -> serde_json::Value {
@@ -406,11 +416,12 @@ fn whole_file_fetch_with_zstd_and_gzip_is_byte_equal() {
 }
 
 /// A working set in the sidecar of a file read by blocks crosses once, as one compressed
-/// stream of just its non-zero blocks (the tunnel is throttled so the first READs are
-/// answered while it runs); READs inside it are answered from that copy, READs outside
-/// or across its edge go by blocks, and every byte is right.
+/// stream into the block cache (whole 64 KiB cache blocks around it); a READ inside it
+/// waits for the stream and is then a cache hit, READs outside it or across its edge go
+/// by blocks, and every byte is right. After a restart the cache still holds it (nothing
+/// crosses again), and a re-profiled working set fetches only what the cache lacks.
 #[test]
-fn a_working_set_crosses_as_one_stream_and_answers_only_its_reads() {
+fn a_working_set_crosses_as_one_stream_into_the_cache() {
     let lab = Lab::get();
     let (dir, name) = open_scratch(&lab, "meta-workset");
     // A disk-like image: data blocks (half random, half text) with zero runs: 1 MiB at
@@ -434,8 +445,9 @@ fn a_working_set_crosses_as_one_stream_and_answers_only_its_reads() {
     }
     let file = dir.join("disk.img");
     std::fs::write(&file, &img).unwrap();
-    // Unaligned ranges: the plan widens them to whole 4 KiB blocks.
+    // Unaligned ranges: they are widened to whole 64 KiB cache blocks.
     let mib = 1u64 << 20;
+    let g = 64u64 << 10;
     let ws = vec![
         mib + 100..mib + mib / 2,
         5 * mib..6 * mib + 3,
@@ -449,50 +461,41 @@ fn a_working_set_crosses_as_one_stream_and_answers_only_its_reads() {
     let mut sc = Sidecar::parse(&std::fs::read(sidecar_path(&file)).unwrap()).unwrap();
     sc.working_set = ws.clone();
     std::fs::write(sidecar_path(&file), sc.encode()).unwrap();
-    // The blocks the copy covers, and the non-zero bytes among them (what crosses).
     let cover: Vec<std::ops::Range<u64>> = ws
         .iter()
-        .map(|r| r.start / BS * BS..r.end.div_ceil(BS) * BS)
+        .map(|r| r.start / g * g..r.end.div_ceil(g) * g)
         .collect();
-    let plan_bytes: u64 = cover
-        .iter()
-        .flat_map(|r| (r.start / BS..r.end / BS).filter(|b| !sc.zeros.is_zero_block(*b)))
-        .count() as u64
-        * BS;
-    assert!(
-        plan_bytes > 100_000,
-        "the test image has data in the working set"
-    );
-    let c = Chain::start(&lab, Some(4_000_000));
+    let cover_bytes: u64 = cover.iter().map(|r| r.end - r.start).sum();
+    let mut c = Chain::start(&lab, Some(4_000_000));
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let first = (cover[2].start / BS..cover[2].end / BS)
+        .rev()
+        .find(|b| !sc.zeros.is_zero_block(*b))
+        .expect("data in the last range")
+        * BS;
+    let at = |o: u64, k: u64| &img[o as usize..(o + k) as usize];
     rt.block_on(async {
         let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
         let fh = common::lookup_path(&mut cl, &name, "disk.img").await;
-        let at = |o: u64, k: u64| &img[o as usize..(o + k) as usize];
-        // The first READ (of a data block in the working set's last range) starts the
-        // transfer and waits for its range. (A READ of zero blocks is answered by the
-        // zero map alone.)
-        let first = (cover[2].start / BS..cover[2].end / BS)
-            .rev()
-            .find(|b| !sc.zeros.is_zero_block(*b))
-            .expect("data in the last range")
-            * BS;
+        // The first READ (of a data block near the end of the working set; a READ of
+        // zero blocks alone is answered by the zero map) starts the stream and waits for
+        // it to pass its range.
         let r = common::read(&mut cl, &fh, first, 4096).await;
         assert_eq!(&r.data[..], at(first, 4096));
-        // Its frames are all in; the copy is made durable, then counted.
+        let st = c.client_status();
+        assert_eq!(n(&st["meta"]["whole"]["working_set_waits"]), 1, "{st}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while n(&c.client_status()["meta"]["whole"]["working_sets"]) == 0 {
             assert!(Instant::now() < deadline, "no working set\n{}", c.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
         let st = c.client_status();
-        assert_eq!(n(&st["meta"]["whole"]["raw_bytes"]), plan_bytes, "{st}");
+        // Every byte of the cover crossed once (its zero blocks too, compressed to
+        // nearly nothing), in one transfer.
+        assert_eq!(n(&st["meta"]["whole"]["raw_bytes"]), cover_bytes, "{st}");
         assert_eq!(n(&st["meta"]["whole"]["fetches"]), 1, "{st}");
-        // Inside the working set: from the copy, nothing crosses but the calls.
-        let before = (
-            c.relay.bytes().1,
-            n(&st["meta"]["whole"]["working_set_reads"]),
-        );
+        // Inside it: cache hits, nothing crosses but the calls.
+        let before = (c.relay.bytes().1, n(&st["cache"]["hits"]));
         for r in &cover {
             let mut o = r.start;
             while o < r.end {
@@ -503,29 +506,73 @@ fn a_working_set_crosses_as_one_stream_and_answers_only_its_reads() {
             }
         }
         let st = c.client_status();
-        assert!(
-            n(&st["meta"]["whole"]["working_set_reads"]) > before.1 + 20,
-            "{st}"
-        );
+        assert!(n(&st["cache"]["hits"]) > before.1 + 20, "{st}");
         assert!(
             c.relay.bytes().1 - before.0 < 256 << 10,
             "working-set READs crossed the tunnel: {} bytes",
             c.relay.bytes().1 - before.0
         );
-        // Outside it, and across its edge: by blocks, right bytes.
-        for (o, k) in [(8 * mib, 65536), (mib + mib / 2 - 4096, 8192), (0, 4096)] {
+        // Outside it (data blocks, not the zero runs), and across its edge: by blocks
+        // over the tunnel, right bytes.
+        for (o, k) in [(10 * mib, 65536), (mib + mib / 2 - 4096, 8192), (0, 4096)] {
+            let down = c.relay.bytes().1;
             let got = common::read(&mut cl, &fh, o, k as u32).await;
             assert_eq!(
                 &got.data[..],
                 at(o, k),
                 "READ at {o} outside the working set"
             );
+            assert!(c.relay.bytes().1 > down, "READ at {o} did not cross");
         }
         let all = common::read_all(&mut cl, &fh).await;
         common::assert_same_bytes("whole file", &all, &img);
     });
     let st = c.server_status();
     assert_eq!(n(&st["server"]["file_fetches"]), 1, "{st}");
+
+    // Restarted on the same cache: the working set is still there, nothing crosses.
+    c.restart_client();
+    let read_at = |c: &Chain, o: u64| {
+        rt.block_on(async {
+            let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
+            let fh = common::lookup_path(&mut cl, &name, "disk.img").await;
+            let got = common::read(&mut cl, &fh, o, 65536).await;
+            assert_eq!(&got.data[..], at(o, 65536), "READ at {o} after a restart");
+        })
+    };
+    read_at(&c, 5 * mib);
+    let st = c.client_status();
+    let w = &st["meta"]["whole"];
+    assert_eq!(
+        (n(&w["fetches"]), n(&w["failed"])),
+        (0, 0),
+        "{st}\n{}",
+        c.logs()
+    );
+    assert!(n(&st["cache"]["hits"]) >= 1, "{st}");
+    // Re-profiled: the working set is now 5..7 MiB, of which the cache holds what the
+    // first stream brought (5 MiB to 6 MiB + 64 KiB): only the rest crosses.
+    sc.working_set = std::iter::once(5 * mib..7 * mib).collect();
+    std::fs::write(sidecar_path(&file), sc.encode()).unwrap();
+    c.restart_client();
+    read_at(&c, 6 * mib + 512 * 1024);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n(&c.client_status()["meta"]["whole"]["working_sets"]) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no new working set\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = c.client_status();
+    assert_eq!(
+        n(&st["meta"]["whole"]["raw_bytes"]),
+        mib - g,
+        "{st}\n{}",
+        c.logs()
+    );
+    read_at(&c, 5 * mib + 768 * 1024);
 }
 
 /// Regression (found by the clone suite): over a tunnel with SSH compression, a channel

@@ -502,6 +502,21 @@ impl Store {
         Ok(self.newest(&mut bank, set, fp, fh, block)?.map(|(_, c)| c))
     }
 
+    /// The valid bytes of the newest version of (fh, block), by its tag alone: its data
+    /// is neither read nor checked (a read still verifies it, and a version that fails
+    /// is a miss then). For planning what to fetch, never for serving.
+    pub fn valid_range(&self, fh: &[u8], block: u64) -> Result<Option<Range<u32>>> {
+        if self.is_bypassed(fh) {
+            return Ok(None);
+        }
+        let (set, fp) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        self.open_late(&mut bank, frame0.bank);
+        let v = self.versions(&bank, set, fp, fh, block)?;
+        Ok(v.first().map(|(_, t)| t.valid.clone()))
+    }
+
     /// Finds the versions of (fh, block) in `set`, newest first, and returns the first
     /// whose data verifies; versions that fail are cleared.
     fn newest(

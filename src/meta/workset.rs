@@ -101,8 +101,7 @@ pub fn parse(mut r: impl BufRead, size: u64) -> Result<Vec<Range<u64>>, TextErro
             // rest of it is read and dropped in bounded pieces.
             while buf.last() != Some(&b'\n') {
                 buf.clear();
-                if r
-                    .by_ref()
+                if r.by_ref()
                     .take(MAX_LINE as u64)
                     .read_until(b'\n', &mut buf)?
                     == 0

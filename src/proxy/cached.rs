@@ -432,6 +432,28 @@ impl CacheLayer {
         Some(out.to_vec())
     }
 
+    /// Whether the cache holds every byte of `r` of `fh`, by the blocks' tags (their data
+    /// is not read: for planning a fetch, not for serving).
+    pub fn holds(&self, fh: &[u8], r: std::ops::Range<u64>) -> bool {
+        let mut pos = r.start;
+        while pos < r.end {
+            let block = pos / self.bs;
+            let lo = (pos % self.bs) as u32;
+            let hi = (r.end - block * self.bs).min(self.bs) as u32;
+            match self.store.valid_range(fh, block) {
+                Ok(Some(v)) if v.start <= lo && hi <= v.end => {}
+                _ => return false,
+            }
+            pos = block * self.bs + hi as u64;
+        }
+        true
+    }
+
+    /// The cache's block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.bs
+    }
+
     /// Answers a READ from the store: the whole reply record (with `xid`), or None (a
     /// miss). The data is read from the bank files straight into the reply.
     pub fn read(&self, xid: u32, fh: &[u8], off: u64, count: u32) -> Option<BytesMut> {

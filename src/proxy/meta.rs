@@ -11,8 +11,8 @@
 //! - `fetch = "whole-file"`: the first READ starts a whole-file transfer over the file
 //!   channel (`wholefile`), and READs are answered from it as their range arrives.
 //! - A working set in the sidecar of a file read by blocks: the first READ starts a
-//!   transfer of just the working set the same way; READs inside it wait for it, the
-//!   others go by blocks.
+//!   transfer of just the working set the same way, into the block cache (`prefetch`);
+//!   READs inside it wait for the stream, then go the usual way (hits).
 //!
 //! Files with local writes (write-back) are left to the block path: the sidecar
 //! describes the next hop's file, and the cache's dirty data wins.
@@ -25,7 +25,7 @@ use bytes::{BufMut, BytesMut};
 use tracing::{debug, warn};
 
 use super::cached::CacheLayer;
-use super::wholefile::{Plan, WholeFiles};
+use super::wholefile::{Progress, WholeFiles};
 use crate::config::MetaConfig;
 use crate::meta::{Fetch, FileTime, Sidecar, sidecar_name};
 use crate::nfs3::{self, Args, Fattr3, Fh, Ftype3, LookupArgs, NfsResult, Nfstime3, Proc, Res};
@@ -356,36 +356,20 @@ impl MetaLayer {
                 |_| Ok(()),
             ));
         }
-        // Whole files, and working sets of files read by blocks, come over the file
-        // channel as one compressed stream.
-        let plan = match sc.actions.fetch {
-            Fetch::WholeFile => Some(Plan::Whole),
-            Fetch::Blocks if !sc.working_set.is_empty() => Some(Plan::WorkingSet),
-            Fetch::Blocks => None,
-        };
-        if let (Some(plan), Some(whole), Some(conn)) = (plan, &self.whole, &self.connector) {
+        if sc.actions.fetch == Fetch::WholeFile
+            && let (Some(whole), Some(conn)) = (&self.whole, &self.connector)
+        {
             let entry = match whole.get(&fh, attr.size, attr.mtime) {
                 Some(e) => Some(e),
-                None => whole.start(
-                    conn.clone(),
-                    &fh,
-                    sc.clone(),
-                    attr.mtime,
-                    cred.clone(),
-                    plan,
-                ),
+                None => whole.start(conn.clone(), &fh, sc.clone(), attr.mtime, cred.clone()),
             };
-            // A partial copy answers only the READs inside its working set.
-            if let Some(e) = entry.filter(|e| e.covers(&sc.zeros, off, end)) {
+            if let Some(e) = entry {
                 let near = match e.progress() {
-                    // A working set is what the VM reads next: its READs wait for it
-                    // rather than fetch the same bytes again by blocks.
-                    super::wholefile::Progress::Running { .. } if e.is_partial() => true,
-                    super::wholefile::Progress::Running { frontier } => {
+                    Progress::Running { frontier } => {
                         off <= frontier.saturating_add(self.cfg.wait_ahead)
                     }
-                    super::wholefile::Progress::Done => true,
-                    super::wholefile::Progress::Failed => false,
+                    Progress::Done => true,
+                    Progress::Failed => false,
                 };
                 let arrived = near && e.wait_for(end).await;
                 if !arrived && whole.take_stale(&fh) {
@@ -405,15 +389,41 @@ impl MetaLayer {
                     .await;
                     if let Ok(Ok(reply)) = r {
                         whole.stats.reads.fetch_add(1, Ordering::Relaxed);
-                        if e.is_partial() {
-                            whole
-                                .stats
-                                .working_set_reads
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
                         return MetaRead::Reply(reply);
                     }
                 }
+            }
+        }
+        // A working set: fetched into the block cache in one stream at the first READ;
+        // a READ inside it waits for the stream to pass it (it is what the VM reads
+        // next: fetching it again by blocks would send the same bytes twice), unless
+        // more than `wait_ahead` of it is still to come; then it goes on as usual below.
+        if sc.actions.fetch == Fetch::Blocks
+            && !sc.working_set.is_empty()
+            && let (Some(whole), Some(conn)) = (&self.whole, &self.connector)
+            && let Some(p) = whole.prefetch(
+                conn.clone(),
+                cache.clone(),
+                &fh,
+                sc.clone(),
+                attr.size,
+                attr.mtime,
+                cred.clone(),
+            )
+            && p.covers(off, end)
+            && let Progress::Running { frontier } = p.progress()
+            && frontier < end
+            && p.cover_bytes(frontier, off) <= self.cfg.wait_ahead
+        {
+            whole
+                .stats
+                .working_set_waits
+                .fetch_add(1, Ordering::Relaxed);
+            if !p.wait_for(end).await && whole.take_stale(&fh) {
+                self.lookups.lock().expect("lookups").remove(&fh);
+                let (c, f) = (cache.clone(), fh.clone());
+                let _ = tokio::task::spawn_blocking(move || c.forget_attr(&f)).await;
+                return MetaRead::Pass;
             }
         }
         let ranges = sc.zeros.data_ranges(off, end);

@@ -9,6 +9,7 @@ pub mod drc;
 pub mod meta;
 pub mod names;
 pub mod portmap;
+pub mod prefetch;
 pub mod upload;
 pub mod wholefile;
 pub mod workset;

@@ -2,12 +2,6 @@
 //! sidecar says `fetch = "whole-file"` are fetched once, compressed, over the file
 //! channel and kept here as sparse local files (zero blocks stay holes).
 //!
-//! A file whose sidecar says `fetch = "blocks"` but lists a working set (the ranges a VM
-//! read when it last resumed, `gridvfs workset`) gets a *partial* copy the same way: one
-//! FETCH whose skip map is the zero map plus every block outside the working set, so the
-//! working set crosses as one stream of compressed frames instead of READs. The copy
-//! answers only READs inside its `cover`; the rest go by blocks.
-//!
 //! A transfer decompresses each frame straight into place as it arrives; `progress`
 //! says how far the file is complete (frames come in file order, so everything before
 //! the frontier is there), and a READ waits only for its own range. A complete file is
@@ -16,7 +10,7 @@
 //! was fetched at.
 //!
 //! Layout of `dir`: `<stem>.data` (the file's bytes) and `<stem>.info` (magic, handle,
-//! size, mtime, the cover of a partial copy, CRC32); `stem` = hex of 16 bytes of the handle's BLAKE3 hash, the
+//! size, mtime, CRC32); `stem` = hex of 16 bytes of the handle's BLAKE3 hash, the
 //! process id and a serial, so a new copy never reuses an old one's files.
 
 use std::collections::HashMap;
@@ -31,18 +25,13 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use std::ops::Range;
-
 use crate::meta::channel::{self, ChannelError, FrameHead, Op, Request};
 use crate::meta::{Sidecar, ZeroMap};
 use crate::nfs3::Nfstime3;
 use crate::ssh::client::SshConnector;
 use crate::upstream::calls::Cred;
 
-/// The record of a whole copy made by earlier versions (no cover).
-const INFO_MAGIC_V1: &[u8; 8] = b"GVFSWHL1";
-/// The record now: a cover follows the mtime (count 0: the whole file).
-const INFO_MAGIC: &[u8; 8] = b"GVFSWHL2";
+const INFO_MAGIC: &[u8; 8] = b"GVFSWHL1";
 /// After a failed transfer, the file goes by blocks for this long before another try.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -57,22 +46,10 @@ pub enum Progress {
     Failed,
 }
 
-/// What a transfer brings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
-    /// Every byte outside the zero map (`fetch = "whole-file"`).
-    Whole,
-    /// The sidecar's working set, widened to whole blocks of its zero map.
-    WorkingSet,
-}
-
-/// One whole file (or its working set), complete or on its way.
+/// One whole file, complete or on its way.
 pub struct Entry {
     pub size: u64,
     pub mtime: Nfstime3,
-    /// A partial copy holds only these byte ranges (sorted, disjoint) and the file's zero
-    /// blocks (holes); None: the whole file.
-    cover: Option<Vec<Range<u64>>>,
     data: PathBuf,
     info: PathBuf,
     file: std::fs::File,
@@ -94,38 +71,6 @@ impl Entry {
             Progress::Running { frontier } => end <= frontier,
             Progress::Failed => false,
         }
-    }
-
-    /// Whether this copy holds the bytes of `off..end` once its transfer is done: a whole
-    /// copy always; a partial one if every byte outside its cover lies in a zero block of
-    /// `zeros` (the sidecar's map: holes read as the zeros they are).
-    pub fn covers(&self, zeros: &ZeroMap, off: u64, end: u64) -> bool {
-        let Some(cover) = &self.cover else {
-            return true;
-        };
-        let mut pos = off;
-        let mut i = cover.partition_point(|r| r.end <= off);
-        while pos < end {
-            match cover.get(i) {
-                Some(r) if r.start <= pos => {
-                    pos = r.end;
-                    i += 1;
-                }
-                next => {
-                    let to = next.map_or(end, |r| r.start.min(end));
-                    if !zeros.is_zero(pos, to) {
-                        return false;
-                    }
-                    pos = to;
-                }
-            }
-        }
-        true
-    }
-
-    /// Whether this is a partial (working-set) copy.
-    pub fn is_partial(&self) -> bool {
-        self.cover.is_some()
     }
 
     /// Waits until `off..end` is in place; false if the transfer failed.
@@ -160,9 +105,10 @@ pub struct WholeStats {
     /// READs answered from whole files.
     pub reads: AtomicU64,
     pub evicted: AtomicU64,
-    /// Of `fetches`, working sets (partial copies), and READs answered from them.
+    /// Working sets fetched into the block cache (`prefetch`; also counted in
+    /// `fetches`/`failed`/`raw_bytes`/`wire_bytes`), and READs that waited for one.
     pub working_sets: AtomicU64,
-    pub working_set_reads: AtomicU64,
+    pub working_set_waits: AtomicU64,
 }
 
 pub struct WholeFiles {
@@ -172,6 +118,8 @@ pub struct WholeFiles {
     /// Files whose last transfer failed: when, and whether the server proxy found the
     /// file changed since its sidecar (not yet reported by `take_stale`).
     failed: Mutex<HashMap<Vec<u8>, (Instant, bool)>>,
+    /// Working-set transfers into the block cache, running or done (`prefetch`).
+    pub(super) prefetches: Mutex<HashMap<Vec<u8>, Arc<super::prefetch::Prefetch>>>,
     tick: AtomicU64,
     pub stats: WholeStats,
 }
@@ -184,41 +132,22 @@ fn key(fh: &[u8]) -> String {
         .collect()
 }
 
-/// A copy's record, as kept in `<stem>.info`.
-#[derive(Debug, PartialEq, Eq)]
-struct Info {
-    fh: Vec<u8>,
-    size: u64,
-    mtime: Nfstime3,
-    cover: Option<Vec<Range<u64>>>,
-}
-
-fn encode_info(fh: &[u8], size: u64, mtime: Nfstime3, cover: Option<&[Range<u64>]>) -> Vec<u8> {
-    let cover = cover.unwrap_or(&[]);
-    let mut b = Vec::with_capacity(96 + 16 * cover.len());
+fn encode_info(fh: &[u8], size: u64, mtime: Nfstime3) -> Vec<u8> {
+    let mut b = Vec::with_capacity(96);
     b.put_slice(INFO_MAGIC);
     b.put_u32(fh.len() as u32);
     b.put_slice(fh);
     b.put_u64(size);
     b.put_u32(mtime.seconds);
     b.put_u32(mtime.nseconds);
-    b.put_u32(cover.len() as u32);
-    for r in cover {
-        b.put_u64(r.start);
-        b.put_u64(r.end);
-    }
     let crc = crc32fast::hash(&b);
     b.put_u32(crc);
     b
 }
 
-/// Reads a record (either version); None if it is damaged or not one: the copy is then
-/// removed, never trusted.
-fn decode_info(b: &[u8]) -> Option<Info> {
+fn decode_info(b: &[u8]) -> Option<(Vec<u8>, u64, Nfstime3)> {
     let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
-    let magic = body.get(..8)?;
-    if crc32fast::hash(body).to_be_bytes() != crc || (magic != INFO_MAGIC && magic != INFO_MAGIC_V1)
-    {
+    if crc32fast::hash(body).to_be_bytes() != crc || body.get(..8)? != INFO_MAGIC {
         return None;
     }
     let mut r = crate::xdr::Reader::new(&body[8..]);
@@ -232,90 +161,8 @@ fn decode_info(b: &[u8]) -> Option<Info> {
         seconds: r.u32().ok()?,
         nseconds: r.u32().ok()?,
     };
-    let mut cover = None;
-    if magic == INFO_MAGIC {
-        let n = r.u32().ok()? as usize;
-        if n > 0 {
-            if n > crate::meta::format::MAX_WORKSET || n > r.left() / 16 {
-                return None;
-            }
-            let mut v: Vec<Range<u64>> = Vec::with_capacity(n);
-            for _ in 0..n {
-                let (s, e) = (r.u64().ok()?, r.u64().ok()?);
-                // Sorted, disjoint, inside the file: anything else is not ours.
-                if s >= e || e > size || v.last().is_some_and(|l| s < l.end) {
-                    return None;
-                }
-                v.push(s..e);
-            }
-            cover = Some(v);
-        }
-    }
     r.finish().ok()?;
-    Some(Info {
-        fh,
-        size,
-        mtime,
-        cover,
-    })
-}
-
-/// The FETCH of a working set: its skip map (the zero blocks and every block outside the
-/// working set) and the byte ranges the copy will hold (the working set widened to whole
-/// blocks, merged). None if the working set is empty or the skip map would have more
-/// runs than a request may carry.
-pub fn working_set_plan(sc: &Sidecar) -> Option<(ZeroMap, Vec<Range<u64>>)> {
-    let bs = sc.zeros.block_size as u64;
-    let blocks = sc.zeros.blocks;
-    let mut ws: Vec<Range<u64>> = sc
-        .working_set
-        .iter()
-        .filter(|r| r.start < r.end.min(sc.size))
-        .map(|r| r.start / bs..r.end.min(sc.size).div_ceil(bs).min(blocks))
-        .collect();
-    ws.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ws.len());
-    for r in ws {
-        match merged.last_mut() {
-            Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
-            _ => merged.push(r),
-        }
-    }
-    if merged.is_empty() {
-        return None;
-    }
-    let mut skip: Vec<Range<u64>> = Vec::with_capacity(merged.len() + sc.zeros.runs().len() + 1);
-    let mut at = 0;
-    for r in &merged {
-        if at < r.start {
-            skip.push(at..r.start);
-        }
-        at = r.end;
-    }
-    if at < blocks {
-        skip.push(at..blocks);
-    }
-    skip.extend(sc.zeros.runs().iter().cloned());
-    let skip = ZeroMap::from_runs(sc.zeros.block_size, blocks, skip);
-    if skip.runs().len() > crate::meta::format::MAX_RUNS {
-        return None;
-    }
-    let cover = merged
-        .into_iter()
-        .map(|r| r.start * bs..(r.end * bs).min(sc.size))
-        .collect();
-    Some((skip, cover))
-}
-
-/// Bytes of a file of `size` bytes outside `map`'s zero blocks.
-fn data_bytes(map: &ZeroMap, size: u64) -> u64 {
-    let bs = map.block_size as u64;
-    let zero: u64 = map
-        .runs()
-        .iter()
-        .map(|r| r.end.saturating_mul(bs).min(size) - r.start.saturating_mul(bs).min(size))
-        .sum();
-    size - zero
+    Some((fh, size, mtime))
 }
 
 impl WholeFiles {
@@ -328,6 +175,7 @@ impl WholeFiles {
             max,
             entries: Mutex::default(),
             failed: Mutex::default(),
+            prefetches: Mutex::default(),
             tick: AtomicU64::new(1),
             stats: WholeStats::default(),
         };
@@ -339,15 +187,7 @@ impl WholeFiles {
                 let data = p.with_extension("data");
                 let file = std::fs::OpenOptions::new().read(true).open(&data);
                 match (info, file) {
-                    (
-                        Some(Info {
-                            fh,
-                            size,
-                            mtime,
-                            cover,
-                        }),
-                        Ok(file),
-                    ) if file.metadata()?.len() == size => {
+                    (Some((fh, size, mtime)), Ok(file)) if file.metadata()?.len() == size => {
                         let charge = file.metadata()?.blocks() * 512;
                         kept.push(data.clone());
                         let (_tx, rx) = watch::channel(Progress::Done);
@@ -356,7 +196,6 @@ impl WholeFiles {
                             Arc::new(Entry {
                                 size,
                                 mtime,
-                                cover,
                                 data,
                                 info: p,
                                 file,
@@ -404,8 +243,8 @@ impl WholeFiles {
         None
     }
 
-    /// Starts fetching `fh` (all of it, or its working set) over the file channel,
-    /// unless it failed lately or there is no room. Returns its entry.
+    /// Starts fetching `fh` over the file channel, unless it failed lately or there is
+    /// no room. Returns its entry.
     pub fn start(
         self: &Arc<Self>,
         connector: Arc<SshConnector>,
@@ -413,21 +252,11 @@ impl WholeFiles {
         sc: Arc<Sidecar>,
         mtime: Nfstime3,
         cred: Cred,
-        plan: Plan,
     ) -> Option<Arc<Entry>> {
-        if let Some((t, _)) = self.failed.lock().expect("failed").get(fh)
-            && t.elapsed() < RETRY_AFTER
-        {
+        if self.failed_lately(fh) {
             return None;
         }
-        let (skip, cover) = match plan {
-            Plan::Whole => (sc.zeros.clone(), None),
-            Plan::WorkingSet => {
-                let (skip, cover) = working_set_plan(&sc)?;
-                (skip, Some(cover))
-            }
-        };
-        let charge = data_bytes(&skip, sc.size);
+        let charge = sc.size - sc.zero_bytes();
         let mut m = self.entries.lock().expect("entries");
         if let Some(e) = m.get(fh) {
             if e.size == sc.size && e.mtime == mtime {
@@ -479,7 +308,7 @@ impl WholeFiles {
                 return None;
             }
         };
-        let first = skip.next_data(0, sc.size).map_or(sc.size, |r| r.start);
+        let first = sc.zeros.next_data(0, sc.size).map_or(sc.size, |r| r.start);
         let (tx, rx) = watch::channel(Progress::Running { frontier: first });
         let writer = match file.try_clone() {
             Ok(w) => w,
@@ -488,7 +317,6 @@ impl WholeFiles {
         let entry = Arc::new(Entry {
             size: sc.size,
             mtime,
-            cover,
             data,
             info,
             file,
@@ -501,7 +329,10 @@ impl WholeFiles {
         let (me, fh, e) = (self.clone(), fh.to_vec(), entry.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let r = transfer(&me, &connector, &fh, &sc, &skip, mtime, cred, writer, &tx).await;
+            let sink = move |off: u64, data: &[u8]| writer.write_all_at(data, off);
+            let r = transfer(&me, &connector, &fh, &sc, &sc.zeros, mtime, cred, sink, &tx)
+                .await
+                .map(|_| ());
             let r = match r {
                 Ok(()) => finish(&e, &fh).await,
                 Err(err) => Err(err),
@@ -509,15 +340,10 @@ impl WholeFiles {
             match r {
                 Ok(()) => {
                     me.stats.fetches.fetch_add(1, Ordering::Relaxed);
-                    if plan == Plan::WorkingSet {
-                        me.stats.working_sets.fetch_add(1, Ordering::Relaxed);
-                    }
                     info!(
                         size = sc.size,
-                        bytes = charge,
-                        ?plan,
                         secs = format!("{:.2}", started.elapsed().as_secs_f64()),
-                        "file fetched over the file channel"
+                        "whole file fetched"
                     );
                     let _ = tx.send(Progress::Done);
                 }
@@ -525,11 +351,7 @@ impl WholeFiles {
                     me.stats.failed.fetch_add(1, Ordering::Relaxed);
                     warn!(side = "upstream", error = %err, "whole-file fetch failed; the file is read by blocks");
                     let stale = matches!(err, ChannelError::Status(channel::STALE_META));
-                    {
-                        let mut f = me.failed.lock().expect("failed");
-                        f.retain(|_, (t, s)| *s || t.elapsed() < RETRY_AFTER);
-                        f.insert(fh.clone(), (Instant::now(), stale));
-                    }
+                    me.failed_now(&fh, stale);
                     let _ = tx.send(Progress::Failed);
                     let mut m = me.entries.lock().expect("entries");
                     if m.get(&fh).is_some_and(|x| Arc::ptr_eq(x, &e)) {
@@ -541,6 +363,24 @@ impl WholeFiles {
             }
         });
         Some(entry)
+    }
+
+    /// Whether a transfer of `fh` failed (or could not be made) within `RETRY_AFTER`:
+    /// the file goes by blocks meanwhile.
+    pub(super) fn failed_lately(&self, fh: &[u8]) -> bool {
+        self.failed
+            .lock()
+            .expect("failed")
+            .get(fh)
+            .is_some_and(|(t, _)| t.elapsed() < RETRY_AFTER)
+    }
+
+    /// Remembers that a transfer of `fh` failed (`stale`: the server proxy found the
+    /// file changed since its sidecar).
+    pub(super) fn failed_now(&self, fh: &[u8], stale: bool) {
+        let mut f = self.failed.lock().expect("failed");
+        f.retain(|_, (t, s)| *s || t.elapsed() < RETRY_AFTER);
+        f.insert(fh.to_vec(), (Instant::now(), stale));
     }
 
     /// Whether the last transfer of `fh` found the file changed since its sidecar (said
@@ -586,7 +426,7 @@ async fn finish(e: &Arc<Entry>, fh: &[u8]) -> Result<(), ChannelError> {
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         e.file.sync_data()?;
         let tmp = e.info.with_extension("info.tmp");
-        std::fs::write(&tmp, encode_info(&fh, e.size, e.mtime, e.cover.as_deref()))?;
+        std::fs::write(&tmp, encode_info(&fh, e.size, e.mtime))?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &e.info)?;
         if let Some(d) = e.info.parent() {
@@ -619,8 +459,11 @@ pub async fn timed<T, E: Into<ChannelError>>(
 /// Frames decompressed at once, waiting to be written.
 const DECODE_QUEUE: usize = 8;
 
+/// One FETCH of `fh`: every byte outside `skip`'s blocks, in file order, each frame
+/// decompressed on a blocking thread and handed to `sink(offset, bytes)`; `tx` moves the
+/// frontier (the next byte to come) as each is in place. Returns the bytes received.
 #[allow(clippy::too_many_arguments)]
-async fn transfer(
+pub(super) async fn transfer(
     w: &WholeFiles,
     connector: &SshConnector,
     fh: &[u8],
@@ -628,9 +471,9 @@ async fn transfer(
     skip: &ZeroMap,
     mtime: Nfstime3,
     cred: Cred,
-    file: std::fs::File,
+    mut sink: impl FnMut(u64, &[u8]) -> std::io::Result<()> + Send + 'static,
     tx: &watch::Sender<Progress>,
-) -> Result<(), ChannelError> {
+) -> Result<u64, ChannelError> {
     let req = Request {
         op: Op::Fetch,
         fh: fh.to_vec(),
@@ -641,10 +484,15 @@ async fn transfer(
         level: sc.actions.level,
         zeros: skip.clone(),
     };
-    let stream = connector
-        .open_file_channel(&req.encode())
-        .await
-        .map_err(|e| ChannelError::Io(std::io::Error::other(e)))?;
+    // Opening the channel is bounded like every later step: a server proxy that never
+    // answers must not keep READs waiting on this transfer.
+    let stream = timed(async {
+        connector
+            .open_file_channel(&req.encode())
+            .await
+            .map_err(|e| ChannelError::Io(std::io::Error::other(e)))
+    })
+    .await?;
     let (rd, _wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(256 << 10, rd);
     let status = timed(rd.read_u32()).await?;
@@ -675,7 +523,7 @@ async fn transfer(
                 )));
             }
             let data = channel::decompress(codec, &comp, raw)?;
-            file.write_all_at(&data, off)?;
+            sink(off, &data)?;
             raw_total += raw as u64;
             expect = skip2
                 .next_data(off + raw as u64, size)
@@ -723,144 +571,18 @@ async fn transfer(
         raw = written,
         wire,
         ratio = format!("{:.2}", written as f64 / wire.max(1) as f64),
-        "whole-file transfer complete"
+        "file-channel transfer complete"
     );
-    Ok(())
+    Ok(written)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::meta::{Actions, FileTime};
-
-    fn sidecar(size: u64, zero_runs: Vec<Range<u64>>, ws: Vec<Range<u64>>) -> Sidecar {
-        let blocks = size.div_ceil(4096);
-        Sidecar {
-            size,
-            mtime: FileTime { secs: 1, nsecs: 2 },
-            digest: None,
-            actions: Actions::default(),
-            zeros: ZeroMap::from_runs(4096, blocks, zero_runs),
-            working_set: ws,
-        }
-    }
-
-    fn entry(size: u64, cover: Option<Vec<Range<u64>>>) -> Entry {
-        let dir = std::env::temp_dir();
-        let data = dir.join(format!("gridvfs-wf-test-{}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&data)
-            .unwrap();
-        let (_tx, rx) = watch::channel(Progress::Done);
-        Entry {
-            size,
-            mtime: Nfstime3 {
-                seconds: 1,
-                nseconds: 2,
-            },
-            cover,
-            info: data.with_extension("info"),
-            data,
-            file,
-            progress: rx,
-            charge: 0,
-            last_use: AtomicU64::new(0),
-        }
-    }
-
-    /// The plan widens the working set to whole blocks, merges what then touches, and
-    /// skips both what lies outside it and the zero blocks inside it.
-    #[test]
-    fn a_working_set_plan_skips_zeros_and_everything_outside() {
-        let bs = 4096u64;
-        let size = 100 * bs + 100; // 101 blocks, the last partial
-        let sc = sidecar(
-            size,
-            vec![12..14, 60..70],
-            vec![
-                10 * bs + 5..15 * bs,         // blocks 10..15
-                15 * bs..15 * bs + 1,         // touches: 15..16
-                50 * bs..50 * bs + 10,        // block 50
-                100 * bs + 50..100 * bs + 99, // the partial last block
-            ],
-        );
-        let (skip, cover) = working_set_plan(&sc).unwrap();
-        assert_eq!(
-            cover,
-            vec![10 * bs..16 * bs, 50 * bs..51 * bs, 100 * bs..size]
-        );
-        assert_eq!(skip.runs(), &[0..10, 12..14, 16..50, 51..100]);
-        assert_eq!(skip.blocks, 101);
-        // What crosses: blocks 10, 11, 14, 15, 50 and the 100 bytes of the last block.
-        assert_eq!(data_bytes(&skip, size), 5 * bs + 100);
-        // Nothing to fetch: no plan.
-        assert!(working_set_plan(&sidecar(size, vec![], vec![])).is_none());
-    }
-
-    /// A partial copy answers a READ only if every byte it lacks is a zero block.
-    #[test]
-    fn a_partial_copy_covers_only_its_working_set_and_zero_blocks() {
-        let bs = 4096u64;
-        let size = 100 * bs;
-        let zeros = ZeroMap::from_runs(4096, 100, std::iter::once(20..30).collect());
-        let e = entry(size, Some(vec![10 * bs..20 * bs, 40 * bs..41 * bs]));
-        assert!(e.is_partial());
-        assert!(e.covers(&zeros, 10 * bs, 20 * bs));
-        assert!(e.covers(&zeros, 12 * bs + 7, 13 * bs));
-        // Into the zero run after it, and through it to the next range.
-        assert!(e.covers(&zeros, 15 * bs, 30 * bs));
-        assert!(!e.covers(&zeros, 15 * bs, 31 * bs));
-        assert!(!e.covers(&zeros, 9 * bs, 11 * bs));
-        assert!(e.covers(&zeros, 25 * bs, 26 * bs)); // all zero
-        assert!(!e.covers(&zeros, 40 * bs, 41 * bs + 1));
-        assert!(!e.covers(&zeros, 90 * bs, 91 * bs));
-        let whole = entry(size, None);
-        assert!(!whole.is_partial());
-        assert!(whole.covers(&zeros, 90 * bs, 91 * bs));
-    }
-
-    /// The copy's record keeps its cover across a restart; a record of the earlier
-    /// version (a whole copy) is still read; a damaged or inconsistent one is refused.
-    #[test]
-    fn a_copys_record_round_trips_and_refuses_damage() {
-        let mtime = Nfstime3 {
-            seconds: 5,
-            nseconds: 6,
-        };
-        let cover = vec![0..4096, 8192..16384];
-        let b = encode_info(b"handle", 20_000, mtime, Some(&cover));
-        let got = decode_info(&b).unwrap();
-        assert_eq!(got.cover, Some(cover.clone()));
-        assert_eq!((got.fh.as_slice(), got.size), (&b"handle"[..], 20_000));
-        let whole = decode_info(&encode_info(b"h", 9, mtime, None)).unwrap();
-        assert_eq!(whole.cover, None);
-        // Version 1 (no cover field).
-        let mut v1 = Vec::new();
-        v1.put_slice(INFO_MAGIC_V1);
-        v1.put_u32(1);
-        v1.put_slice(b"h");
-        v1.put_u64(9);
-        v1.put_u32(5);
-        v1.put_u32(6);
-        let crc = crc32fast::hash(&v1);
-        v1.put_u32(crc);
-        assert_eq!(decode_info(&v1).unwrap().cover, None);
-        for n in 0..b.len() {
-            assert!(decode_info(&b[..n]).is_none(), "cut at {n}");
-        }
-        let mut bad = b.clone();
-        bad[20] ^= 1;
-        assert!(decode_info(&bad).is_none());
-        // A cover past the end of the file, or unsorted, is not trusted (CRC right).
-        for c in [
-            std::iter::once(0..30_000).collect(),
-            vec![8192..16384, 0..4096],
-        ] {
-            assert!(decode_info(&encode_info(b"h", 20_000, mtime, Some(&c))).is_none());
-        }
-    }
+/// Bytes of a file of `size` bytes outside `map`'s blocks.
+pub(super) fn data_bytes(map: &ZeroMap, size: u64) -> u64 {
+    let bs = map.block_size as u64;
+    let skipped: u64 = map
+        .runs()
+        .iter()
+        .map(|r| r.end.saturating_mul(bs).min(size) - r.start.saturating_mul(bs).min(size))
+        .sum();
+    size - skipped
 }
