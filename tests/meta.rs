@@ -575,6 +575,77 @@ fn a_working_set_crosses_as_one_stream_into_the_cache() {
     read_at(&c, 5 * mib + 768 * 1024);
 }
 
+/// A client writes into the working set while its stream runs (found in review: a
+/// frame fetched before the write must never land on the written block, even once the
+/// block is written back): the stream stops at its next frame, its waiting READs go on
+/// by blocks, the written bytes are read back, and they reach the server at the flush.
+#[test]
+fn a_write_during_a_working_set_stream_wins() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-ws-write");
+    // 8 MiB of incompressible data, all of it the working set: ~4 s at 2 MB/s.
+    let img = pseudo_random(8 << 20, 17);
+    let file = dir.join("disk.img");
+    std::fs::write(&file, &img).unwrap();
+    // The mapped account writes it back at the flush.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    write_sidecar(
+        &file,
+        &[],
+        actions(Fetch::Blocks, Codec::Zstd, Writeback::Blocks),
+    );
+    let mut sc = Sidecar::parse(&std::fs::read(sidecar_path(&file)).unwrap()).unwrap();
+    sc.working_set = std::iter::once(0..img.len() as u64).collect();
+    std::fs::write(sidecar_path(&file), sc.encode()).unwrap();
+    let c = Chain::start(&lab, Some(2_000_000));
+    let at = (7 << 20) + 8192u64;
+    let mine = vec![0x5au8; 4096];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "disk.img").await;
+        // Starts the stream (and waits only for the first block).
+        let r = common::read(&mut cl, &fh, 0, 4096).await;
+        assert_eq!(&r.data[..], &img[..4096]);
+        // Near the end, long before the stream gets there.
+        common::write(
+            &mut cl,
+            &fh,
+            at,
+            &mine,
+            nfs3_types::nfs3::stable_how::UNSTABLE,
+        )
+        .await;
+        common::commit(&mut cl, &fh).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = common::read(&mut cl, &fh, at, 4096).await;
+            assert_eq!(&got.data[..], &mine[..], "the write was overwritten");
+            let st = c.client_status();
+            if n(&st["meta"]["whole"]["working_sets"]) == 0
+                && c.client.log_text().contains("working-set fetch stopped")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stream never stopped\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let got = common::read(&mut cl, &fh, at - 8192, 16384).await;
+        let mut want = img[(at - 8192) as usize..(at + 8192) as usize].to_vec();
+        want[8192..12288].copy_from_slice(&mine);
+        assert_eq!(&got.data[..], &want[..]);
+    });
+    let (ok, st) = ctl(&c.client_sock, &["flush"]);
+    assert!(ok, "{st}");
+    let disk = std::fs::read(&file).unwrap();
+    assert_eq!(&disk[at as usize..at as usize + 4096], &mine[..]);
+    assert_eq!(&disk[..at as usize], &img[..at as usize]);
+}
+
 /// Regression (found by the clone suite): over a tunnel with SSH compression, a channel
 /// packet of the full 256 KiB of already compressed (incompressible) frame bytes grows a
 /// little in zlib and passed russh's packet limit on the receiving side, which then
@@ -598,6 +669,11 @@ fn incompressible_frames_cross_a_compressed_tunnel() {
         &format!("{name}/random.bin"),
     );
     common::assert_same_bytes("random.bin", &got, &img);
+    // The copy is made durable, then counted: the last READ may be answered before.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n(&c.client_status()["meta"]["whole"]["fetches"]) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let st = c.client_status();
     let w = &st["meta"]["whole"];
     assert_eq!(n(&w["failed"]), 0, "{st}\n{}", c.logs());

@@ -387,7 +387,7 @@ impl CacheLayer {
         });
     }
 
-    fn unchanged_since(&self, fh: &[u8], stamp: u64) -> bool {
+    pub(super) fn unchanged_since(&self, fh: &[u8], stamp: u64) -> bool {
         self.with_file(fh, |s| s.changed_at <= stamp)
     }
 
@@ -447,6 +447,20 @@ impl CacheLayer {
             pos = block * self.bs + hi as u64;
         }
         true
+    }
+
+    /// Forgets the clean blocks holding any byte of `r` of `fh` (dirty ones stay).
+    pub fn invalidate_clean(&self, fh: &[u8], r: std::ops::Range<u64>) {
+        if r.start >= r.end {
+            return;
+        }
+        let _m = self.mutate.lock().expect("mutate lock");
+        if let Err(e) =
+            self.store
+                .invalidate_range_clean(fh, r.start / self.bs, (r.end - 1) / self.bs)
+        {
+            warn!(side = "cache", error = %e, "cache invalidation failed");
+        }
     }
 
     /// The cache's block size in bytes.

@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use super::cached::CacheLayer;
 use super::wholefile::{Progress, WholeFiles, data_bytes, transfer};
+use crate::cache::store::CacheError;
 use crate::meta::channel::{self, ChannelError};
 use crate::meta::{Sidecar, ZeroMap};
 use crate::nfs3::Nfstime3;
@@ -36,6 +37,8 @@ use crate::upstream::calls::Cred;
 
 /// Prefetches remembered at most (running ones are never forgotten).
 const MAX_PREFETCHES: usize = 4096;
+/// The sink's error when the file changed here during the stream.
+const CHANGED: &str = "the file changed here during the working-set fetch";
 
 /// One working-set transfer, running or done, for a file as it was (size, mtime).
 pub struct Prefetch {
@@ -220,10 +223,23 @@ impl WholeFiles {
                     Err(ChannelError::Malformed("skip map too fragmented".into()))
                 }
                 Ok((skip, _)) => {
+                    // READs over granules the cache holds wait no longer than planning.
+                    let _ = tx.send(Progress::Running {
+                        frontier: skip.next_data(0, sc.size).map_or(sc.size, |r| r.start),
+                    });
                     let (c, f) = (cache.clone(), fh.clone());
                     let sink = move |off: u64, data: &[u8]| {
-                        c.fill_checked(&f, off, data, stamp)
-                            .map_err(std::io::Error::other)
+                        // Once the file has changed here (a write, a truncation, a
+                        // write-back, SIGUSR2) the cache drops older fills: the stream is
+                        // of no more use, and its waiting READs go on by blocks.
+                        if c.local(&f).is_some() || !c.unchanged_since(&f, stamp) {
+                            return Err(std::io::Error::other(CHANGED));
+                        }
+                        match c.fill_checked(&f, off, data, stamp) {
+                            // A set full of dirty blocks keeps this part out, like any fill.
+                            Ok(()) | Err(CacheError::SetFull) => Ok(()),
+                            Err(e) => Err(std::io::Error::other(e)),
+                        }
                     };
                     transfer(&me, &connector, &fh, &sc, &skip, mtime, cred, sink, &tx).await
                 }
@@ -246,14 +262,37 @@ impl WholeFiles {
                     let _ = tx.send(Progress::Done);
                 }
                 Err(err) => {
-                    me.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    warn!(side = "upstream", error = %err, "working-set fetch failed; the file is read by blocks");
+                    let changed = matches!(&err, ChannelError::Io(e) if e.to_string() == CHANGED);
                     let stale = matches!(err, ChannelError::Status(channel::STALE_META));
-                    me.failed_now(&fh, stale);
+                    if stale {
+                        // The server proxy found the file changed since the sidecar, at
+                        // the end: frames already filled may mix two versions of it.
+                        // They go, and the file's attributes are learnt again.
+                        let (c, f, cover) = (cache.clone(), fh.clone(), p2.cover.clone());
+                        let _ = tokio::task::spawn_blocking(move || {
+                            for r in cover {
+                                c.invalidate_clean(&f, r);
+                            }
+                            c.forget_attr(&f);
+                        })
+                        .await;
+                    }
+                    if changed {
+                        info!("working-set fetch stopped: the file changed here");
+                    } else {
+                        me.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(side = "upstream", error = %err, "working-set fetch failed; the file is read by blocks");
+                    }
                     let _ = tx.send(Progress::Failed);
+                    // Only the file's current transfer decides about its next one (an
+                    // older one failing must not hold a newer version back).
                     let mut m = me.prefetches.lock().expect("prefetches");
                     if m.get(&fh).is_some_and(|x| Arc::ptr_eq(x, &p2)) {
                         m.remove(&fh);
+                        drop(m);
+                        if !changed {
+                            me.failed_now(&fh, false);
+                        }
                     }
                 }
             }

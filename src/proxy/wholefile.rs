@@ -392,8 +392,14 @@ impl WholeFiles {
         }
     }
 
-    /// Drops every complete whole file (SIGUSR2); transfers under way finish.
+    /// Drops every complete whole file (SIGUSR2); transfers under way finish. Working
+    /// sets are forgotten too (the cache dropped their blocks; a stream still running
+    /// stops at its next frame, as the cache drops fills older than the drop).
     pub fn drop_all(&self) -> u64 {
+        self.prefetches
+            .lock()
+            .expect("prefetches")
+            .retain(|_, p| matches!(p.progress(), Progress::Running { .. }));
         let mut m = self.entries.lock().expect("entries");
         let done: Vec<Vec<u8>> = m
             .iter()

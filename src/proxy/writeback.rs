@@ -357,6 +357,10 @@ async fn writeback_block(
     let cred = cred_or_none(cache, &d.fh);
     let bytes = got.bytes(dirty.clone());
     let off = d.block * cache.bs + dirty.start as u64;
+    // The file changes at the next hop: a fill with older bytes (a READ reply or a
+    // working-set frame fetched before) must not land on this block once it is clean
+    // (found in review: a working-set stream is seconds wide).
+    cache.change(&d.fh);
     match write_upstream(up, &cred, &d.fh, off, bytes, StableHow::FILE_SYNC).await {
         Ok(_) => {
             // Durably: the frame is reused at once (room-making), and the older versions
