@@ -419,7 +419,12 @@ impl MetaLayer {
                 .stats
                 .working_set_waits
                 .fetch_add(1, Ordering::Relaxed);
-            if !p.wait_for(end).await && whole.take_stale(&fh) {
+            // At most `SILENCE` in all (a stream that trickles is not waited for
+            // forever): then the READ goes by blocks.
+            let arrived = tokio::time::timeout(super::wholefile::SILENCE, p.wait_for(end))
+                .await
+                .unwrap_or(false);
+            if !arrived && whole.take_stale(&fh) {
                 self.lookups.lock().expect("lookups").remove(&fh);
                 let (c, f) = (cache.clone(), fh.clone());
                 let _ = tokio::task::spawn_blocking(move || c.forget_attr(&f)).await;
