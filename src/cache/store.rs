@@ -495,11 +495,17 @@ impl Store {
         if self.is_bypassed(fh) {
             return Ok(None);
         }
+        let (set, fp, mut bank) = self.set_of(fh, block);
+        Ok(self.newest(&mut bank, set, fp, fh, block)?.map(|(_, c)| c))
+    }
+
+    /// The set and fingerprint of (fh, block), and its bank, locked and open.
+    fn set_of(&self, fh: &[u8], block: u64) -> (u64, u64, std::sync::MutexGuard<'_, Bank>) {
         let (set, fp) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
         self.open_late(&mut bank, frame0.bank);
-        Ok(self.newest(&mut bank, set, fp, fh, block)?.map(|(_, c)| c))
+        (set, fp, bank)
     }
 
     /// The valid bytes of the newest version of (fh, block), by its tag alone: its data
@@ -509,10 +515,7 @@ impl Store {
         if self.is_bypassed(fh) {
             return Ok(None);
         }
-        let (set, fp) = self.locate(fh, block);
-        let frame0 = self.geo.frame(set, 0);
-        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
-        self.open_late(&mut bank, frame0.bank);
+        let (set, fp, bank) = self.set_of(fh, block);
         let v = self.versions(&bank, set, fp, fh, block)?;
         Ok(v.first().map(|(_, t)| t.valid.clone()))
     }
@@ -599,10 +602,7 @@ impl Store {
         if self.is_bypassed(fh) {
             return Ok(false);
         }
-        let (set, fp) = self.locate(fh, block);
-        let frame0 = self.geo.frame(set, 0);
-        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
-        self.open_late(&mut bank, frame0.bank);
+        let (set, fp, mut bank) = self.set_of(fh, block);
         let versions = self.versions(&bank, set, fp, fh, block)?;
         let Some((way, t)) = versions.into_iter().next() else {
             return Ok(false);

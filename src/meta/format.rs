@@ -206,31 +206,22 @@ impl ZeroMap {
     /// The parts of `off..end` that are not in zero blocks, in order.
     pub fn data_ranges(&self, off: u64, end: u64) -> Vec<Range<u64>> {
         let mut out = Vec::new();
-        if off >= end {
-            return out;
-        }
-        let bs = self.block_size as u64;
         let mut pos = off;
-        let mut i = self.runs.partition_point(|r| r.end <= off / bs);
-        while pos < end {
-            match self.runs.get(i) {
-                Some(r) if r.start.saturating_mul(bs) <= pos => {
-                    // Inside a zero run: skip it.
-                    pos = r.end.saturating_mul(bs).max(pos);
-                    i += 1;
-                }
-                Some(r) => {
-                    let to = r.start.saturating_mul(bs).min(end);
-                    out.push(pos..to);
-                    pos = to;
-                }
-                None => {
-                    out.push(pos..end);
-                    pos = end;
-                }
-            }
+        while let Some(r) = self.next_data(pos, end) {
+            pos = r.end;
+            out.push(r);
         }
         out
+    }
+
+    /// Bytes of a file of `size` bytes in this map's blocks (the last block may be
+    /// partial).
+    pub fn zero_bytes(&self, size: u64) -> u64 {
+        let bs = self.block_size as u64;
+        self.runs
+            .iter()
+            .map(|r| r.end.saturating_mul(bs).min(size) - r.start.saturating_mul(bs).min(size))
+            .sum()
     }
 }
 
@@ -279,12 +270,7 @@ impl Sidecar {
 
     /// Bytes of the file in zero blocks.
     pub fn zero_bytes(&self) -> u64 {
-        let bs = self.zeros.block_size as u64;
-        let mut n = 0;
-        for r in self.zeros.runs() {
-            n += r.end.saturating_mul(bs).min(self.size) - r.start.saturating_mul(bs);
-        }
-        n
+        self.zeros.zero_bytes(self.size)
     }
 
     /// The encoded sidecar.

@@ -420,16 +420,9 @@ impl MetaLayer {
                 .working_set_waits
                 .fetch_add(1, Ordering::Relaxed);
             // At most `SILENCE` in all (a stream that trickles is not waited for
-            // forever): then the READ goes by blocks.
-            let arrived = tokio::time::timeout(super::wholefile::SILENCE, p.wait_for(end))
-                .await
-                .unwrap_or(false);
-            if !arrived && whole.take_stale(&fh) {
-                self.lookups.lock().expect("lookups").remove(&fh);
-                let (c, f) = (cache.clone(), fh.clone());
-                let _ = tokio::task::spawn_blocking(move || c.forget_attr(&f)).await;
-                return MetaRead::Pass;
-            }
+            // forever): then the READ goes on (by blocks). A stream the server found
+            // stale has relearnt the file's attributes itself (`prefetch`).
+            let _ = tokio::time::timeout(super::wholefile::SILENCE, p.wait_for(end)).await;
         }
         let ranges = sc.zeros.data_ranges(off, end);
         let data: u64 = ranges.iter().map(|r| r.end - r.start).sum();

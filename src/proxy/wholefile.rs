@@ -584,11 +584,5 @@ pub(super) async fn transfer(
 
 /// Bytes of a file of `size` bytes outside `map`'s blocks.
 pub(super) fn data_bytes(map: &ZeroMap, size: u64) -> u64 {
-    let bs = map.block_size as u64;
-    let skipped: u64 = map
-        .runs()
-        .iter()
-        .map(|r| r.end.saturating_mul(bs).min(size) - r.start.saturating_mul(bs).min(size))
-        .sum();
-    size - skipped
+    size - map.zero_bytes(size)
 }
