@@ -174,3 +174,59 @@ async fn real_client_served_after_bad_input() {
         .unwrap();
     assert!(matches!(r, nfs3_types::nfs3::Nfs3Result::Ok(_)));
 }
+
+/// A call the next hop can never take is answered with SYSTEM_ERR after
+/// `upstream.resend_limit` lost connections, not re-sent for ever. Here the next hop is a
+/// second gridvfs with a smaller `max_record` that closes the connection each time the
+/// front proxy forwards a 100 KiB WRITE; without the limit the client waited for good.
+/// The same connection and another client are served afterwards.
+#[test]
+fn a_call_that_breaks_the_next_hop_every_time_is_failed_not_resent_for_ever() {
+    let lab = Lab::get();
+    let mut back = Gridvfs::start(lab.endpoint(), "max_record = \"64KiB\"\nmax_io = \"32KiB\"");
+    let mut front = Gridvfs::start_with(back.endpoints(), "127.0.0.1:0", "", "resend_limit = 3");
+
+    // WRITE3args: a handle, offset 0, count, UNSTABLE, the data (never parsed: the next
+    // hop closes the connection on the record's size).
+    let data = vec![0x5a_u8; 100 << 10];
+    let mut args = Vec::new();
+    args.extend_from_slice(&be(8));
+    args.extend_from_slice(&[7; 8]);
+    args.extend_from_slice(&[0; 8]);
+    args.extend_from_slice(&be(data.len() as u32));
+    args.extend_from_slice(&be(0));
+    args.extend_from_slice(&be(data.len() as u32));
+    args.extend_from_slice(&data);
+    let mut s = connect(&front);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let t0 = std::time::Instant::now();
+    send(&mut s, &call(21, NFS, 3, 7, &args));
+    let reply = recv(&mut s).unwrap_or_else(|| {
+        panic!(
+            "no reply in {:?}: the call is re-sent for ever; front log:\n{}",
+            t0.elapsed(),
+            front.log_text()
+        )
+    });
+    const SYSTEM_ERR: u32 = 5;
+    assert_eq!(head(&reply), [21, 0, SYSTEM_ERR]);
+    let lost = back.log_count("record over listen.max_record");
+    assert_eq!(
+        lost, 3,
+        "the next hop saw the call {lost} times, not resend_limit"
+    );
+    assert!(
+        front.log_text().contains("upstream.resend_limit"),
+        "no log line says why the call failed:\n{}",
+        front.log_text()
+    );
+
+    // The same connection, and a new one, still reach Ganesha through both proxies.
+    send(&mut s, &call(22, NFS, 3, 0, &[]));
+    assert_eq!(head(&recv(&mut s).unwrap()), [22, 0, 0]);
+    let mut other = connect(&front);
+    send(&mut other, &call(23, NFS, 3, 0, &[]));
+    assert_eq!(head(&recv(&mut other).unwrap()), [23, 0, 0]);
+    assert_eq!(front.stop(), Some(0));
+    assert_eq!(back.stop(), Some(0));
+}

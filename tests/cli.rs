@@ -63,6 +63,11 @@ fn bad_configs_exit_2_naming_the_key_for_check_and_run() {
             "[upstream]\nnfs = \"h:1\"\n[log]\nformat = \"xml\"\n",
             "log.format",
         ),
+        (
+            "resend.toml",
+            "[upstream]\nnfs = \"h:1\"\nresend_limit = 0\n",
+            "upstream.resend_limit",
+        ),
     ];
     for (name, text, needle) in cases {
         let p = write(tmp.path(), name, text);

@@ -33,6 +33,7 @@ async fn dropped_connection_is_reopened_from_the_same_port_and_the_call_resent()
         connect_timeout: Duration::from_secs(2),
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
+        resend_limit: 6,
     };
     let up = Upstream::start("nfs", gridvfs::transport::Dialer::Tcp(ep), &cfg, 1 << 20);
     let mut call = BytesMut::new();

@@ -170,6 +170,10 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// A call whose connection is lost this many times before its reply comes is failed
+    /// (SYSTEM_ERR), so a call that breaks the next hop each time it arrives cannot be
+    /// re-sent for ever.
+    pub resend_limit: u32,
 }
 
 /// The server role (`[server]`): the proxy next to the real NFS server, which maps each
@@ -423,6 +427,12 @@ impl RawConfig {
                 "must be non-zero and not above upstream.backoff_max".into(),
             ));
         }
+        if !(1..=1000).contains(&u.resend_limit) {
+            return Err(invalid(
+                "upstream.resend_limit",
+                format!("{} is outside 1..=1000", u.resend_limit),
+            ));
+        }
         let uses_ssh = matches!(nfs, Endpoint::Ssh { .. }) || matches!(mount, Endpoint::Ssh { .. });
         let ssh = match (u.ssh, uses_ssh) {
             (None, true) => {
@@ -571,6 +581,7 @@ impl RawConfig {
                 connect_timeout: u.connect_timeout.0,
                 backoff_min: u.backoff_min.0,
                 backoff_max: u.backoff_max.0,
+                resend_limit: u.resend_limit,
             },
             log: LogConfig {
                 format,

@@ -233,6 +233,8 @@ pub(super) struct RawUpstream {
     pub backoff_min: Millis,
     #[serde(default = "default_backoff_max")]
     pub backoff_max: Millis,
+    #[serde(default = "default_resend_limit")]
+    pub resend_limit: u32,
     #[serde(default)]
     pub ssh: Option<RawSshClient>,
 }
@@ -251,6 +253,9 @@ fn default_backoff_min() -> Millis {
 }
 fn default_backoff_max() -> Millis {
     Millis(std::time::Duration::from_secs(5))
+}
+fn default_resend_limit() -> u32 {
+    6
 }
 
 #[derive(Debug, Deserialize)]

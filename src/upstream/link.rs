@@ -5,7 +5,8 @@
 //! (xid → record and completion) until the link's reader task sees its reply and runs
 //! the completion. After a reconnect the link first re-sends every call in `table` that
 //! was not sent on the new connection; `sent_gen` records which connection a call went
-//! out on, so nothing is sent twice on one connection.
+//! out on, so nothing is sent twice on one connection. A call in flight on
+//! `resend_limit` lost connections is answered SYSTEM_ERR instead of being sent again.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -33,6 +34,8 @@ pub(super) struct Pending {
     pub done: Completion,
     /// Generation of the connection it was last sent on (0 = never sent).
     pub sent_gen: u64,
+    /// Connections it was sent on that were lost before its reply came.
+    pub lost: u32,
     /// Held until the reply arrives: bounds calls in flight per endpoint.
     pub _permit: OwnedSemaphorePermit,
 }
@@ -210,6 +213,7 @@ async fn run(ctx: LinkCtx) {
         };
         ctx.stats.links_up.fetch_sub(1, Ordering::Relaxed);
         ctx.shared.writer.lock().await.half = None;
+        give_up_on(&ctx, generation);
         warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
             link = ctx.index, reason = %why, waiting = ctx.waiting(), replies,
             "connection to the next hop lost; reconnecting, calls in flight will be re-sent");
@@ -298,6 +302,48 @@ async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>, replies: &mut 
             ),
         }
     }
+}
+
+/// Counts the loss of connection `generation` against every call sent on it that has no
+/// reply yet, and fails (SYSTEM_ERR) each that has now lost `resend_limit` connections:
+/// a call that breaks the next hop whenever it arrives (over the next hop's record limit,
+/// or one that kills an SSH session) would otherwise be re-sent for ever, and the client
+/// that made it would wait for ever.
+fn give_up_on(ctx: &LinkCtx, generation: u64) {
+    let limit = ctx.cfg.resend_limit;
+    let failed: Vec<Pending> = {
+        let mut t = ctx.shared.table.lock().expect("table lock");
+        let over: Vec<u32> = t
+            .iter_mut()
+            .filter(|(_, p)| p.sent_gen == generation)
+            .filter_map(|(xid, p)| {
+                p.lost += 1;
+                (p.lost >= limit).then_some(*xid)
+            })
+            .collect();
+        over.iter().filter_map(|x| t.remove(x)).collect()
+    };
+    for p in failed {
+        let (prog, vers, proc_) = call_of(&p.msg);
+        ctx.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint, prog, vers,
+            proc_, lost = p.lost, bytes = p.msg.len(),
+            "the connection to the next hop was lost every time this call was sent \
+             (upstream.resend_limit); answering it with SYSTEM_ERR");
+        (p.done)(accepted_reply(
+            u32::from_be_bytes(p.client_xid),
+            AcceptStat::SYSTEM_ERR,
+        ));
+    }
+}
+
+/// Program, version and procedure of a call record (zeros where it is too short).
+fn call_of(msg: &[u8]) -> (u32, u32, u32) {
+    let word = |i: usize| {
+        msg.get(i * 4..i * 4 + 4)
+            .map_or(0, |w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    (word(3), word(4), word(5))
 }
 
 /// Completes call `xid` with SYSTEM_ERR because its reply could not be taken.

@@ -7,7 +7,9 @@
 //! on every link at once: a WAN hop costs one round trip per *batch*, not per RPC.
 //!
 //! A link that drops reconnects with exponential backoff and re-sends every call still
-//! waiting for a reply, so the caller sees a delay, never an error. A semaphore bounds the
+//! waiting for a reply, so the caller sees a delay, not an error — unless the same call
+//! was in flight on `resend_limit` connections that were all lost before its reply (a
+//! call that breaks the next hop each time), which is then answered with SYSTEM_ERR. A semaphore bounds the
 //! calls in flight per endpoint: beyond it `call` waits, and so does the client connection
 //! that issued it (backpressure all the way to the client's socket).
 
@@ -49,6 +51,8 @@ pub struct UpstreamStats {
     pub calls: std::sync::atomic::AtomicU64,
     /// Calls re-sent after a reconnect.
     pub resent: std::sync::atomic::AtomicU64,
+    /// Calls failed with SYSTEM_ERR after losing `resend_limit` connections.
+    pub abandoned: std::sync::atomic::AtomicU64,
     /// Successful (re)connections.
     pub connects: std::sync::atomic::AtomicU64,
     /// Links connected now.
@@ -160,6 +164,7 @@ impl Upstream {
                     client_xid,
                     done,
                     sent_gen: 0,
+                    lost: 0,
                     _permit: permit,
                 },
             )
