@@ -11,9 +11,10 @@
 //! configuration, copy the memory state, symlink the disk, write the clone's
 //! configuration; then "resume": read the memory state whole, read a working set of the
 //! disk (default 10%), write a redo log. The same steps run over NFS (through gridvfs or
-//! straight to the server) and on a local file system; each returns a digest of every
-//! byte it read and wrote, which must equal the digest computed from the golden files
-//! (`expected`).
+//! straight to the server) and on a local file system; each returns two digests, of the
+//! golden image's bytes as it read them and of what it wrote of its own, which must equal
+//! those computed from the golden files (`expected`, once per image) and from the clone's
+//! name (`expected_own`).
 //!
 //! The persistent kind of VM (one that owns its disk: writes go into the disk itself and
 //! are written back at the session's end, no redo log) is in `persistent.rs`; it reuses
@@ -179,8 +180,13 @@ pub struct Report {
     pub secs: f64,
     /// Seconds to the end of the copy steps.
     pub copy_secs: f64,
-    /// BLAKE3 over everything read and written, in order.
+    /// BLAKE3 over the golden image's bytes as the clone read them (the configuration
+    /// file, the memory state read back from the clone's copy, the disk's working set
+    /// through the symlink), in order: the same for every clone of an image, so it is
+    /// computed once per image to check against.
     pub digest: [u8; 32],
+    /// BLAKE3 over what the clone wrote of its own (its configuration, its redo log).
+    pub own: [u8; 32],
     pub bytes_read: u64,
     pub bytes_written: u64,
 }
@@ -198,12 +204,12 @@ pub fn redo_bytes(spec: &Spec, clone: &str) -> Vec<u8> {
     v
 }
 
-/// The digest a correct clone of `golden` (a local directory) named `clone` reports.
-pub fn expected(golden: &Path, spec: &Spec, clone: &str, seed: u64) -> [u8; 32] {
+/// The digest of the golden image's bytes a correct clone of `golden` (a local
+/// directory) reads (`Report::digest`; the same for every clone of it).
+pub fn expected(golden: &Path, spec: &Spec, seed: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     let cfg = std::fs::read(golden.join(CFG)).unwrap();
     h.update(&cfg);
-    h.update(&config(clone, spec));
     let mem = std::fs::read(golden.join(MEM)).unwrap();
     h.update(&mem);
     let disk = std::fs::File::open(golden.join(DISK)).unwrap();
@@ -213,6 +219,13 @@ pub fn expected(golden: &Path, spec: &Spec, clone: &str, seed: u64) -> [u8; 32] 
         disk.read_exact_at(&mut b, off).unwrap();
         h.update(&b);
     }
+    *h.finalize().as_bytes()
+}
+
+/// The digest of what clone `clone` writes of its own (`Report::own`).
+pub fn expected_own(spec: &Spec, clone: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&config(clone, spec));
     h.update(&redo_bytes(spec, clone));
     *h.finalize().as_bytes()
 }
@@ -221,7 +234,7 @@ pub fn expected(golden: &Path, spec: &Spec, clone: &str, seed: u64) -> [u8; 32] 
 /// to `clones/clone`.
 pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed: u64) -> Report {
     let t0 = Instant::now();
-    let mut h = blake3::Hasher::new();
+    let (mut h, mut own) = (blake3::Hasher::new(), blake3::Hasher::new());
     let (mut read, mut written) = (0u64, 0u64);
     let cd = clones.join(clone);
     let _ = std::fs::remove_dir_all(&cd);
@@ -250,7 +263,7 @@ pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed:
     let mut f = std::fs::File::create(cd.join(CFG)).unwrap();
     f.write_all(&mine).unwrap();
     f.sync_data().unwrap();
-    h.update(&mine);
+    own.update(&mine);
     written += mine.len() as u64;
     let copy_secs = t0.elapsed().as_secs_f64();
     // Resume: the memory state whole, the disk's working set, the redo log.
@@ -270,12 +283,13 @@ pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed:
     let mut f = std::fs::File::create(cd.join(REDO)).unwrap();
     f.write_all(&redo).unwrap();
     f.sync_data().unwrap();
-    h.update(&redo);
+    own.update(&redo);
     written += redo.len() as u64;
     Report {
         secs: t0.elapsed().as_secs_f64(),
         copy_secs,
         digest: *h.finalize().as_bytes(),
+        own: *own.finalize().as_bytes(),
         bytes_read: read,
         bytes_written: written,
     }
@@ -349,7 +363,7 @@ pub async fn clone_nfs(
     seed: u64,
 ) -> Report {
     let t0 = Instant::now();
-    let mut h = blake3::Hasher::new();
+    let (mut h, mut own) = (blake3::Hasher::new(), blake3::Hasher::new());
     let (mut read, mut written) = (0u64, 0u64);
     let goldens = c.lookup(base, "golden").await.expect("golden dir");
     let gd = c.lookup(&goldens, image).await.expect("golden image");
@@ -395,7 +409,7 @@ pub async fn clone_nfs(
     let mine = config(clone, spec);
     let ccfg = c.create(&cd, CFG).await;
     write_all(c, &ccfg, &mine, IO as usize).await;
-    h.update(&mine);
+    own.update(&mine);
     written += mine.len() as u64;
     let copy_secs = t0.elapsed().as_secs_f64();
     // Resume: the memory state whole, then the disk's working set through the symlink.
@@ -437,12 +451,13 @@ pub async fn clone_nfs(
     let redo = redo_bytes(spec, clone);
     let rfh = c.create(&cd, REDO).await;
     write_all(c, &rfh, &redo, 64 << 10).await;
-    h.update(&redo);
+    own.update(&redo);
     written += redo.len() as u64;
     Report {
         secs: t0.elapsed().as_secs_f64(),
         copy_secs,
         digest: *h.finalize().as_bytes(),
+        own: *own.finalize().as_bytes(),
         bytes_read: read,
         bytes_written: written,
     }
