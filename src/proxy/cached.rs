@@ -429,7 +429,7 @@ impl CacheLayer {
             pos = block * self.bs + hi as u64;
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(out.to_vec())
+        Some(out.into()) // the buffer itself, not a copy
     }
 
     /// Whether the cache holds every byte of `r` of `fh`, by the blocks' tags (their data

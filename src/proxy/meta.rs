@@ -382,9 +382,11 @@ impl MetaLayer {
                     return MetaRead::Pass;
                 }
                 if arrived {
-                    let (e2, a2) = (e.clone(), attr.clone());
+                    let (e2, a2, data) = (e.clone(), attr.clone(), sc.zeros.data_ranges(off, end));
                     let r = tokio::task::spawn_blocking(move || {
-                        read_reply_io(xid, &a2, eof, off, end, |out| e2.read_into(off, end, out))
+                        read_reply_io(xid, &a2, eof, (end - off) as usize, |out| {
+                            e2.read_data(off, &data, out)
+                        })
                     })
                     .await;
                     if let Ok(Ok(reply)) = r {
@@ -429,15 +431,19 @@ impl MetaLayer {
         if data == end - off {
             return MetaRead::Pass; // no zero block in it: the block path as usual
         }
-        // Partly zero: the other bytes from the cache or the next hop.
-        match self.partial(cache, up, &fh, &cred, off, end, ranges).await {
-            Some(buf) => {
+        // Partly zero: the other bytes from the cache or the next hop, each copied
+        // once, into the reply (zeros elsewhere).
+        match self.partial(cache, up, &fh, &cred, ranges).await {
+            Some(pieces) => {
                 self.stats.partial_reads.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .zero_bytes
                     .fetch_add(end - off - data, Ordering::Relaxed);
-                MetaRead::Reply(read_reply(xid, &attr, eof, buf.len(), |out| {
-                    out.copy_from_slice(&buf);
+                MetaRead::Reply(read_reply(xid, &attr, eof, (end - off) as usize, |out| {
+                    for (at, b) in pieces {
+                        let i = (at - off) as usize;
+                        out[i..i + b.len()].copy_from_slice(&b);
+                    }
                     Ok(())
                 }))
             }
@@ -445,50 +451,55 @@ impl MetaLayer {
         }
     }
 
-    /// The bytes of `off..end` with `ranges` (the non-zero parts) filled from the cache
-    /// or the next hop; None if any read failed (the block path then tries).
-    #[allow(clippy::too_many_arguments)]
+    /// The bytes of `ranges` (the non-zero parts of a READ), each from the cache or the
+    /// next hop, with their offsets; None if any read failed (the block path then tries).
     async fn partial(
         &self,
         cache: &Arc<CacheLayer>,
         up: &Arc<Upstream>,
         fh: &[u8],
         cred: &Cred,
-        off: u64,
-        end: u64,
         ranges: Vec<std::ops::Range<u64>>,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Vec<(u64, bytes::Bytes)>> {
+        // What the cache holds, in one trip to a blocking thread.
+        let stamp = cache.stamp();
+        let (c, f) = (cache.clone(), fh.to_vec());
+        let looked = tokio::task::spawn_blocking(move || {
+            ranges
+                .into_iter()
+                .map(|r| {
+                    let got = c.read_range(&f, r.clone()).map(bytes::Bytes::from);
+                    (r, got)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .ok()?;
+        let mut pieces = Vec::with_capacity(looked.len());
         let mut tasks = tokio::task::JoinSet::new();
-        for r in ranges {
+        for (r, got) in looked {
+            if let Some(b) = got {
+                pieces.push((r.start, b));
+                continue;
+            }
             let (cache, up, fh, cred) = (cache.clone(), up.clone(), fh.to_vec(), cred.clone());
             tasks.spawn(async move {
-                let stamp = cache.stamp();
-                let (c, f, rr) = (cache.clone(), fh.clone(), r.clone());
-                let local = tokio::task::spawn_blocking(move || c.read_range(&f, rr))
-                    .await
-                    .ok()
-                    .flatten();
-                if let Some(b) = local {
-                    return Some((r.start, b));
-                }
                 let len = (r.end - r.start) as u32;
-                let b = read_upstream(&up, &cred, &fh, r.start, len).await.ok()?;
+                let b =
+                    bytes::Bytes::from(read_upstream(&up, &cred, &fh, r.start, len).await.ok()?);
                 if b.len() != len as usize {
                     return None; // short: the file changed
                 }
-                let (c, f, b2, at) = (cache.clone(), fh.clone(), b.clone(), r.start);
+                let (c, b2, at) = (cache.clone(), b.clone(), r.start);
                 let _ =
-                    tokio::task::spawn_blocking(move || c.fill_checked(&f, at, &b2, stamp)).await;
+                    tokio::task::spawn_blocking(move || c.fill_checked(&fh, at, &b2, stamp)).await;
                 Some((r.start, b))
             });
         }
-        let mut buf = vec![0u8; (end - off) as usize];
         while let Some(r) = tasks.join_next().await {
-            let (at, b) = r.ok()??;
-            let i = (at - off) as usize;
-            buf[i..i + b.len()].copy_from_slice(&b);
+            pieces.push(r.ok()??);
         }
-        Some(buf)
+        Some(pieces)
     }
 }
 
@@ -527,20 +538,19 @@ fn read_reply(
     out
 }
 
-/// A READ reply whose data `fill` appends (exactly `end - off` bytes).
+/// A READ reply of `n` bytes that `fill` writes into place (zeros before it does), or
+/// fill's error.
 fn read_reply_io(
     xid: u32,
     attr: &Fattr3,
     eof: bool,
-    off: u64,
-    end: u64,
-    fill: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+    n: usize,
+    fill: impl FnOnce(&mut [u8]) -> std::io::Result<()>,
 ) -> std::io::Result<BytesMut> {
-    let n = (end - off) as usize;
-    let mut v = Vec::with_capacity(n);
-    fill(&mut v)?;
     let mut out = reply_head(xid, attr, eof, n);
-    out.extend_from_slice(&v);
+    let at = out.len();
+    out.put_bytes(0, n);
+    fill(&mut out[at..at + n])?;
     out.put_bytes(0, crate::xdr::pad(n));
     Ok(out)
 }

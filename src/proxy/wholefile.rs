@@ -86,11 +86,23 @@ impl Entry {
         }
     }
 
-    /// Reads `off..end` (in place) into `out`.
-    pub fn read_into(&self, off: u64, end: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
-        let at = out.len();
-        out.resize(at + (end - off) as usize, 0);
-        self.file.read_exact_at(&mut out[at..], off)
+    /// Reads the bytes of `data` (ranges of the file, in order, at or after `off`) into
+    /// `out`, which holds the file from `off` on and is zero elsewhere. The caller passes
+    /// the sidecar's data ranges: the zero blocks were never fetched (holes here), and
+    /// reading a hole costs the kernel a page of zeros in its page cache and a copy,
+    /// where `out` already holds the zeros.
+    pub fn read_data(
+        &self,
+        off: u64,
+        data: &[std::ops::Range<u64>],
+        out: &mut [u8],
+    ) -> std::io::Result<()> {
+        for r in data {
+            let at = (r.start - off) as usize;
+            self.file
+                .read_exact_at(&mut out[at..at + (r.end - r.start) as usize], r.start)?;
+        }
+        Ok(())
     }
 }
 
