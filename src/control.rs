@@ -200,7 +200,7 @@ async fn status(p: &Proxy) -> String {
             format!(
                 "{{\"enabled\":true,\"write_policy\":\"{}\",\"hits\":{},\"misses\":{},\"fills\":{},\
                  \"local_writes\":{},\"write_throughs\":{},\"set_evictions\":{},\
-                 \"metadata_hits\":{},\"local_truncations\":{},\"truncations_pending\":{},\"syncs\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
+                 \"metadata_hits\":{},\"local_truncations\":{},\"truncations_pending\":{},\"syncs\":{},\"zero_reads\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
                 c.policy.name(),
                 c.hits.load(Relaxed),
                 c.misses.load(Relaxed),
@@ -212,6 +212,7 @@ async fn status(p: &Proxy) -> String {
                 c.local_truncations.load(Relaxed),
                 c.cut_files().len(),
                 c.syncs(),
+                c.zero_reads(),
                 dirty.bytes,
                 dirty.blocks,
                 dirty.files,

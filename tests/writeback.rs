@@ -152,6 +152,15 @@ async fn written_back_only_by_a_flush(test: &str, by: FlushBy) {
             .verf,
     );
     apply(&mut new_img, 1_234_567, &patch);
+    // A MiB of zeros (a VM's free memory): holes in the cache, read back without
+    // reading its files (status `zero_reads`), written back as zeros.
+    let zeros = vec![0u8; 1 << 20];
+    verfs.push(
+        write(&mut c, &new_fh, 3 << 20, &zeros, stable_how::UNSTABLE)
+            .await
+            .verf,
+    );
+    apply(&mut new_img, 3 << 20, &zeros);
     let dirty_new = new_img.len() as u64;
 
     let old_fh = lookup_in(&mut c, &d, "old.bin").await.object;
@@ -212,6 +221,13 @@ async fn written_back_only_by_a_flush(test: &str, by: FlushBy) {
         "old.bin read back",
         &read_all(&mut c, &old_fh).await,
         &old_img,
+    );
+    let (ok, st) = ctl(&p.socket(), &["status"]);
+    assert!(ok, "{st}");
+    let zero_reads = st["cache"]["zero_reads"].as_u64().unwrap_or(0);
+    assert!(
+        zero_reads > 0,
+        "the zero MiB was read from the cache's files: {st}"
     );
     let dirty = p.dirty_bytes();
     assert!(

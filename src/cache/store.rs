@@ -119,6 +119,11 @@ struct Meta {
     /// Written since the last sync: not durable yet, so it may be overwritten in place
     /// (a durable predecessor, if any, still exists elsewhere in the set).
     unsynced: bool,
+    /// Written by this process with zeros only (a hole, `write_data`): a read of its
+    /// whole valid range is answered with zeros without reading the bank file. Reading a
+    /// hole costs the kernel a zeroed page-cache page per 4 KiB and a copy; a VM's memory
+    /// state is mostly such blocks. Not known after a restart (false: read as usual).
+    zero: bool,
 }
 
 struct Bank {
@@ -166,6 +171,8 @@ pub struct Store {
     shared: Option<SharedView>,
     /// fsync/fdatasync calls made on the cache's bank files (status: `cache_syncs`).
     syncs: AtomicU64,
+    /// Block reads answered with zeros without reading a bank file (`Meta::zero`).
+    zero_reads: AtomicU64,
 }
 
 /// A read-only view of a cache directory that another proxy owns and fills (the paper's
@@ -274,6 +281,7 @@ impl Store {
                                 dirty: t.dirty.is_some(),
                                 referenced: false,
                                 unsynced: false,
+                                zero: false,
                             };
                         }
                         Slot::Empty => {}
@@ -299,6 +307,7 @@ impl Store {
             linger_ms: AtomicU64::new(MARKER_LINGER.as_millis() as u64),
             shared: None,
             syncs: AtomicU64::new(0),
+            zero_reads: AtomicU64::new(0),
         };
         store.verify_dirty()?;
         // Of several versions of a block, the newest that verifies wins and the others
@@ -381,6 +390,7 @@ impl Store {
                 bypass: Mutex::default(),
             }),
             syncs: AtomicU64::new(0),
+            zero_reads: AtomicU64::new(0),
         })
     }
 
@@ -620,6 +630,14 @@ impl Store {
             });
         }
         let f = self.geo.frame(set, way);
+        let li = self.local(f);
+        if bank.meta[li].zero {
+            // Written here as zeros (a hole): nothing to read, nothing to verify.
+            bank.meta[li].referenced = true;
+            self.zero_reads.fetch_add(1, Ordering::Relaxed);
+            bytes::BufMut::put_bytes(dst, 0, want.len());
+            return Ok(true);
+        }
         let start = dst.len();
         let file = bank.file.as_ref().expect("tags imply a bank file");
         read_append(file, dst, want.len(), self.data_at(f) + want.start as u64)
@@ -815,24 +833,29 @@ impl Store {
             let file = bank.file.as_ref().expect("opened above");
             write_data(file, &buf, self.data_at(f) + valid.start as u64)
                 .map_err(io(&self.bank_path(f.bank)))
-                .and_then(|_| {
+                .and_then(|zero| {
                     file.write_all_at(&tag.encode(), self.tag_offset(f))
                         .map_err(io(&self.bank_path(f.bank)))
+                        .map(|()| zero)
                 })
         };
-        if let Err(e) = written {
-            if in_place.is_some_and(|(_, old_dirty)| old_dirty) {
-                // The version overwritten in place held acknowledged (unsynced) bytes;
-                // the durable version it superseded, if any, is the block again.
-                let _ = self.clear(bank, f);
-                for (w, _) in self.versions(bank, set, fp, fh, block).unwrap_or_default() {
-                    let old = self.local(self.geo.frame(set, w));
-                    bank.superseded.retain(|&x| x != old);
+        let zero = match written {
+            Ok(z) => z,
+            Err(e) => {
+                if in_place.is_some_and(|(_, old_dirty)| old_dirty) {
+                    // The version overwritten in place held acknowledged (unsynced)
+                    // bytes; the durable version it superseded, if any, is the block
+                    // again.
+                    let _ = self.clear(bank, f);
+                    for (w, _) in self.versions(bank, set, fp, fh, block).unwrap_or_default() {
+                        let old = self.local(self.geo.frame(set, w));
+                        bank.superseded.retain(|&x| x != old);
+                    }
+                    self.lost("rewriting an unsynced dirty block failed");
                 }
-                self.lost("rewriting an unsynced dirty block failed");
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         let li = self.local(f);
         let was_unsynced = bank.meta[li].unsynced;
         let fh_hash = fnv1a(fh);
@@ -842,6 +865,7 @@ impl Store {
             dirty: dirty_range.is_some(),
             referenced: true,
             unsynced: true,
+            zero,
         };
         if !was_unsynced {
             // At most once per frame between syncs: bounded by the cache's frames.
@@ -979,6 +1003,11 @@ impl Store {
     /// fsync/fdatasync calls made on the bank files so far.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Block reads answered with zeros known to be there, without reading a bank file.
+    pub fn zero_reads(&self) -> u64 {
+        self.zero_reads.load(Ordering::Relaxed)
     }
 
     /// One fdatasync of bank `b` (locked by the caller): its data and tags, one file. Every
@@ -1479,10 +1508,12 @@ fn all_zero(b: &[u8]) -> bool {
 /// Writes a frame's bytes at `off` of its bank file. Zeros (a VM's free memory pages, a
 /// disk's unused blocks) are not written: the range becomes a hole, which reads as zeros,
 /// costs no data blocks and nothing to sync but the extent map (fdatasync includes it).
-/// Where holes cannot be punched the zeros are written.
-fn write_data(file: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+/// Where holes cannot be punched the zeros are written. Returns whether `buf` was all
+/// zeros (a block of at least 4 KiB).
+fn write_data(file: &File, buf: &[u8], off: u64) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
-    if buf.len() >= 4096 && all_zero(buf) {
+    let zero = buf.len() >= 4096 && all_zero(buf);
+    if zero {
         // SAFETY: fallocate on a file descriptor we own; it reads no memory of ours.
         let r = unsafe {
             libc::fallocate(
@@ -1493,10 +1524,10 @@ fn write_data(file: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
             )
         };
         if r == 0 {
-            return Ok(());
+            return Ok(true);
         }
     }
-    file.write_all_at(buf, off)
+    file.write_all_at(buf, off).map(|()| zero)
 }
 
 /// Appends `len` bytes read from `file` at `off` to `dst`, reading straight into its spare

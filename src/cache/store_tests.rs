@@ -227,6 +227,50 @@ fn invalidate_forgets_every_version() {
     );
 }
 
+/// A block written as zeros is read back as zeros without reading the bank file (it is
+/// a hole there), until it is written with other bytes; after a reopen the store no
+/// longer knows and reads the hole, which gives the same zeros.
+#[test]
+fn zero_blocks_written_here_are_read_without_the_bank_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 4);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 0, 0, &[0; BS as usize], true).unwrap());
+        stored(s.put(b"f", 1, 0, &[0; BS as usize], false).unwrap());
+        let mut out = bytes::BytesMut::from(&b"hdr"[..]);
+        assert!(s.read_into(b"f", 0, 0..BS, &mut out).unwrap());
+        assert!(s.read_into(b"f", 1, 0..BS, &mut out).unwrap());
+        assert_eq!(s.zero_reads(), 2);
+        assert_eq!(&out[..3], b"hdr");
+        assert!(out[3..].iter().all(|&b| b == 0) && out.len() == 3 + 2 * BS as usize);
+        // Other bytes over it (in place: the version is not durable yet): read from
+        // the file again.
+        let data = bytes(BS as usize, 9);
+        stored(s.put(b"f", 0, 0, &data, true).unwrap());
+        let mut out = bytes::BytesMut::new();
+        assert!(s.read_into(b"f", 0, 0..BS, &mut out).unwrap());
+        assert!(out[..] == data[..]);
+        assert_eq!(s.zero_reads(), 2);
+        // Zeros again, after a sync (copy-on-write to another frame this time).
+        s.sync().unwrap();
+        stored(s.put(b"f", 0, 0, &[0; BS as usize], true).unwrap());
+        let mut out = bytes::BytesMut::new();
+        assert!(s.read_into(b"f", 0, 0..BS, &mut out).unwrap());
+        assert!(out.iter().all(|&b| b == 0) && out.len() == BS as usize);
+        assert_eq!(s.zero_reads(), 3);
+        s.sync().unwrap();
+        s.close().unwrap();
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    for b in 0..2 {
+        let mut out = bytes::BytesMut::new();
+        assert!(s.read_into(b"f", b, 0..BS, &mut out).unwrap());
+        assert!(out.iter().all(|&b| b == 0) && out.len() == BS as usize);
+    }
+    assert_eq!(s.zero_reads(), 0, "not known after a reopen");
+}
+
 #[test]
 fn read_into_whole_and_partial_blocks() {
     let dir = tempfile::tempdir().unwrap();

@@ -330,12 +330,17 @@ impl CacheLayer {
         self.store.close()
     }
 
-    /// A stamp for a call about to be forwarded.
     /// fsync/fdatasync calls made on the cache's bank files so far.
     pub fn syncs(&self) -> u64 {
         self.store.syncs()
     }
 
+    /// Block reads answered with zeros the cache wrote itself, without reading a file.
+    pub fn zero_reads(&self) -> u64 {
+        self.store.zero_reads()
+    }
+
+    /// A stamp for a call about to be forwarded.
     pub fn stamp(&self) -> u64 {
         self.clock.load(Ordering::SeqCst)
     }

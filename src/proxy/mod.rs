@@ -226,6 +226,7 @@ impl Proxy {
             cache_metadata_hits = c.names.as_ref().map_or(0, |n| n.hits.load(Relaxed)),
             cache_local_truncations = c.local_truncations.load(Relaxed),
             cache_syncs = c.syncs(),
+            cache_zero_reads = c.zero_reads(),
             "cache counters"
         );
     }
