@@ -5,8 +5,9 @@
 //! (xid → record and completion) until the link's reader task sees its reply and runs
 //! the completion. After a reconnect the link first re-sends every call in `table` that
 //! was not sent on the new connection; `sent_gen` records which connection a call went
-//! out on, so nothing is sent twice on one connection. A call in flight on
-//! `resend_limit` lost connections is answered SYSTEM_ERR instead of being sent again.
+//! out on, so nothing is sent twice on one connection. A call that was the oldest
+//! unanswered one on `resend_limit` lost connections is answered SYSTEM_ERR instead of
+//! being sent again.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -201,8 +202,15 @@ async fn run(ctx: LinkCtx) {
         connected_before = true;
         failures = 0;
         let (rd, wr) = tokio::io::split(stream);
-        let Some(generation) = install(&ctx, wr).await else {
-            continue;
+        let generation = match install(&ctx, wr).await {
+            Ok(g) => g,
+            Err(g) => {
+                // Lost while re-sending: counted like any lost connection, and no spin.
+                give_up_on(&ctx, g);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ctx.cfg.backoff_max);
+                continue;
+            }
         };
         let mut broken = ctx.shared.broken.subscribe();
         let mut replies = 0u64;
@@ -229,26 +237,26 @@ async fn run(ctx: LinkCtx) {
 }
 
 /// Makes `wr` the link's writer and re-sends, in xid order, every call not yet sent on
-/// it. Returns the new connection's generation, or None if a re-send failed.
-async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Option<u64> {
+/// it, each marked as sent on it just before its own write (so a write that fails leaves
+/// the later ones unmarked). Returns the new connection's generation, or Err(it) if a
+/// re-send failed.
+async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Result<u64, u64> {
     let mut slot = ctx.shared.writer.lock().await;
     slot.generation += 1;
     let generation = slot.generation;
     // Calls sent on an earlier connection (re-sends) and calls queued while the link was
     // down (first sends): both go out now, in xid order.
-    let mut again = 0u64;
-    let mut resend: Vec<(u32, Bytes)> = {
-        let mut t = ctx.shared.table.lock().expect("table lock");
-        t.iter_mut()
+    let (mut xids, again): (Vec<u32>, u64) = {
+        let t = ctx.shared.table.lock().expect("table lock");
+        let todo: Vec<(u32, bool)> = t
+            .iter()
             .filter(|(_, p)| p.sent_gen != generation)
-            .map(|(x, p)| {
-                again += u64::from(p.sent_gen != 0);
-                p.sent_gen = generation;
-                (*x, p.msg.clone())
-            })
-            .collect()
+            .map(|(x, p)| (*x, p.sent_gen != 0))
+            .collect();
+        let again = todo.iter().filter(|(_, r)| *r).count() as u64;
+        (todo.into_iter().map(|(x, _)| x).collect(), again)
     };
-    resend.sort_by_key(|(x, _)| *x);
+    xids.sort_unstable();
     let half = slot.half.insert(wr);
     if again > 0 {
         ctx.stats.resent.fetch_add(again, Ordering::Relaxed);
@@ -259,14 +267,22 @@ async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Option<u64> {
             "re-sending calls"
         );
     }
-    for (xid, msg) in resend {
+    for xid in xids {
+        let msg = {
+            let mut t = ctx.shared.table.lock().expect("table lock");
+            let Some(p) = t.get_mut(&xid) else {
+                continue; // answered (on the old connection) or failed meanwhile
+            };
+            p.sent_gen = generation;
+            p.msg.clone()
+        };
         if let Err(e) = write_record_with_xid(half, xid, &msg).await {
             warn!(side = "upstream", upstream = ctx.name, error = %e, "re-send failed; reconnecting");
             slot.half = None;
-            return None;
+            return Err(generation);
         }
     }
-    Some(generation)
+    Ok(generation)
 }
 
 /// Reads replies and runs each call's completion; counts them in `replies`. Returns
@@ -304,32 +320,35 @@ async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>, replies: &mut 
     }
 }
 
-/// Counts the loss of connection `generation` against every call sent on it that has no
-/// reply yet, and fails (SYSTEM_ERR) each that has now lost `resend_limit` connections:
-/// a call that breaks the next hop whenever it arrives (over the next hop's record limit,
-/// or one that kills an SSH session) would otherwise be re-sent for ever, and the client
-/// that made it would wait for ever.
+/// Counts the loss of connection `generation` against the oldest call sent on it that
+/// has no reply yet, and fails it (SYSTEM_ERR) once it has been that call `resend_limit`
+/// times: a call that breaks the next hop whenever it arrives (over the next hop's record
+/// limit, or one that kills an SSH session) would otherwise be re-sent for ever, and the
+/// client that made it would wait for ever. Only the oldest is charged: re-sends go out in
+/// xid order, so calls behind a poisonous one are not failed with it (each is charged
+/// only while it is the oldest; the next hop answers the good ones in between).
 fn give_up_on(ctx: &LinkCtx, generation: u64) {
     let limit = ctx.cfg.resend_limit;
-    let failed: Vec<Pending> = {
+    let failed: Option<Pending> = {
         let mut t = ctx.shared.table.lock().expect("table lock");
-        let over: Vec<u32> = t
-            .iter_mut()
+        let oldest = t
+            .iter()
             .filter(|(_, p)| p.sent_gen == generation)
-            .filter_map(|(xid, p)| {
-                p.lost += 1;
-                (p.lost >= limit).then_some(*xid)
-            })
-            .collect();
-        over.iter().filter_map(|x| t.remove(x)).collect()
+            .map(|(x, _)| *x)
+            .min();
+        oldest.and_then(|x| {
+            let p = t.get_mut(&x).expect("found above");
+            p.lost += 1;
+            if p.lost >= limit { t.remove(&x) } else { None }
+        })
     };
-    for p in failed {
+    if let Some(p) = failed {
         let (prog, vers, proc_) = call_of(&p.msg);
         ctx.stats.abandoned.fetch_add(1, Ordering::Relaxed);
         warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint, prog, vers,
             proc_, lost = p.lost, bytes = p.msg.len(),
-            "the connection to the next hop was lost every time this call was sent \
-             (upstream.resend_limit); answering it with SYSTEM_ERR");
+            "the connection to the next hop was lost each time with this call the oldest \
+             unanswered one (upstream.resend_limit); answering it with SYSTEM_ERR");
         (p.done)(accepted_reply(
             u32::from_be_bytes(p.client_xid),
             AcceptStat::SYSTEM_ERR,

@@ -8,8 +8,8 @@
 //!
 //! A link that drops reconnects with exponential backoff and re-sends every call still
 //! waiting for a reply, so the caller sees a delay, not an error — unless the same call
-//! was in flight on `resend_limit` connections that were all lost before its reply (a
-//! call that breaks the next hop each time), which is then answered with SYSTEM_ERR. A semaphore bounds the
+//! was the oldest unanswered one on `resend_limit` lost connections (a call that breaks
+//! the next hop each time), which is then answered with SYSTEM_ERR. A semaphore bounds the
 //! calls in flight per endpoint: beyond it `call` waits, and so does the client connection
 //! that issued it (backpressure all the way to the client's socket).
 
@@ -136,7 +136,8 @@ impl Upstream {
     /// caller's again. The record itself is not changed (our xid replaces the client's
     /// on the wire only), so the caller may keep a clone of it. Returns once the call is on the wire (or queued for the next
     /// connection if the link is down); waits first if `max_in_flight` calls are out.
-    /// A call is never given up: after a reconnect it is re-sent until answered.
+    /// After a reconnect the call is re-sent until answered, unless it was the oldest
+    /// unanswered call on `resend_limit` lost connections (then SYSTEM_ERR, `link`).
     pub async fn send(&self, msg: Bytes, done: Completion) -> Result<(), UpstreamError> {
         if msg.len() < 4 {
             return Err(UpstreamError::NoXid);
