@@ -185,7 +185,8 @@ pub struct Report {
     /// through the symlink), in order: the same for every clone of an image, so it is
     /// computed once per image to check against.
     pub digest: [u8; 32],
-    /// BLAKE3 over what the clone wrote of its own (its configuration, its redo log).
+    /// BLAKE3 over what the clone wrote of its own (its configuration, its redo log), read
+    /// back from where it wrote them after the timed clone.
     pub own: [u8; 32],
     pub bytes_read: u64,
     pub bytes_written: u64,
@@ -230,11 +231,16 @@ pub fn expected_own(spec: &Spec, clone: &str) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Bytes of the golden memory state in `golden`.
+fn size_of_mem(golden: &Path) -> u64 {
+    std::fs::metadata(golden.join(MEM)).unwrap().len()
+}
+
 /// Clones on a local file system: `golden` is the golden image directory, the clone goes
 /// to `clones/clone`.
 pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed: u64) -> Report {
     let t0 = Instant::now();
-    let (mut h, mut own) = (blake3::Hasher::new(), blake3::Hasher::new());
+    let mut h = blake3::Hasher::new();
     let (mut read, mut written) = (0u64, 0u64);
     let cd = clones.join(clone);
     let _ = std::fs::remove_dir_all(&cd);
@@ -263,7 +269,6 @@ pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed:
     let mut f = std::fs::File::create(cd.join(CFG)).unwrap();
     f.write_all(&mine).unwrap();
     f.sync_data().unwrap();
-    own.update(&mine);
     written += mine.len() as u64;
     let copy_secs = t0.elapsed().as_secs_f64();
     // Resume: the memory state whole, the disk's working set, the redo log.
@@ -283,10 +288,19 @@ pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed:
     let mut f = std::fs::File::create(cd.join(REDO)).unwrap();
     f.write_all(&redo).unwrap();
     f.sync_data().unwrap();
-    own.update(&redo);
     written += redo.len() as u64;
+    let secs = t0.elapsed().as_secs_f64();
+    // What the clone wrote of its own, read back from the disk (untimed).
+    let mut own = blake3::Hasher::new();
+    own.update(&std::fs::read(cd.join(CFG)).unwrap());
+    own.update(&std::fs::read(cd.join(REDO)).unwrap());
+    assert_eq!(
+        std::fs::metadata(cd.join(MEM)).unwrap().len(),
+        size_of_mem(golden),
+        "the clone's memory state has another size"
+    );
     Report {
-        secs: t0.elapsed().as_secs_f64(),
+        secs,
         copy_secs,
         digest: *h.finalize().as_bytes(),
         own: *own.finalize().as_bytes(),
@@ -363,7 +377,7 @@ pub async fn clone_nfs(
     seed: u64,
 ) -> Report {
     let t0 = Instant::now();
-    let (mut h, mut own) = (blake3::Hasher::new(), blake3::Hasher::new());
+    let mut h = blake3::Hasher::new();
     let (mut read, mut written) = (0u64, 0u64);
     let goldens = c.lookup(base, "golden").await.expect("golden dir");
     let gd = c.lookup(&goldens, image).await.expect("golden image");
@@ -409,7 +423,6 @@ pub async fn clone_nfs(
     let mine = config(clone, spec);
     let ccfg = c.create(&cd, CFG).await;
     write_all(c, &ccfg, &mine, IO as usize).await;
-    own.update(&mine);
     written += mine.len() as u64;
     let copy_secs = t0.elapsed().as_secs_f64();
     // Resume: the memory state whole, then the disk's working set through the symlink.
@@ -451,10 +464,20 @@ pub async fn clone_nfs(
     let redo = redo_bytes(spec, clone);
     let rfh = c.create(&cd, REDO).await;
     write_all(c, &rfh, &redo, 64 << 10).await;
-    own.update(&redo);
     written += redo.len() as u64;
+    let secs = t0.elapsed().as_secs_f64();
+    // What the clone wrote of its own, read back through the same client (untimed).
+    let mut own = blake3::Hasher::new();
+    for fh in [&ccfg, &rfh] {
+        own.update(&read_all(c, fh, c.getattr(fh).await).await);
+    }
+    assert_eq!(
+        c.getattr(&cmem).await,
+        size,
+        "the clone's memory state has another size"
+    );
     Report {
-        secs: t0.elapsed().as_secs_f64(),
+        secs,
         copy_secs,
         digest: *h.finalize().as_bytes(),
         own: *own.finalize().as_bytes(),
