@@ -231,11 +231,6 @@ pub fn expected_own(spec: &Spec, clone: &str) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Bytes of the golden memory state in `golden`.
-fn size_of_mem(golden: &Path) -> u64 {
-    std::fs::metadata(golden.join(MEM)).unwrap().len()
-}
-
 /// Clones on a local file system: `golden` is the golden image directory, the clone goes
 /// to `clones/clone`.
 pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed: u64) -> Report {
@@ -296,7 +291,7 @@ pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed:
     own.update(&std::fs::read(cd.join(REDO)).unwrap());
     assert_eq!(
         std::fs::metadata(cd.join(MEM)).unwrap().len(),
-        size_of_mem(golden),
+        std::fs::metadata(golden.join(MEM)).unwrap().len(),
         "the clone's memory state has another size"
     );
     Report {

@@ -348,13 +348,7 @@ impl MetaLayer {
             self.stats
                 .zero_bytes
                 .fetch_add(end - off, Ordering::Relaxed);
-            return MetaRead::Reply(read_reply(
-                xid,
-                &attr,
-                eof,
-                (end - off) as usize,
-                |_| Ok(()),
-            ));
+            return MetaRead::Reply(read_reply(xid, &attr, eof, (end - off) as usize, |_| {}));
         }
         if sc.actions.fetch == Fetch::WholeFile
             && let (Some(whole), Some(conn)) = (&self.whole, &self.connector)
@@ -444,7 +438,6 @@ impl MetaLayer {
                         let i = (at - off) as usize;
                         out[i..i + b.len()].copy_from_slice(&b);
                     }
-                    Ok(())
                 }))
             }
             None => MetaRead::Pass,
@@ -528,14 +521,13 @@ fn read_reply(
     attr: &Fattr3,
     eof: bool,
     n: usize,
-    fill: impl FnOnce(&mut [u8]) -> std::io::Result<()>,
+    fill: impl FnOnce(&mut [u8]),
 ) -> BytesMut {
-    let mut out = reply_head(xid, attr, eof, n);
-    let at = out.len();
-    out.put_bytes(0, n);
-    let _ = fill(&mut out[at..at + n]);
-    out.put_bytes(0, crate::xdr::pad(n));
-    out
+    read_reply_io(xid, attr, eof, n, |out| {
+        fill(out);
+        Ok(())
+    })
+    .expect("a fill that cannot fail")
 }
 
 /// A READ reply of `n` bytes that `fill` writes into place (zeros before it does), or

@@ -35,7 +35,7 @@ pub(super) struct Pending {
     pub done: Completion,
     /// Generation of the connection it was last sent on (0 = never sent).
     pub sent_gen: u64,
-    /// Connections it was sent on that were lost before its reply came.
+    /// Lost connections charged to it (it was the oldest unanswered call on each).
     pub lost: u32,
     /// Held until the reply arrives: bounds calls in flight per endpoint.
     pub _permit: OwnedSemaphorePermit,
@@ -187,8 +187,7 @@ async fn run(ctx: LinkCtx) {
                         link = ctx.index, error = %e, waiting = ctx.waiting(), retry_in = ?backoff,
                         "cannot connect to the next hop; will retry");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ctx.cfg.backoff_max);
+                back_off(&mut backoff, ctx.cfg.backoff_max).await;
                 continue;
             }
         };
@@ -207,8 +206,7 @@ async fn run(ctx: LinkCtx) {
             Err(g) => {
                 // Lost while re-sending: counted like any lost connection, and no spin.
                 give_up_on(&ctx, g);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ctx.cfg.backoff_max);
+                back_off(&mut backoff, ctx.cfg.backoff_max).await;
                 continue;
             }
         };
@@ -230,10 +228,15 @@ async fn run(ctx: LinkCtx) {
         } else {
             // Connected but never answered (a hop that accepts and drops us, or one
             // that chokes on a call we re-send): do not spin.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(ctx.cfg.backoff_max);
+            back_off(&mut backoff, ctx.cfg.backoff_max).await;
         }
     }
+}
+
+/// Waits `backoff`, then doubles it up to `max`.
+async fn back_off(backoff: &mut std::time::Duration, max: std::time::Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(max);
 }
 
 /// Makes `wr` the link's writer and re-sends, in xid order, every call not yet sent on
