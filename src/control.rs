@@ -223,10 +223,11 @@ async fn status(p: &Proxy) -> String {
     };
     let up = |u: &crate::upstream::Upstream| {
         format!(
-            "{{\"endpoint\":\"{}\",\"calls\":{},\"resent\":{},\"abandoned\":{},\"connects\":{}}}",
+            "{{\"endpoint\":\"{}\",\"calls\":{},\"resent\":{},\"resent_alone\":{},\"abandoned\":{},\"connects\":{}}}",
             u.endpoint(),
             u.stats.calls.load(Relaxed),
             u.stats.resent.load(Relaxed),
+            u.stats.resent_alone.load(Relaxed),
             u.stats.abandoned.load(Relaxed),
             u.stats.connects.load(Relaxed)
         )

@@ -170,7 +170,7 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// A call that was the oldest unanswered one on this many lost connections is failed
+    /// A call that was the only unanswered one on this many lost connections is failed
     /// (SYSTEM_ERR), so a call that breaks the next hop each time it arrives cannot be
     /// re-sent for ever.
     pub resend_limit: u32,

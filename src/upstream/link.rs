@@ -5,9 +5,11 @@
 //! (xid → record and completion) until the link's reader task sees its reply and runs
 //! the completion. After a reconnect the link first re-sends every call in `table` that
 //! was not sent on the new connection; `sent_gen` records which connection a call went
-//! out on, so nothing is sent twice on one connection. A call that was the oldest
-//! unanswered one on `resend_limit` lost connections is answered SYSTEM_ERR instead of
-//! being sent again.
+//! out on, so nothing is sent twice on one connection. A lost connection is charged to
+//! a call only when that call was the one unanswered call on it; calls that were
+//! unanswered on two lost connections are re-sent one at a time, so a call that breaks
+//! the next hop is singled out and the others are answered. A call charged
+//! `resend_limit` times is answered SYSTEM_ERR instead of being sent again.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -35,8 +37,10 @@ pub(super) struct Pending {
     pub done: Completion,
     /// Generation of the connection it was last sent on (0 = never sent).
     pub sent_gen: u64,
-    /// Lost connections charged to it (it was the oldest unanswered call on each).
+    /// Lost connections it was sent on and had no reply when they broke.
     pub lost: u32,
+    /// Of those, the ones where it was the only call without a reply.
+    pub charged: u32,
     /// Held until the reply arrives: bounds calls in flight per endpoint.
     pub _permit: OwnedSemaphorePermit,
 }
@@ -201,21 +205,32 @@ async fn run(ctx: LinkCtx) {
         connected_before = true;
         failures = 0;
         let (rd, wr) = tokio::io::split(stream);
-        let generation = match install(&ctx, wr).await {
-            Ok(g) => g,
-            Err(g) => {
-                // Lost while re-sending: counted like any lost connection, and no spin.
-                give_up_on(&ctx, g);
-                back_off(&mut backoff, ctx.cfg.backoff_max).await;
-                continue;
-            }
-        };
+        let mut slot = ctx.shared.writer.lock().await;
+        slot.generation += 1;
+        let generation = slot.generation;
+        slot.half = Some(wr);
         let mut broken = ctx.shared.broken.subscribe();
         let mut replies = 0u64;
         ctx.stats.links_up.fetch_add(1, Ordering::Relaxed);
-        let why = tokio::select! {
-            r = read_replies(&ctx, rd, &mut replies) => r,
-            _ = broken.wait_for(|g| *g == generation) => "a write to the next hop failed".into(),
+        let why = {
+            // Replies are read while the re-sends go out: a suspect re-sent alone waits
+            // for its reply before the next call is written.
+            let reader = read_replies(&ctx, rd, &mut replies);
+            let resend = resend(&ctx, slot, generation);
+            tokio::pin!(reader, resend);
+            let mut resent = false;
+            loop {
+                tokio::select! {
+                    r = &mut reader => break r,
+                    r = &mut resend, if !resent => match r {
+                        Ok(()) => resent = true,
+                        Err(e) => break e,
+                    },
+                    _ = broken.wait_for(|g| *g == generation) => {
+                        break "a write to the next hop failed".into()
+                    }
+                }
+            }
         };
         ctx.stats.links_up.fetch_sub(1, Ordering::Relaxed);
         ctx.shared.writer.lock().await.half = None;
@@ -239,28 +254,21 @@ async fn back_off(backoff: &mut std::time::Duration, max: std::time::Duration) {
     *backoff = (*backoff * 2).min(max);
 }
 
-/// Makes `wr` the link's writer and re-sends, in xid order, every call not yet sent on
-/// it, each marked as sent on it just before its own write (so a write that fails leaves
-/// the later ones unmarked). Returns the new connection's generation, or Err(it) if a
-/// re-send failed.
-async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Result<u64, u64> {
-    let mut slot = ctx.shared.writer.lock().await;
-    slot.generation += 1;
-    let generation = slot.generation;
-    // Calls sent on an earlier connection (re-sends) and calls queued while the link was
-    // down (first sends): both go out now, in xid order.
-    let (mut xids, again): (Vec<u32>, u64) = {
+/// Re-sends, on the new connection `generation` (whose writer `slot` holds, so no other
+/// call is written meanwhile), every call not yet sent on it: first the suspects (calls
+/// unanswered on two lost connections) one at a time, each alone on the connection until
+/// its reply comes, then the rest in xid order. A call is marked as sent on the connection
+/// just before its own write, so a write that fails leaves the later ones unmarked. Err
+/// says why the connection is given up (a write failed).
+async fn resend(
+    ctx: &LinkCtx,
+    mut slot: tokio::sync::MutexGuard<'_, Slot>,
+    generation: u64,
+) -> Result<(), String> {
+    let again = {
         let t = ctx.shared.table.lock().expect("table lock");
-        let todo: Vec<(u32, bool)> = t
-            .iter()
-            .filter(|(_, p)| p.sent_gen != generation)
-            .map(|(x, p)| (*x, p.sent_gen != 0))
-            .collect();
-        let again = todo.iter().filter(|(_, r)| *r).count() as u64;
-        (todo.into_iter().map(|(x, _)| x).collect(), again)
+        t.values().filter(|p| p.sent_gen != 0).count() as u64
     };
-    xids.sort_unstable();
-    let half = slot.half.insert(wr);
     if again > 0 {
         ctx.stats.resent.fetch_add(again, Ordering::Relaxed);
         info!(
@@ -270,6 +278,47 @@ async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Result<u64, u64> {
             "re-sending calls"
         );
     }
+    // Suspects, oldest first, each alone.
+    loop {
+        let (xid, msg, answered) = {
+            let mut t = ctx.shared.table.lock().expect("table lock");
+            let Some(xid) = t
+                .iter()
+                .filter(|(_, p)| p.lost >= 2 && p.sent_gen != generation)
+                .map(|(x, _)| *x)
+                .min()
+            else {
+                break;
+            };
+            let p = t.get_mut(&xid).expect("found above");
+            p.sent_gen = generation;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let done = std::mem::replace(&mut p.done, Box::new(|_| {}));
+            p.done = Box::new(move |r| {
+                done(r);
+                let _ = tx.send(());
+            });
+            (xid, p.msg.clone(), rx)
+        };
+        ctx.stats.resent_alone.fetch_add(1, Ordering::Relaxed);
+        debug!(
+            upstream = ctx.name,
+            link = ctx.index,
+            xid,
+            "re-sending a suspect alone"
+        );
+        write_resend(ctx, &mut slot, xid, &msg).await?;
+        // Answered (or failed), or the connection is lost and this future dropped.
+        let _ = answered.await;
+    }
+    let mut xids: Vec<u32> = {
+        let t = ctx.shared.table.lock().expect("table lock");
+        t.iter()
+            .filter(|(_, p)| p.sent_gen != generation)
+            .map(|(x, _)| *x)
+            .collect()
+    };
+    xids.sort_unstable();
     for xid in xids {
         let msg = {
             let mut t = ctx.shared.table.lock().expect("table lock");
@@ -279,13 +328,20 @@ async fn install(ctx: &LinkCtx, wr: WriteHalf<BoxStream>) -> Result<u64, u64> {
             p.sent_gen = generation;
             p.msg.clone()
         };
-        if let Err(e) = write_record_with_xid(half, xid, &msg).await {
-            warn!(side = "upstream", upstream = ctx.name, error = %e, "re-send failed; reconnecting");
-            slot.half = None;
-            return Err(generation);
-        }
+        write_resend(ctx, &mut slot, xid, &msg).await?;
     }
-    Ok(generation)
+    Ok(())
+}
+
+/// Writes one re-sent call; a failed write drops the connection's writer.
+async fn write_resend(ctx: &LinkCtx, slot: &mut Slot, xid: u32, msg: &Bytes) -> Result<(), String> {
+    let half = slot.half.as_mut().ok_or("the connection was dropped")?;
+    if let Err(e) = write_record_with_xid(half, xid, msg).await {
+        warn!(side = "upstream", upstream = ctx.name, error = %e, "re-send failed; reconnecting");
+        slot.half = None;
+        return Err(format!("re-send failed: {e}"));
+    }
+    Ok(())
 }
 
 /// Reads replies and runs each call's completion; counts them in `replies`. Returns
@@ -323,35 +379,47 @@ async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>, replies: &mut 
     }
 }
 
-/// Counts the loss of connection `generation` against the oldest call sent on it that
-/// has no reply yet, and fails it (SYSTEM_ERR) once it has been that call `resend_limit`
-/// times: a call that breaks the next hop whenever it arrives (over the next hop's record
-/// limit, or one that kills an SSH session) would otherwise be re-sent for ever, and the
-/// client that made it would wait for ever. Only the oldest is charged: re-sends go out in
-/// xid order, so calls behind a poisonous one are not failed with it (each is charged
-/// only while it is the oldest; the next hop answers the good ones in between).
+/// Counts the loss of connection `generation` against the calls sent on it that have no
+/// reply yet. Only a call that was the one such call is charged, and it fails
+/// (SYSTEM_ERR) once charged `resend_limit` times: a call that breaks the next hop
+/// whenever it arrives (over the next hop's record limit, or one that kills an SSH
+/// session) would otherwise be re-sent for ever, and the client that made it would wait
+/// for ever. When several were unanswered, none is charged; those unanswered on two lost
+/// connections are re-sent one at a time (`resend`), which singles out the one that
+/// breaks the next hop, while the others are answered.
 fn give_up_on(ctx: &LinkCtx, generation: u64) {
     let limit = ctx.cfg.resend_limit;
     let failed: Option<Pending> = {
         let mut t = ctx.shared.table.lock().expect("table lock");
-        let oldest = t
-            .iter()
+        let unanswered: Vec<u32> = t
+            .iter_mut()
             .filter(|(_, p)| p.sent_gen == generation)
-            .map(|(x, _)| *x)
-            .min();
-        oldest.and_then(|x| {
+            .map(|(x, p)| {
+                p.lost += 1;
+                *x
+            })
+            .collect();
+        let alone = match unanswered[..] {
+            [x] => Some(x),
+            _ => None,
+        };
+        alone.and_then(|x| {
             let p = t.get_mut(&x).expect("found above");
-            p.lost += 1;
-            if p.lost >= limit { t.remove(&x) } else { None }
+            p.charged += 1;
+            if p.charged >= limit {
+                t.remove(&x)
+            } else {
+                None
+            }
         })
     };
     if let Some(p) = failed {
         let (prog, vers, proc_) = call_of(&p.msg);
         ctx.stats.abandoned.fetch_add(1, Ordering::Relaxed);
         warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint, prog, vers,
-            proc_, lost = p.lost, bytes = p.msg.len(),
-            "the connection to the next hop was lost each time with this call the oldest \
-             unanswered one (upstream.resend_limit); answering it with SYSTEM_ERR");
+            proc_, lost = p.lost, charged = p.charged, bytes = p.msg.len(),
+            "the connection to the next hop was lost each time this call was the only one \
+             unanswered on it (upstream.resend_limit); answering it with SYSTEM_ERR");
         (p.done)(accepted_reply(
             u32::from_be_bytes(p.client_xid),
             AcceptStat::SYSTEM_ERR,

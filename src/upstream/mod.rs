@@ -8,8 +8,9 @@
 //!
 //! A link that drops reconnects with exponential backoff and re-sends every call still
 //! waiting for a reply, so the caller sees a delay, not an error — unless the same call
-//! was the oldest unanswered one on `resend_limit` lost connections (a call that breaks
-//! the next hop each time), which is then answered with SYSTEM_ERR. A semaphore bounds the
+//! was the only unanswered one on `resend_limit` lost connections (a call that breaks
+//! the next hop each time; calls unanswered on two lost connections are re-sent one at a
+//! time to single it out), which is then answered with SYSTEM_ERR. A semaphore bounds the
 //! calls in flight per endpoint: beyond it `call` waits, and so does the client connection
 //! that issued it (backpressure all the way to the client's socket).
 
@@ -51,6 +52,8 @@ pub struct UpstreamStats {
     pub calls: std::sync::atomic::AtomicU64,
     /// Calls re-sent after a reconnect.
     pub resent: std::sync::atomic::AtomicU64,
+    /// Of those, re-sent alone (suspects: unanswered on two lost connections).
+    pub resent_alone: std::sync::atomic::AtomicU64,
     /// Calls failed with SYSTEM_ERR after losing `resend_limit` connections.
     pub abandoned: std::sync::atomic::AtomicU64,
     /// Successful (re)connections.
@@ -136,7 +139,7 @@ impl Upstream {
     /// caller's again. The record itself is not changed (our xid replaces the client's
     /// on the wire only), so the caller may keep a clone of it. Returns once the call is on the wire (or queued for the next
     /// connection if the link is down); waits first if `max_in_flight` calls are out.
-    /// After a reconnect the call is re-sent until answered, unless it was the oldest
+    /// After a reconnect the call is re-sent until answered, unless it was the only
     /// unanswered call on `resend_limit` lost connections (then SYSTEM_ERR, `link`).
     pub async fn send(&self, msg: Bytes, done: Completion) -> Result<(), UpstreamError> {
         if msg.len() < 4 {
@@ -166,6 +169,7 @@ impl Upstream {
                     done,
                     sent_gen: 0,
                     lost: 0,
+                    charged: 0,
                     _permit: permit,
                 },
             )
