@@ -651,14 +651,28 @@ async fn main() {
         let e2 = std::sync::Arc::new(e);
         for (k, p) in proxies.iter().enumerate() {
             let (e3, addr) = (e2.clone(), p.addr);
-            set.spawn(async move { clone_at(&e3, addr, addr, "img0", &format!("p-{k}")).await });
+            set.spawn(async move {
+                let (c, base) = base_at(addr, addr, &e3.export).await;
+                let clone = format!("p-{k}");
+                let (r, own) =
+                    vm::clone_nfs_timed(&c, &base, "img0", &clone, &e3.spec, seed("img0")).await;
+                (c, clone, r, own)
+            });
         }
-        let mut times = Vec::new();
+        let mut done = Vec::new();
         while let Some(r) = set.join_next().await {
-            times.push(r.unwrap());
+            done.push(r.unwrap());
         }
         let all = t0.elapsed().as_secs_f64();
         let used = cpu.used();
+        // Checked once all are done, so no clone's read-back runs in another's window.
+        let mut times = Vec::new();
+        for (c, clone, mut r, own) in done {
+            r.own = vm::read_own(&c, &own).await;
+            check(&e2, "img0", &clone, &r);
+            println!("  clone {clone} of img0: {:.2} s", r.secs);
+            times.push(r.secs);
+        }
         drop(proxies);
         drop(lan);
         let e = std::sync::Arc::try_unwrap(e2).ok().expect("no other users");

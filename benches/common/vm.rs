@@ -371,6 +371,44 @@ pub async fn clone_nfs(
     spec: &Spec,
     seed: u64,
 ) -> Report {
+    let (mut r, own) = clone_nfs_timed(c, base, image, clone, spec, seed).await;
+    r.own = read_own(c, &own).await;
+    r
+}
+
+/// The files a clone wrote over NFS, to read back after the timed clone (`read_own`).
+pub struct Own {
+    cfg: Vec<u8>,
+    redo: Vec<u8>,
+    mem: Vec<u8>,
+    mem_size: u64,
+}
+
+/// What clone wrote of its own (`Report::own`), read back through `c`; checks that its
+/// memory state has the golden one's size.
+pub async fn read_own(c: &Client, o: &Own) -> [u8; 32] {
+    let mut own = blake3::Hasher::new();
+    for fh in [&o.cfg, &o.redo] {
+        own.update(&read_all(c, fh, c.getattr(fh).await).await);
+    }
+    assert_eq!(
+        c.getattr(&o.mem).await,
+        o.mem_size,
+        "the clone's memory state has another size"
+    );
+    *own.finalize().as_bytes()
+}
+
+/// `clone_nfs` without the read-back: `Report::own` is zero until `read_own(c, &Own)`
+/// fills it, which a caller timing clones in parallel does after all of them are done.
+pub async fn clone_nfs_timed(
+    c: &Client,
+    base: &[u8],
+    image: &str,
+    clone: &str,
+    spec: &Spec,
+    seed: u64,
+) -> (Report, Own) {
     let t0 = Instant::now();
     let mut h = blake3::Hasher::new();
     let (mut read, mut written) = (0u64, 0u64);
@@ -461,24 +499,21 @@ pub async fn clone_nfs(
     write_all(c, &rfh, &redo, 64 << 10).await;
     written += redo.len() as u64;
     let secs = t0.elapsed().as_secs_f64();
-    // What the clone wrote of its own, read back through the same client (untimed).
-    let mut own = blake3::Hasher::new();
-    for fh in [&ccfg, &rfh] {
-        own.update(&read_all(c, fh, c.getattr(fh).await).await);
-    }
-    assert_eq!(
-        c.getattr(&cmem).await,
-        size,
-        "the clone's memory state has another size"
-    );
-    Report {
+    let own = Own {
+        cfg: ccfg,
+        redo: rfh,
+        mem: cmem,
+        mem_size: size,
+    };
+    let r = Report {
         secs,
         copy_secs,
         digest: *h.finalize().as_bytes(),
-        own: *own.finalize().as_bytes(),
+        own: [0; 32],
         bytes_read: read,
         bytes_written: written,
-    }
+    };
+    (r, own)
 }
 
 /// Seconds of the runtime phases after cloning (paper §4.4).
