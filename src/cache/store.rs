@@ -173,6 +173,10 @@ pub struct Store {
     syncs: AtomicU64,
     /// Block reads answered with zeros without reading a bank file (`Meta::zero`).
     zero_reads: AtomicU64,
+    /// File (hash of the handle) → banks whose `unsynced_files` hold it, so `sync_file`
+    /// locks only those banks (not every bank, each possibly held by another file's
+    /// fdatasync). Taken only while no bank lock is waited for under it.
+    unsynced_banks: Mutex<std::collections::HashMap<u64, Vec<u32>>>,
 }
 
 /// A read-only view of a cache directory that another proxy owns and fills (the paper's
@@ -308,6 +312,7 @@ impl Store {
             shared: None,
             syncs: AtomicU64::new(0),
             zero_reads: AtomicU64::new(0),
+            unsynced_banks: Mutex::default(),
         };
         store.verify_dirty()?;
         // Of several versions of a block, the newest that verifies wins and the others
@@ -391,6 +396,7 @@ impl Store {
             }),
             syncs: AtomicU64::new(0),
             zero_reads: AtomicU64::new(0),
+            unsynced_banks: Mutex::default(),
         })
     }
 
@@ -872,7 +878,7 @@ impl Store {
             bank.written.push(li);
         }
         if dirty_range.is_some() {
-            bank.unsynced_files.insert(fh_hash);
+            self.mark_unsynced(bank, f.bank, fh_hash);
         }
         if let Some(w) = old_way.filter(|w| *w != way) {
             // The superseded version stays until the new one is durable.
@@ -933,7 +939,7 @@ impl Store {
         let li = self.local(f);
         bank.meta[li].dirty = dirty.is_some();
         bank.tags_dirty = true;
-        bank.unsynced_files.insert(fnv1a(fh));
+        self.mark_unsynced(&mut bank, f.bank, fnv1a(fh));
         Ok(())
     }
 
@@ -991,7 +997,17 @@ impl Store {
             return Ok(());
         }
         let h = fnv1a(fh);
-        for b in 0..self.banks.len() {
+        // Every write acknowledged before this COMMIT is in the map (it was noted under
+        // its bank's lock before its reply); a bank synced meanwhile no longer holds it.
+        let banks = self
+            .unsynced_banks
+            .lock()
+            .expect("unsynced map lock")
+            .get(&h)
+            .cloned()
+            .unwrap_or_default();
+        for b in banks {
+            let b = b as usize;
             let mut bank = self.banks[b].lock().expect("bank lock");
             if bank.unsynced_files.contains(&h) {
                 self.sync_bank(b, &mut bank)?;
@@ -1040,13 +1056,34 @@ impl Store {
         ))
     }
 
+    /// Notes that bank `b` (locked by the caller) holds an unsynced change of file `h`.
+    fn mark_unsynced(&self, bank: &mut Bank, b: u32, h: u64) {
+        if bank.unsynced_files.insert(h) {
+            let mut map = self.unsynced_banks.lock().expect("unsynced map lock");
+            let banks = map.entry(h).or_default();
+            if !banks.contains(&b) {
+                banks.push(b);
+            }
+        }
+    }
+
     /// Syncs bank `b` (locked by the caller): its data and tags in one fdatasync (a tag
     /// that reaches the disk before its data fails its checksum after a crash, and its
     /// version was not acknowledged, since this sync had not returned: the older one is
     /// used); then superseded versions are cleared, durably.
     fn sync_bank(&self, b: usize, bank: &mut Bank) -> Result<()> {
         self.fsync_bank(b, bank)?;
-        bank.unsynced_files.clear();
+        if !bank.unsynced_files.is_empty() {
+            let mut map = self.unsynced_banks.lock().expect("unsynced map lock");
+            for h in bank.unsynced_files.drain() {
+                if let std::collections::hash_map::Entry::Occupied(mut e) = map.entry(h) {
+                    e.get_mut().retain(|&x| x != b as u32);
+                    if e.get().is_empty() {
+                        e.remove();
+                    }
+                }
+            }
+        }
         for li in std::mem::take(&mut bank.written) {
             bank.meta[li].unsynced = false;
         }
@@ -1194,7 +1231,7 @@ impl Store {
                     return Ok(());
                 }
                 self.clear(&mut bank, f)?;
-                bank.unsynced_files.insert(fnv1a(fh));
+                self.mark_unsynced(&mut bank, f.bank, fnv1a(fh));
             }
         }
         Ok(())
@@ -1249,7 +1286,7 @@ impl Store {
                     && !dirty_blocks.contains(&t.block)
                 {
                     self.clear(&mut bank, f)?;
-                    bank.unsynced_files.insert(h);
+                    self.mark_unsynced(&mut bank, b as u32, h);
                 }
             }
         }

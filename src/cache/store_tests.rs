@@ -887,6 +887,55 @@ fn sync_file_syncs_only_the_files_banks() {
     assert!(s.get(&b, 0).unwrap().is_none());
 }
 
+/// A file whose blocks span banks is made durable in every one of them by its COMMIT,
+/// found through the store's file → banks map (no lock taken on other banks), and the
+/// map forgets what was synced, by `sync_file` or by `sync`: it holds only unsynced files.
+#[test]
+fn sync_file_finds_every_bank_of_a_file_and_the_map_forgets_synced_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 banks of 2 sets: 8 consecutive blocks of a file touch every bank.
+    let g = Geometry::new(4 * 2 * 4 * BS as u64, BS, 4, 4).unwrap();
+    let s = Store::open(dir.path(), g).unwrap();
+    for blk in 0..8 {
+        stored(s.put(b"f", blk, 0, &bytes(512, blk as u8), true).unwrap());
+    }
+    stored(s.put(b"g", 0, 0, &bytes(512, 9), true).unwrap());
+    let mapped = |fh: &[u8]| {
+        let mut v = s
+            .unsynced_banks
+            .lock()
+            .unwrap()
+            .get(&fnv1a(fh))
+            .cloned()
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(mapped(b"f"), vec![0, 1, 2, 3]);
+    let n0 = s.syncs();
+    s.sync_file(b"f").unwrap();
+    assert_eq!(s.syncs() - n0, 4, "one fdatasync per bank of the file");
+    assert!(mapped(b"f").is_empty());
+    // g's bank was synced with f's (one file per bank): g is durable and forgotten too.
+    assert!(mapped(b"g").is_empty());
+    stored(s.put(b"g", 1, 0, &bytes(512, 10), true).unwrap());
+    assert_eq!(mapped(b"g").len(), 1);
+    s.sync().unwrap();
+    assert!(
+        s.unsynced_banks.lock().unwrap().is_empty(),
+        "sync forgets all"
+    );
+    drop(s);
+    let s = Store::open(dir.path(), g).unwrap();
+    for blk in 0..8 {
+        assert_eq!(
+            s.get(b"f", blk).unwrap().unwrap().data,
+            bytes(512, blk as u8)
+        );
+    }
+    assert_eq!(s.get(b"g", 1).unwrap().unwrap().data, bytes(512, 10));
+}
+
 #[test]
 fn a_cache_of_another_format_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
