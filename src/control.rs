@@ -223,11 +223,11 @@ async fn status(p: &Proxy) -> String {
     };
     let up = |u: &crate::upstream::Upstream| {
         format!(
-            "{{\"endpoint\":\"{}\",\"calls\":{},\"resent\":{},\"resent_alone\":{},\"abandoned\":{},\"connects\":{}}}",
+            "{{\"endpoint\":\"{}\",\"calls\":{},\"resent\":{},\"probed\":{},\"abandoned\":{},\"connects\":{}}}",
             u.endpoint(),
             u.stats.calls.load(Relaxed),
             u.stats.resent.load(Relaxed),
-            u.stats.resent_alone.load(Relaxed),
+            u.stats.probed.load(Relaxed),
             u.stats.abandoned.load(Relaxed),
             u.stats.connects.load(Relaxed)
         )

@@ -292,8 +292,35 @@ fn a_call_behind_a_poisonous_one_is_not_failed_with_it() {
 /// is answered alone, and only the poisonous one is charged.
 #[test]
 fn a_slow_call_sent_before_a_poisonous_one_is_not_failed_with_it() {
+    let (front, seen, _) = slow_call_then_poison(Duration::from_millis(400));
+    // Sent with the NULL twice (first send, one re-send of both), then alone 3 times
+    // (probing: the NULL, the older, alone first and answered; then the WRITE alone).
+    assert_eq!(seen, 5, "{front}");
+}
+
+/// The same with a call much slower than a probe may wait (5 s): probing gives up on it
+/// and it is a suspect no more, so the poisonous call is probed alone next and fails
+/// long before the slow call is answered (not probed behind it, 5 s a time, until then).
+#[test]
+fn a_suspect_too_slow_for_probing_does_not_hold_back_the_poisonous_one() {
+    let (front, seen, write_failed) = slow_call_then_poison(Duration::from_secs(15));
+    assert!(front.contains("not answered in time"), "{front}");
+    assert!(
+        write_failed < Duration::from_secs(11),
+        "the WRITE failed only after {write_failed:?}:\n{front}"
+    );
+    // Twice with the NULL, once after the probe of the NULL gave up, 3 times alone.
+    assert_eq!(seen, 6, "{front}");
+}
+
+/// A NULL that Ganesha, behind a slow relay behind the next hop, answers after `delay`,
+/// then on the same link a WRITE that makes the next hop close the connection with the
+/// NULL unanswered. Checks that the NULL is answered and the WRITE failed after
+/// `resend_limit` (3); returns the front proxy's log, how often the next hop saw the
+/// WRITE, and when (from the first send) the WRITE's failure came.
+fn slow_call_then_poison(delay: Duration) -> (String, usize, Duration) {
     let lab = Lab::get();
-    let slow = slow_relay(lab.nfs, Duration::from_millis(400));
+    let (slow, forwarded) = slow_relay(lab.nfs, delay);
     let up = common::Endpoints {
         nfs: slow,
         mount: lab.mount,
@@ -308,13 +335,22 @@ fn a_slow_call_sent_before_a_poisonous_one_is_not_failed_with_it() {
     let mut a = connect(&front);
     let mut b = connect(&front);
     for s in [&mut a, &mut b] {
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     }
-    // The NULL waits 400 ms for Ganesha behind the next hop; the WRITE, sent meanwhile on
-    // the same link, makes the next hop close the connection with the NULL unanswered.
     send(&mut a, &call(41, NFS, 3, 0, &[]));
-    std::thread::sleep(Duration::from_millis(50));
+    let t0 = std::time::Instant::now();
+    while forwarded.load(Ordering::Relaxed) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the NULL never reached the relay"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     send(&mut b, &call(42, NFS, 3, 7, &oversized_write_args()));
+    let rb = recv(&mut b).unwrap_or_else(|| panic!("no reply to the WRITE:\n{}", front.log_text()));
+    let write_failed = t0.elapsed();
+    const SYSTEM_ERR: u32 = 5;
+    assert_eq!(head(&rb), [42, 0, SYSTEM_ERR]);
     let ra = recv(&mut a).unwrap_or_else(|| panic!("no reply to the NULL:\n{}", front.log_text()));
     assert_eq!(
         head(&ra),
@@ -322,35 +358,38 @@ fn a_slow_call_sent_before_a_poisonous_one_is_not_failed_with_it() {
         "the slow call sent before the poisonous one failed:\n{}",
         front.log_text()
     );
-    let rb = recv(&mut b).unwrap_or_else(|| panic!("no reply to the WRITE:\n{}", front.log_text()));
-    const SYSTEM_ERR: u32 = 5;
-    assert_eq!(head(&rb), [42, 0, SYSTEM_ERR]);
-    // Sent with the NULL twice (first send, one re-send of both), then alone 3 times.
-    assert_eq!(
-        back.log_count("record over listen.max_record"),
-        5,
-        "{}",
-        front.log_text()
-    );
     assert_eq!(front.log_count("upstream.resend_limit"), 1);
+    let seen = back.log_count("record over listen.max_record");
+    let log = front.log_text();
     assert_eq!(front.stop(), Some(0));
     assert_eq!(back.stop(), Some(0));
+    (log, seen, write_failed)
 }
 
 /// A TCP relay to `to` that holds each chunk coming back from it for `delay`: a slow
-/// server behind a next hop. Its threads live as long as the test process.
-fn slow_relay(to: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+/// server behind a next hop. Counts the bytes it forwarded to `to`. Its threads live as
+/// long as the test process.
+fn slow_relay(to: std::net::SocketAddr, delay: Duration) -> (std::net::SocketAddr, Arc<AtomicU64>) {
     use std::io::Read;
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let fwd = forwarded.clone();
     std::thread::spawn(move || {
         for c in l.incoming() {
             let (Ok(mut c), Ok(mut s)) = (c, TcpStream::connect(to)) else {
                 continue;
             };
             let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+            let fwd = fwd.clone();
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c, &mut s);
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n @ 1..) = c.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    fwd.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 let _ = s.shutdown(std::net::Shutdown::Write);
             });
             std::thread::spawn(move || {
@@ -365,5 +404,5 @@ fn slow_relay(to: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr
             });
         }
     });
-    addr
+    (addr, forwarded)
 }

@@ -979,7 +979,10 @@ impl Store {
         }
         for b in 0..self.banks.len() {
             let mut bank = self.banks[b].lock().expect("bank lock");
-            if !bank.written.is_empty() || !bank.superseded.is_empty() {
+            if !bank.written.is_empty()
+                || !bank.superseded.is_empty()
+                || !bank.unsynced_files.is_empty()
+            {
                 self.sync_bank(b, &mut bank)?;
             }
         }
@@ -1416,7 +1419,12 @@ impl Store {
             if !bank.tags_dirty {
                 continue;
             }
-            self.fsync_bank(b, &mut bank)?;
+            if bank.unsynced_files.is_empty() {
+                self.fsync_bank(b, &mut bank)?;
+            } else {
+                // The bookkeeping too, so the file → banks map forgets what is durable.
+                self.sync_bank(b, &mut bank)?;
+            }
             bank.tags_dirty = false;
         }
         Ok(())

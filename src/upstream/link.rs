@@ -7,8 +7,9 @@
 //! was not sent on the new connection; `sent_gen` records which connection a call went
 //! out on, so nothing is sent twice on one connection. A lost connection is charged to
 //! a call only when that call was the one unanswered call on it; calls that were
-//! unanswered on two lost connections are re-sent one at a time, so a call that breaks
-//! the next hop is singled out and the others are answered. A call charged
+//! unanswered on two lost connections (suspects) are re-sent first in probing batches
+//! of 1, 2, 4, ... calls, each batch answered before the next goes out, so a call that
+//! breaks the next hop ends up alone and the others are answered. A call charged
 //! `resend_limit` times is answered SYSTEM_ERR instead of being sent again.
 
 use std::collections::HashMap;
@@ -49,7 +50,15 @@ pub(super) struct Pending {
 struct Slot {
     generation: u64,
     half: Option<WriteHalf<BoxStream>>,
+    /// Suspects are being probed on this connection: new calls wait in the table (the
+    /// probe's batch must be alone) and go out with the rest once probing ends.
+    probing: bool,
 }
+
+/// How long a probing batch may wait for its replies. A re-sent call may never be
+/// answered (a server's duplicate request cache drops a copy of a call it is still
+/// executing); past this the link stops probing and sends everything.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Shared {
     table: Mutex<HashMap<u32, Pending>>,
@@ -101,6 +110,7 @@ impl Link {
             writer: tokio::sync::Mutex::new(Slot {
                 generation: 0,
                 half: None,
+                probing: false,
             }),
             broken: watch::channel(0).0,
         });
@@ -126,16 +136,17 @@ impl Link {
             .contains_key(&xid)
     }
 
-    /// Registers the call and writes it if connected; otherwise the next connection
-    /// sends it.
+    /// Registers the call and writes it if connected and not probing; otherwise it goes
+    /// out with the re-sends (after probing, or on the next connection).
     pub async fn send(&self, xid: u32, mut p: Pending) {
         let mut slot = self.shared.writer.lock().await;
         let msg = p.msg.clone();
-        if slot.half.is_some() {
+        let now = slot.half.is_some() && !slot.probing;
+        if now {
             p.sent_gen = slot.generation;
         }
         self.shared.table.lock().expect("table lock").insert(xid, p);
-        if slot.half.is_none() {
+        if !now {
             return;
         }
         let mut g = WriteGuard {
@@ -205,18 +216,22 @@ async fn run(ctx: LinkCtx) {
         connected_before = true;
         failures = 0;
         let (rd, wr) = tokio::io::split(stream);
-        let mut slot = ctx.shared.writer.lock().await;
-        slot.generation += 1;
-        let generation = slot.generation;
-        slot.half = Some(wr);
+        let generation = {
+            let mut slot = ctx.shared.writer.lock().await;
+            slot.generation += 1;
+            slot.half = Some(wr);
+            // New calls wait until `resend` has sent what is owed (it ends probing).
+            slot.probing = true;
+            slot.generation
+        };
         let mut broken = ctx.shared.broken.subscribe();
         let mut replies = 0u64;
         ctx.stats.links_up.fetch_add(1, Ordering::Relaxed);
         let why = {
-            // Replies are read while the re-sends go out: a suspect re-sent alone waits
-            // for its reply before the next call is written.
+            // Replies are read while the re-sends go out: a probing batch waits for its
+            // replies before the next is written.
             let reader = read_replies(&ctx, rd, &mut replies);
-            let resend = resend(&ctx, slot, generation);
+            let resend = resend(&ctx, generation);
             tokio::pin!(reader, resend);
             let mut resent = false;
             loop {
@@ -254,63 +269,85 @@ async fn back_off(backoff: &mut std::time::Duration, max: std::time::Duration) {
     *backoff = (*backoff * 2).min(max);
 }
 
-/// Re-sends, on the new connection `generation` (whose writer `slot` holds, so no other
-/// call is written meanwhile), every call not yet sent on it: first the suspects (calls
-/// unanswered on two lost connections) one at a time, each alone on the connection until
-/// its reply comes, then the rest in xid order. A call is marked as sent on the connection
-/// just before its own write, so a write that fails leaves the later ones unmarked. Err
-/// says why the connection is given up (a write failed).
-async fn resend(
-    ctx: &LinkCtx,
-    mut slot: tokio::sync::MutexGuard<'_, Slot>,
-    generation: u64,
-) -> Result<(), String> {
-    let again = {
-        let t = ctx.shared.table.lock().expect("table lock");
-        t.values().filter(|p| p.sent_gen != 0).count() as u64
-    };
-    if again > 0 {
-        ctx.stats.resent.fetch_add(again, Ordering::Relaxed);
-        info!(
-            upstream = ctx.name,
-            link = ctx.index,
-            calls = again,
-            "re-sending calls"
-        );
-    }
-    // Suspects, oldest first, each alone.
+/// Re-sends, on the new connection `generation`, every call not yet sent on it. First the
+/// suspects (calls unanswered on two lost connections), oldest first, in probing
+/// batches of 1, 2, 4, ... calls: a batch goes out alone (`Slot::probing` holds new
+/// calls back) and the next only once all its replies are in, so a call that breaks the
+/// next hop is soon alone when it does (and charged, `give_up_on`), while a mere double
+/// hiccup costs a few round trips, not one per call. A batch not answered within
+/// `PROBE_WAIT` ends probing, and its calls are suspects no more. Then everything else, in xid order, and probing ends. A
+/// call is marked as sent on the connection just before its own write, so a write that
+/// fails leaves the later ones unmarked. Err says why the connection is given up.
+async fn resend(ctx: &LinkCtx, generation: u64) -> Result<(), String> {
+    let mut batch = 1usize;
     loop {
-        let (xid, msg, answered) = {
+        let (calls, answered) = {
             let mut t = ctx.shared.table.lock().expect("table lock");
-            let Some(xid) = t
+            let mut xids: Vec<u32> = t
                 .iter()
                 .filter(|(_, p)| p.lost >= 2 && p.sent_gen != generation)
                 .map(|(x, _)| *x)
-                .min()
-            else {
+                .collect();
+            if xids.is_empty() {
                 break;
-            };
-            let p = t.get_mut(&xid).expect("found above");
-            p.sent_gen = generation;
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let done = std::mem::replace(&mut p.done, Box::new(|_| {}));
-            p.done = Box::new(move |r| {
-                done(r);
-                let _ = tx.send(());
-            });
-            (xid, p.msg.clone(), rx)
+            }
+            xids.sort_unstable();
+            xids.truncate(batch);
+            let mut calls = Vec::with_capacity(xids.len());
+            let mut answered = Vec::with_capacity(xids.len());
+            for xid in xids {
+                let p = t.get_mut(&xid).expect("found above");
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let done = std::mem::replace(&mut p.done, Box::new(|_| {}));
+                p.done = Box::new(move |r| {
+                    done(r);
+                    let _ = tx.send(());
+                });
+                calls.push(xid);
+                answered.push(rx);
+            }
+            (calls, answered)
         };
-        ctx.stats.resent_alone.fetch_add(1, Ordering::Relaxed);
         debug!(
             upstream = ctx.name,
             link = ctx.index,
-            xid,
-            "re-sending a suspect alone"
+            calls = calls.len(),
+            "probing suspects"
         );
-        write_resend(ctx, &mut slot, xid, &msg).await?;
+        {
+            let mut slot = ctx.shared.writer.lock().await;
+            for &xid in &calls {
+                if write_resend(ctx, &mut slot, generation, xid).await? {
+                    ctx.stats.probed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         // Answered (or failed), or the connection is lost and this future dropped.
-        let _ = answered.await;
+        let all = async {
+            for rx in answered {
+                let _ = rx.await;
+            }
+        };
+        if tokio::time::timeout(PROBE_WAIT, all).await.is_err() {
+            // Slow, not breaking the connection: no longer suspects, so the next loss
+            // cannot keep probing them ahead of the call that breaks it.
+            let mut t = ctx.shared.table.lock().expect("table lock");
+            for xid in &calls {
+                if let Some(p) = t.get_mut(xid) {
+                    p.lost = 0;
+                }
+            }
+            info!(
+                upstream = ctx.name,
+                link = ctx.index,
+                calls = calls.len(),
+                "suspects re-sent on a new connection not answered in time; sending the rest"
+            );
+            break;
+        }
+        batch = batch.saturating_mul(2);
     }
+    let mut slot = ctx.shared.writer.lock().await;
     let mut xids: Vec<u32> = {
         let t = ctx.shared.table.lock().expect("table lock");
         t.iter()
@@ -319,29 +356,50 @@ async fn resend(
             .collect()
     };
     xids.sort_unstable();
+    let mut again = 0u64;
     for xid in xids {
-        let msg = {
-            let mut t = ctx.shared.table.lock().expect("table lock");
-            let Some(p) = t.get_mut(&xid) else {
-                continue; // answered (on the old connection) or failed meanwhile
-            };
-            p.sent_gen = generation;
-            p.msg.clone()
-        };
-        write_resend(ctx, &mut slot, xid, &msg).await?;
+        again += write_resend(ctx, &mut slot, generation, xid).await? as u64;
+    }
+    slot.probing = false;
+    if again > 0 {
+        info!(
+            upstream = ctx.name,
+            link = ctx.index,
+            calls = again,
+            "re-sent calls"
+        );
     }
     Ok(())
 }
 
-/// Writes one re-sent call; a failed write drops the connection's writer.
-async fn write_resend(ctx: &LinkCtx, slot: &mut Slot, xid: u32, msg: &Bytes) -> Result<(), String> {
+/// Writes call `xid` (if still waiting) on connection `generation`, marked as sent on it
+/// first; Ok(true) if it was a re-send (counted). A failed write drops the connection's
+/// writer.
+async fn write_resend(
+    ctx: &LinkCtx,
+    slot: &mut Slot,
+    generation: u64,
+    xid: u32,
+) -> Result<bool, String> {
+    let (msg, before) = {
+        let mut t = ctx.shared.table.lock().expect("table lock");
+        let Some(p) = t.get_mut(&xid) else {
+            return Ok(false); // answered (on the old connection) or failed meanwhile
+        };
+        let before = std::mem::replace(&mut p.sent_gen, generation);
+        (p.msg.clone(), before)
+    };
     let half = slot.half.as_mut().ok_or("the connection was dropped")?;
-    if let Err(e) = write_record_with_xid(half, xid, msg).await {
+    if let Err(e) = write_record_with_xid(half, xid, &msg).await {
         warn!(side = "upstream", upstream = ctx.name, error = %e, "re-send failed; reconnecting");
         slot.half = None;
         return Err(format!("re-send failed: {e}"));
     }
-    Ok(())
+    let again = before != 0;
+    if again {
+        ctx.stats.resent.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(again)
 }
 
 /// Reads replies and runs each call's completion; counts them in `replies`. Returns
@@ -385,7 +443,7 @@ async fn read_replies(ctx: &LinkCtx, mut rd: ReadHalf<BoxStream>, replies: &mut 
 /// whenever it arrives (over the next hop's record limit, or one that kills an SSH
 /// session) would otherwise be re-sent for ever, and the client that made it would wait
 /// for ever. When several were unanswered, none is charged; those unanswered on two lost
-/// connections are re-sent one at a time (`resend`), which singles out the one that
+/// connections are re-sent in probing batches (`resend`), which single out the one that
 /// breaks the next hop, while the others are answered.
 fn give_up_on(ctx: &LinkCtx, generation: u64) {
     let limit = ctx.cfg.resend_limit;

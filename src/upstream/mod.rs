@@ -9,8 +9,8 @@
 //! A link that drops reconnects with exponential backoff and re-sends every call still
 //! waiting for a reply, so the caller sees a delay, not an error — unless the same call
 //! was the only unanswered one on `resend_limit` lost connections (a call that breaks
-//! the next hop each time; calls unanswered on two lost connections are re-sent one at a
-//! time to single it out), which is then answered with SYSTEM_ERR. A semaphore bounds the
+//! the next hop each time; calls unanswered on two lost connections are re-sent in small
+//! probing batches to single it out), which is then answered with SYSTEM_ERR. A semaphore bounds the
 //! calls in flight per endpoint: beyond it `call` waits, and so does the client connection
 //! that issued it (backpressure all the way to the client's socket).
 
@@ -52,8 +52,9 @@ pub struct UpstreamStats {
     pub calls: std::sync::atomic::AtomicU64,
     /// Calls re-sent after a reconnect.
     pub resent: std::sync::atomic::AtomicU64,
-    /// Of those, re-sent alone (suspects: unanswered on two lost connections).
-    pub resent_alone: std::sync::atomic::AtomicU64,
+    /// Of those, re-sent in probing batches (suspects: unanswered on two lost
+    /// connections).
+    pub probed: std::sync::atomic::AtomicU64,
     /// Calls failed with SYSTEM_ERR after losing `resend_limit` connections.
     pub abandoned: std::sync::atomic::AtomicU64,
     /// Successful (re)connections.
