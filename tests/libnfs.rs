@@ -161,7 +161,7 @@ fn next_hop_killed_and_restarted_mid_transfer() {
         "download corrupted across the restart"
     );
     assert!(
-        front.log_text().contains("re-sending calls"),
+        front.log_text().contains("re-sent calls"),
         "the front proxy never re-sent anything: the kill missed the transfer?\n{}",
         front.log_text()
     );
