@@ -299,7 +299,7 @@ fn a_slow_call_sent_before_a_poisonous_one_is_not_failed_with_it() {
 }
 
 /// The same with a call much slower than a probe may wait (5 s): probing gives up on it
-/// and it is a suspect no more, so the poisonous call is probed alone next and fails
+/// and probes it after the never-slow suspects, so the poisonous call is alone next and fails
 /// long before the slow call is answered (not probed behind it, 5 s a time, until then).
 #[test]
 fn a_suspect_too_slow_for_probing_does_not_hold_back_the_poisonous_one() {

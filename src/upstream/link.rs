@@ -42,6 +42,9 @@ pub(super) struct Pending {
     pub lost: u32,
     /// Of those, the ones where it was the only call without a reply.
     pub charged: u32,
+    /// Probing batches it was in that got no reply within `PROBE_WAIT`: suspects are
+    /// probed least-slow first, so slow calls cannot keep a poisonous one from being alone.
+    pub slow: u32,
     /// Held until the reply arrives: bounds calls in flight per endpoint.
     pub _permit: OwnedSemaphorePermit,
 }
@@ -275,7 +278,8 @@ async fn back_off(backoff: &mut std::time::Duration, max: std::time::Duration) {
 /// calls back) and the next only once all its replies are in, so a call that breaks the
 /// next hop is soon alone when it does (and charged, `give_up_on`), while a mere double
 /// hiccup costs a few round trips, not one per call. A batch not answered within
-/// `PROBE_WAIT` ends probing, and its calls are suspects no more. Then everything else, in xid order, and probing ends. A
+/// `PROBE_WAIT` ends probing, and its calls are probed after the never-slow ones next
+/// time. Then everything else, in xid order, and probing ends. A
 /// call is marked as sent on the connection just before its own write, so a write that
 /// fails leaves the later ones unmarked. Err says why the connection is given up.
 async fn resend(ctx: &LinkCtx, generation: u64) -> Result<(), String> {
@@ -283,16 +287,17 @@ async fn resend(ctx: &LinkCtx, generation: u64) -> Result<(), String> {
     loop {
         let (calls, answered) = {
             let mut t = ctx.shared.table.lock().expect("table lock");
-            let mut xids: Vec<u32> = t
+            let mut order: Vec<(u32, u32)> = t
                 .iter()
                 .filter(|(_, p)| p.lost >= 2 && p.sent_gen != generation)
-                .map(|(x, _)| *x)
+                .map(|(x, p)| (p.slow, *x))
                 .collect();
-            if xids.is_empty() {
+            if order.is_empty() {
                 break;
             }
-            xids.sort_unstable();
-            xids.truncate(batch);
+            order.sort_unstable();
+            order.truncate(batch);
+            let xids: Vec<u32> = order.into_iter().map(|(_, x)| x).collect();
             let mut calls = Vec::with_capacity(xids.len());
             let mut answered = Vec::with_capacity(xids.len());
             for xid in xids {
@@ -329,12 +334,12 @@ async fn resend(ctx: &LinkCtx, generation: u64) -> Result<(), String> {
             }
         };
         if tokio::time::timeout(PROBE_WAIT, all).await.is_err() {
-            // Slow, not breaking the connection: no longer suspects, so the next loss
-            // cannot keep probing them ahead of the call that breaks it.
+            // Slow, not breaking the connection: probed after the suspects that were
+            // never slow, so they cannot keep the call that breaks it from being alone.
             let mut t = ctx.shared.table.lock().expect("table lock");
             for xid in &calls {
                 if let Some(p) = t.get_mut(xid) {
-                    p.lost = 0;
+                    p.slow += 1;
                 }
             }
             info!(

@@ -171,6 +171,7 @@ impl Upstream {
                     sent_gen: 0,
                     lost: 0,
                     charged: 0,
+                    slow: 0,
                     _permit: permit,
                 },
             )
