@@ -242,18 +242,7 @@ fn oversized_write_args() -> Vec<u8> {
 #[test]
 fn a_call_behind_a_poisonous_one_is_not_failed_with_it() {
     let lab = Lab::get();
-    let mut back = Gridvfs::start(lab.endpoint(), "max_record = \"64KiB\"\nmax_io = \"32KiB\"");
-    let mut front = Gridvfs::start_with(
-        back.endpoints(),
-        "127.0.0.1:0",
-        "",
-        "resend_limit = 3\nconnections = 1",
-    );
-    let mut a = connect(&front);
-    let mut b = connect(&front);
-    for s in [&mut a, &mut b] {
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    }
+    let (mut back, mut front, mut a, mut b) = poison_chain(lab.endpoint(), 30);
     send(&mut a, &call(31, NFS, 3, 7, &oversized_write_args()));
     // Behind it (once the next hop has refused it the first time), while the link
     // reconnects and backs off (50 ms, 100 ms, ...): re-sent after it each time.
@@ -325,18 +314,7 @@ fn slow_call_then_poison(delay: Duration) -> (String, usize, Duration) {
         nfs: slow,
         mount: lab.mount,
     };
-    let mut back = Gridvfs::start(up, "max_record = \"64KiB\"\nmax_io = \"32KiB\"");
-    let mut front = Gridvfs::start_with(
-        back.endpoints(),
-        "127.0.0.1:0",
-        "",
-        "resend_limit = 3\nconnections = 1",
-    );
-    let mut a = connect(&front);
-    let mut b = connect(&front);
-    for s in [&mut a, &mut b] {
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    }
+    let (mut back, mut front, mut a, mut b) = poison_chain(up, 60);
     send(&mut a, &call(41, NFS, 3, 0, &[]));
     let t0 = std::time::Instant::now();
     while forwarded.load(Ordering::Relaxed) == 0 {
@@ -364,6 +342,25 @@ fn slow_call_then_poison(delay: Duration) -> (String, usize, Duration) {
     assert_eq!(front.stop(), Some(0));
     assert_eq!(back.stop(), Some(0));
     (log, seen, write_failed)
+}
+
+/// A next hop that closes the connection on records over 64 KiB (in front of `up`), a
+/// front proxy with `resend_limit = 3` on one connection to it, and two clients of the
+/// front that wait up to `timeout_s` for a reply.
+fn poison_chain(up: common::Endpoints, timeout_s: u64) -> (Gridvfs, Gridvfs, TcpStream, TcpStream) {
+    let back = Gridvfs::start(up, "max_record = \"64KiB\"\nmax_io = \"32KiB\"");
+    let front = Gridvfs::start_with(
+        back.endpoints(),
+        "127.0.0.1:0",
+        "",
+        "resend_limit = 3\nconnections = 1",
+    );
+    let (a, b) = (connect(&front), connect(&front));
+    for s in [&a, &b] {
+        s.set_read_timeout(Some(Duration::from_secs(timeout_s)))
+            .unwrap();
+    }
+    (back, front, a, b)
 }
 
 /// A TCP relay to `to` that holds each chunk coming back from it for `delay`: a slow
