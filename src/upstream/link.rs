@@ -13,7 +13,7 @@
 //! `resend_limit` times is answered SYSTEM_ERR instead of being sent again.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -45,6 +45,9 @@ pub(super) struct Pending {
     /// Probing batches it was in that got no reply within `PROBE_WAIT`: suspects are
     /// probed least-slow first, so slow calls cannot keep a poisonous one from being alone.
     pub slow: u32,
+    /// Order in which the link took the call (set by `Link::send`): re-sends go oldest
+    /// first by this, not by xid, which wraps.
+    pub seq: u64,
     /// Held until the reply arrives: bounds calls in flight per endpoint.
     pub _permit: OwnedSemaphorePermit,
 }
@@ -56,6 +59,8 @@ struct Slot {
     /// Suspects are being probed on this connection: new calls wait in the table (the
     /// probe's batch must be alone) and go out with the rest once probing ends.
     probing: bool,
+    /// `seq` of the next call `Link::send` takes.
+    next_seq: u64,
 }
 
 /// How long a probing batch may wait for its replies. A re-sent call may never be
@@ -69,6 +74,10 @@ struct Shared {
     /// A writer that failed publishes its connection's generation here, so the reader
     /// of that connection stops and the link reconnects.
     broken: watch::Sender<u64>,
+    /// Generation of the last connection `run` found ended, set before it waits for the
+    /// writer lock to drop the connection's writer: a call queued on that lock meanwhile
+    /// must not be written on the dead connection (it would be counted as lost on it).
+    ended: AtomicU64,
 }
 
 pub(super) struct Link {
@@ -114,8 +123,10 @@ impl Link {
                 generation: 0,
                 half: None,
                 probing: false,
+                next_seq: 0,
             }),
             broken: watch::channel(0).0,
+            ended: AtomicU64::new(0),
         });
         let task = tokio::spawn(run(LinkCtx {
             name,
@@ -144,7 +155,11 @@ impl Link {
     pub async fn send(&self, xid: u32, mut p: Pending) {
         let mut slot = self.shared.writer.lock().await;
         let msg = p.msg.clone();
-        let now = slot.half.is_some() && !slot.probing;
+        p.seq = slot.next_seq;
+        slot.next_seq += 1;
+        let now = slot.half.is_some()
+            && !slot.probing
+            && self.shared.ended.load(Ordering::SeqCst) != slot.generation;
         if now {
             p.sent_gen = slot.generation;
         }
@@ -251,6 +266,7 @@ async fn run(ctx: LinkCtx) {
             }
         };
         ctx.stats.links_up.fetch_sub(1, Ordering::Relaxed);
+        ctx.shared.ended.store(generation, Ordering::SeqCst);
         ctx.shared.writer.lock().await.half = None;
         give_up_on(&ctx, generation);
         warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
@@ -279,7 +295,7 @@ async fn back_off(backoff: &mut std::time::Duration, max: std::time::Duration) {
 /// next hop is soon alone when it does (and charged, `give_up_on`), while a mere double
 /// hiccup costs a few round trips, not one per call. A batch not answered within
 /// `PROBE_WAIT` ends probing, and its calls are probed after the never-slow ones next
-/// time. Then everything else, in xid order, and probing ends. A
+/// time. Then everything else, in the order the link took them, and probing ends. A
 /// call is marked as sent on the connection just before its own write, so a write that
 /// fails leaves the later ones unmarked. Err says why the connection is given up.
 async fn resend(ctx: &LinkCtx, generation: u64) -> Result<(), String> {
@@ -287,17 +303,17 @@ async fn resend(ctx: &LinkCtx, generation: u64) -> Result<(), String> {
     loop {
         let (calls, answered) = {
             let mut t = ctx.shared.table.lock().expect("table lock");
-            let mut order: Vec<(u32, u32)> = t
+            let mut order: Vec<(u32, u64, u32)> = t
                 .iter()
                 .filter(|(_, p)| p.lost >= 2 && p.sent_gen != generation)
-                .map(|(x, p)| (p.slow, *x))
+                .map(|(x, p)| (p.slow, p.seq, *x))
                 .collect();
             if order.is_empty() {
                 break;
             }
             order.sort_unstable();
             order.truncate(batch);
-            let xids: Vec<u32> = order.into_iter().map(|(_, x)| x).collect();
+            let xids: Vec<u32> = order.into_iter().map(|(_, _, x)| x).collect();
             let mut calls = Vec::with_capacity(xids.len());
             let mut answered = Vec::with_capacity(xids.len());
             for xid in xids {
@@ -353,16 +369,16 @@ async fn resend(ctx: &LinkCtx, generation: u64) -> Result<(), String> {
         batch = batch.saturating_mul(2);
     }
     let mut slot = ctx.shared.writer.lock().await;
-    let mut xids: Vec<u32> = {
+    let mut order: Vec<(u64, u32)> = {
         let t = ctx.shared.table.lock().expect("table lock");
         t.iter()
             .filter(|(_, p)| p.sent_gen != generation)
-            .map(|(x, _)| *x)
+            .map(|(x, p)| (p.seq, *x))
             .collect()
     };
-    xids.sort_unstable();
+    order.sort_unstable();
     let mut again = 0u64;
-    for xid in xids {
+    for (_, xid) in order {
         again += write_resend(ctx, &mut slot, generation, xid).await? as u64;
     }
     slot.probing = false;

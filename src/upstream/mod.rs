@@ -172,6 +172,7 @@ impl Upstream {
                     lost: 0,
                     charged: 0,
                     slow: 0,
+                    seq: 0,
                     _permit: permit,
                 },
             )
@@ -190,5 +191,98 @@ impl Upstream {
         )
         .await?;
         rx.await.map_err(|_| self.closed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Endpoint;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn read_record(s: &mut TcpStream) -> Vec<u8> {
+        let mut mark = [0u8; 4];
+        s.read_exact(&mut mark).await.expect("record mark");
+        let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+        let mut rec = vec![0u8; len];
+        s.read_exact(&mut rec).await.expect("record body");
+        rec
+    }
+
+    /// Calls lost with a connection are re-sent in the order they were taken, even when
+    /// our xids wrapped past u32::MAX between them (xid order would put the newest first).
+    #[tokio::test]
+    async fn re_sends_go_oldest_first_across_an_xid_wrap() {
+        let hop = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = hop.local_addr().unwrap().to_string();
+        let cfg = UpstreamConfig {
+            nfs: Endpoint::Tcp(addr.clone()),
+            mount: Endpoint::Tcp(addr.clone()),
+            ssh: None,
+            connections: 1,
+            max_in_flight: 64,
+            connect_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            resend_limit: 3,
+        };
+        let up = Upstream::start("nfs", Dialer::Tcp(Endpoint::Tcp(addr)), &cfg, 1 << 20);
+        up.next_xid.store(u32::MAX - 2, Ordering::Relaxed);
+        let (mut first, _) = hop.accept().await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for client_xid in 0u32..5 {
+            let mut call = client_xid.to_be_bytes().to_vec();
+            // CALL, RPC 2, NFS 3 NULL, AUTH_NONE credential and verifier.
+            for w in [0u32, 2, 100003, 3, 0, 0, 0, 0, 0] {
+                call.extend_from_slice(&w.to_be_bytes());
+            }
+            let tx = tx.clone();
+            up.send(
+                Bytes::from(call),
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            )
+            .await
+            .unwrap();
+        }
+        let mut taken = Vec::new();
+        for _ in 0..5 {
+            let rec = read_record(&mut first).await;
+            taken.push(u32::from_be_bytes(rec[..4].try_into().unwrap()));
+        }
+        let wrapped = [u32::MAX - 2, u32::MAX - 1, u32::MAX, 0, 1];
+        assert_eq!(taken, wrapped, "first sends go out as taken");
+        drop(first); // lost with all five unanswered
+        let (mut second, _) = hop.accept().await.unwrap();
+        let mut resent = Vec::new();
+        for _ in 0..5 {
+            let rec = read_record(&mut second).await;
+            resent.push(u32::from_be_bytes(rec[..4].try_into().unwrap()));
+        }
+        assert_eq!(resent, wrapped, "re-sent oldest first");
+        for xid in resent.iter().rev() {
+            let mut reply = vec![0x80, 0, 0, 24];
+            reply.extend_from_slice(&xid.to_be_bytes());
+            for w in [1u32, 0, 0, 0, 0] {
+                reply.extend_from_slice(&w.to_be_bytes());
+            }
+            second.write_all(&reply).await.unwrap();
+        }
+        let mut back = Vec::new();
+        for _ in 0..5 {
+            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("reply delivered")
+                .unwrap();
+            back.push(u32::from_be_bytes(r[..4].try_into().unwrap()));
+        }
+        assert_eq!(
+            back,
+            [4, 3, 2, 1, 0],
+            "each reply gets its client's xid back"
+        );
     }
 }
