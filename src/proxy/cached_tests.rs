@@ -246,6 +246,58 @@ fn a_kept_cut_survives_reopening() {
     );
 }
 
+/// The same truncation again before any write-back (a build rewriting its outputs:
+/// CREATE with size 0, WRITE, COMMIT, and again) keeps the record it already has: one
+/// fdatasync, for the cut dirty data, not two (a rewritten record supersedes the old one,
+/// whose clearing is synced too). After an unclean stop the file is still empty.
+#[test]
+fn the_same_truncation_again_keeps_its_record_and_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = layer(dir.path(), 4, 16);
+        c.learn_attr(b"F", attr(0), c.stamp());
+        for round in 1..=3u8 {
+            let before = c.syncs();
+            assert!(c.truncate_locally(b"F", 0, None).unwrap().is_some());
+            let syncs = c.syncs() - before;
+            if round == 1 {
+                assert_eq!(syncs, 1, "the first record is synced");
+            } else {
+                assert_eq!(
+                    syncs, 1,
+                    "round {round}: the cut data synced, the record kept"
+                );
+                let d = c.store.dirty_blocks().unwrap();
+                assert!(
+                    d.is_empty(),
+                    "round {round}: the last round's bytes are cut: {d:?}"
+                );
+            }
+            assert_eq!(c.effective_attr(b"F").unwrap().size, 0);
+            c.store.put(b"F", 0, 0, &[round; 3000], true).unwrap();
+            c.note_local_write(b"F", 3000, None);
+            c.store.sync_file(b"F").unwrap(); // COMMIT
+        }
+        assert!(c.truncate_locally(b"F", 0, None).unwrap().is_some());
+        // Dropped without `close`: an unclean stop.
+    }
+    let c = layer(dir.path(), 4, 16);
+    assert_eq!(c.cut(b"F"), Some(0));
+    assert_eq!(c.local(b"F").map(|l| l.size), Some(0));
+    assert!(c.store.dirty_blocks().unwrap().is_empty());
+    // A different truncation still writes a new record.
+    c.learn_attr(b"F", attr(0), c.stamp());
+    assert!(c.truncate_locally(b"F", 10, None).unwrap().is_some());
+    let c2 = {
+        drop(c);
+        layer(dir.path(), 4, 16)
+    };
+    assert_eq!(
+        (c2.cut(b"F"), c2.local(b"F").map(|l| l.size)),
+        (Some(0), Some(10))
+    );
+}
+
 /// A kept cut applied by a path other than the file's flush (room-making, a
 /// write-through, a forwarded truncation) leaves the file local; after a clean stop the
 /// reopened cache must not take the size kept from before the cut (the attributes kept
