@@ -315,10 +315,11 @@ pub async fn session_nfs(
     let disk = c.lookup(&vd, DISK).await.expect("disk.img");
     let size = c.getattr(&disk).await;
     let ws = vm::working_set(size, spec.ws_pct, seed);
-    for d in vm::read_extents(c, &disk, &ws).await {
+    vm::for_each_extent(c, &disk, &ws, |_, d| {
         read += d.len() as u64;
-        h.update(&d);
-    }
+        h.update(d);
+    })
+    .await;
     let resume_secs = t0.elapsed().as_secs_f64();
     let writes = disk_writes(spec, size, name, session, seed);
     let mut set = tokio::task::JoinSet::new();

@@ -308,12 +308,21 @@ pub fn clone_local(golden: &Path, clones: &Path, clone: &str, spec: &Spec, seed:
 const IO: u32 = 1 << 20;
 const WINDOW: usize = 16;
 
-/// The extents (offset, length) of a file, in the order given, read with `WINDOW` READs
-/// in flight.
-pub async fn read_extents(c: &Client, fh: &[u8], extents: &[(u64, u32)]) -> Vec<bytes::Bytes> {
+/// The extents (offset, length) of a file read with `WINDOW` READs in flight, each
+/// handed to `each` in the order given as soon as it and those before it are in. A
+/// reply is dropped once handed over, so its connection buffer is free again: holding
+/// them all (and then copying them into one more buffer) made the client fault in twice
+/// the bytes it read, fresh pages the kernel zero-fills, which `std::fs::read` into one
+/// buffer (the Local baseline) does not.
+pub async fn for_each_extent(
+    c: &Client,
+    fh: &[u8],
+    extents: &[(u64, u32)],
+    mut each: impl FnMut(usize, &[u8]),
+) {
     let mut set = tokio::task::JoinSet::new();
-    let mut results: Vec<Option<bytes::Bytes>> = vec![None; extents.len()];
-    let mut next = 0;
+    let mut early = std::collections::BTreeMap::new();
+    let (mut next, mut done) = (0, 0);
     loop {
         while set.len() < WINDOW && next < extents.len() {
             let (c, fh, (o, n), i) = (c.clone(), fh.to_vec(), extents[next], next);
@@ -324,21 +333,25 @@ pub async fn read_extents(c: &Client, fh: &[u8], extents: &[(u64, u32)]) -> Vec<
             break;
         };
         let (i, d) = r.unwrap();
-        results[i] = Some(d);
+        early.insert(i, d);
+        while let Some(d) = early.remove(&done) {
+            each(done, &d);
+            done += 1;
+        }
     }
-    results
-        .into_iter()
-        .map(|d| d.expect("every extent read"))
-        .collect()
+    assert_eq!(done, extents.len(), "every extent read");
 }
 
-/// The whole of a file, read with `WINDOW` READs in flight.
+/// The whole of a file, read with `WINDOW` READs in flight into one buffer (as
+/// `std::fs::read` fills one).
 pub async fn read_all(c: &Client, fh: &[u8], size: u64) -> Vec<u8> {
     let extents: Vec<(u64, u32)> = (0..size)
         .step_by(IO as usize)
         .map(|o| (o, (IO as u64).min(size - o) as u32))
         .collect();
-    read_extents(c, fh, &extents).await.concat()
+    let mut out = Vec::with_capacity(size as usize);
+    for_each_extent(c, fh, &extents, |_, d| out.extend_from_slice(d)).await;
+    out
 }
 
 /// Writes `data` at 0 with `WINDOW` WRITEs in flight, then COMMITs.
@@ -490,10 +503,11 @@ pub async fn clone_nfs_timed(
     }
     let dsize = c.getattr(&disk).await;
     let ws = working_set(dsize, spec.ws_pct, seed);
-    for d in read_extents(c, &disk, &ws).await {
+    for_each_extent(c, &disk, &ws, |_, d| {
         read += d.len() as u64;
-        h.update(&d);
-    }
+        h.update(d);
+    })
+    .await;
     let redo = redo_bytes(spec, clone);
     let rfh = c.create(&cd, REDO).await;
     write_all(c, &rfh, &redo, 64 << 10).await;
