@@ -211,15 +211,10 @@ mod tests {
         rec
     }
 
-    /// Calls lost with a connection are re-sent in the order they were taken, even when
-    /// our xids wrapped past u32::MAX between them (xid order would put the newest first).
-    #[tokio::test]
-    async fn re_sends_go_oldest_first_across_an_xid_wrap() {
-        let hop = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = hop.local_addr().unwrap().to_string();
+    fn upstream_to(addr: &str) -> Arc<Upstream> {
         let cfg = UpstreamConfig {
-            nfs: Endpoint::Tcp(addr.clone()),
-            mount: Endpoint::Tcp(addr.clone()),
+            nfs: Endpoint::Tcp(addr.to_string()),
+            mount: Endpoint::Tcp(addr.to_string()),
             ssh: None,
             connections: 1,
             max_in_flight: 64,
@@ -228,48 +223,80 @@ mod tests {
             backoff_max: Duration::from_millis(50),
             resend_limit: 3,
         };
-        let up = Upstream::start("nfs", Dialer::Tcp(Endpoint::Tcp(addr)), &cfg, 1 << 20);
+        Upstream::start(
+            "nfs",
+            Dialer::Tcp(Endpoint::Tcp(addr.into())),
+            &cfg,
+            1 << 20,
+        )
+    }
+
+    /// Sends an NFS NULL call with client xid `client_xid`; its reply (or failure) goes to `tx`.
+    async fn null_call(
+        up: &Upstream,
+        client_xid: u32,
+        tx: &tokio::sync::mpsc::UnboundedSender<BytesMut>,
+    ) {
+        let mut call = client_xid.to_be_bytes().to_vec();
+        // CALL, RPC 2, NFS 3 NULL, AUTH_NONE credential and verifier.
+        for w in [0u32, 2, 100003, 3, 0, 0, 0, 0, 0] {
+            call.extend_from_slice(&w.to_be_bytes());
+        }
+        let tx = tx.clone();
+        up.send(
+            Bytes::from(call),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Reads `n` call records; returns their xids.
+    async fn read_calls(s: &mut TcpStream, n: usize) -> Vec<u32> {
+        let mut xids = Vec::new();
+        for _ in 0..n {
+            let rec = read_record(s).await;
+            xids.push(u32::from_be_bytes(rec[..4].try_into().unwrap()));
+        }
+        xids
+    }
+
+    /// Answers call `xid` with an accepted, successful reply.
+    async fn reply(s: &mut TcpStream, xid: u32) {
+        let mut r = vec![0x80, 0, 0, 24];
+        r.extend_from_slice(&xid.to_be_bytes());
+        for w in [1u32, 0, 0, 0, 0] {
+            r.extend_from_slice(&w.to_be_bytes());
+        }
+        s.write_all(&r).await.unwrap();
+    }
+
+    fn accept_stat(r: &[u8]) -> u32 {
+        u32::from_be_bytes(r[20..24].try_into().unwrap())
+    }
+
+    /// Calls lost with a connection are re-sent in the order they were taken, even when
+    /// our xids wrapped past u32::MAX between them (xid order would put the newest first).
+    #[tokio::test]
+    async fn re_sends_go_oldest_first_across_an_xid_wrap() {
+        let hop = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = upstream_to(&hop.local_addr().unwrap().to_string());
         up.next_xid.store(u32::MAX - 2, Ordering::Relaxed);
         let (mut first, _) = hop.accept().await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for client_xid in 0u32..5 {
-            let mut call = client_xid.to_be_bytes().to_vec();
-            // CALL, RPC 2, NFS 3 NULL, AUTH_NONE credential and verifier.
-            for w in [0u32, 2, 100003, 3, 0, 0, 0, 0, 0] {
-                call.extend_from_slice(&w.to_be_bytes());
-            }
-            let tx = tx.clone();
-            up.send(
-                Bytes::from(call),
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            )
-            .await
-            .unwrap();
-        }
-        let mut taken = Vec::new();
-        for _ in 0..5 {
-            let rec = read_record(&mut first).await;
-            taken.push(u32::from_be_bytes(rec[..4].try_into().unwrap()));
+            null_call(&up, client_xid, &tx).await;
         }
         let wrapped = [u32::MAX - 2, u32::MAX - 1, u32::MAX, 0, 1];
-        assert_eq!(taken, wrapped, "first sends go out as taken");
+        assert_eq!(read_calls(&mut first, 5).await, wrapped, "sent as taken");
         drop(first); // lost with all five unanswered
         let (mut second, _) = hop.accept().await.unwrap();
-        let mut resent = Vec::new();
-        for _ in 0..5 {
-            let rec = read_record(&mut second).await;
-            resent.push(u32::from_be_bytes(rec[..4].try_into().unwrap()));
-        }
+        let resent = read_calls(&mut second, 5).await;
         assert_eq!(resent, wrapped, "re-sent oldest first");
         for xid in resent.iter().rev() {
-            let mut reply = vec![0x80, 0, 0, 24];
-            reply.extend_from_slice(&xid.to_be_bytes());
-            for w in [1u32, 0, 0, 0, 0] {
-                reply.extend_from_slice(&w.to_be_bytes());
-            }
-            second.write_all(&reply).await.unwrap();
+            reply(&mut second, *xid).await;
         }
         let mut back = Vec::new();
         for _ in 0..5 {
@@ -284,5 +311,63 @@ mod tests {
             [4, 3, 2, 1, 0],
             "each reply gets its client's xid back"
         );
+    }
+
+    /// A double hiccup with many calls in flight: two connections lost with all 20 calls
+    /// unanswered make every call a suspect. The third connection probes them oldest first
+    /// in batches of 1, 2, 4, 8 and the 5 left, each batch alone on the connection until
+    /// it is answered; every call is answered and none fails.
+    #[tokio::test]
+    async fn a_double_hiccup_probes_in_growing_batches_and_fails_nothing() {
+        let hop = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = upstream_to(&hop.local_addr().unwrap().to_string());
+        let (mut first, _) = hop.accept().await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for client_xid in 0u32..20 {
+            null_call(&up, client_xid, &tx).await;
+        }
+        let taken = read_calls(&mut first, 20).await;
+        drop(first);
+        let (mut second, _) = hop.accept().await.unwrap();
+        assert_eq!(
+            read_calls(&mut second, 20).await,
+            taken,
+            "re-sent at once, in order"
+        );
+        drop(second);
+        let (mut third, _) = hop.accept().await.unwrap();
+        let mut probed = Vec::new();
+        for batch in [1, 2, 4, 8, 5] {
+            let xids = read_calls(&mut third, batch).await;
+            // Nothing more until this batch is answered.
+            let mut more = [0u8; 4];
+            let quiet = tokio::time::timeout(Duration::from_millis(300), third.read(&mut more));
+            assert!(
+                quiet.await.is_err(),
+                "batch of {batch}: more calls sent before its replies"
+            );
+            for xid in &xids {
+                reply(&mut third, *xid).await;
+            }
+            probed.extend(xids);
+        }
+        assert_eq!(probed, taken, "probed oldest first");
+        for _ in 0..20 {
+            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("every call answered")
+                .unwrap();
+            assert_eq!(accept_stat(&r), 0, "answered, not failed");
+        }
+        assert_eq!(up.stats.probed.load(Ordering::Relaxed), 20);
+        // New calls flow again once probing is over.
+        null_call(&up, 99, &tx).await;
+        let x = read_calls(&mut third, 1).await[0];
+        reply(&mut third, x).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(u32::from_be_bytes(r[..4].try_into().unwrap()), 99);
     }
 }
