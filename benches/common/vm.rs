@@ -324,9 +324,19 @@ pub async fn for_each_extent(
     let mut early = std::collections::BTreeMap::new();
     let (mut next, mut done) = (0, 0);
     loop {
-        while set.len() < WINDOW && next < extents.len() {
+        // At most 2 × WINDOW replies held: a slow oldest READ (a miss) must not let every
+        // later reply pile up in `early`.
+        while set.len() < WINDOW && next < extents.len() && next - done < 2 * WINDOW {
             let (c, fh, (o, n), i) = (c.clone(), fh.to_vec(), extents[next], next);
-            set.spawn(async move { (i, c.read_data(&fh, o, n).await.0) });
+            set.spawn(async move {
+                let d = c.read_data(&fh, o, n).await.0;
+                assert_eq!(
+                    d.len(),
+                    n as usize,
+                    "short READ at {o} (not at end of file)"
+                );
+                (i, d)
+            });
             next += 1;
         }
         let Some(r) = set.join_next().await else {
