@@ -370,4 +370,90 @@ mod tests {
             .unwrap();
         assert_eq!(u32::from_be_bytes(r[..4].try_into().unwrap()), 99);
     }
+
+    /// A call waiting for the writer lock when the connection's reader ends (the next hop
+    /// closed its side) is not written on that dead connection, where it would be
+    /// counted lost with it: it goes out on the next connection. The lock is held by a
+    /// 64 MiB call the hop reads only after closing its side.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_queued_when_the_reader_ends_is_not_written_on_the_dead_connection() {
+        let hop = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = upstream_to(&hop.local_addr().unwrap().to_string());
+        let (mut first, _) = hop.accept().await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // A: a NULL call with 64 MiB of trailing bytes, more than the socket buffers hold,
+        // so its write holds the writer lock until the hop reads.
+        let mut big = 0u32.to_be_bytes().to_vec();
+        for w in [0u32, 2, 100003, 3, 0, 0, 0, 0, 0] {
+            big.extend_from_slice(&w.to_be_bytes());
+        }
+        big.resize(64 << 20, 7);
+        let big_len = big.len();
+        let (u, t) = (up.clone(), tx.clone());
+        tokio::spawn(async move {
+            u.send(
+                Bytes::from(big),
+                Box::new(move |r| {
+                    let _ = t.send(r);
+                }),
+            )
+            .await
+            .unwrap();
+        });
+        // A is being written (its record mark is here); the rest waits in the sockets.
+        let mut mark = [0u8; 4];
+        first.read_exact(&mut mark).await.unwrap();
+        let a_len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+        assert_eq!(a_len, big_len, "A comes first");
+        // B queues on the writer lock behind A.
+        let (u, t) = (up.clone(), tx.clone());
+        let (started, b_started) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = started.send(());
+            null_call(&u, 1, &t).await
+        });
+        b_started.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The hop closes its side: the link's reader ends while A is still being written.
+        first.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut a = vec![0u8; a_len];
+        first.read_exact(&mut a).await.unwrap();
+        // Then the connection ends: B must not follow A on it.
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest))
+            .await
+            .expect("the link drops the dead connection")
+            .unwrap_or(0);
+        assert_eq!(
+            n, 0,
+            "B was written on the connection whose reader had ended"
+        );
+        let (mut second, _) = hop.accept().await.unwrap();
+        let a2 = read_record(&mut second).await;
+        let b = read_record(&mut second).await;
+        assert_eq!(
+            (a2.len(), b.len()),
+            (big_len, 40),
+            "A re-sent, then B, oldest first"
+        );
+        for rec in [&a2, &b] {
+            reply(
+                &mut second,
+                u32::from_be_bytes(rec[..4].try_into().unwrap()),
+            )
+            .await;
+        }
+        let mut back = Vec::new();
+        for _ in 0..2 {
+            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("answered")
+                .unwrap();
+            assert_eq!(accept_stat(&r), 0, "answered, not failed");
+            back.push(u32::from_be_bytes(r[..4].try_into().unwrap()));
+        }
+        back.sort();
+        assert_eq!(back, [0, 1]);
+    }
 }
