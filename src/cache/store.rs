@@ -773,6 +773,18 @@ impl Store {
                 (valid, buf, dirty_range, Some(*way), c.dirty.is_some())
             }
         };
+        if let Some((_, c)) = &existing
+            && c.valid == valid
+            && c.dirty == dirty_range
+            && c.data == buf
+            && !(bank.failed && dirty_range.is_some())
+        {
+            // Nothing changes (the same truncation record again, a fill of bytes already
+            // here): the version stays. Rewriting a durable dirty one would supersede it,
+            // a second frame and a second fdatasync to clear the first; an unsynced one is
+            // already noted for its file's next sync.
+            return Ok(Put::Stored { seq: c.seq });
+        }
 
         let seq = self.write_version(
             &mut bank,

@@ -1018,3 +1018,30 @@ fn a_failed_bank_sync_is_not_forgotten() {
     assert!(s.close().is_err());
     assert!(!dir.path().join(CLEAN).exists(), "not a clean shutdown");
 }
+
+/// A put of exactly the bytes and dirty range the newest version holds keeps that
+/// version: no second frame superseding a durable one, nothing new to sync.
+#[test]
+fn a_put_of_the_same_bytes_keeps_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+    let seq = stored(s.put(b"f", 1, 0, &bytes(100, 3), true).unwrap());
+    s.sync().unwrap();
+    let n = s.syncs();
+    assert_eq!(
+        stored(s.put(b"f", 1, 0, &bytes(100, 3), true).unwrap()),
+        seq
+    );
+    s.sync_file(b"f").unwrap();
+    assert_eq!(s.syncs(), n, "nothing new to sync");
+    // Other bytes, or the same bytes clean, are a new version.
+    assert_ne!(
+        stored(s.put(b"f", 1, 0, &bytes(100, 4), true).unwrap()),
+        seq
+    );
+    let clean = stored(s.put(b"g", 0, 0, &bytes(50, 1), false).unwrap());
+    assert_ne!(
+        stored(s.put(b"g", 0, 0, &bytes(50, 1), true).unwrap()),
+        clean
+    );
+}

@@ -930,25 +930,19 @@ impl CacheLayer {
         if let Some(c) = cred.clone() {
             self.remember_cred(c);
         }
-        let record = cut_record(cut, new);
-        // The same truncation again (a build rewriting its outputs, `cp` over a file it
-        // wrote before, each before any write-back): the record already says it, dirty,
-        // so durable by the sync below. Rewriting it would supersede it: a second frame,
-        // and a second fdatasync to clear the first.
-        let recorded = self.with_file(fh, |s| s.cut) == Some(cut)
-            && self.store.get(fh, CUT_BLOCK)?.is_some_and(|c| {
-                c.dirty.is_some() && c.valid == (0..record.len() as u32) && c.data == record
-            });
-        if !recorded {
-            match self.store.put(fh, CUT_BLOCK, 0, &record, true) {
-                Ok(Put::Stored { .. }) => {}
-                // No room for the record: forwarded. Known limit: the block holding `low`
-                // is already cut, so should the server then refuse the truncation, the
-                // cached bytes past `low` in that block are gone although the client was
-                // told it failed (a client retries a failed truncation).
-                Ok(_) | Err(CacheError::SetFull) => return Ok(None),
-                Err(e) => return Err(e),
-            }
+        // The same truncation again (a build's CREATE size 0 of the object it rewrites)
+        // finds the record as it is: `put` keeps it, no new version to sync.
+        match self
+            .store
+            .put(fh, CUT_BLOCK, 0, &cut_record(cut, new), true)
+        {
+            Ok(Put::Stored { .. }) => {}
+            // No room for the record: forwarded. Known limit: the block holding `low` is
+            // already cut, so should the server then refuse the truncation, the cached
+            // bytes past `low` in that block are gone although the client was told it
+            // failed (a client retries a failed truncation).
+            Ok(_) | Err(CacheError::SetFull) => return Ok(None),
+            Err(e) => return Err(e),
         }
         let attr = self.with_file(fh, |s| s.attr.clone());
         self.changed(fh, attr);
