@@ -13,7 +13,7 @@
 //! `resend_limit` times is answered SYSTEM_ERR instead of being sent again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -71,13 +71,10 @@ const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 struct Shared {
     table: Mutex<HashMap<u32, Pending>>,
     writer: tokio::sync::Mutex<Slot>,
-    /// A writer that failed publishes its connection's generation here, so the reader
-    /// of that connection stops and the link reconnects.
+    /// The generation of the last connection known dead. A writer that failed publishes
+    /// it, so the reader of that connection stops and the link reconnects; `run`
+    /// publishes it when the connection ends, so `Link::send` writes nothing more on it.
     broken: watch::Sender<u64>,
-    /// Generation of the last connection `run` found ended, set before it waits for the
-    /// writer lock to drop the connection's writer: a call queued on that lock meanwhile
-    /// must not be written on the dead connection (it would be counted as lost on it).
-    ended: AtomicU64,
 }
 
 pub(super) struct Link {
@@ -126,7 +123,6 @@ impl Link {
                 next_seq: 0,
             }),
             broken: watch::channel(0).0,
-            ended: AtomicU64::new(0),
         });
         let task = tokio::spawn(run(LinkCtx {
             name,
@@ -157,9 +153,8 @@ impl Link {
         let msg = p.msg.clone();
         p.seq = slot.next_seq;
         slot.next_seq += 1;
-        let now = slot.half.is_some()
-            && !slot.probing
-            && self.shared.ended.load(Ordering::SeqCst) != slot.generation;
+        let now =
+            slot.half.is_some() && !slot.probing && *self.shared.broken.borrow() != slot.generation;
         if now {
             p.sent_gen = slot.generation;
         }
@@ -266,7 +261,9 @@ async fn run(ctx: LinkCtx) {
             }
         };
         ctx.stats.links_up.fetch_sub(1, Ordering::Relaxed);
-        ctx.shared.ended.store(generation, Ordering::SeqCst);
+        // Before waiting for the writer lock: a call queued on it meanwhile must not be
+        // written on the dead connection (it would be counted lost with it).
+        ctx.shared.broken.send_replace(generation);
         ctx.shared.writer.lock().await.half = None;
         give_up_on(&ctx, generation);
         warn!(side = "upstream", upstream = ctx.name, endpoint = %ctx.endpoint,
