@@ -198,18 +198,17 @@ impl Upstream {
 mod tests {
     use super::*;
     use crate::config::Endpoint;
+    use crate::rpc::msg::{accepted_reply, call_message};
+    use crate::rpc::{AcceptStat, ReplyKind, parse_reply, read_record, write_record};
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
-    async fn read_record(s: &mut TcpStream) -> Vec<u8> {
-        let mut mark = [0u8; 4];
-        s.read_exact(&mut mark).await.expect("record mark");
-        let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
-        let mut rec = vec![0u8; len];
-        s.read_exact(&mut rec).await.expect("record body");
-        rec
-    }
+    type Replies = tokio::sync::mpsc::UnboundedReceiver<BytesMut>;
+    type ReplyTx = tokio::sync::mpsc::UnboundedSender<BytesMut>;
+
+    /// Largest record the scripted next hop reads (the 64 MiB call below).
+    const MAX: usize = 128 << 20;
 
     fn upstream_to(addr: &str) -> Arc<Upstream> {
         let cfg = UpstreamConfig {
@@ -231,20 +230,18 @@ mod tests {
         )
     }
 
-    /// Sends an NFS NULL call with client xid `client_xid`; its reply (or failure) goes to `tx`.
-    async fn null_call(
-        up: &Upstream,
-        client_xid: u32,
-        tx: &tokio::sync::mpsc::UnboundedSender<BytesMut>,
-    ) {
-        let mut call = client_xid.to_be_bytes().to_vec();
-        // CALL, RPC 2, NFS 3 NULL, AUTH_NONE credential and verifier.
-        for w in [0u32, 2, 100003, 3, 0, 0, 0, 0, 0] {
-            call.extend_from_slice(&w.to_be_bytes());
-        }
+    /// An NFS NULL call with client xid `client_xid`, `pad` bytes of arguments after it.
+    fn null(client_xid: u32, pad: usize) -> Bytes {
+        let mut m = call_message(client_xid, 100003, 3, 0, &[]);
+        m.resize(m.len() + pad, 7);
+        m.freeze()
+    }
+
+    /// Sends `call`; its reply (or failure) goes to `tx`.
+    async fn send(up: &Upstream, call: Bytes, tx: &ReplyTx) {
         let tx = tx.clone();
         up.send(
-            Bytes::from(call),
+            call,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
@@ -253,28 +250,49 @@ mod tests {
         .unwrap();
     }
 
+    fn xid_of(m: &[u8]) -> u32 {
+        u32::from_be_bytes(m[..4].try_into().unwrap())
+    }
+
+    /// The next record from the scripted next hop's side of a connection.
+    async fn record(s: &mut TcpStream) -> BytesMut {
+        read_record(s, MAX).await.unwrap().expect("a record")
+    }
+
     /// Reads `n` call records; returns their xids.
     async fn read_calls(s: &mut TcpStream, n: usize) -> Vec<u32> {
         let mut xids = Vec::new();
         for _ in 0..n {
-            let rec = read_record(s).await;
-            xids.push(u32::from_be_bytes(rec[..4].try_into().unwrap()));
+            xids.push(xid_of(&record(s).await));
         }
         xids
     }
 
     /// Answers call `xid` with an accepted, successful reply.
     async fn reply(s: &mut TcpStream, xid: u32) {
-        let mut r = vec![0x80, 0, 0, 24];
-        r.extend_from_slice(&xid.to_be_bytes());
-        for w in [1u32, 0, 0, 0, 0] {
-            r.extend_from_slice(&w.to_be_bytes());
-        }
-        s.write_all(&r).await.unwrap();
+        write_record(s, &accepted_reply(xid, AcceptStat::SUCCESS))
+            .await
+            .unwrap();
     }
 
-    fn accept_stat(r: &[u8]) -> u32 {
-        u32::from_be_bytes(r[20..24].try_into().unwrap())
+    /// The next reply a client gets (within 5 s): its xid, and whether it is a success
+    /// (not a SYSTEM_ERR from a call given up on).
+    async fn next_reply(rx: &mut Replies) -> (u32, bool) {
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a reply within 5 s")
+            .expect("reply channel open");
+        let ok = matches!(
+            parse_reply(&r),
+            Ok((
+                _,
+                ReplyKind::Accepted {
+                    stat: AcceptStat::SUCCESS,
+                    ..
+                }
+            ))
+        );
+        (xid_of(&r), ok)
     }
 
     /// Calls lost with a connection are re-sent in the order they were taken, even when
@@ -287,7 +305,7 @@ mod tests {
         let (mut first, _) = hop.accept().await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for client_xid in 0u32..5 {
-            null_call(&up, client_xid, &tx).await;
+            send(&up, null(client_xid, 0), &tx).await;
         }
         let wrapped = [u32::MAX - 2, u32::MAX - 1, u32::MAX, 0, 1];
         assert_eq!(read_calls(&mut first, 5).await, wrapped, "sent as taken");
@@ -300,11 +318,7 @@ mod tests {
         }
         let mut back = Vec::new();
         for _ in 0..5 {
-            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .expect("reply delivered")
-                .unwrap();
-            back.push(u32::from_be_bytes(r[..4].try_into().unwrap()));
+            back.push(next_reply(&mut rx).await.0);
         }
         assert_eq!(
             back,
@@ -324,7 +338,7 @@ mod tests {
         let (mut first, _) = hop.accept().await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for client_xid in 0u32..20 {
-            null_call(&up, client_xid, &tx).await;
+            send(&up, null(client_xid, 0), &tx).await;
         }
         let taken = read_calls(&mut first, 20).await;
         drop(first);
@@ -354,22 +368,14 @@ mod tests {
         }
         assert_eq!(probed, taken, "probed oldest first");
         for _ in 0..20 {
-            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .expect("every call answered")
-                .unwrap();
-            assert_eq!(accept_stat(&r), 0, "answered, not failed");
+            assert!(next_reply(&mut rx).await.1, "answered, not failed");
         }
         assert_eq!(up.stats.probed.load(Ordering::Relaxed), 20);
         // New calls flow again once probing is over.
-        null_call(&up, 99, &tx).await;
+        send(&up, null(99, 0), &tx).await;
         let x = read_calls(&mut third, 1).await[0];
         reply(&mut third, x).await;
-        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(u32::from_be_bytes(r[..4].try_into().unwrap()), 99);
+        assert_eq!(next_reply(&mut rx).await.0, 99);
     }
 
     /// A call waiting for the writer lock when the connection's reader ends (the next hop
@@ -384,23 +390,10 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         // A: a NULL call with 64 MiB of trailing bytes, more than the socket buffers hold,
         // so its write holds the writer lock until the hop reads.
-        let mut big = 0u32.to_be_bytes().to_vec();
-        for w in [0u32, 2, 100003, 3, 0, 0, 0, 0, 0] {
-            big.extend_from_slice(&w.to_be_bytes());
-        }
-        big.resize(64 << 20, 7);
+        let big = null(0, 64 << 20);
         let big_len = big.len();
         let (u, t) = (up.clone(), tx.clone());
-        tokio::spawn(async move {
-            u.send(
-                Bytes::from(big),
-                Box::new(move |r| {
-                    let _ = t.send(r);
-                }),
-            )
-            .await
-            .unwrap();
-        });
+        tokio::spawn(async move { send(&u, big, &t).await });
         // A is being written (its record mark is here); the rest waits in the sockets.
         let mut mark = [0u8; 4];
         first.read_exact(&mut mark).await.unwrap();
@@ -411,7 +404,7 @@ mod tests {
         let (started, b_started) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let _ = started.send(());
-            null_call(&u, 1, &t).await
+            send(&u, null(1, 0), &t).await
         });
         b_started.await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -431,28 +424,21 @@ mod tests {
             "B was written on the connection whose reader had ended"
         );
         let (mut second, _) = hop.accept().await.unwrap();
-        let a2 = read_record(&mut second).await;
-        let b = read_record(&mut second).await;
+        let a2 = record(&mut second).await;
+        let b = record(&mut second).await;
         assert_eq!(
             (a2.len(), b.len()),
             (big_len, 40),
             "A re-sent, then B, oldest first"
         );
         for rec in [&a2, &b] {
-            reply(
-                &mut second,
-                u32::from_be_bytes(rec[..4].try_into().unwrap()),
-            )
-            .await;
+            reply(&mut second, xid_of(rec)).await;
         }
         let mut back = Vec::new();
         for _ in 0..2 {
-            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .expect("answered")
-                .unwrap();
-            assert_eq!(accept_stat(&r), 0, "answered, not failed");
-            back.push(u32::from_be_bytes(r[..4].try_into().unwrap()));
+            let (xid, ok) = next_reply(&mut rx).await;
+            assert!(ok, "answered, not failed");
+            back.push(xid);
         }
         back.sort();
         assert_eq!(back, [0, 1]);
