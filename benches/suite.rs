@@ -367,10 +367,11 @@ struct Scenario {
 
 fn main() {
     // The bench client stands in for VMs' kernel NFS clients, which read into page-cache
-    // pages they keep. With glibc's defaults every 1–2 MiB reply buffer is a fresh mmap
-    // the kernel zero-fills page by page (a third of all CPU in WAN-P went to
-    // `clear_page_erms` under the client's reads): the proxy's own allocator settings keep
-    // such buffers in the heap for reuse. Set before the runtime's threads start.
+    // pages they keep. With glibc's defaults its 1–2 MiB reply buffers are fresh mmaps the
+    // kernel zero-fills page by page; the proxy's own allocator settings keep them in the
+    // heap for reuse (WAN-P alone, session 11: 15.1 → 14.2 CPU-s; most of the bench
+    // process's `clear_page_erms` went with `vm::for_each_extent`). Set before the
+    // runtime's threads start.
     gridvfs::daemon::tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

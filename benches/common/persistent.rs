@@ -315,7 +315,7 @@ pub async fn session_nfs(
     let disk = c.lookup(&vd, DISK).await.expect("disk.img");
     let size = c.getattr(&disk).await;
     let ws = vm::working_set(size, spec.ws_pct, seed);
-    vm::for_each_extent(c, &disk, &ws, |_, d| {
+    vm::for_each_extent(c, &disk, &ws, |d| {
         read += d.len() as u64;
         h.update(d);
     })

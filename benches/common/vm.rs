@@ -318,7 +318,7 @@ pub async fn for_each_extent(
     c: &Client,
     fh: &[u8],
     extents: &[(u64, u32)],
-    mut each: impl FnMut(usize, &[u8]),
+    mut each: impl FnMut(&[u8]),
 ) {
     let mut set = tokio::task::JoinSet::new();
     let mut early = std::collections::BTreeMap::new();
@@ -345,7 +345,7 @@ pub async fn for_each_extent(
         let (i, d) = r.unwrap();
         early.insert(i, d);
         while let Some(d) = early.remove(&done) {
-            each(done, &d);
+            each(&d);
             done += 1;
         }
     }
@@ -360,7 +360,7 @@ pub async fn read_all(c: &Client, fh: &[u8], size: u64) -> Vec<u8> {
         .map(|o| (o, (IO as u64).min(size - o) as u32))
         .collect();
     let mut out = Vec::with_capacity(size as usize);
-    for_each_extent(c, fh, &extents, |_, d| out.extend_from_slice(d)).await;
+    for_each_extent(c, fh, &extents, |d| out.extend_from_slice(d)).await;
     out
 }
 
@@ -513,7 +513,7 @@ pub async fn clone_nfs_timed(
     }
     let dsize = c.getattr(&disk).await;
     let ws = working_set(dsize, spec.ws_pct, seed);
-    for_each_extent(c, &disk, &ws, |_, d| {
+    for_each_extent(c, &disk, &ws, |d| {
         read += d.len() as u64;
         h.update(d);
     })
