@@ -56,6 +56,8 @@ pub async fn serve(listener: UnixListener, proxy: Arc<Proxy>) {
 }
 
 async fn handle(stream: UnixStream, proxy: &Arc<Proxy>) -> std::io::Result<()> {
+    // Calls made for the requester (prefetch) go as its uid and gid.
+    let peer = stream.peer_cred().ok().map(|c| (c.uid(), c.gid()));
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut rd = BufReader::new(rd).take(MAX_LINE as u64 + 1);
@@ -68,6 +70,9 @@ async fn handle(stream: UnixStream, proxy: &Arc<Proxy>) -> std::io::Result<()> {
         "status" => status(proxy).await,
         _ if line.starts_with("workset ") && line.len() > "workset ".len() => {
             workset(proxy, &line["workset ".len()..]).await
+        }
+        _ if line.starts_with("prefetch ") && line.len() > "prefetch ".len() => {
+            prefetch(proxy, &line["prefetch ".len()..], peer).await
         }
         _ if line == "flush" || line.starts_with("flush ") => {
             let mut rest = &line["flush".len()..];
@@ -90,7 +95,8 @@ async fn handle(stream: UnixStream, proxy: &Arc<Proxy>) -> std::io::Result<()> {
 
 fn bad_request(line: &str) -> String {
     error_line(&format!(
-        "unknown request {:?}: use status, flush [--drop] [--file PATH], workset PATH",
+        "unknown request {:?}: use status, flush [--drop] [--file PATH], workset PATH, \
+         prefetch PATH",
         line.chars().take(40).collect::<String>()
     ))
 }
@@ -118,6 +124,28 @@ async fn workset(proxy: &Proxy, path: &str) -> String {
         dump: &dump,
     })
     .unwrap_or_else(|e| error_line(&format!("cannot encode the answer: {e}")))
+}
+
+/// Answers `prefetch PATH`: starts the file's whole-file or working-set transfer now,
+/// as the requester's uid and gid, and says what started (it runs on in the proxy).
+async fn prefetch(proxy: &Proxy, path: &str, peer: Option<(u32, u32)>) -> String {
+    use crate::proxy::meta::Started;
+    let Some((uid, gid)) = peer else {
+        return error_line("cannot tell who is asking (no peer credentials on the socket)");
+    };
+    let cred = crate::upstream::calls::Cred::sys(uid, gid);
+    let (fetch, bytes, why) = match proxy.prefetch(path, cred).await {
+        Ok(Started::WholeFile { bytes }) => ("whole-file", bytes, None),
+        Ok(Started::WorkingSet { bytes }) => ("working-set", bytes, None),
+        Ok(Started::Nothing(why)) => ("none", 0, Some(why)),
+        Err(e) => return error_line(&e),
+    };
+    info!(path, fetch, bytes, why, "control: prefetch");
+    format!(
+        "{{\"ok\":true,\"path\":{},\"fetch\":\"{fetch}\",\"bytes\":{bytes}{}}}",
+        json_str(path),
+        why.map_or(String::new(), |w| format!(",\"why\":{}", json_str(w)))
+    )
 }
 
 /// How often a waiting `flush` is told the progress.

@@ -75,6 +75,18 @@ enum Cmd {
         /// the one mounted export.
         path: String,
     },
+    /// Queue a running proxy's transfers of files a VM is about to read: each file's
+    /// whole-file fetch or its working set, as its sidecar says (what its first READ
+    /// would start); they run one after another, in the order given. Returns once they
+    /// are queued; prints one JSON line per file.
+    Prefetch {
+        #[arg(long)]
+        socket: PathBuf,
+        /// Each file's path as the client mounted it (`/export/dir/file`), or relative to
+        /// the one mounted export.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Make, inspect and check metadata sidecars (`.NAME.gvfsmeta`, docs/sidecar-format.md).
     Meta {
         #[command(subcommand)]
@@ -142,6 +154,47 @@ fn control(socket: &std::path::Path, line: &str) -> ExitCode {
     }
 }
 
+/// Sends one `prefetch PATH` request per path, in order, and prints the replies; exit 0
+/// if every one says ok.
+fn prefetch(socket: &std::path::Path, paths: &[String]) -> ExitCode {
+    if paths.iter().any(|p| p.contains('\n')) {
+        eprintln!("gridvfs: PATH: a path with a newline");
+        return ExitCode::from(2);
+    }
+    let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::from(1);
+    };
+    // One at a time: the proxy runs the transfers in the order it is asked.
+    let replies = rt.block_on(async {
+        let mut replies = Vec::new();
+        for p in paths {
+            replies.push(gridvfs::control::request(socket, &format!("prefetch {p}"), |_| {}).await);
+        }
+        replies
+    });
+    let mut ok = true;
+    for r in replies {
+        match r {
+            Ok(reply) => {
+                ok &= reply.starts_with("{\"ok\":true");
+                println!("{reply}");
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!(
+                    "gridvfs: cannot reach the control socket {}: {e}",
+                    socket.display()
+                );
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// Asks the proxy for a file's recorded working set and prints it as text; exit 1 with
 /// the proxy's reason if it has none.
 fn workset(socket: &std::path::Path, path: &str) -> ExitCode {
@@ -177,6 +230,7 @@ fn main() -> ExitCode {
         Cmd::Status { socket } => control(&socket, "status"),
         Cmd::Meta { cmd } => meta_cli::run(cmd),
         Cmd::Workset { socket, path } => workset(&socket, &path),
+        Cmd::Prefetch { socket, paths } => prefetch(&socket, &paths),
         Cmd::Keygen { out, comment } => {
             let comment = comment.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

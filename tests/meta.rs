@@ -1194,3 +1194,144 @@ fn a_recorded_working_set_is_dumped_by_path() {
     assert_eq!(n(&st["meta"]["workset"]["files"]), 0, "{st}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Runs `gridvfs prefetch --socket SOCKET PATHS...`: (exit status ok, one JSON value per
+/// stdout line, stderr).
+fn prefetch_cli(socket: &Path, paths: &[String]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = std::process::Command::new(common::bin())
+        .arg("prefetch")
+        .arg("--socket")
+        .arg(socket)
+        .args(paths)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `gridvfs prefetch` (middleware, as a session begins) moves a memory image whole and a
+/// disk's working set before any READ: both transfers run to the end with no client
+/// call, in the order asked, and the VM's READs then cross nothing but the calls and get
+/// the right bytes. A file without a sidecar starts nothing and says why; a missing file
+/// and a path outside the mounted export are errors (exit 1) that name the path.
+#[test]
+fn prefetch_moves_files_before_they_are_read() {
+    let lab = Lab::get();
+    let (dir, name) = open_scratch(&lab, "meta-prefetch");
+    let (img, zeros) = memory_image(12, 77);
+    std::fs::write(dir.join("mem.vmss"), &img).unwrap();
+    write_sidecar(
+        &dir.join("mem.vmss"),
+        &zeros,
+        actions(Fetch::WholeFile, Codec::Zstd, Writeback::Blocks),
+    );
+    let nonzero = img.len() as u64 - zeros.iter().map(|r| (r.end - r.start) * BS).sum::<u64>();
+    let disk = pseudo_random(8 << 20, 78);
+    std::fs::write(dir.join("disk.img"), &disk).unwrap();
+    write_sidecar(
+        &dir.join("disk.img"),
+        &[],
+        actions(Fetch::Blocks, Codec::Zstd, Writeback::Blocks),
+    );
+    let mib = 1u64 << 20;
+    let ws = [mib..2 * mib, 5 * mib..5 * mib + 256 * 1024];
+    let mut sc =
+        Sidecar::parse(&std::fs::read(sidecar_path(&dir.join("disk.img"))).unwrap()).unwrap();
+    sc.working_set = ws.to_vec();
+    std::fs::write(sidecar_path(&dir.join("disk.img")), sc.encode()).unwrap();
+    std::fs::write(dir.join("plain.bin"), pseudo_random(2 << 20, 79)).unwrap();
+
+    let c = Chain::start(&lab, Some(20_000_000));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The proxy resolves paths from an export mounted through it.
+    rt.block_on(common::mount(c.client.endpoints(), &lab.export));
+    let path = |f: &str| format!("{}/{name}/{f}", lab.export.trim_end_matches('/'));
+    let before = c.relay.bytes().1;
+    let (ok, said, err) = prefetch_cli(&c.client_sock, &[path("mem.vmss"), path("disk.img")]);
+    assert!(ok, "{said:?} {err}\n{}", c.logs());
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert_eq!(said[0]["fetch"], "whole-file", "{said:?}");
+    assert_eq!(n(&said[0]["bytes"]), nonzero, "{said:?}");
+    assert_eq!(said[1]["fetch"], "working-set", "{said:?}");
+    assert_eq!(n(&said[1]["bytes"]), mib + 256 * 1024, "{said:?}");
+    // Both transfers run to the end with no READ from any client.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = &c.client_status()["meta"]["whole"];
+        if n(&w["fetches"]) == 2 && n(&w["working_sets"]) == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{w}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = c.client_status();
+    assert_eq!(
+        n(&st["meta"]["whole"]["raw_bytes"]),
+        nonzero + mib + 256 * 1024,
+        "{st}"
+    );
+    assert_eq!(n(&st["meta"]["whole"]["failed"]), 0, "{st}");
+    let moved = c.relay.bytes().1 - before;
+    assert!(moved > mib, "only {moved} bytes crossed for the transfers");
+    // The VM's READs: right bytes, nothing crosses but the calls.
+    let before = c.relay.bytes().1;
+    let got = nfs_cat(
+        c.client.endpoints(),
+        &lab.export,
+        &format!("{name}/mem.vmss"),
+    );
+    common::assert_same_bytes("mem.vmss after prefetch", &got, &img);
+    rt.block_on(async {
+        let mut cl = common::mount(c.client.endpoints(), &lab.export).await;
+        let fh = common::lookup_path(&mut cl, &name, "disk.img").await;
+        for r in &ws {
+            let mut o = r.start;
+            while o < r.end {
+                let k = (r.end - o).min(65536);
+                let got = common::read(&mut cl, &fh, o, k as u32).await;
+                assert_eq!(
+                    &got.data[..],
+                    &disk[o as usize..(o + k) as usize],
+                    "disk READ at {o}"
+                );
+                o += k;
+            }
+        }
+    });
+    let crossed = c.relay.bytes().1 - before;
+    assert!(
+        crossed < 512 << 10,
+        "{crossed} bytes crossed for READs of prefetched data\n{}",
+        c.logs()
+    );
+    // A second prefetch of the same files finds them there: nothing new is fetched.
+    let (ok, said, err) = prefetch_cli(&c.client_sock, &[path("mem.vmss"), path("disk.img")]);
+    assert!(ok, "{said:?} {err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let w = &c.client_status()["meta"]["whole"];
+    assert_eq!(n(&w["fetches"]), 2, "{w}");
+    // No sidecar: nothing started, and why.
+    let (ok, said, _) = prefetch_cli(&c.client_sock, &[path("plain.bin")]);
+    assert!(ok, "{said:?}");
+    assert_eq!(said[0]["fetch"], "none", "{said:?}");
+    assert_eq!(said[0]["why"], "no fresh sidecar", "{said:?}");
+    // Errors name the path and fail the command.
+    let (ok, said, _) = prefetch_cli(&c.client_sock, &[path("no-such.vmss")]);
+    assert!(!ok, "{said:?}");
+    let e = said[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("no-such.vmss") && e.contains("NOENT"),
+        "{said:?}"
+    );
+    let (ok, said, _) = prefetch_cli(&c.client_sock, &["/elsewhere/x".to_string()]);
+    assert!(!ok, "{said:?}");
+    let e = said[0]["error"].as_str().unwrap_or_default();
+    assert!(e.contains("not under an export"), "{said:?}");
+}

@@ -90,7 +90,21 @@ pub struct MetaLayer {
     connector: Option<Arc<SshConnector>>,
     /// The next hop, for sidecar lookups started by a LOOKUP reply.
     up: Arc<Upstream>,
+    /// Transfers queued by `gridvfs prefetch` run one at a time, holding this.
+    prefetch_turn: tokio::sync::Mutex<()>,
     pub stats: MetaStats,
+}
+
+/// What [`MetaLayer::start_fetch`] started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// The whole file's transfer (queued, running or done), of this many data bytes.
+    WholeFile { bytes: u64 },
+    /// The working set's transfer (queued, running or done), this many bytes of the
+    /// file (widened to whole cache blocks).
+    WorkingSet { bytes: u64 },
+    /// Nothing, and why.
+    Nothing(&'static str),
 }
 
 /// What the sidecar path did with a READ.
@@ -120,8 +134,20 @@ impl MetaLayer {
             whole,
             connector,
             up,
+            prefetch_turn: tokio::sync::Mutex::new(()),
             stats: MetaStats::default(),
         })
+    }
+
+    /// Makes the file channel's session in the background if there is none yet, so
+    /// that a transfer about to start does not wait for its handshake.
+    pub fn warm_file_session(&self) {
+        if let (Some(c), Some(_)) = (&self.connector, &self.whole)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let c = c.clone();
+            rt.spawn(async move { c.warm_file_session().await });
+        }
     }
 
     /// Whether whole files can be moved over the file channel.
@@ -133,7 +159,7 @@ impl MetaLayer {
         self.connector.as_ref()
     }
 
-    fn learn_name(&self, fh: &[u8], dir: &[u8], name: &[u8]) {
+    pub(super) fn learn_name(&self, fh: &[u8], dir: &[u8], name: &[u8]) {
         if name == b"." || name == b".." {
             return;
         }
@@ -168,6 +194,7 @@ impl MetaLayer {
                         let up = me.up.clone();
                         me.sidecar(&up, &fh, &attr, &cred).await;
                     });
+                    self.warm_file_session();
                 }
             }
             (Args::Create(a), Res::Create(NfsResult::Ok(ok))) => {
@@ -308,6 +335,108 @@ impl MetaLayer {
         self.stats.sidecars_found.fetch_add(1, Ordering::Relaxed);
         debug!(file = %shown, zero = sc.zero_bytes(), size = sc.size, "sidecar in use");
         Some(sc)
+    }
+
+    /// Queues what the file's first READ would start (`gridvfs prefetch`): its
+    /// whole-file transfer, or the transfer of its working set into the block cache, as
+    /// `cred`. `fh` must have been looked up (its name learnt), with attributes `attr`.
+    /// Returns once the sidecar is known; the transfers queued this way then run one at
+    /// a time in the order asked (the link is shared, and the first file asked for is
+    /// the first needed). A READ does not wait for its turn: it starts its file's
+    /// transfer at once, and the queue later finds it running or done.
+    pub async fn start_fetch(
+        self: &Arc<Self>,
+        cache: &Arc<CacheLayer>,
+        fh: &[u8],
+        attr: &Fattr3,
+        cred: &Cred,
+    ) -> Started {
+        if attr.ftype != Ftype3::REG {
+            return Started::Nothing("not a regular file");
+        }
+        if cache.local(fh).is_some() {
+            return Started::Nothing("the file has local writes: it is read by blocks");
+        }
+        let Some(sc) = self.sidecar(&self.up, fh, attr, cred).await else {
+            return Started::Nothing("no fresh sidecar");
+        };
+        if self.whole.is_none() || self.connector.is_none() {
+            return Started::Nothing(
+                "no file channel (the next hop is not a gridvfs server proxy over SSH)",
+            );
+        }
+        let started = match sc.actions.fetch {
+            Fetch::WholeFile => Started::WholeFile {
+                bytes: super::wholefile::data_bytes(&sc.zeros, attr.size),
+            },
+            Fetch::Blocks if !sc.working_set.is_empty() => {
+                let granule = cache.block_size().max(sc.zeros.block_size as u64);
+                let cover = super::prefetch::plan_cover(&sc, granule);
+                Started::WorkingSet {
+                    bytes: cover.iter().map(|r| r.end - r.start).sum(),
+                }
+            }
+            Fetch::Blocks => return Started::Nothing("the sidecar has no working set"),
+        };
+        let (me, cache, fh, attr, cred) = (
+            self.clone(),
+            cache.clone(),
+            fh.to_vec(),
+            attr.clone(),
+            cred.clone(),
+        );
+        tokio::spawn(async move {
+            let _turn = me.prefetch_turn.lock().await;
+            me.fetch_and_wait(&cache, &fh, &attr, &cred, sc).await;
+        });
+        started
+    }
+
+    /// Starts (or finds) the transfer `sc` calls for and waits until it is done or failed.
+    async fn fetch_and_wait(
+        &self,
+        cache: &Arc<CacheLayer>,
+        fh: &[u8],
+        attr: &Fattr3,
+        cred: &Cred,
+        sc: Arc<Sidecar>,
+    ) {
+        let (Some(whole), Some(conn)) = (&self.whole, &self.connector) else {
+            return;
+        };
+        let ok = match sc.actions.fetch {
+            Fetch::WholeFile => {
+                let entry = match whole.get(fh, attr.size, attr.mtime) {
+                    Some(e) => Some(e),
+                    None => whole.start(conn.clone(), fh, sc, attr.mtime, cred.clone()),
+                };
+                match entry {
+                    Some(e) => e.wait_for(attr.size).await,
+                    None => false,
+                }
+            }
+            Fetch::Blocks => {
+                let p = whole.prefetch(
+                    conn.clone(),
+                    cache.clone(),
+                    fh,
+                    sc,
+                    attr.size,
+                    attr.mtime,
+                    cred.clone(),
+                );
+                match p {
+                    Some(p) => p.wait_for(attr.size).await,
+                    None => false,
+                }
+            }
+        };
+        if !ok {
+            warn!(
+                side = "upstream",
+                "a transfer asked for by `gridvfs prefetch` did not complete; READs go by blocks"
+            );
+        }
     }
 
     /// Drops whole files and forgets sidecar lookups (SIGUSR2).

@@ -24,7 +24,9 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::nfs3;
 use crate::upstream::Upstream;
+use crate::upstream::calls::{Cred, nfs_call};
 
 /// How long a completed non-idempotent call's reply is kept for retransmissions. The
 /// Linux client's TCP retransmit timeout is 60 s (timeo=600); twice that covers one retry.
@@ -170,6 +172,53 @@ impl Proxy {
             }
         };
         writeback::lookup_path(cache, &self.nfs, &root, &rel, cred).await
+    }
+
+    /// Queues the transfer that the first READ of the file at `path` (as
+    /// [`Proxy::resolve`] takes it) would start — its whole-file fetch or its working
+    /// set, as its sidecar says — as `cred` (`gridvfs prefetch`; see
+    /// [`meta::MetaLayer::start_fetch`]). Middleware calls it as a session begins, so
+    /// that the link is busy while the VM is being set up.
+    pub async fn prefetch(&self, path: &str, cred: Cred) -> Result<meta::Started, String> {
+        let Some(cache) = &self.cache else {
+            return Err("no cache configured".into());
+        };
+        let Some(m) = cache.meta.get() else {
+            return Err("no [meta] section: this proxy does not use sidecars".into());
+        };
+        m.warm_file_session(); // its handshake beside the LOOKUPs below
+        let trimmed = path.trim_end_matches('/');
+        let (parent, name) = match trimmed.rsplit_once('/') {
+            Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+            None => ("", trimmed),
+        };
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(format!("{path}: not a file's path"));
+        }
+        let dir = self.resolve_as(parent, Some(cred.clone())).await?;
+        let args = nfs3::Args::Lookup(nfs3::LookupArgs {
+            what: nfs3::Diropargs3 {
+                dir: nfs3::Fh(&dir),
+                name: name.as_bytes(),
+            },
+        });
+        let (reply, at) = nfs_call(&self.nfs, &cred, &args)
+            .await
+            .map_err(|e| format!("{path}: LOOKUP {name}: {e}"))?;
+        let Ok(nfs3::Res::Lookup(nfs3::NfsResult::Ok(ok))) =
+            nfs3::Res::decode(nfs3::Proc::LOOKUP, &reply[at..])
+        else {
+            return Err(format!("{path}: LOOKUP {name}: undecodable reply"));
+        };
+        let fh = ok.object.0.to_vec();
+        let attr = match ok.obj_attributes {
+            Some(a) => a.clone(),
+            None => writeback::attributes(cache, &self.nfs, &fh, Some(cred.clone()))
+                .await
+                .map_err(|e| format!("{path}: {e}"))?,
+        };
+        m.learn_name(&fh, &dir, name.as_bytes());
+        Ok(m.start_fetch(cache, &fh, &attr, &cred).await)
     }
 
     /// What `[meta] record_working_set` recorded of the file at `path` (as

@@ -9,7 +9,7 @@ use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::known_hosts::{check_known_hosts_path, learn_known_hosts_path};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::SshError;
 use super::keys::{fingerprint, load_private};
@@ -53,7 +53,12 @@ const FILE_MAX_UNREAD: usize = 64 << 20;
 /// One remote: its session, shared by every channel (link) to it.
 pub struct SshConnector {
     opts: SshClientOptions,
+    /// The session of the RPC channels.
     session: tokio::sync::Mutex<Option<Live>>,
+    /// The session of the file channels: a TCP connection of its own, so that a bulk
+    /// transfer queued in one connection's buffers does not delay the RPC replies (a
+    /// LOOKUP behind a second of compressed image would wait that second).
+    file_session: tokio::sync::Mutex<Option<Live>>,
 }
 
 /// The live session and its life (see `Life`).
@@ -174,6 +179,7 @@ impl SshConnector {
         SshConnector {
             opts,
             session: tokio::sync::Mutex::new(None),
+            file_session: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -193,25 +199,54 @@ impl SshConnector {
         matches!(self.opts.target, ChannelTarget::Subsystem(_))
     }
 
-    /// A channel of the file-channel subsystem (`crate::meta::channel`) on the same
-    /// session, with `first` (the request) already sent: it goes right behind the
+    /// A channel of the file-channel subsystem (`crate::meta::channel`) on the file
+    /// session (its own connection), with `first` (the request) already sent: it goes right behind the
     /// subsystem request, so the round trip of the subsystem reply is not waited for
     /// before it; the reply is still checked (a server without the subsystem refuses it,
     /// and that is an error here, not a channel that never answers). The channel is
     /// drained by a pump (`FILE_MAX_UNREAD`), so a slow consumer of a transfer never
     /// stalls the session's other channels.
     pub async fn open_file_channel(&self, first: &[u8]) -> Result<BoxStream, SshError> {
-        let (handle, life) = self.session().await?;
-        let ch = self
+        let (handle, life) = self.live(&self.file_session).await?;
+        let ch = match self
             .subsystem_channel(&handle, crate::meta::channel::SUBSYSTEM, first)
-            .await?;
+            .await
+        {
+            Ok(ch) => ch,
+            Err(e) => {
+                self.forget(&self.file_session, &handle).await;
+                return Err(e);
+            }
+        };
         let stream = Guarded::new(ch.into_stream(), life);
         Ok(super::pump::drained(stream, FILE_MAX_UNREAD))
     }
 
-    /// The live session, made if there is none or it died.
+    /// Makes the file session now if there is none (it takes a few round trips), so
+    /// that the first transfer does not wait for it; a failure is left for that
+    /// transfer to meet again and report.
+    pub async fn warm_file_session(&self) {
+        if let Err(e) = self.live(&self.file_session).await {
+            debug!(side = "upstream", error = %e, "file session not made ahead");
+        }
+    }
+
+    /// The live RPC session, made if there is none or it died.
     async fn session(&self) -> Result<Live, SshError> {
-        let mut s = self.session.lock().await;
+        self.live(&self.session).await
+    }
+
+    /// Forgets `slot`'s session if it is still `handle` (the next use makes a new one).
+    async fn forget(&self, slot: &tokio::sync::Mutex<Option<Live>>, handle: &Arc<Handle<Checker>>) {
+        let mut s = slot.lock().await;
+        if s.as_ref().is_some_and(|(h, _)| Arc::ptr_eq(h, handle)) {
+            *s = None;
+        }
+    }
+
+    /// The live session in `slot`, made if there is none or it died.
+    async fn live(&self, slot: &tokio::sync::Mutex<Option<Live>>) -> Result<Live, SshError> {
+        let mut s = slot.lock().await;
         match s.as_ref() {
             Some((h, l)) if !h.is_closed() => Ok((h.clone(), l.clone())),
             _ => {
@@ -231,10 +266,7 @@ impl SshConnector {
             Err(e) => {
                 // A dead session shows up here first: forget it, so the next try
                 // (the link's backoff) makes a new one.
-                let mut s = self.session.lock().await;
-                if s.as_ref().is_some_and(|(h, _)| Arc::ptr_eq(h, &handle)) {
-                    *s = None;
-                }
+                self.forget(&self.session, &handle).await;
                 Err(e)
             }
         }

@@ -28,6 +28,21 @@ impl Cred {
         })
     }
 
+    /// AUTH_SYS for `uid`, `gid` (and no other groups), machine name "gridvfs": the
+    /// credential of a local requester (the control socket's peer).
+    pub fn sys(uid: u32, gid: u32) -> Cred {
+        let mut body = BytesMut::with_capacity(32);
+        body.put_u32(0); // stamp
+        body.put_xdr_opaque(b"gridvfs");
+        body.put_u32(uid);
+        body.put_u32(gid);
+        body.put_u32(0); // no supplementary groups
+        Cred {
+            flavor: crate::rpc::msg::AuthFlavor::SYS.0,
+            body: body.to_vec(),
+        }
+    }
+
     /// As stored in the cache directory: flavor, then the body.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = self.flavor.to_be_bytes().to_vec();
