@@ -144,11 +144,16 @@ async fn base_at(nfs: SocketAddr, mount: SocketAddr, export: &str) -> (Client, V
 
 /// One clone over NFS at `addr`, checked.
 async fn clone_at(e: &Env, nfs: SocketAddr, mount: SocketAddr, image: &str, clone: &str) -> f64 {
-    clone_metered(e, nfs, mount, image, clone, &[]).await.0
+    clone_metered(e, nfs, mount, image, clone, &[], None)
+        .await
+        .0
 }
 
 /// One clone, checked: its seconds, and the CPU-seconds that the bench process, Ganesha
-/// and `pids` used while it ran (not while it was checked).
+/// and `pids` used while it ran (not while it was checked). With `control` (the client
+/// proxy's control socket) the clone begins as middleware begins a session: it runs
+/// `gridvfs prefetch` for the image's memory state and disk, in the background, timed
+/// with the clone.
 async fn clone_metered(
     e: &Env,
     nfs: SocketAddr,
@@ -156,11 +161,53 @@ async fn clone_metered(
     image: &str,
     clone: &str,
     pids: &[u32],
+    control: Option<&Path>,
 ) -> (f64, f64) {
     let (c, base) = base_at(nfs, mount, &e.export).await;
     let cpu = CpuMeter::start(pids);
-    let r = vm::clone_nfs(&c, &base, image, clone, &e.spec, seed(image)).await;
+    let t0 = Instant::now();
+    let prefetch = control.map(|sock| {
+        let dir = format!("{}/{BASE}/golden/{image}", e.export.trim_end_matches('/'));
+        let args = [
+            "prefetch".to_string(),
+            format!("{dir}/{}", vm::MEM),
+            format!("{dir}/{}", vm::DISK),
+        ];
+        let sock = sock.to_path_buf();
+        std::thread::spawn(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_gridvfs"))
+                .args(&args)
+                .arg("--socket")
+                .arg(&sock)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "gridvfs {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    });
+    let mut r = vm::clone_nfs(&c, &base, image, clone, &e.spec, seed(image)).await;
+    r.secs = t0.elapsed().as_secs_f64();
     let used = cpu.used();
+    if let Some(p) = prefetch {
+        // The memory state's whole-file transfer and the disk's working set (when one
+        // was recorded) were queued: each file has a fresh sidecar and the next hop a
+        // file channel. `gridvfs prefetch` exits non-zero on any error.
+        let said = p.join().expect("prefetch thread");
+        let disk = if env_u64("GRIDVFS_SUITE_WORKSET", 1) == 1 {
+            "\"fetch\":\"working-set\""
+        } else {
+            "\"fetch\":\"none\""
+        };
+        assert!(
+            said.contains("\"fetch\":\"whole-file\"") && said.contains(disk),
+            "gridvfs prefetch did not queue what the sidecars ask for: {said}"
+        );
+    }
     check(e, image, clone, &r);
     println!(
         "  clone {clone} of {image}: {:.2} s (copy steps {:.2} s, resume {:.2} s)",
@@ -530,13 +577,13 @@ async fn suite() {
     // WAN-S1: one image, N times, one client proxy.
     let mut cold_cpu = None;
     if e.runs("WAN-S1") {
-        let cache = tempfile::tempdir_in(e.t()).unwrap();
-        let p = e.client(&e.ssh_upstream(), cache.path());
+        let (_dirs, p, sock) = e.client_with_control();
         let (mut times, mut warm_cpu) = (Vec::new(), Vec::new());
         let pids = [p.pid(), e.site.server.pid()];
         for k in 0..n {
+            let s1 = format!("s1-{k}");
             let (secs, cpu) =
-                clone_metered(&e, p.addr, p.addr, "img0", &format!("s1-{k}"), &pids).await;
+                clone_metered(&e, p.addr, p.addr, "img0", &s1, &pids, Some(&sock)).await;
             times.push(secs);
             if k == 0 {
                 cold_cpu = Some(cpu);
@@ -561,13 +608,12 @@ async fn suite() {
     write_out(); // each scenario starts without the last one's dirty pages
     // WAN-S2: N images once each.
     if e.runs("WAN-S2") {
-        let cache = tempfile::tempdir_in(e.t()).unwrap();
-        let p = e.client(&e.ssh_upstream(), cache.path());
+        let (_dirs, p, sock) = e.client_with_control();
         let (mut times, mut cpus) = (Vec::new(), Vec::new());
         let pids = [p.pid(), e.site.server.pid()];
         for (k, im) in images.iter().enumerate() {
-            let (secs, cpu) =
-                clone_metered(&e, p.addr, p.addr, im, &format!("s2-{k}"), &pids).await;
+            let s2 = format!("s2-{k}");
+            let (secs, cpu) = clone_metered(&e, p.addr, p.addr, im, &s2, &pids, Some(&sock)).await;
             times.push(secs);
             cpus.push(cpu);
         }
@@ -820,21 +866,23 @@ fn report(
         "\nPhysical floor of a cold clone of img0: it needs {:.1} MiB from the server (non-zero \
          pages of the memory state and of the disk's working set), {:.1} MiB compressed; over \
          the link plus 3 round trips that is {floor_raw:.2} s ({floor_comp:.2} s compressed). \
-         The cold clone took {:.2}× the floor ({:.2}× the compressed floor).\n",
+         The cold clone took {:.2}× the compressed floor ({:.2}× the raw one). The \
+         target is judged against the compressed floor: gridvfs sends compressed frames, so \
+         the raw one is not a floor for it.\n",
         raw as f64 / 1048576.0,
         comp as f64 / 1048576.0,
-        cold / floor_raw,
         cold / floor_comp,
+        cold / floor_raw,
     ));
     md.push_str(&format!(
         "\nTargets: cold clone (S1 first) ≥ 20× faster than scp: {:.1}× ({}); \
-         cold clone ≤ 1.3× the physical floor: {:.2}× ({}); \
+         cold clone ≤ 1.3× the physical floor (compressed bytes): {:.2}× ({}); \
          warm clone (S1 median of the rest) ≤ 1.1× Local: {:.2}× ({}); \
          S3 ≤ 1.5× warm: {:.2}× ({}); WAN-P slowest ≤ 1.3× one cold clone: {:.2}× ({}).\n",
         scp / cold,
         verdict(scp / cold >= 20.0),
-        cold / floor_raw,
-        verdict(cold <= 1.3 * floor_raw),
+        cold / floor_comp,
+        verdict(cold <= 1.3 * floor_comp),
         warm / local,
         verdict(warm / local <= 1.1),
         s3 / warm,
@@ -913,6 +961,18 @@ fn report(
     }
 }
 
+/// The command that reproduces this run: `scripts/bench.sh suite` with every
+/// `GRIDVFS_SUITE_*` / `GRIDVFS_BENCH_*` knob that was set (not the lab's addresses).
+fn command_line() -> String {
+    let mut knobs: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("GRIDVFS_SUITE_") || k.starts_with("GRIDVFS_BENCH_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    knobs.sort();
+    knobs.push("scripts/bench.sh suite".into());
+    knobs.join(" ")
+}
+
 const BEGIN: &str = "<!-- suite:begin (written by benches/suite.rs) -->";
 const END: &str = "<!-- suite:end -->";
 
@@ -927,9 +987,17 @@ fn write_docs(out: &[Scenario], md: &str, docs: &Path) {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
     let section = format!(
-        "{BEGIN}\nRun on {date} with `scripts/bench.sh suite` (full profile).\n\n{md}\n\
-         ![clone times per scenario](clone-times.svg)\n{END}"
+        "{BEGIN}\nRun on {date}, commit `{commit}`, with `{}`.\n\n{md}\n\
+         ![clone times per scenario](clone-times.svg)\n{END}",
+        command_line()
     );
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(a), Some(b)) if a < b => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),

@@ -25,7 +25,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         return f64::NAN;
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let k = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[k]
+    } else {
+        (v[k - 1] + v[k]) / 2.0
+    }
 }
 
 /// CPU time (user + system, seconds) used by processes while a scenario runs: the
