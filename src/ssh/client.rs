@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use russh::ChannelMsg;
 use russh::client::{self, Handle};
-use russh::keys::known_hosts::{check_known_hosts_path, learn_known_hosts_path};
+use russh::keys::known_hosts::{
+    check_known_hosts_path, known_host_keys_path, learn_known_hosts_path,
+};
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use tracing::{debug, info, warn};
 
@@ -138,28 +140,46 @@ impl client::Handler for Checker {
             return Ok(false);
         };
         let fp = fingerprint(key);
+        let host = format!("[{}]:{}", self.host, self.port);
         let verdict = match check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
             Ok(true) => return Ok(true),
-            Ok(false) if self.accept_new => {
-                match learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
-                    Ok(()) => {
-                        info!(host = %self.host, port = self.port, fingerprint = %fp,
-                            known_hosts = %self.known_hosts.display(), "new host key learnt (accept-new)");
-                        return Ok(true);
+            // russh says "not found" for a key of an algorithm that has no line for this
+            // host, even when the host has lines of other algorithms. A host with any
+            // key on file is known: another key is a changed key, refused even with
+            // accept-new (a server that really switched key types needs its old line
+            // removed, as for any changed key).
+            Ok(false) => match known_host_keys_path(&self.host, self.port, &self.known_hosts) {
+                Ok(known) if !known.is_empty() => SshError::HostKeyChanged {
+                    host,
+                    fingerprint: fp,
+                    known_hosts: self.known_hosts.clone(),
+                    line: known[0].0,
+                },
+                Ok(_) if self.accept_new => {
+                    match learn_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
+                        Ok(()) => {
+                            info!(host = %self.host, port = self.port, fingerprint = %fp,
+                                known_hosts = %self.known_hosts.display(), "new host key learnt (accept-new)");
+                            return Ok(true);
+                        }
+                        Err(e) => SshError::KnownHosts {
+                            path: self.known_hosts.clone(),
+                            why: format!("cannot record the new host key: {e}"),
+                        },
                     }
-                    Err(e) => SshError::KnownHosts {
-                        path: self.known_hosts.clone(),
-                        why: format!("cannot record the new host key: {e}"),
-                    },
                 }
-            }
-            Ok(false) => SshError::HostKeyUnknown {
-                host: format!("[{}]:{}", self.host, self.port),
-                fingerprint: fp,
-                known_hosts: self.known_hosts.clone(),
+                Ok(_) => SshError::HostKeyUnknown {
+                    host,
+                    fingerprint: fp,
+                    known_hosts: self.known_hosts.clone(),
+                },
+                Err(e) => SshError::KnownHosts {
+                    path: self.known_hosts.clone(),
+                    why: e.to_string(),
+                },
             },
             Err(russh::keys::Error::KeyChanged { line }) => SshError::HostKeyChanged {
-                host: format!("[{}]:{}", self.host, self.port),
+                host,
                 fingerprint: fp,
                 known_hosts: self.known_hosts.clone(),
                 line,

@@ -190,6 +190,26 @@ async fn wrong_client_key_and_unknown_or_changed_host_keys_are_refused() {
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("changed host key accepted"),
     }
+    // A key of another type on file (an ECDSA key where the server offers ed25519): the
+    // host is known, so this is a changed key too, refused even with accept-new (and
+    // not appended to known_hosts).
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBD5kaYzOKWB/v1pOeLMR7DWuxLomcnrAI/VTQGq0ejnqIWYx1qi0ICbZLymB8HCGsrO/gLy5zmlKDjWW1Wrei1g=";
+    s.trust(port, ECDSA);
+    for accept_new in [true, false] {
+        match s.client(port, "client", accept_new).open().await {
+            Err(SshError::HostKeyChanged { line: 1, .. }) => {}
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a host key of another type accepted (accept_new {accept_new})"),
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(s.p("known_hosts"))
+            .unwrap()
+            .lines()
+            .count(),
+        1,
+        "nothing learnt"
+    );
     // accept-new learns an unknown key; strict then accepts it.
     std::fs::write(s.p("known_hosts"), "").unwrap();
     s.client(port, "client", true).open().await.unwrap();
