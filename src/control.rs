@@ -226,12 +226,13 @@ async fn status(p: &Proxy) -> String {
                 .and_then(|r| r.ok())
                 .unwrap_or_default();
             format!(
-                "{{\"enabled\":true,\"write_policy\":\"{}\",\"hits\":{},\"misses\":{},\"fills\":{},\
+                "{{\"enabled\":true,\"write_policy\":\"{}\",\"hits\":{},\"misses\":{},\"partial_hits\":{},\"fills\":{},\
                  \"local_writes\":{},\"write_throughs\":{},\"set_evictions\":{},\
                  \"metadata_hits\":{},\"local_truncations\":{},\"truncations_pending\":{},\"syncs\":{},\"zero_reads\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
                 c.policy.name(),
                 c.hits.load(Relaxed),
                 c.misses.load(Relaxed),
+                c.partial_hits.load(Relaxed),
                 c.fills.load(Relaxed),
                 c.local_writes.load(Relaxed),
                 c.write_throughs.load(Relaxed),

@@ -411,3 +411,75 @@ async fn a_second_proxy_shares_the_owners_cache_read_only() {
         "the shared reader changed the owner's cache files"
     );
 }
+
+/// A READ the cache holds part of is assembled: the cached blocks from the cache, each
+/// run of missing blocks with one READ of the next hop (the hop's READ count shows
+/// exactly those), filled in (the same READ again is a hit). Also unaligned, and at the
+/// end of the file (short, eof). Every byte is the server's.
+#[tokio::test]
+async fn a_partly_cached_read_fetches_only_the_missing_blocks() {
+    use nfs3_types::nfs3::*;
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("cache-partial");
+    let len = 1 << 20;
+    let want = pseudo_random(len, 31);
+    std::fs::write(dir.join("f"), &want).unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let sock = cache_dir.path().join("control.sock");
+    let mut hop = Gridvfs::start(lab.endpoint(), "");
+    let fr = front_with(
+        &hop,
+        &cache_dir.path().join("c"),
+        &common::control_section(&sock),
+    );
+    let mut c = common::mount(fr.endpoints(), &lab.export).await;
+    let fh = lookup_path(&mut c, &name, "f").await;
+    let k = 64u64 << 10;
+    let mut read = async |off: u64, count: u32| {
+        let Nfs3Result::Ok(r) = c
+            .read(&READ3args {
+                file: fh.clone(),
+                offset: off,
+                count,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("READ at {off}")
+        };
+        let end = (off as usize + count as usize).min(len);
+        assert_eq!(
+            r.data.as_ref(),
+            &want[off as usize..end],
+            "READ {off}+{count}"
+        );
+        r.eof
+    };
+    let partial = || {
+        let (ok, st) = common::ctl(&sock, &["status"]);
+        assert!(ok, "{st}");
+        st["cache"]["partial_hits"].as_u64().unwrap()
+    };
+    // Blocks 0 and 2 cached (2 READs upstream).
+    read(0, k as u32).await;
+    read(2 * k, k as u32).await;
+    // 0..4 blocks: 1 and 3 missing: 2 READs upstream, 1 partial hit.
+    read(0, 4 * k as u32).await;
+    assert_eq!(partial(), 1);
+    // All cached now: a hit, no READ upstream.
+    read(0, 4 * k as u32).await;
+    assert_eq!(partial(), 1);
+    // Unaligned, blocks 1..=4 with 4 missing: 1 READ upstream (of block 4's part).
+    read(100_000, 200_000).await;
+    assert_eq!(partial(), 2);
+    // The end of the file: block 15 cached, 13 and 14 missing (one run, 1 READ); the
+    // reply is short and says eof.
+    read(15 * k, k as u32).await;
+    assert!(read(900_000, 200_000).await, "eof at the end of the file");
+    assert_eq!(partial(), 3);
+    drop(fr);
+    hop.stop();
+    let reads = logged(&hop.log_text(), "READ=");
+    assert_eq!(reads, 2 + 2 + 1 + 1 + 1, "READs that reached the next hop");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, BytesMut};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::cache::layout::Geometry;
 use crate::cache::store::{CacheError, Put, Store};
@@ -166,6 +166,8 @@ pub struct CacheLayer {
     mutate: Mutex<()>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// READs answered from cached blocks plus the missing ones fetched (`part_read`).
+    pub partial_hits: AtomicU64,
     pub fills: AtomicU64,
     /// Progress of the running (or last) flush.
     pub flush: FlushProgress,
@@ -253,6 +255,7 @@ impl CacheLayer {
             mutate: Mutex::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            partial_hits: AtomicU64::new(0),
             fills: AtomicU64::new(0),
             flush: FlushProgress::default(),
             local_writes: AtomicU64::new(0),
@@ -492,14 +495,7 @@ impl CacheLayer {
         }
         let end = off.saturating_add(count as u64).min(attr.size);
         let n = end.saturating_sub(off) as usize;
-        let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
-        out.reserve(n + 128);
-        out.put_u32(nfs3::Nfsstat3::OK.0);
-        out.put_xdr_bool(true);
-        attr.encode(&mut out);
-        out.put_u32(n as u32);
-        out.put_xdr_bool(end >= attr.size);
-        out.put_u32(n as u32);
+        let mut out = read_reply_head(xid, &attr, end >= attr.size, n);
         let mut pos = off;
         while pos < end {
             let block = pos / self.bs;
@@ -522,6 +518,62 @@ impl CacheLayer {
         }
         out.put_bytes(0, crate::xdr::pad(n));
         Some(out)
+    }
+
+    /// For a READ the cache cannot answer whole (after [`CacheLayer::read`] missed): if
+    /// the file is clean here (no local writes, no truncation to apply) and the cache
+    /// holds some of the READ's blocks but not all, the bytes it holds and the runs of
+    /// blocks it lacks, in file order, for [`part_read`]. Only in the session model,
+    /// where cached blocks are trusted without the attributes a forwarded READ brings.
+    pub fn plan_part_read(
+        &self,
+        xid: u32,
+        fh: &[u8],
+        off: u64,
+        count: u32,
+        stamp: u64,
+    ) -> Option<PartRead> {
+        if self.consistency != Consistency::Session
+            || self.local(fh).is_some()
+            || self.cut(fh).is_some()
+        {
+            return None;
+        }
+        let attr = self.effective_attr(fh)?;
+        if attr.ftype != Ftype3::REG {
+            return None;
+        }
+        let end = off.saturating_add(count as u64).min(attr.size);
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut pos = off;
+        while pos < end {
+            let block = pos / self.bs;
+            let lo = (pos % self.bs) as u32;
+            let hi = (end - block * self.bs).min(self.bs) as u32;
+            let next = block * self.bs + hi as u64;
+            let mut held = BytesMut::new();
+            match (
+                self.store.read_into(fh, block, lo..hi, &mut held),
+                pieces.last_mut(),
+            ) {
+                (Ok(true), Some(Piece::Have(b))) => b.extend_from_slice(&held),
+                (Ok(true), _) => pieces.push(Piece::Have(held)),
+                (Ok(false), Some(Piece::Need(r))) => r.end = next,
+                (Ok(false), _) => pieces.push(Piece::Need(pos..next)),
+                (Err(_), _) => return None,
+            }
+            pos = next;
+        }
+        let have = pieces.iter().any(|p| matches!(p, Piece::Have(_)));
+        let need = pieces.iter().any(|p| matches!(p, Piece::Need(_)));
+        (have && need).then_some(PartRead {
+            xid,
+            attr,
+            off,
+            end,
+            stamp,
+            pieces,
+        })
     }
 
     /// Appends bytes `want` of a block of a file truncated here at `cut` (not yet applied
@@ -1338,6 +1390,93 @@ impl CacheLayer {
 /// stamp taken when the call was forwarded.
 pub type Observe = (std::sync::Arc<CacheLayer>, bytes::Bytes, u64);
 
+/// The head of a successful READ reply of `n` bytes (status, attributes, count, eof,
+/// the data's length); the data and its padding follow.
+pub(super) fn read_reply_head(xid: u32, attr: &Fattr3, eof: bool, n: usize) -> BytesMut {
+    let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
+    out.reserve(n + 128);
+    out.put_u32(nfs3::Nfsstat3::OK.0);
+    out.put_xdr_bool(true);
+    attr.encode(&mut out);
+    out.put_u32(n as u32);
+    out.put_xdr_bool(eof);
+    out.put_u32(n as u32);
+    out
+}
+
+/// Part of a READ: bytes the cache holds, or a range (a run of missing blocks) to ask
+/// the next hop for.
+pub enum Piece {
+    Have(BytesMut),
+    Need(std::ops::Range<u64>),
+}
+
+/// A READ the cache holds part of ([`CacheLayer::plan_part_read`]).
+pub struct PartRead {
+    xid: u32,
+    attr: Fattr3,
+    off: u64,
+    end: u64,
+    /// Taken before the cache was read: fills of the fetched runs are dropped if the
+    /// file changed here since.
+    stamp: u64,
+    pieces: Vec<Piece>,
+}
+
+/// Answers a READ from the cached bytes of `plan` and the missing runs, each fetched
+/// with one READ from the next hop (all at once) as `cred` and filled into the cache;
+/// only what the cache lacks crosses. None (the caller forwards the READ as it came) if
+/// a fetch fails or comes back short (the file changed at the next hop).
+pub async fn part_read(
+    cache: &std::sync::Arc<CacheLayer>,
+    up: &std::sync::Arc<crate::upstream::Upstream>,
+    fh: &[u8],
+    cred: &crate::upstream::calls::Cred,
+    plan: PartRead,
+) -> Option<BytesMut> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, p) in plan.pieces.iter().enumerate() {
+        if let Piece::Need(r) = p {
+            let (up, cred, fh, r) = (up.clone(), cred.clone(), fh.to_vec(), r.clone());
+            tasks.spawn(async move {
+                let len = (r.end - r.start) as u32;
+                let b = crate::upstream::calls::read_upstream(&up, &cred, &fh, r.start, len).await;
+                (i, b.ok().filter(|b| b.len() == len as usize))
+            });
+        }
+    }
+    let mut fetched: Vec<Option<Vec<u8>>> = (0..plan.pieces.len()).map(|_| None).collect();
+    while let Some(r) = tasks.join_next().await {
+        let (i, b) = r.ok()?;
+        fetched[i] = Some(b?);
+    }
+    let n = (plan.end - plan.off) as usize;
+    let mut out = read_reply_head(plan.xid, &plan.attr, plan.end >= plan.attr.size, n);
+    let mut fills = Vec::new();
+    for (p, f) in plan.pieces.iter().zip(fetched) {
+        match (p, f) {
+            (Piece::Have(b), _) => out.extend_from_slice(b),
+            (Piece::Need(r), Some(b)) => {
+                out.extend_from_slice(&b);
+                fills.push((r.start, b));
+            }
+            (Piece::Need(_), None) => return None,
+        }
+    }
+    out.put_bytes(0, crate::xdr::pad(n));
+    let (c, f, stamp) = (cache.clone(), fh.to_vec(), plan.stamp);
+    let _ = tokio::task::spawn_blocking(move || {
+        for (at, b) in fills {
+            if let Err(e) = c.fill_checked(&f, at, &b, stamp) {
+                debug!(side = "cache", error = %e, "fill of a partly cached READ failed");
+            }
+        }
+    })
+    .await;
+    cache.partial_hits.fetch_add(1, Ordering::Relaxed);
+    Some(out)
+}
+
 /// What to do with an NFS call before forwarding it.
 pub enum Before {
     /// Answered from the cache: the whole reply record.
@@ -1449,6 +1588,7 @@ pub async fn before_forward(
             stamp: cache.stamp(),
         };
     }
+    let cred = crate::upstream::calls::Cred::of(call);
     let c = cache.clone();
     let call = call.clone();
     let r = tokio::task::spawn_blocking(move || {
@@ -1461,22 +1601,40 @@ pub async fn before_forward(
                 let stamp = c.stamp();
                 let xid = u32::from_be_bytes(call[..4].try_into().expect("xid"));
                 match c.read(xid, a.file.0, a.offset, a.count) {
-                    Some(reply) => Some(Before::Hit(reply)),
-                    None => Some(Before::Forward { stamp }),
+                    Some(reply) => Some(Step::Done(Before::Hit(reply))),
+                    None => match c.plan_part_read(xid, a.file.0, a.offset, a.count, stamp) {
+                        Some(plan) => Some(Step::Part(a.file.0.to_vec(), plan, stamp)),
+                        None => Some(Step::Done(Before::Forward { stamp })),
+                    },
                 }
             }
             _ => {
                 c.before_change(&call);
-                Some(Before::Forward { stamp: c.stamp() })
+                Some(Step::Done(Before::Forward { stamp: c.stamp() }))
             }
         }
     })
     .await;
-    r.ok()
-        .flatten()
+    match r.ok().flatten() {
+        Some(Step::Done(b)) => b,
+        Some(Step::Part(fh, plan, stamp)) => match cred {
+            Some(cred) => match part_read(cache, up, &fh, &cred, plan).await {
+                Some(reply) => Before::Hit(reply),
+                None => Before::Forward { stamp },
+            },
+            None => Before::Forward { stamp },
+        },
         // Not an NFS call we can read (cannot happen for routed calls): a stamp of 0
         // makes the reply teach nothing.
-        .unwrap_or(Before::Forward { stamp: 0 })
+        None => Before::Forward { stamp: 0 },
+    }
+}
+
+/// What the blocking part of [`before_forward`] decided.
+enum Step {
+    Done(Before),
+    /// A READ the cache holds part of: fetch the rest (file handle, plan, stamp).
+    Part(Vec<u8>, PartRead, u64),
 }
 
 impl super::names::Attrs for CacheLayer {

@@ -29,12 +29,10 @@ use super::wholefile::{Progress, WholeFiles};
 use crate::config::MetaConfig;
 use crate::meta::{Fetch, FileTime, Sidecar, sidecar_name};
 use crate::nfs3::{self, Args, Fattr3, Fh, Ftype3, LookupArgs, NfsResult, Nfstime3, Proc, Res};
-use crate::rpc::msg::accepted_reply;
-use crate::rpc::{AcceptStat, CallHeader};
+use crate::rpc::CallHeader;
 use crate::ssh::client::SshConnector;
 use crate::upstream::Upstream;
 use crate::upstream::calls::{CallError, Cred, nfs_call, read_upstream};
-use crate::xdr::{Encode, XdrWrite};
 
 /// Names remembered at most (a handle and a name each).
 const MAX_NAMES: usize = 65_536;
@@ -668,22 +666,10 @@ fn read_reply_io(
     n: usize,
     fill: impl FnOnce(&mut [u8]) -> std::io::Result<()>,
 ) -> std::io::Result<BytesMut> {
-    let mut out = reply_head(xid, attr, eof, n);
+    let mut out = super::cached::read_reply_head(xid, attr, eof, n);
     let at = out.len();
     out.put_bytes(0, n);
     fill(&mut out[at..at + n])?;
     out.put_bytes(0, crate::xdr::pad(n));
     Ok(out)
-}
-
-fn reply_head(xid: u32, attr: &Fattr3, eof: bool, n: usize) -> BytesMut {
-    let mut out = accepted_reply(xid, AcceptStat::SUCCESS);
-    out.reserve(n + 128);
-    out.put_u32(nfs3::Nfsstat3::OK.0);
-    out.put_xdr_bool(true);
-    attr.encode(&mut out);
-    out.put_u32(n as u32);
-    out.put_xdr_bool(eof);
-    out.put_u32(n as u32);
-    out
 }
