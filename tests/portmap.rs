@@ -30,6 +30,45 @@ async fn client_resolves_ports_through_the_proxys_own_portmapper() {
     assert!(matches!(r, Nfs3Result::Ok(_)));
 }
 
+/// PMAPPROC_DUMP (portmapper v2, procedure 4) on the proxy's port lists exactly what it
+/// serves: NFS v3 and MOUNT v3 over TCP at its own port; GETPORT of anything else is 0.
+#[test]
+fn the_proxys_portmapper_dumps_what_it_serves() {
+    use common::raw::{call, connect, parse, recv, send, word};
+    let lab = Lab::get();
+    let p = Gridvfs::start(lab.endpoint(), "");
+    let mut s = connect(p.addr);
+    send(&mut s, &call(7, 100000, 2, 4, &[]));
+    let (xid, rstat, astat, body) = parse(&recv(&mut s).expect("DUMP reply"));
+    assert_eq!((xid, rstat, astat), (7, 0, 0));
+    let mut entries = Vec::new();
+    let mut i = 0;
+    while word(&body, i) == 1 {
+        entries.push((
+            word(&body, i + 1),
+            word(&body, i + 2),
+            word(&body, i + 3),
+            word(&body, i + 4),
+        ));
+        i += 5;
+    }
+    assert_eq!(
+        body.len(),
+        (i + 1) * 4,
+        "list ends with FALSE and nothing after"
+    );
+    let port = p.addr.port() as u32;
+    assert_eq!(entries, vec![(100003, 3, 6, port), (100005, 3, 6, port)]);
+    // GETPORT of a program it does not serve (NLM): 0, on the same connection.
+    let mut args = Vec::new();
+    for v in [100021u32, 4, 6, 0] {
+        args.extend_from_slice(&v.to_be_bytes());
+    }
+    send(&mut s, &call(8, 100000, 2, 3, &args));
+    let (xid, _, astat, body) = parse(&recv(&mut s).expect("GETPORT reply"));
+    assert_eq!((xid, astat, word(&body, 0)), (8, 0, 0));
+}
+
 fn rpcinfo() -> String {
     let out = Command::new("rpcinfo")
         .args(["-p", "127.0.0.1"])

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{Client, Gridvfs, Lab, mount, pseudo_random};
 use nfs3_types::nfs3::nfsstat3::{
-    NFS3_OK, NFS3ERR_EXIST, NFS3ERR_NOENT, NFS3ERR_NOT_SYNC, NFS3ERR_NOTEMPTY,
+    NFS3_OK, NFS3ERR_EXIST, NFS3ERR_NOENT, NFS3ERR_NOT_SYNC, NFS3ERR_NOTEMPTY, NFS3ERR_STALE,
 };
 use nfs3_types::nfs3::*;
 
@@ -1032,10 +1032,10 @@ async fn errors_scenario(s: &mut Side) -> Transcript {
     assert_eq!(getattr_status(c, &gone).await, NFS3_OK);
     assert_eq!(remove(c, &dir, "gone").await, NFS3_OK, "REMOVE gone");
     let st = getattr_status(c, &gone).await;
-    check("GETATTR of a removed file", st, None);
+    check("GETATTR of a removed file", st, Some(NFS3ERR_STALE));
     let sync = stable_how::FILE_SYNC;
     let st = status(&write(c, &gone, 0, b"abc", sync).await);
-    check("WRITE to a removed file", st, None);
+    check("WRITE to a removed file", st, Some(NFS3ERR_STALE));
     t
 }
 
