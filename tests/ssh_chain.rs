@@ -96,7 +96,7 @@ fn an_unknown_host_key_is_refused_unless_accept_new() {
     let server = server_proxy(&lab, &keys, state.path());
     // known_hosts is empty: strict refuses.
     let client = client_proxy(&keys, ssh_addr(&server), "client_key", "");
-    expect_refused(&client, &lab, "host key");
+    expect_refused(&client, &lab, "unknown host key for");
     drop(client);
     // A wrong key on file for this host is refused even with accept-new.
     let other = keygen(&keys.path("other_host_key"));
@@ -107,7 +107,11 @@ fn an_unknown_host_key_is_refused_unless_accept_new() {
         "client_key",
         "host_key_policy = \"accept-new\"",
     );
-    expect_refused(&client, &lab, "host key");
+    expect_refused(&client, &lab, "CHANGED");
+    assert!(
+        !client.log_text().contains("new host key learnt"),
+        "a changed host key was learnt"
+    );
     drop(client);
     // accept-new learns an unknown key and works.
     std::fs::write(keys.path("known_hosts"), "").unwrap();
