@@ -273,12 +273,15 @@ impl Sshd {
         }
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(d.join("hostkey"))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        // Two host keys, as a stock sshd has: ed25519 (russh's first choice) and ECDSA.
+        for (kind, file) in [("ed25519", "hostkey"), ("ecdsa", "hostkey_ecdsa")] {
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", kind, "-N", "", "-f"])
+                .arg(d.join(file))
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
         std::fs::write(d.join("authorized_keys"), format!("{authorized}\n")).unwrap();
         std::fs::create_dir_all("/run/sshd").unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
@@ -289,11 +292,12 @@ impl Sshd {
         std::fs::write(
             d.join("sshd_config"),
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nHostKey {}\nAuthorizedKeysFile {}\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
                  PermitRootLogin prohibit-password\nStrictModes no\nAllowTcpForwarding yes\n\
                  PidFile {}\n",
                 d.join("hostkey").display(),
+                d.join("hostkey_ecdsa").display(),
                 d.join("authorized_keys").display(),
                 d.join("sshd.pid").display()
             ),
@@ -318,8 +322,9 @@ impl Sshd {
         })
     }
 
-    fn host_pub(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("hostkey.pub")).unwrap()
+    /// The ECDSA host key's public line.
+    fn host_pub_ecdsa(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("hostkey_ecdsa.pub")).unwrap()
     }
 }
 
@@ -351,7 +356,9 @@ fn through_openssh_sshd_with_direct_tcpip() {
         state.path().display(),
     ));
     let sshd_addr: SocketAddr = ([127, 0, 0, 1], sshd.port).into();
-    keys.trust(sshd_addr, &sshd.host_pub());
+    // Only the ECDSA key on file (as in a known_hosts written by an older OpenSSH): the
+    // client must ask for it first, not negotiate ed25519 and refuse that as changed.
+    keys.trust(sshd_addr, &sshd.host_pub_ecdsa());
     let client = Gridvfs::start_config(&format!(
         "[listen]\naddr = \"127.0.0.1:0\"\n\
          [upstream]\nnfs = \"ssh://root@{sshd_addr}\"\nbackoff_max = \"500ms\"\n\
@@ -360,6 +367,27 @@ fn through_openssh_sshd_with_direct_tcpip() {
         keys.path("known_hosts").display(),
         server.addr,
     ));
+    // The tunnel comes up (bounded: a refused host key would make the copy below wait
+    // for ever).
+    let mut ls = Command::new("nfs-ls")
+        .arg(nfs_url(client.endpoints(), &lab.export, ""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let done = loop {
+        if let Some(st) = ls.try_wait().unwrap() {
+            break st.success();
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = ls.kill();
+            let _ = ls.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(done, "no tunnel through sshd:\n{}", client.log_text());
     round_trip(client.endpoints(), &lab, "ssh-openssh", 32);
 }
 

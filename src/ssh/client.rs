@@ -61,7 +61,12 @@ pub struct SshConnector {
     /// transfer queued in one connection's buffers does not delay the RPC replies (a
     /// LOOKUP behind a second of compressed image would wait that second).
     file_session: tokio::sync::Mutex<Option<Live>>,
+    /// When making the file session ahead last failed.
+    file_warm_failed: Mutex<Option<std::time::Instant>>,
 }
+
+/// After a failed attempt to make the file session ahead, none for this long.
+const WARM_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The live session and its life (see `Life`).
 type Live = (Arc<Handle<Checker>>, Arc<Life>);
@@ -194,12 +199,36 @@ impl client::Handler for Checker {
     }
 }
 
+/// `p` with the host-key algorithms of the host's known_hosts lines first, as OpenSSH
+/// orders them: a server with several host keys then shows the one on file (an ECDSA
+/// line stays valid when the server also has an ed25519 key, which would otherwise be
+/// negotiated and refused as a changed key).
+fn known_first(
+    mut p: russh::Preferred,
+    known: &[(usize, russh::keys::PublicKey)],
+) -> russh::Preferred {
+    use russh::keys::Algorithm;
+    if known.is_empty() {
+        return p;
+    }
+    let same = |a: &Algorithm, k: &Algorithm| match (a, k) {
+        (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+        _ => a == k,
+    };
+    let mut keys = p.key.to_vec();
+    // Stable: known algorithms first, each group in the default order.
+    keys.sort_by_key(|a| !known.iter().any(|(_, k)| same(a, &k.algorithm())));
+    p.key = std::borrow::Cow::Owned(keys);
+    p
+}
+
 impl SshConnector {
     pub fn new(opts: SshClientOptions) -> SshConnector {
         SshConnector {
             opts,
             session: tokio::sync::Mutex::new(None),
             file_session: tokio::sync::Mutex::new(None),
+            file_warm_failed: Mutex::new(None),
         }
     }
 
@@ -246,8 +275,24 @@ impl SshConnector {
     /// that the first transfer does not wait for it; a failure is left for that
     /// transfer to meet again and report.
     pub async fn warm_file_session(&self) {
+        // One attempt at a time (a LOOKUP of every large file asks), and none for a while
+        // after one failed: the transfer that needs the session will try, and report.
+        {
+            let Ok(s) = self.file_session.try_lock() else {
+                return;
+            };
+            if s.as_ref().is_some_and(|(h, _)| !h.is_closed()) {
+                return;
+            }
+        }
+        let failed = *self.file_warm_failed.lock().expect("file_warm_failed lock");
+        if failed.is_some_and(|t| t.elapsed() < WARM_BACKOFF) {
+            return;
+        }
         if let Err(e) = self.live(&self.file_session).await {
             debug!(side = "upstream", error = %e, "file session not made ahead");
+            *self.file_warm_failed.lock().expect("file_warm_failed lock") =
+                Some(std::time::Instant::now());
         }
     }
 
@@ -308,7 +353,10 @@ impl SshConnector {
             keepalive_max: 3,
             inactivity_timeout: None,
             nodelay: true,
-            preferred: super::preferred(o.compression),
+            preferred: known_first(
+                super::preferred(o.compression),
+                &known_host_keys_path(&o.host, o.port, &o.known_hosts).unwrap_or_default(),
+            ),
             ..Default::default()
         });
         let refused = Arc::new(Mutex::new(None));
