@@ -96,7 +96,7 @@ async fn handle(stream: UnixStream, proxy: &Arc<Proxy>) -> std::io::Result<()> {
 fn bad_request(line: &str) -> String {
     error_line(&format!(
         "unknown request {:?}: use status, flush [--drop] [--file PATH], workset PATH, \
-         prefetch PATH",
+         prefetch [--as UID:GID[:GID,...]] PATH",
         line.chars().take(40).collect::<String>()
     ))
 }
@@ -126,14 +126,36 @@ async fn workset(proxy: &Proxy, path: &str) -> String {
     .unwrap_or_else(|e| error_line(&format!("cannot encode the answer: {e}")))
 }
 
-/// Answers `prefetch PATH`: starts the file's whole-file or working-set transfer now,
-/// as the requester's uid and gid, and says what started (it runs on in the proxy).
-async fn prefetch(proxy: &Proxy, path: &str, peer: Option<(u32, u32)>) -> String {
+/// Answers `prefetch [--as UID:GID[:GID,...]] PATH`: queues the file's whole-file or
+/// working-set transfer and says what was queued (it runs on in the proxy). The calls go
+/// as `--as` says, else as the requester (the socket peer's uid and gid).
+async fn prefetch(proxy: &Proxy, rest: &str, peer: Option<(u32, u32)>) -> String {
     use crate::proxy::meta::Started;
-    let Some((uid, gid)) = peer else {
-        return error_line("cannot tell who is asking (no peer credentials on the socket)");
+    use crate::upstream::calls::Cred;
+    let (cred, path) = match rest.strip_prefix("--as ") {
+        Some(r) => {
+            let (who, path) = r.split_once(' ').unwrap_or((r, ""));
+            match parse_ids(who) {
+                Some((uid, gid, gids)) => (Cred::sys(uid, gid, &gids), path),
+                None => {
+                    return error_line(&format!(
+                        "--as {who:?}: use UID:GID or UID:GID:GID,GID,... (numbers)"
+                    ));
+                }
+            }
+        }
+        None => match peer {
+            Some((uid, gid)) => (Cred::sys(uid, gid, &[]), rest),
+            None => {
+                return error_line(
+                    "cannot tell who is asking (no peer credentials on the socket); use --as",
+                );
+            }
+        },
     };
-    let cred = crate::upstream::calls::Cred::sys(uid, gid);
+    if path.is_empty() {
+        return bad_request(rest);
+    }
     let (fetch, bytes, why) = match proxy.prefetch(path, cred).await {
         Ok(Started::WholeFile { bytes }) => ("whole-file", bytes, None),
         Ok(Started::WorkingSet { bytes }) => ("working-set", bytes, None),
@@ -146,6 +168,21 @@ async fn prefetch(proxy: &Proxy, path: &str, peer: Option<(u32, u32)>) -> String
         json_str(path),
         why.map_or(String::new(), |w| format!(",\"why\":{}", json_str(w)))
     )
+}
+
+/// `UID:GID` or `UID:GID:G1,G2,...`.
+fn parse_ids(s: &str) -> Option<(u32, u32, Vec<u32>)> {
+    let mut parts = s.splitn(3, ':');
+    let uid = parts.next()?.parse().ok()?;
+    let gid = parts.next()?.parse().ok()?;
+    let gids = match parts.next() {
+        None => Vec::new(),
+        Some(g) => g
+            .split(',')
+            .map(|x| x.parse().ok())
+            .collect::<Option<Vec<u32>>>()?,
+    };
+    Some((uid, gid, gids))
 }
 
 /// How often a waiting `flush` is told the progress.

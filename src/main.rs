@@ -82,6 +82,12 @@ enum Cmd {
     Prefetch {
         #[arg(long)]
         socket: PathBuf,
+        /// Make the LOOKUPs and transfers as this AUTH_SYS identity, `UID:GID` or
+        /// `UID:GID:GID,GID,...` (supplementary groups); default: the caller's uid and
+        /// gid. Pass the session user's when middleware runs as root against a server
+        /// that squashes root.
+        #[arg(long = "as", value_name = "UID:GID")]
+        as_: Option<String>,
         /// Each file's path as the client mounted it (`/export/dir/file`), or relative to
         /// the one mounted export.
         #[arg(required = true)]
@@ -156,11 +162,16 @@ fn control(socket: &std::path::Path, line: &str) -> ExitCode {
 
 /// Sends one `prefetch PATH` request per path, in order, and prints the replies; exit 0
 /// if every one says ok.
-fn prefetch(socket: &std::path::Path, paths: &[String]) -> ExitCode {
+fn prefetch(socket: &std::path::Path, as_: Option<&str>, paths: &[String]) -> ExitCode {
     if paths.iter().any(|p| p.contains('\n')) {
         eprintln!("gridvfs: PATH: a path with a newline");
         return ExitCode::from(2);
     }
+    if as_.is_some_and(|a| a.contains([' ', '\n'])) {
+        eprintln!("gridvfs: --as: UID:GID[:GID,...] without spaces");
+        return ExitCode::from(2);
+    }
+    let head = as_.map_or("prefetch".to_string(), |a| format!("prefetch --as {a}"));
     let Some(rt) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::from(1);
     };
@@ -168,7 +179,7 @@ fn prefetch(socket: &std::path::Path, paths: &[String]) -> ExitCode {
     let replies = rt.block_on(async {
         let mut replies = Vec::new();
         for p in paths {
-            replies.push(gridvfs::control::request(socket, &format!("prefetch {p}"), |_| {}).await);
+            replies.push(gridvfs::control::request(socket, &format!("{head} {p}"), |_| {}).await);
         }
         replies
     });
@@ -230,7 +241,7 @@ fn main() -> ExitCode {
         Cmd::Status { socket } => control(&socket, "status"),
         Cmd::Meta { cmd } => meta_cli::run(cmd),
         Cmd::Workset { socket, path } => workset(&socket, &path),
-        Cmd::Prefetch { socket, paths } => prefetch(&socket, &paths),
+        Cmd::Prefetch { socket, as_, paths } => prefetch(&socket, as_.as_deref(), &paths),
         Cmd::Keygen { out, comment } => {
             let comment = comment.unwrap_or_else(|| {
                 let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

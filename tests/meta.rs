@@ -1198,13 +1198,21 @@ fn a_recorded_working_set_is_dumped_by_path() {
 /// Runs `gridvfs prefetch --socket SOCKET PATHS...`: (exit status ok, one JSON value per
 /// stdout line, stderr).
 fn prefetch_cli(socket: &Path, paths: &[String]) -> (bool, Vec<serde_json::Value>, String) {
-    let out = std::process::Command::new(common::bin())
-        .arg("prefetch")
-        .arg("--socket")
-        .arg(socket)
-        .args(paths)
-        .output()
-        .unwrap();
+    prefetch_cli_as(socket, None, paths)
+}
+
+/// [`prefetch_cli`] with `--as ID`.
+fn prefetch_cli_as(
+    socket: &Path,
+    id: Option<&str>,
+    paths: &[String],
+) -> (bool, Vec<serde_json::Value>, String) {
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("prefetch").arg("--socket").arg(socket);
+    if let Some(id) = id {
+        cmd.arg("--as").arg(id);
+    }
+    let out = cmd.args(paths).output().unwrap();
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -1311,12 +1319,34 @@ fn prefetch_moves_files_before_they_are_read() {
         "{crossed} bytes crossed for READs of prefetched data\n{}",
         c.logs()
     );
-    // A second prefetch of the same files finds them there: nothing new is fetched.
-    let (ok, said, err) = prefetch_cli(&c.client_sock, &[path("mem.vmss"), path("disk.img")]);
+    // A second prefetch of the same files (as another identity) finds them there:
+    // nothing new is fetched or crosses.
+    let raw = n(&c.client_status()["meta"]["whole"]["raw_bytes"]);
+    let before = c.relay.bytes().1;
+    let (ok, said, err) = prefetch_cli_as(
+        &c.client_sock,
+        Some("4242:4242:7,8"),
+        &[path("mem.vmss"), path("disk.img")],
+    );
     assert!(ok, "{said:?} {err}");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
     let w = &c.client_status()["meta"]["whole"];
-    assert_eq!(n(&w["fetches"]), 2, "{w}");
+    assert_eq!((n(&w["fetches"]), n(&w["raw_bytes"])), (2, raw), "{w}");
+    let crossed = c.relay.bytes().1 - before;
+    assert!(
+        crossed < 64 << 10,
+        "{crossed} bytes crossed for a second prefetch"
+    );
+    // A malformed identity is refused, naming the option.
+    let (ok, said, _) = prefetch_cli_as(&c.client_sock, Some("root:0"), &[path("mem.vmss")]);
+    assert!(!ok, "{said:?}");
+    assert!(
+        said[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--as"),
+        "{said:?}"
+    );
     // No sidecar: nothing started, and why.
     let (ok, said, _) = prefetch_cli(&c.client_sock, &[path("plain.bin")]);
     assert!(ok, "{said:?}");

@@ -358,10 +358,13 @@ impl MetaLayer {
         let Some(sc) = self.sidecar(&self.up, fh, attr, cred).await else {
             return Started::Nothing("no fresh sidecar");
         };
-        if self.whole.is_none() || self.connector.is_none() {
+        let (Some(whole), Some(_)) = (&self.whole, &self.connector) else {
             return Started::Nothing(
                 "no file channel (the next hop is not a gridvfs server proxy over SSH)",
             );
+        };
+        if whole.failed_lately(fh) {
+            return Started::Nothing("its transfer failed lately: READs go by blocks for now");
         }
         let started = match sc.actions.fetch {
             Fetch::WholeFile => Started::WholeFile {
@@ -430,8 +433,16 @@ impl MetaLayer {
             }
         };
         if !ok {
+            let name = self
+                .names
+                .lock()
+                .expect("names")
+                .get(fh)
+                .map(|(_, n)| n.clone());
+            let file = String::from_utf8_lossy(name.as_deref().unwrap_or(b"?")).into_owned();
             warn!(
                 side = "upstream",
+                %file,
                 "a transfer asked for by `gridvfs prefetch` did not complete; READs go by blocks"
             );
         }

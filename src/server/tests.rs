@@ -279,18 +279,18 @@ fn handles_of_a_removed_export_are_not_kept() {
 #[test]
 fn a_local_requesters_credential_is_mapped_like_a_clients() {
     use crate::server::identity::mapped_sys_body;
-    let c = crate::upstream::calls::Cred::sys(4242, 4243);
+    let c = crate::upstream::calls::Cred::sys(4242, 4243, &[7]);
     let a = account(Mapping::Table {
         uids: BTreeMap::from([(4242, 1001)]),
-        gids: BTreeMap::from([(4243, 1002)]),
+        gids: BTreeMap::from([(4243, 1002), (7, 70)]),
     });
     let body = mapped_sys_body(&a, c.flavor, &c.body).unwrap();
-    // stamp, machine name "gridvfs" (7 bytes + 1 of padding), uid, gid, no groups.
+    // stamp, machine name "gridvfs" (7 bytes + 1 of padding), uid, gid, 1 group.
     assert_eq!(&body[..4], &[0, 0, 0, 0]);
     assert_eq!(&body[8..15], b"gridvfs");
     let ids: Vec<u32> = body[16..]
         .chunks(4)
         .map(|w| u32::from_be_bytes(w.try_into().unwrap()))
         .collect();
-    assert_eq!(ids, vec![1001, 1002, 0]);
+    assert_eq!(ids, vec![1001, 1002, 1, 70]);
 }

@@ -28,15 +28,20 @@ impl Cred {
         })
     }
 
-    /// AUTH_SYS for `uid`, `gid` (and no other groups), machine name "gridvfs": the
-    /// credential of a local requester (the control socket's peer).
-    pub fn sys(uid: u32, gid: u32) -> Cred {
-        let mut body = BytesMut::with_capacity(32);
+    /// AUTH_SYS for `uid`, `gid` and supplementary `gids` (at most 16, as RFC 5531
+    /// allows; more are dropped), machine name "gridvfs": the credential of a local
+    /// requester (`gridvfs prefetch`).
+    pub fn sys(uid: u32, gid: u32, gids: &[u32]) -> Cred {
+        let gids = &gids[..gids.len().min(16)];
+        let mut body = BytesMut::with_capacity(32 + 4 * gids.len());
         body.put_u32(0); // stamp
         body.put_xdr_opaque(b"gridvfs");
         body.put_u32(uid);
         body.put_u32(gid);
-        body.put_u32(0); // no supplementary groups
+        body.put_u32(gids.len() as u32);
+        for g in gids {
+            body.put_u32(*g);
+        }
         Cred {
             flavor: crate::rpc::msg::AuthFlavor::SYS.0,
             body: body.to_vec(),
