@@ -1423,10 +1423,59 @@ pub struct PartRead {
     pieces: Vec<Piece>,
 }
 
-/// Answers a READ from the cached bytes of `plan` and the missing runs, each fetched
-/// with one READ from the next hop (all at once) as `cred` and filled into the cache;
-/// only what the cache lacks crosses. None (the caller forwards the READ as it came) if
-/// a fetch fails or comes back short (the file changed at the next hop).
+/// Reads each of `ranges` of `fh` from the next hop with one READ, all at once, as
+/// `cred`, and fills them into the cache under `stamp` (dropped if the file changed here
+/// since); the bytes, in the order of `ranges`. None if any read fails or comes back
+/// short (the file changed at the next hop).
+pub async fn fetch_ranges(
+    cache: &std::sync::Arc<CacheLayer>,
+    up: &std::sync::Arc<crate::upstream::Upstream>,
+    fh: &[u8],
+    cred: &crate::upstream::calls::Cred,
+    ranges: &[std::ops::Range<u64>],
+    stamp: u64,
+) -> Option<Vec<bytes::Bytes>> {
+    if ranges.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, r) in ranges.iter().enumerate() {
+        let (up, cred, fh, r) = (up.clone(), cred.clone(), fh.to_vec(), r.clone());
+        tasks.spawn(async move {
+            let len = (r.end - r.start) as u32;
+            let b = crate::upstream::calls::read_upstream(&up, &cred, &fh, r.start, len).await;
+            (i, b.ok().filter(|b| b.len() == len as usize))
+        });
+    }
+    let mut got: Vec<Option<bytes::Bytes>> = vec![None; ranges.len()];
+    while let Some(r) = tasks.join_next().await {
+        let (i, b) = r.ok()?;
+        got[i] = Some(bytes::Bytes::from(b?));
+    }
+    let got: Vec<bytes::Bytes> = got.into_iter().collect::<Option<_>>()?;
+    let (c, f, fills) = (
+        cache.clone(),
+        fh.to_vec(),
+        ranges
+            .iter()
+            .map(|r| r.start)
+            .zip(got.clone())
+            .collect::<Vec<_>>(),
+    );
+    let _ = tokio::task::spawn_blocking(move || {
+        for (at, b) in fills {
+            if let Err(e) = c.fill_checked(&f, at, &b, stamp) {
+                debug!(side = "cache", error = %e, "fill of fetched bytes failed");
+            }
+        }
+    })
+    .await;
+    Some(got)
+}
+
+/// Answers a READ from the cached bytes of `plan` and its missing runs
+/// ([`fetch_ranges`]): only what the cache lacks crosses. None (the caller forwards the
+/// READ as it came) if a fetch fails or comes back short.
 pub async fn part_read(
     cache: &std::sync::Arc<CacheLayer>,
     up: &std::sync::Arc<crate::upstream::Upstream>,
@@ -1434,45 +1483,26 @@ pub async fn part_read(
     cred: &crate::upstream::calls::Cred,
     plan: PartRead,
 ) -> Option<BytesMut> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, p) in plan.pieces.iter().enumerate() {
-        if let Piece::Need(r) = p {
-            let (up, cred, fh, r) = (up.clone(), cred.clone(), fh.to_vec(), r.clone());
-            tasks.spawn(async move {
-                let len = (r.end - r.start) as u32;
-                let b = crate::upstream::calls::read_upstream(&up, &cred, &fh, r.start, len).await;
-                (i, b.ok().filter(|b| b.len() == len as usize))
-            });
-        }
-    }
-    let mut fetched: Vec<Option<Vec<u8>>> = (0..plan.pieces.len()).map(|_| None).collect();
-    while let Some(r) = tasks.join_next().await {
-        let (i, b) = r.ok()?;
-        fetched[i] = Some(b?);
-    }
+    let need: Vec<std::ops::Range<u64>> = plan
+        .pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Need(r) => Some(r.clone()),
+            Piece::Have(_) => None,
+        })
+        .collect();
+    let mut fetched = fetch_ranges(cache, up, fh, cred, &need, plan.stamp)
+        .await?
+        .into_iter();
     let n = (plan.end - plan.off) as usize;
     let mut out = read_reply_head(plan.xid, &plan.attr, plan.end >= plan.attr.size, n);
-    let mut fills = Vec::new();
-    for (p, f) in plan.pieces.iter().zip(fetched) {
-        match (p, f) {
-            (Piece::Have(b), _) => out.extend_from_slice(b),
-            (Piece::Need(r), Some(b)) => {
-                out.extend_from_slice(&b);
-                fills.push((r.start, b));
-            }
-            (Piece::Need(_), None) => return None,
+    for p in &plan.pieces {
+        match p {
+            Piece::Have(b) => out.extend_from_slice(b),
+            Piece::Need(_) => out.extend_from_slice(&fetched.next()?),
         }
     }
     out.put_bytes(0, crate::xdr::pad(n));
-    let (c, f, stamp) = (cache.clone(), fh.to_vec(), plan.stamp);
-    let _ = tokio::task::spawn_blocking(move || {
-        for (at, b) in fills {
-            if let Err(e) = c.fill_checked(&f, at, &b, stamp) {
-                debug!(side = "cache", error = %e, "fill of a partly cached READ failed");
-            }
-        }
-    })
-    .await;
     cache.partial_hits.fetch_add(1, Ordering::Relaxed);
     Some(out)
 }
@@ -1603,7 +1633,7 @@ pub async fn before_forward(
                 match c.read(xid, a.file.0, a.offset, a.count) {
                     Some(reply) => Some(Step::Done(Before::Hit(reply))),
                     None => match c.plan_part_read(xid, a.file.0, a.offset, a.count, stamp) {
-                        Some(plan) => Some(Step::Part(a.file.0.to_vec(), plan, stamp)),
+                        Some(plan) => Some(Step::Part(a.file.0.to_vec(), plan)),
                         None => Some(Step::Done(Before::Forward { stamp })),
                     },
                 }
@@ -1617,13 +1647,16 @@ pub async fn before_forward(
     .await;
     match r.ok().flatten() {
         Some(Step::Done(b)) => b,
-        Some(Step::Part(fh, plan, stamp)) => match cred {
-            Some(cred) => match part_read(cache, up, &fh, &cred, plan).await {
-                Some(reply) => Before::Hit(reply),
+        Some(Step::Part(fh, plan)) => {
+            let stamp = plan.stamp;
+            match cred {
+                Some(cred) => match part_read(cache, up, &fh, &cred, plan).await {
+                    Some(reply) => Before::Hit(reply),
+                    None => Before::Forward { stamp },
+                },
                 None => Before::Forward { stamp },
-            },
-            None => Before::Forward { stamp },
-        },
+            }
+        }
         // Not an NFS call we can read (cannot happen for routed calls): a stamp of 0
         // makes the reply teach nothing.
         None => Before::Forward { stamp: 0 },
@@ -1633,8 +1666,8 @@ pub async fn before_forward(
 /// What the blocking part of [`before_forward`] decided.
 enum Step {
     Done(Before),
-    /// A READ the cache holds part of: fetch the rest (file handle, plan, stamp).
-    Part(Vec<u8>, PartRead, u64),
+    /// A READ the cache holds part of: fetch the rest (file handle, plan).
+    Part(Vec<u8>, PartRead),
 }
 
 impl super::names::Attrs for CacheLayer {

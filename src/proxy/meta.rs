@@ -607,29 +607,15 @@ impl MetaLayer {
         .await
         .ok()?;
         let mut pieces = Vec::with_capacity(looked.len());
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut missing = Vec::new();
         for (r, got) in looked {
-            if let Some(b) = got {
-                pieces.push((r.start, b));
-                continue;
+            match got {
+                Some(b) => pieces.push((r.start, b)),
+                None => missing.push(r),
             }
-            let (cache, up, fh, cred) = (cache.clone(), up.clone(), fh.to_vec(), cred.clone());
-            tasks.spawn(async move {
-                let len = (r.end - r.start) as u32;
-                let b =
-                    bytes::Bytes::from(read_upstream(&up, &cred, &fh, r.start, len).await.ok()?);
-                if b.len() != len as usize {
-                    return None; // short: the file changed
-                }
-                let (c, b2, at) = (cache.clone(), b.clone(), r.start);
-                let _ =
-                    tokio::task::spawn_blocking(move || c.fill_checked(&fh, at, &b2, stamp)).await;
-                Some((r.start, b))
-            });
         }
-        while let Some(r) = tasks.join_next().await {
-            pieces.push(r.ok()??);
-        }
+        let fetched = super::cached::fetch_ranges(cache, up, fh, cred, &missing, stamp).await?;
+        pieces.extend(missing.iter().map(|r| r.start).zip(fetched));
         Some(pieces)
     }
 }
