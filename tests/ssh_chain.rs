@@ -55,15 +55,20 @@ fn libnfs_through_the_builtin_ssh_server_byte_equal_and_mapped() {
     assert!(client.log_text().contains("ssh"), "{}", client.log_text());
 }
 
-/// The call must fail; the client proxy says why (it keeps retrying in the background).
-fn expect_refused(client: &Gridvfs, lab: &Lab, needle: &str) {
-    let t0 = Instant::now();
-    let mut child = Command::new("nfs-ls")
+/// `nfs-ls` of the export's root through `client`, running (output dropped).
+fn nfs_ls(client: &Gridvfs, lab: &Lab) -> std::process::Child {
+    Command::new("nfs-ls")
         .arg(nfs_url(client.endpoints(), &lab.export, ""))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// The call must fail; the client proxy says why (it keeps retrying in the background).
+fn expect_refused(client: &Gridvfs, lab: &Lab, needle: &str) {
+    let t0 = Instant::now();
+    let mut child = nfs_ls(client, lab);
     let log = client.wait_log(needle, 1);
     // No data may come back while the tunnel is refused.
     std::thread::sleep(Duration::from_millis(300));
@@ -369,12 +374,7 @@ fn through_openssh_sshd_with_direct_tcpip() {
     ));
     // The tunnel comes up (bounded: a refused host key would make the copy below wait
     // for ever).
-    let mut ls = Command::new("nfs-ls")
-        .arg(nfs_url(client.endpoints(), &lab.export, ""))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut ls = nfs_ls(&client, &lab);
     let t0 = Instant::now();
     let done = loop {
         if let Some(st) = ls.try_wait().unwrap() {
