@@ -166,6 +166,8 @@ async fn clone_metered(
     let (c, base) = base_at(nfs, mount, &e.export).await;
     let cpu = CpuMeter::start(pids);
     let t0 = Instant::now();
+    // GRIDVFS_SUITE_PREFETCH=0: clones begin without `gridvfs prefetch` (for an A/B).
+    let control = control.filter(|_| env_u64("GRIDVFS_SUITE_PREFETCH", 1) == 1);
     let prefetch = control.map(|sock| {
         let dir = format!("{}/{BASE}/golden/{image}", e.export.trim_end_matches('/'));
         let args = [

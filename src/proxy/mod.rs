@@ -196,6 +196,18 @@ impl Proxy {
             return Err(format!("{path}: not a file's path"));
         }
         let dir = self.resolve_as(parent, Some(cred.clone())).await?;
+        // Known to the session's metadata (a clone of an image cloned before): no call.
+        if let Some(fh) = cache
+            .names
+            .as_ref()
+            .and_then(|n| n.known(&dir, name.as_bytes()))
+        {
+            let attr = writeback::attributes(cache, &self.nfs, &fh, Some(cred.clone()))
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            m.learn_name(&fh, &dir, name.as_bytes());
+            return Ok(m.start_fetch(cache, &fh, &attr, &cred).await);
+        }
         let args = nfs3::Args::Lookup(nfs3::LookupArgs {
             what: nfs3::Diropargs3 {
                 dir: nfs3::Fh(&dir),

@@ -748,6 +748,15 @@ pub async fn lookup_path(
     let cred = cred.unwrap_or_else(|| cred_or_none(cache, root));
     let mut fh = root.to_vec();
     for name in rel.split('/').filter(|n| !n.is_empty() && *n != ".") {
+        // A name the session's metadata knows needs no call (`metadata = "session"`).
+        if let Some(known) = cache
+            .names
+            .as_ref()
+            .and_then(|n| n.known(&fh, name.as_bytes()))
+        {
+            fh = known;
+            continue;
+        }
         let args = Args::Lookup(nfs3::LookupArgs {
             what: nfs3::Diropargs3 {
                 dir: Fh(&fh),
