@@ -40,12 +40,17 @@ const RPCBIND_TIMEOUT: Duration = Duration::from_secs(5);
 /// spread over the channels). Channels per session are capped too (`ssh::server`).
 const SSH_MAX_UNREAD: usize = 192 << 20;
 
-async fn unregister(register: bool, socket: &Path, addr: std::net::SocketAddr) {
-    if !register {
+/// Takes the proxy's registrations out of rpcbind and puts back the ones it replaced.
+async fn unregister(registered: Option<&[portmap::Rpcb]>, socket: &Path) {
+    let Some(previous) = registered else {
         return;
-    }
-    match tokio::time::timeout(RPCBIND_TIMEOUT, portmap::register(socket, addr, false)).await {
-        Ok(Ok(())) => {}
+    };
+    match tokio::time::timeout(RPCBIND_TIMEOUT, portmap::unregister(socket, previous)).await {
+        Ok(Ok(())) if previous.is_empty() => {}
+        Ok(Ok(())) => info!(
+            restored = previous.len(),
+            "rpcbind's earlier registrations put back"
+        ),
         Ok(Err(e)) => warn!(error = %e, "could not unregister from rpcbind"),
         Err(_) => warn!("rpcbind did not answer the unregistration"),
     }
@@ -106,17 +111,19 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     // Signals first: a supervisor may stop us as soon as the ready file appears.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    if register {
-        tokio::time::timeout(
-            RPCBIND_TIMEOUT,
-            portmap::register(&rpcbind_socket, addr, true),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("rpcbind did not answer in {RPCBIND_TIMEOUT:?}"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .context("listen.register_rpcbind is on, but registration failed")?;
-        info!(socket = %rpcbind_socket.display(), "registered NFS v3 and MOUNT v3 with rpcbind");
-    }
+    let registered = if register {
+        let previous =
+            tokio::time::timeout(RPCBIND_TIMEOUT, portmap::register(&rpcbind_socket, addr))
+                .await
+                .map_err(|_| anyhow::anyhow!("rpcbind did not answer in {RPCBIND_TIMEOUT:?}"))
+                .and_then(|r| r.map_err(anyhow::Error::from))
+                .context("listen.register_rpcbind is on, but registration failed")?;
+        info!(socket = %rpcbind_socket.display(), replaced = previous.len(),
+            "registered NFS v3 and MOUNT v3 with rpcbind");
+        Some(previous)
+    } else {
+        None
+    };
     // The server role's SSH server: bound now, so its address is in the ready file.
     let ssh_listener = match cfg.server.as_ref().and_then(|s| s.ssh.as_ref()) {
         Some(s) => {
@@ -226,7 +233,7 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
                 spawn_flush(&proxy, true);
             }
             r = &mut server => {
-                unregister(register, &rpcbind_socket, addr).await;
+                unregister(registered.as_deref(), &rpcbind_socket).await;
                 r.context("server task failed")?;
                 return Ok(());
             }
@@ -258,7 +265,7 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
         }
     }
     proxy.close_cache().await;
-    unregister(register, &rpcbind_socket, addr).await;
+    unregister(registered.as_deref(), &rpcbind_socket).await;
     if let Some(p) = ready_file {
         let _ = std::fs::remove_file(p);
     }

@@ -95,6 +95,19 @@ fn registered(listing: &str, prog: u32, port: u16) -> bool {
 #[test]
 fn registered_with_rpcbind_a_bare_url_reaches_the_proxy() {
     let lab = Lab::get();
+    // Another NFS server registered before the proxy starts (port 12345, made up): the
+    // proxy replaces it, and puts it back when it exits.
+    let rpcbind = std::path::Path::new("/run/rpcbind.sock");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let other: std::net::SocketAddr = "127.0.0.1:12345".parse().unwrap();
+    let none = rt
+        .block_on(gridvfs::proxy::portmap::register(rpcbind, other))
+        .expect("register the other server");
+    assert!(
+        registered(&rpcinfo(), 100003, 12345),
+        "setup:\n{}",
+        rpcinfo()
+    );
     let mut p = Gridvfs::start(lab.endpoint(), "register_rpcbind = true");
     let port = p.addr.port();
     let listing = rpcinfo();
@@ -125,11 +138,26 @@ fn registered_with_rpcbind_a_bare_url_reaches_the_proxy() {
         "nfs-ls did not go through the proxy"
     );
 
+    let listing = rpcinfo();
+    assert!(
+        !registered(&listing, 100003, 12345),
+        "the other server still registered beside the proxy:\n{listing}"
+    );
     assert_eq!(p.stop(), Some(0));
     let listing = rpcinfo();
     assert!(
         !registered(&listing, 100003, port),
         "still registered after exit:\n{listing}"
     );
+    for prog in [100003, 100005] {
+        assert!(
+            registered(&listing, prog, 12345),
+            "program {prog} of the other server not put back:\n{listing}"
+        );
+    }
+    // Leave rpcbind as it was before the test.
+    rt.block_on(gridvfs::proxy::portmap::unregister(rpcbind, &none))
+        .expect("remove the other server");
+    assert!(!registered(&rpcinfo(), 100003, 12345));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -91,58 +91,167 @@ pub enum RegisterError {
     BadReply { path: String },
 }
 
-/// Registers (or with `set == false` unregisters) NFS v3 and MOUNT v3 over TCP at `addr`.
-/// Existing registrations of those programs are replaced: the proxy owns them now.
-pub async fn register(socket: &Path, addr: SocketAddr, set: bool) -> Result<(), RegisterError> {
-    let path = socket.display().to_string();
+const RPCBPROC_DUMP: u32 = 4;
+
+/// A registration held by rpcbind (RFC 1833 `rpcb`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rpcb {
+    pub prog: u32,
+    pub vers: u32,
+    pub netid: String,
+    pub addr: String,
+    pub owner: String,
+}
+
+/// One rpcbind v4 call on `s` and its accepted results.
+async fn rpcb_call(
+    s: &mut UnixStream,
+    path: &str,
+    xid: &mut u32,
+    proc_: u32,
+    args: &[u8],
+) -> Result<Vec<u8>, RegisterError> {
     let io = |source| RegisterError::Io {
-        path: path.clone(),
+        path: path.to_string(),
         source,
     };
-    let mut s = UnixStream::connect(socket).await.map_err(io)?;
+    let msg = call_message(*xid, PROGRAM, RPCB_VERSION, proc_, args);
+    *xid += 1;
+    write_record(s, &msg).await.map_err(io)?;
+    s.flush().await.map_err(io)?;
+    let reply = read_record(s, 1 << 20)
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .ok_or_else(|| RegisterError::BadReply {
+            path: path.to_string(),
+        })?;
+    match parse_reply(&reply) {
+        Ok((_, ReplyKind::Accepted { stat, results_at })) if stat == AcceptStat::SUCCESS => {
+            Ok(reply[results_at..].to_vec())
+        }
+        _ => Err(RegisterError::BadReply {
+            path: path.to_string(),
+        }),
+    }
+}
+
+/// SET or UNSET of one `rpcb`; rpcbind's boolean answer.
+async fn rpcb_set(
+    s: &mut UnixStream,
+    path: &str,
+    xid: &mut u32,
+    proc_: u32,
+    r: &Rpcb,
+) -> Result<bool, RegisterError> {
+    let mut args = BytesMut::new();
+    args.put_u32(r.prog);
+    args.put_u32(r.vers);
+    args.put_xdr_opaque(r.netid.as_bytes());
+    args.put_xdr_opaque(r.addr.as_bytes());
+    args.put_xdr_opaque(r.owner.as_bytes());
+    let res = rpcb_call(s, path, xid, proc_, &args).await?;
+    Ok(Reader::new(&res).bool().unwrap_or(false))
+}
+
+/// rpcbind's registrations of the programs and versions we serve (DUMP).
+async fn served_registrations(
+    s: &mut UnixStream,
+    path: &str,
+    xid: &mut u32,
+) -> Result<Vec<Rpcb>, RegisterError> {
+    let res = rpcb_call(s, path, xid, RPCBPROC_DUMP, &[]).await?;
+    let bad = || RegisterError::BadReply {
+        path: path.to_string(),
+    };
+    let mut r = Reader::new(&res);
+    let mut out = Vec::new();
+    let text = |r: &mut Reader<'_>| -> Result<String, RegisterError> {
+        Ok(String::from_utf8_lossy(r.opaque(1024).map_err(|_| bad())?).into_owned())
+    };
+    while r.bool().map_err(|_| bad())? {
+        let prog = r.u32().map_err(|_| bad())?;
+        let vers = r.u32().map_err(|_| bad())?;
+        let (netid, addr, owner) = (text(&mut r)?, text(&mut r)?, text(&mut r)?);
+        if SERVED.contains(&(prog, vers)) {
+            out.push(Rpcb {
+                prog,
+                vers,
+                netid,
+                addr,
+                owner,
+            });
+        }
+        if out.len() > 64 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Registers NFS v3 and MOUNT v3 over TCP at `addr` with the local rpcbind at `socket`,
+/// replacing what was registered for them (the proxy owns them now). Returns those
+/// earlier registrations, for [`unregister`] to put back.
+pub async fn register(socket: &Path, addr: SocketAddr) -> Result<Vec<Rpcb>, RegisterError> {
+    let path = socket.display().to_string();
+    let mut s = UnixStream::connect(socket)
+        .await
+        .map_err(|source| RegisterError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let mut xid = 1u32;
+    let before = served_registrations(&mut s, &path, &mut xid).await?;
     let uaddr = format!("{}.{}.{}", addr.ip(), addr.port() >> 8, addr.port() & 0xff);
+    for (prog, vers) in SERVED {
+        // UNSET with an empty netid removes every transport's registration.
+        let all = Rpcb {
+            prog,
+            vers,
+            netid: String::new(),
+            addr: String::new(),
+            owner: "gridvfs".into(),
+        };
+        rpcb_set(&mut s, &path, &mut xid, RPCBPROC_UNSET, &all).await?;
+        let ours = Rpcb {
+            netid: "tcp".into(),
+            addr: uaddr.clone(),
+            ..all
+        };
+        if !rpcb_set(&mut s, &path, &mut xid, RPCBPROC_SET, &ours).await? {
+            return Err(RegisterError::Refused { path, prog, vers });
+        }
+    }
+    Ok(before)
+}
+
+/// Removes the proxy's registrations and puts back those [`register`] replaced (another
+/// NFS server's, say), so that rpcbind points where it did before the proxy started.
+pub async fn unregister(socket: &Path, previous: &[Rpcb]) -> Result<(), RegisterError> {
+    let path = socket.display().to_string();
+    let mut s = UnixStream::connect(socket)
+        .await
+        .map_err(|source| RegisterError::Io {
+            path: path.clone(),
+            source,
+        })?;
     let mut xid = 1u32;
     for (prog, vers) in SERVED {
-        let procs: &[u32] = if set {
-            &[RPCBPROC_UNSET, RPCBPROC_SET]
-        } else {
-            &[RPCBPROC_UNSET]
+        let all = Rpcb {
+            prog,
+            vers,
+            netid: String::new(),
+            addr: String::new(),
+            owner: "gridvfs".into(),
         };
-        for &p in procs {
-            let mut args = BytesMut::new();
-            args.put_u32(prog);
-            args.put_u32(vers);
-            // UNSET with an empty netid removes every transport's registration.
-            args.put_xdr_opaque(if p == RPCBPROC_SET { b"tcp" } else { b"" });
-            args.put_xdr_opaque(if p == RPCBPROC_SET {
-                uaddr.as_bytes()
-            } else {
-                b""
+        rpcb_set(&mut s, &path, &mut xid, RPCBPROC_UNSET, &all).await?;
+    }
+    for r in previous {
+        if !rpcb_set(&mut s, &path, &mut xid, RPCBPROC_SET, r).await? {
+            return Err(RegisterError::Refused {
+                path,
+                prog: r.prog,
+                vers: r.vers,
             });
-            args.put_xdr_opaque(b"gridvfs");
-            let msg = call_message(xid, PROGRAM, RPCB_VERSION, p, &args);
-            xid += 1;
-            write_record(&mut s, &msg).await.map_err(io)?;
-            s.flush().await.map_err(io)?;
-            let reply = read_record(&mut s, 4096)
-                .await
-                .map_err(|e| io(std::io::Error::other(e)))?
-                .ok_or_else(|| RegisterError::BadReply { path: path.clone() })?;
-            let ok = match parse_reply(&reply) {
-                Ok((_, ReplyKind::Accepted { stat, results_at }))
-                    if stat == AcceptStat::SUCCESS =>
-                {
-                    Reader::new(&reply[results_at..]).bool().unwrap_or(false)
-                }
-                _ => return Err(RegisterError::BadReply { path: path.clone() }),
-            };
-            if p == RPCBPROC_SET && !ok {
-                return Err(RegisterError::Refused {
-                    path: path.clone(),
-                    prog,
-                    vers,
-                });
-            }
         }
     }
     Ok(())
