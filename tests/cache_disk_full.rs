@@ -79,12 +79,38 @@ async fn a_full_cache_disk_writes_through_and_loses_nothing() {
     );
     assert!(p.log_text().contains("writing it through"), "not logged");
 
+    // A truncation with the disk still full: answered OK (through to the server if the
+    // cache cannot record it), never an error; the bytes are the cut ones.
+    use nfs3_types::nfs3::{Nfs3Option, Nfs3Result, SETATTR3args, sattr3};
+    let cut = 5 << 20;
+    let r = c
+        .setattr(&SETATTR3args {
+            object: fh.clone(),
+            new_attributes: sattr3 {
+                size: Nfs3Option::Some(cut as u64),
+                ..Default::default()
+            },
+            guard: Nfs3Option::None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Nfs3Result::Ok(_)),
+        "truncation on a full cache disk failed\n{}",
+        p.log_text()
+    );
+    let data = &data[..cut];
+    assert!(
+        common::read_all(&mut c, &fh).await == data,
+        "read back after the truncation"
+    );
+
     let (ok, f) = ctl(&socket, &["flush"]);
     assert!(ok, "{f}");
     common::assert_same_bytes(
         "server copy",
         &std::fs::read(dir.join("f.bin")).unwrap(),
-        &data,
+        data,
     );
     drop(c);
     assert_eq!(p.stop(), Some(0));

@@ -994,7 +994,12 @@ impl CacheLayer {
             // bytes past `low` in that block are gone although the client was told it
             // failed (a client retries a failed truncation).
             Ok(_) | Err(CacheError::SetFull) => return Ok(None),
-            Err(e) => return Err(e),
+            // The cache disk full (ENOSPC) or failing: the truncation goes through to the
+            // next hop instead, like a WRITE the cache cannot take.
+            Err(e) => {
+                tracing::warn!(side = "cache", error = %e, "truncation record not stored; forwarding the truncation");
+                return Ok(None);
+            }
         }
         let attr = self.with_file(fh, |s| s.attr.clone());
         self.changed(fh, attr);
