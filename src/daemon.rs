@@ -111,19 +111,6 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     // Signals first: a supervisor may stop us as soon as the ready file appears.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let registered = if register {
-        let previous =
-            tokio::time::timeout(RPCBIND_TIMEOUT, portmap::register(&rpcbind_socket, addr))
-                .await
-                .map_err(|_| anyhow::anyhow!("rpcbind did not answer in {RPCBIND_TIMEOUT:?}"))
-                .and_then(|r| r.map_err(anyhow::Error::from))
-                .context("listen.register_rpcbind is on, but registration failed")?;
-        info!(socket = %rpcbind_socket.display(), replaced = previous.len(),
-            "registered NFS v3 and MOUNT v3 with rpcbind");
-        Some(previous)
-    } else {
-        None
-    };
     // The server role's SSH server: bound now, so its address is in the ready file.
     let ssh_listener = match cfg.server.as_ref().and_then(|s| s.ssh.as_ref()) {
         Some(s) => {
@@ -135,17 +122,6 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
         None => None,
     };
     let ssh_addr = ssh_listener.as_ref().and_then(|(l, _)| l.local_addr().ok());
-    if let Some(p) = ready_file {
-        let tmp = p.with_extension("tmp");
-        let text = match ssh_addr {
-            Some(a) => format!("{addr}\nssh={a}\n"),
-            None => addr.to_string(),
-        };
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, p))
-            .with_context(|| format!("cannot write ready file {}", p.display()))?;
-    }
-
     let (tx, rx) = watch::channel(false);
     let proxy = bound.proxy();
     let control = match &cfg.control_socket {
@@ -218,6 +194,36 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
     let mut server = tokio::spawn(bound.serve(rx));
     let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
+    // Last, once nothing else can fail: rpcbind is pointed at us (and put back if we
+    // exit), then the ready file says we serve.
+    let registered = if register {
+        let previous =
+            tokio::time::timeout(RPCBIND_TIMEOUT, portmap::register(&rpcbind_socket, addr))
+                .await
+                .map_err(|_| anyhow::anyhow!("rpcbind did not answer in {RPCBIND_TIMEOUT:?}"))
+                .and_then(|r| r.map_err(anyhow::Error::from))
+                .context("listen.register_rpcbind is on, but registration failed")?;
+        info!(socket = %rpcbind_socket.display(), replaced = previous.len(),
+            "registered NFS v3 and MOUNT v3 with rpcbind");
+        Some(previous)
+    } else {
+        None
+    };
+    if let Some(p) = ready_file {
+        let tmp = p.with_extension("tmp");
+        let text = match ssh_addr {
+            Some(a) => format!("{addr}\nssh={a}\n"),
+            None => addr.to_string(),
+        };
+        let written = std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, p))
+            .with_context(|| format!("cannot write ready file {}", p.display()));
+        if written.is_err() {
+            unregister(registered.as_deref(), &rpcbind_socket).await;
+        }
+        written?;
+    }
+
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {

@@ -95,19 +95,17 @@ fn registered(listing: &str, prog: u32, port: u16) -> bool {
 #[test]
 fn registered_with_rpcbind_a_bare_url_reaches_the_proxy() {
     let lab = Lab::get();
-    // Another NFS server registered before the proxy starts (port 12345, made up): the
-    // proxy replaces it, and puts it back when it exits.
+    // Another NFS server (a listening socket plays it) registered before the proxy
+    // starts: the proxy replaces it, and puts it back when it exits.
     let rpcbind = std::path::Path::new("/run/rpcbind.sock");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let other: std::net::SocketAddr = "127.0.0.1:12345".parse().unwrap();
+    let other_server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = other_server.local_addr().unwrap();
+    let op = other.port();
     let none = rt
         .block_on(gridvfs::proxy::portmap::register(rpcbind, other))
         .expect("register the other server");
-    assert!(
-        registered(&rpcinfo(), 100003, 12345),
-        "setup:\n{}",
-        rpcinfo()
-    );
+    assert!(registered(&rpcinfo(), 100003, op), "setup:\n{}", rpcinfo());
     let mut p = Gridvfs::start(lab.endpoint(), "register_rpcbind = true");
     let port = p.addr.port();
     let listing = rpcinfo();
@@ -140,7 +138,7 @@ fn registered_with_rpcbind_a_bare_url_reaches_the_proxy() {
 
     let listing = rpcinfo();
     assert!(
-        !registered(&listing, 100003, 12345),
+        !registered(&listing, 100003, op),
         "the other server still registered beside the proxy:\n{listing}"
     );
     assert_eq!(p.stop(), Some(0));
@@ -151,13 +149,24 @@ fn registered_with_rpcbind_a_bare_url_reaches_the_proxy() {
     );
     for prog in [100003, 100005] {
         assert!(
-            registered(&listing, prog, 12345),
+            registered(&listing, prog, op),
             "program {prog} of the other server not put back:\n{listing}"
         );
     }
+    // A registration whose port nobody listens on any more (a proxy killed before it
+    // could unregister leaves one) is not put back.
+    drop(other_server);
+    let mut p = Gridvfs::start(lab.endpoint(), "register_rpcbind = true");
+    let port = p.addr.port();
+    assert!(registered(&rpcinfo(), 100003, port));
+    assert_eq!(p.stop(), Some(0));
+    let listing = rpcinfo();
+    assert!(
+        !registered(&listing, 100003, op) && !registered(&listing, 100003, port),
+        "a dead registration put back, or the proxy's left:\n{listing}"
+    );
     // Leave rpcbind as it was before the test.
     rt.block_on(gridvfs::proxy::portmap::unregister(rpcbind, &none))
-        .expect("remove the other server");
-    assert!(!registered(&rpcinfo(), 100003, 12345));
+        .expect("restore rpcbind");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -190,71 +190,137 @@ async fn served_registrations(
 
 /// Registers NFS v3 and MOUNT v3 over TCP at `addr` with the local rpcbind at `socket`,
 /// replacing what was registered for them (the proxy owns them now). Returns those
-/// earlier registrations, for [`unregister`] to put back.
+/// earlier registrations, for [`unregister`] to put back; if registering fails half
+/// way, they are put back before the error is returned.
 pub async fn register(socket: &Path, addr: SocketAddr) -> Result<Vec<Rpcb>, RegisterError> {
     let path = socket.display().to_string();
-    let mut s = UnixStream::connect(socket)
-        .await
-        .map_err(|source| RegisterError::Io {
-            path: path.clone(),
-            source,
-        })?;
+    let mut s = connect(socket, &path).await?;
     let mut xid = 1u32;
     let before = served_registrations(&mut s, &path, &mut xid).await?;
     let uaddr = format!("{}.{}.{}", addr.ip(), addr.port() >> 8, addr.port() & 0xff);
-    for (prog, vers) in SERVED {
-        // UNSET with an empty netid removes every transport's registration.
-        let all = Rpcb {
-            prog,
-            vers,
-            netid: String::new(),
-            addr: String::new(),
-            owner: "gridvfs".into(),
-        };
-        rpcb_set(&mut s, &path, &mut xid, RPCBPROC_UNSET, &all).await?;
-        let ours = Rpcb {
-            netid: "tcp".into(),
-            addr: uaddr.clone(),
-            ..all
-        };
-        if !rpcb_set(&mut s, &path, &mut xid, RPCBPROC_SET, &ours).await? {
-            return Err(RegisterError::Refused { path, prog, vers });
+    let mut set = async || {
+        for (prog, vers) in SERVED {
+            unset_all(&mut s, &path, &mut xid, prog, vers).await?;
+            let ours = Rpcb {
+                prog,
+                vers,
+                netid: "tcp".into(),
+                addr: uaddr.clone(),
+                owner: "gridvfs".into(),
+            };
+            if !rpcb_set(&mut s, &path, &mut xid, RPCBPROC_SET, &ours).await? {
+                return Err(RegisterError::Refused {
+                    path: path.clone(),
+                    prog,
+                    vers,
+                });
+            }
+        }
+        Ok(())
+    };
+    match set().await {
+        Ok(()) => Ok(before),
+        Err(e) => {
+            let _ = unregister(socket, &before).await;
+            Err(e)
         }
     }
-    Ok(before)
 }
 
 /// Removes the proxy's registrations and puts back those [`register`] replaced (another
-/// NFS server's, say), so that rpcbind points where it did before the proxy started.
+/// NFS server's), so that rpcbind points where it did before the proxy started. A TCP
+/// registration whose address no longer accepts connections is not put back (a gridvfs
+/// killed before it could unregister leaves one). Goes on past a failure; returns the
+/// first.
 pub async fn unregister(socket: &Path, previous: &[Rpcb]) -> Result<(), RegisterError> {
     let path = socket.display().to_string();
-    let mut s = UnixStream::connect(socket)
-        .await
-        .map_err(|source| RegisterError::Io {
-            path: path.clone(),
-            source,
-        })?;
+    let mut s = connect(socket, &path).await?;
     let mut xid = 1u32;
+    let mut first = None;
     for (prog, vers) in SERVED {
-        let all = Rpcb {
-            prog,
-            vers,
-            netid: String::new(),
-            addr: String::new(),
-            owner: "gridvfs".into(),
-        };
-        rpcb_set(&mut s, &path, &mut xid, RPCBPROC_UNSET, &all).await?;
-    }
-    for r in previous {
-        if !rpcb_set(&mut s, &path, &mut xid, RPCBPROC_SET, r).await? {
-            return Err(RegisterError::Refused {
-                path,
-                prog: r.prog,
-                vers: r.vers,
-            });
+        if let Err(e) = unset_all(&mut s, &path, &mut xid, prog, vers).await {
+            first.get_or_insert(e);
         }
     }
-    Ok(())
+    for r in previous {
+        if !alive(r).await {
+            continue;
+        }
+        match rpcb_set(&mut s, &path, &mut xid, RPCBPROC_SET, r).await {
+            Ok(true) => {}
+            Ok(false) => {
+                first.get_or_insert(RegisterError::Refused {
+                    path: path.clone(),
+                    prog: r.prog,
+                    vers: r.vers,
+                });
+            }
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+async fn connect(socket: &Path, path: &str) -> Result<UnixStream, RegisterError> {
+    UnixStream::connect(socket)
+        .await
+        .map_err(|source| RegisterError::Io {
+            path: path.to_string(),
+            source,
+        })
+}
+
+/// UNSET with an empty netid: removes every transport's registration of (prog, vers).
+async fn unset_all(
+    s: &mut UnixStream,
+    path: &str,
+    xid: &mut u32,
+    prog: u32,
+    vers: u32,
+) -> Result<bool, RegisterError> {
+    let all = Rpcb {
+        prog,
+        vers,
+        netid: String::new(),
+        addr: String::new(),
+        owner: "gridvfs".into(),
+    };
+    rpcb_set(s, path, xid, RPCBPROC_UNSET, &all).await
+}
+
+/// Whether a registration is worth putting back: a TCP one whose address accepts a
+/// connection within a second; any other kind as it is.
+async fn alive(r: &Rpcb) -> bool {
+    if r.netid != "tcp" && r.netid != "tcp6" {
+        return true;
+    }
+    // uaddr: the host, then the port's high and low bytes, dot-separated.
+    let mut parts: Vec<&str> = r.addr.rsplitn(3, '.').collect();
+    parts.reverse();
+    let port = match parts.as_slice() {
+        [host, hi, lo] => hi
+            .parse::<u16>()
+            .ok()
+            .zip(lo.parse::<u16>().ok())
+            .filter(|(h, l)| *h < 256 && *l < 256)
+            .map(|(h, l)| (host.to_string(), h << 8 | l)),
+        _ => None,
+    };
+    let Some((host, port)) = port else {
+        return true;
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let connect = tokio::net::TcpStream::connect(format!("{host}:{port}"));
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 #[cfg(test)]
