@@ -171,18 +171,47 @@ async fn prefetch(proxy: &Proxy, rest: &str, peer: Option<(u32, u32)>) -> String
 }
 
 /// `UID:GID` or `UID:GID:G1,G2,...`.
+/// `UID:GID` or `UID:GID:G1,G2,...` (decimal digits only; at most 16 groups, as AUTH_SYS
+/// carries).
 fn parse_ids(s: &str) -> Option<(u32, u32, Vec<u32>)> {
+    let num = |x: &str| -> Option<u32> {
+        (!x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| x.parse().ok())
+            .flatten()
+    };
     let mut parts = s.splitn(3, ':');
-    let uid = parts.next()?.parse().ok()?;
-    let gid = parts.next()?.parse().ok()?;
+    let uid = num(parts.next()?)?;
+    let gid = num(parts.next()?)?;
     let gids = match parts.next() {
         None => Vec::new(),
-        Some(g) => g
-            .split(',')
-            .map(|x| x.parse().ok())
-            .collect::<Option<Vec<u32>>>()?,
+        Some(g) => g.split(',').map(num).collect::<Option<Vec<u32>>>()?,
     };
-    Some((uid, gid, gids))
+    (gids.len() <= 16).then_some((uid, gid, gids))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_digits_with_at_most_16_groups() {
+        use super::parse_ids;
+        assert_eq!(parse_ids("1000:100"), Some((1000, 100, vec![])));
+        assert_eq!(parse_ids("0:0:7,8"), Some((0, 0, vec![7, 8])));
+        for bad in [
+            "",
+            "1",
+            "1:",
+            "1:2:",
+            "1::3",
+            "+1:2",
+            "1:2:3,",
+            "a:b",
+            "4294967296:1",
+        ] {
+            assert_eq!(parse_ids(bad), None, "{bad:?}");
+        }
+        let many = (0..17).map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+        assert_eq!(parse_ids(&format!("1:2:{many}")), None);
+    }
 }
 
 /// How often a waiting `flush` is told the progress.

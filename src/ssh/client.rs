@@ -61,8 +61,9 @@ pub struct SshConnector {
     /// transfer queued in one connection's buffers does not delay the RPC replies (a
     /// LOOKUP behind a second of compressed image would wait that second).
     file_session: tokio::sync::Mutex<Option<Live>>,
-    /// When making the file session ahead last failed.
+    /// When making the file session ahead last failed, and whether one is under way.
     file_warm_failed: Mutex<Option<std::time::Instant>>,
+    file_warming: std::sync::atomic::AtomicBool,
 }
 
 /// After a failed attempt to make the file session ahead, none for this long.
@@ -211,10 +212,10 @@ fn known_first(
     if known.is_empty() {
         return p;
     }
-    let same = |a: &Algorithm, k: &Algorithm| match (a, k) {
-        (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
-        _ => a == k,
-    };
+    // RSA is not moved up: russh is built without RSA signature checks here, so a
+    // server's RSA key could not be verified (an RSA-only line is refused as changed
+    // when the server shows another type).
+    let same = |a: &Algorithm, k: &Algorithm| !matches!(a, Algorithm::Rsa { .. }) && a == k;
     let mut keys = p.key.to_vec();
     // Stable: known algorithms first, each group in the default order.
     keys.sort_by_key(|a| !known.iter().any(|(_, k)| same(a, &k.algorithm())));
@@ -229,6 +230,7 @@ impl SshConnector {
             session: tokio::sync::Mutex::new(None),
             file_session: tokio::sync::Mutex::new(None),
             file_warm_failed: Mutex::new(None),
+            file_warming: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -277,23 +279,19 @@ impl SshConnector {
     pub async fn warm_file_session(&self) {
         // One attempt at a time (a LOOKUP of every large file asks), and none for a while
         // after one failed: the transfer that needs the session will try, and report.
-        {
-            let Ok(s) = self.file_session.try_lock() else {
-                return;
-            };
-            if s.as_ref().is_some_and(|(h, _)| !h.is_closed()) {
-                return;
-            }
+        use std::sync::atomic::Ordering;
+        if self.file_warming.swap(true, Ordering::AcqRel) {
+            return; // another warm-up is under way
         }
         let failed = *self.file_warm_failed.lock().expect("file_warm_failed lock");
-        if failed.is_some_and(|t| t.elapsed() < WARM_BACKOFF) {
-            return;
-        }
-        if let Err(e) = self.live(&self.file_session).await {
+        if failed.is_none_or(|t| t.elapsed() >= WARM_BACKOFF)
+            && let Err(e) = self.live(&self.file_session).await
+        {
             debug!(side = "upstream", error = %e, "file session not made ahead");
             *self.file_warm_failed.lock().expect("file_warm_failed lock") =
                 Some(std::time::Instant::now());
         }
+        self.file_warming.store(false, Ordering::Release);
     }
 
     /// The live RPC session, made if there is none or it died.
