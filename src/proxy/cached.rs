@@ -1623,10 +1623,10 @@ pub async fn before_forward(
             stamp: cache.stamp(),
         };
     }
-    let cred = crate::upstream::calls::Cred::of(call);
     let c = cache.clone();
-    let call = call.clone();
+    let owned = call.clone();
     let r = tokio::task::spawn_blocking(move || {
+        let call = owned;
         let (_, args_at) = nfs_call(&call)?;
         match p {
             Proc::READ => {
@@ -1654,7 +1654,8 @@ pub async fn before_forward(
         Some(Step::Done(b)) => b,
         Some(Step::Part(fh, plan)) => {
             let stamp = plan.stamp;
-            match cred {
+            // The client's credential, parsed only for the READs that need it.
+            match crate::upstream::calls::Cred::of(call) {
                 Some(cred) => match part_read(cache, up, &fh, &cred, plan).await {
                     Some(reply) => Before::Hit(reply),
                     None => Before::Forward { stamp },
