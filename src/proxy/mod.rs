@@ -24,9 +24,8 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::nfs3;
 use crate::upstream::Upstream;
-use crate::upstream::calls::{Cred, nfs_call};
+use crate::upstream::calls::Cred;
 
 /// How long a completed non-idempotent call's reply is kept for retransmissions. The
 /// Linux client's TCP retransmit timeout is 60 s (timeo=600); twice that covers one retry.
@@ -196,35 +195,11 @@ impl Proxy {
             return Err(format!("{path}: not a file's path"));
         }
         let dir = self.resolve_as(parent, Some(cred.clone())).await?;
-        // Known to the session's metadata (a clone of an image cloned before): no call.
-        if let Some(fh) = cache
-            .names
-            .as_ref()
-            .and_then(|n| n.known(&dir, name.as_bytes()))
-        {
-            let attr = writeback::attributes(cache, &self.nfs, &fh, Some(cred.clone()))
-                .await
-                .map_err(|e| format!("{path}: {e}"))?;
-            m.learn_name(&fh, &dir, name.as_bytes());
-            return Ok(m.start_fetch(cache, &fh, &attr, &cred).await);
-        }
-        let args = nfs3::Args::Lookup(nfs3::LookupArgs {
-            what: nfs3::Diropargs3 {
-                dir: nfs3::Fh(&dir),
-                name: name.as_bytes(),
-            },
-        });
-        let (reply, at) = nfs_call(&self.nfs, &cred, &args)
+        let (fh, attr) = writeback::lookup_name(cache, &self.nfs, &dir, name, &cred)
             .await
-            .map_err(|e| format!("{path}: LOOKUP {name}: {e}"))?;
-        let Ok(nfs3::Res::Lookup(nfs3::NfsResult::Ok(ok))) =
-            nfs3::Res::decode(nfs3::Proc::LOOKUP, &reply[at..])
-        else {
-            return Err(format!("{path}: LOOKUP {name}: undecodable reply"));
-        };
-        let fh = ok.object.0.to_vec();
-        let attr = match ok.obj_attributes {
-            Some(a) => a.clone(),
+            .map_err(|e| format!("{path}: {e}"))?;
+        let attr = match attr {
+            Some(a) => a,
             None => writeback::attributes(cache, &self.nfs, &fh, Some(cred.clone()))
                 .await
                 .map_err(|e| format!("{path}: {e}"))?,

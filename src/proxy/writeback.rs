@@ -748,30 +748,41 @@ pub async fn lookup_path(
     let cred = cred.unwrap_or_else(|| cred_or_none(cache, root));
     let mut fh = root.to_vec();
     for name in rel.split('/').filter(|n| !n.is_empty() && *n != ".") {
-        // A name the session's metadata knows needs no call (`metadata = "session"`).
-        if let Some(known) = cache
-            .names
-            .as_ref()
-            .and_then(|n| n.known(&fh, name.as_bytes()))
-        {
-            fh = known;
-            continue;
-        }
-        let args = Args::Lookup(nfs3::LookupArgs {
-            what: nfs3::Diropargs3 {
-                dir: Fh(&fh),
-                name: name.as_bytes(),
-            },
-        });
-        let (reply, at) = nfs_call(up, &cred, &args)
-            .await
-            .map_err(|e| format!("LOOKUP {name}: {e}"))?;
-        let Ok(Res::Lookup(NfsResult::Ok(ok))) = Res::decode(Proc::LOOKUP, &reply[at..]) else {
-            return Err(format!("LOOKUP {name}: undecodable reply"));
-        };
-        fh = ok.object.0.to_vec();
+        fh = lookup_name(cache, up, &fh, name, &cred).await?.0;
     }
     Ok(fh)
+}
+
+/// `name` in directory `dir`: its handle, and its attributes when a LOOKUP brought them.
+/// A name the session's metadata knows needs no call (`metadata = "session"`; no
+/// attributes then).
+pub async fn lookup_name(
+    cache: &CacheLayer,
+    up: &Upstream,
+    dir: &[u8],
+    name: &str,
+    cred: &Cred,
+) -> Result<(Vec<u8>, Option<Fattr3>), String> {
+    if let Some(known) = cache
+        .names
+        .as_ref()
+        .and_then(|n| n.known(dir, name.as_bytes()))
+    {
+        return Ok((known, None));
+    }
+    let args = Args::Lookup(nfs3::LookupArgs {
+        what: nfs3::Diropargs3 {
+            dir: Fh(dir),
+            name: name.as_bytes(),
+        },
+    });
+    let (reply, at) = nfs_call(up, cred, &args)
+        .await
+        .map_err(|e| format!("LOOKUP {name}: {e}"))?;
+    let Ok(Res::Lookup(NfsResult::Ok(ok))) = Res::decode(Proc::LOOKUP, &reply[at..]) else {
+        return Err(format!("LOOKUP {name}: undecodable reply"));
+    };
+    Ok((ok.object.0.to_vec(), ok.obj_attributes.clone()))
 }
 
 /// A file's attributes as its clients see them: what the cache knows (the local size
