@@ -10,7 +10,10 @@ use std::path::Path;
 
 use common::{Connector, Endpoints, Gridvfs, Lab, lookup_in};
 use nfs3_client::Nfs3ConnectionBuilder;
-use nfs3_types::nfs3::{GETATTR3args, Nfs3Result, nfs_fh3, nfsstat3};
+use nfs3_types::nfs3::{
+    CREATE3args, GETATTR3args, Nfs3Option, Nfs3Result, createhow3, diropargs3, filename3, nfs_fh3,
+    nfsstat3, sattr3,
+};
 use nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_types::xdr_codec::Opaque;
 
@@ -19,24 +22,70 @@ const MAPPED_UID: u32 = 3042;
 const MAPPED_GID: u32 = 3043;
 
 fn cred(uid: u32) -> opaque_auth<'static> {
+    cred_ids(uid, uid, &[uid])
+}
+
+fn cred_ids(uid: u32, gid: u32, gids: &[u32]) -> opaque_auth<'static> {
     opaque_auth::auth_unix(&auth_unix {
         stamp: 1,
         machinename: Opaque::owned(b"compute-node".to_vec()),
         uid,
-        gid: uid,
-        gids: vec![uid],
+        gid,
+        gids: gids.to_vec(),
     })
 }
 
 async fn mount_as(ep: Endpoints, export: &str, uid: u32) -> Result<common::Client, String> {
+    mount_with(ep, export, cred(uid)).await
+}
+
+async fn mount_with(
+    ep: Endpoints,
+    export: &str,
+    credential: opaque_auth<'static>,
+) -> Result<common::Client, String> {
     Nfs3ConnectionBuilder::new(Connector, ep.nfs.ip().to_string(), export)
         .mount_port(ep.mount.port())
         .nfs3_port(ep.nfs.port())
         .connect_from_privileged_port(false)
-        .credential(cred(uid))
+        .credential(credential)
         .mount()
         .await
         .map_err(|e| e.to_string())
+}
+
+/// A server proxy whose TCP clients run as the account `account` (a TOML table body).
+fn server_proxy_account(lab: &Lab, state: &Path, account: &str) -> Gridvfs {
+    Gridvfs::start_with(
+        lab.endpoint(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "\n[server]\nexports = [\"{}\"]\nstate_dir = \"{}\"\ntcp_account = \"grid\"\n{}\
+             [[server.account]]\nname = \"grid\"\n{account}",
+            lab.export,
+            state.display(),
+            common::control_section(&state.join("ctl"))
+        ),
+    )
+}
+
+/// CREATE UNCHECKED of `name` in `dir`: its status.
+async fn create_status(c: &mut common::Client, dir: &nfs_fh3, name: &str) -> Result<(), nfsstat3> {
+    let args = CREATE3args {
+        where_: diropargs3 {
+            dir: dir.clone(),
+            name: filename3(Opaque::owned(name.as_bytes().to_vec())),
+        },
+        how: createhow3::UNCHECKED(sattr3 {
+            mode: Nfs3Option::Some(0o644),
+            ..Default::default()
+        }),
+    };
+    match c.create(&args).await.unwrap() {
+        Nfs3Result::Ok(_) => Ok(()),
+        Nfs3Result::Err((s, _)) => Err(s),
+    }
 }
 
 fn server_section(state: &Path, export: &str, tcp_account: bool) -> String {
@@ -83,6 +132,107 @@ async fn root_and_4242_both_land_as_the_mapped_account() {
             "client uid {uid}: owner on the server's disk"
         );
     }
+}
+
+/// An account given by tables instead of fixed ids, on Ganesha's disk: a mapped uid and
+/// gid land as the table says; an unmapped uid, root, and an unmapped primary group land
+/// as the squash ids; supplementary groups reach the server only through `gid_map` (a
+/// directory only group 5003 may write in), root's included; AUTH_NONE, mapped, runs as
+/// the squash ids.
+#[tokio::test]
+async fn uid_and_gid_tables_map_squash_and_carry_groups_to_ganesha() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("server-tables");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let grp = dir.join("grp");
+    std::fs::create_dir(&grp).unwrap();
+    std::os::unix::fs::chown(&grp, Some(0), Some(5003)).unwrap();
+    std::fs::set_permissions(&grp, std::os::unix::fs::PermissionsExt::from_mode(0o770)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let p = server_proxy_account(
+        &lab,
+        state.path(),
+        "uid_map = { \"4242\" = 5001, \"4343\" = 5004 }\n\
+         gid_map = { \"4242\" = 5002, \"4243\" = 5003 }\nauth_none = \"map\"\n",
+    );
+    let nobody = (65534, 65534);
+    let cases: [(&str, opaque_auth<'static>, (u32, u32), bool); 5] = [
+        (
+            "mapped",
+            cred_ids(4242, 4242, &[4242, 4243]),
+            (5001, 5002),
+            true,
+        ),
+        (
+            "unmapped-gid",
+            cred_ids(4343, 4343, &[4343]),
+            (5004, 65534),
+            false,
+        ),
+        // Root is squashed; its other groups map like anyone's (as knfsd's root_squash
+        // keeps non-zero supplementary groups).
+        ("root", cred_ids(0, 0, &[0, 4243]), nobody, true),
+        ("stranger", cred_ids(7777, 7777, &[7777]), nobody, false),
+        ("auth-none", opaque_auth::default(), nobody, false),
+    ];
+    for (who, credential, owner, in_group) in cases {
+        let mut c = mount_with(p.endpoints(), &lab.export, credential)
+            .await
+            .unwrap_or_else(|e| panic!("{who}: mount: {e}"));
+        let root = c.root_nfs_fh3();
+        let sub = lookup_in(&mut c, &root, &name).await.object;
+        common::create(&mut c, &sub, who).await;
+        let md = std::fs::metadata(dir.join(who)).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid()),
+            owner,
+            "{who}: owner on Ganesha's disk"
+        );
+        let g = lookup_in(&mut c, &sub, "grp").await.object;
+        let made = create_status(&mut c, &g, who).await;
+        if in_group {
+            assert_eq!(made, Ok(()), "{who}: group 5003 may write in grp");
+            let md = std::fs::metadata(grp.join(who)).unwrap();
+            assert_eq!(md.uid(), owner.0, "{who}: owner in grp");
+        } else {
+            assert_eq!(
+                made,
+                Err(nfsstat3::NFS3ERR_ACCES),
+                "{who}: not in group 5003"
+            );
+            assert!(!grp.join(who).exists(), "{who}");
+        }
+    }
+}
+
+/// AUTH_NONE against a fixed account: refused by default (AUTH_TOOWEAK, nothing reaches
+/// Ganesha), run as the account with `auth_none = "map"`.
+#[tokio::test]
+async fn auth_none_is_refused_or_runs_as_the_fixed_account() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("server-auth-none");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let fixed = format!("uid = {MAPPED_UID}\ngid = {MAPPED_GID}\n");
+    let state = tempfile::tempdir().unwrap();
+    let refusing = server_proxy_account(&lab, state.path(), &fixed);
+    let e = mount_with(refusing.endpoints(), &lab.export, opaque_auth::default())
+        .await
+        .err()
+        .expect("AUTH_NONE mounted through auth_none = \"refuse\"");
+    assert!(e.to_lowercase().contains("weak"), "{e}");
+    drop(refusing);
+
+    let state = tempfile::tempdir().unwrap();
+    let mapping =
+        server_proxy_account(&lab, state.path(), &format!("{fixed}auth_none = \"map\"\n"));
+    let mut c = mount_with(mapping.endpoints(), &lab.export, opaque_auth::default())
+        .await
+        .unwrap();
+    let root = c.root_nfs_fh3();
+    let sub = lookup_in(&mut c, &root, &name).await.object;
+    common::create(&mut c, &sub, "anonymous").await;
+    let md = std::fs::metadata(dir.join("anonymous")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (MAPPED_UID, MAPPED_GID));
 }
 
 async fn getattr_status(c: &mut common::Client, fh: &nfs_fh3) -> Result<(), nfsstat3> {

@@ -20,6 +20,11 @@ use common::{Endpoints, Gridvfs, Lab, nfs_url, random_file, sha256_file};
 /// Up and down through `ep`: the file lands byte-equal on Ganesha's disk, owned by the
 /// mapped account, and reads back byte-equal.
 fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
+    round_trip_as(ep, lab, test, mib, (UID, GID));
+}
+
+/// `round_trip`, the file owned on Ganesha's disk by `owner` (uid, gid).
+fn round_trip_as(ep: Endpoints, lab: &Lab, test: &str, mib: usize, owner: (u32, u32)) {
     let (dir, name) = open_scratch(lab, test);
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src.bin");
@@ -33,7 +38,7 @@ fn round_trip(ep: Endpoints, lab: &Lab, test: &str, mib: usize) {
     let on_disk = dir.join("in.bin");
     assert_eq!(sha256_file(&on_disk), want, "upload differs on the server");
     let md = std::fs::metadata(&on_disk).unwrap();
-    assert_eq!((md.uid(), md.gid()), (UID, GID), "owner on Ganesha's disk");
+    assert_eq!((md.uid(), md.gid()), owner, "owner on Ganesha's disk");
     let back = tmp.path().join("back.bin");
     nfs_cp(
         &nfs_url(ep, &lab.export, &format!("{name}/in.bin")),
@@ -53,6 +58,55 @@ fn libnfs_through_the_builtin_ssh_server_byte_equal_and_mapped() {
     let client = client_proxy(&keys, ssh_addr(&server), "client_key", "");
     round_trip(client.endpoints(), &lab, "ssh-builtin", 48);
     assert!(client.log_text().contains("ssh"), "{}", client.log_text());
+}
+
+/// Accounts are chosen by key: two authorized keys listed by two accounts each land their
+/// files on Ganesha's disk as their own account (nfs-cp runs as root here, so root is
+/// mapped too), and a third authorized key that no account lists gets no channel.
+#[test]
+fn each_key_runs_as_the_account_that_lists_it() {
+    let lab = Lab::get();
+    let keys = Keys::new();
+    let (first_pub, first_fp) = keygen_fp(&keys.path("first_key"));
+    let (second_pub, second_fp) = keygen_fp(&keys.path("second_key"));
+    let (unlisted_pub, _) = keygen_fp(&keys.path("unlisted_key"));
+    std::fs::write(
+        keys.path("authorized_keys"),
+        format!("{first_pub}\n{second_pub}\n{unlisted_pub}\n"),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = server_proxy_accounts(
+        &lab,
+        &keys,
+        state.path(),
+        &format!(
+            "[[server.account]]\nname = \"alice\"\nkeys = [\"{first_fp}\"]\nuid = 3201\ngid = 3202\n\
+             [[server.account]]\nname = \"bob\"\nkeys = [\"{second_fp}\"]\nuid = 3301\ngid = 3302\n"
+        ),
+    );
+    keys.trust(ssh_addr(&server), &keys.host_pub);
+    let alice = client_proxy(&keys, ssh_addr(&server), "first_key", "");
+    let bob = client_proxy(&keys, ssh_addr(&server), "second_key", "");
+    round_trip_as(alice.endpoints(), &lab, "ssh-key-alice", 1, (3201, 3202));
+    round_trip_as(bob.endpoints(), &lab, "ssh-key-bob", 1, (3301, 3302));
+    server.wait_log("account=alice", 1);
+    server.wait_log("account=bob", 1);
+
+    let unlisted = client_proxy(&keys, ssh_addr(&server), "unlisted_key", "");
+    let mut child = nfs_ls(&unlisted, &lab);
+    server.wait_log("no [[server.account]] lists it", 1);
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match child.try_wait().unwrap() {
+        Some(st) => assert!(!st.success(), "nfs-ls succeeded with an unlisted key"),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// `nfs-ls` of the export's root through `client`, running (output dropped).

@@ -13,6 +13,12 @@ pub const UID: u32 = 3142;
 pub const GID: u32 = 3143;
 
 pub fn keygen(path: &Path) -> String {
+    keygen_fp(path).0
+}
+
+/// `gridvfs keygen --out path`: the public line and the key's SHA256 fingerprint (as
+/// `ssh-keygen -l` prints it, which keygen reports on stderr).
+pub fn keygen_fp(path: &Path) -> (String, String) {
     let out = Command::new(super::bin())
         .args(["keygen", "--out"])
         .arg(path)
@@ -23,10 +29,17 @@ pub fn keygen(path: &Path) -> String {
         "gridvfs keygen: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read_to_string(path.with_extension("pub"))
+    let said = String::from_utf8_lossy(&out.stderr);
+    let fp = said
+        .split(|c| c == '(' || c == ')')
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap_or_else(|| panic!("no fingerprint in keygen's output: {said}"))
+        .to_string();
+    let public = std::fs::read_to_string(path.with_extension("pub"))
         .unwrap()
         .trim()
-        .to_string()
+        .to_string();
+    (public, fp)
 }
 
 /// Keys and files of one tunnel.
@@ -72,13 +85,19 @@ pub fn server_proxy(lab: &Lab, keys: &Keys, state: &Path) -> Gridvfs {
 
 /// `server_proxy` with more config appended (`extra`: whole TOML sections).
 pub fn server_proxy_with(lab: &Lab, keys: &Keys, state: &Path, extra: &str) -> Gridvfs {
+    let account =
+        format!("[[server.account]]\nname = \"grid\"\nkeys = [\"*\"]\nuid = {UID}\ngid = {GID}\n");
+    server_proxy_accounts(lab, keys, state, &format!("{account}{extra}"))
+}
+
+/// A server proxy whose accounts (and any other sections) are all in `tail`.
+pub fn server_proxy_accounts(lab: &Lab, keys: &Keys, state: &Path, tail: &str) -> Gridvfs {
     Gridvfs::start_config(&format!(
         "[listen]\naddr = \"127.0.0.1:0\"\n\
          [upstream]\nnfs = \"tcp://{}\"\nmount = \"tcp://{}\"\nbackoff_max = \"500ms\"\n\
          [server]\nexports = [\"{}\"]\nstate_dir = \"{}\"\n\
          [server.ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\nauthorized_keys = \"{}\"\n\
-         [[server.account]]\nname = \"grid\"\nkeys = [\"*\"]\nuid = {UID}\ngid = {GID}\n\
-         [log]\nlevel = \"info\"\n{extra}",
+         [log]\nlevel = \"info\"\n{tail}",
         lab.nfs,
         lab.mount,
         lab.export,
