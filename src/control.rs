@@ -5,7 +5,8 @@
 //!
 //! - `status` → `{"ok":true,"calls":{...},"cache":{...},"upstream":{...}}`
 //! - `flush` → write back all dirty data. While it runs, a progress line every second
-//!   (`{"progress":{"bytes_left":N,"rate_bytes_per_s":R,...}}`); when done, the answer:
+//!   (`{"progress":{"bytes_left":N,"rate_bytes_per_s":R,"bytes_done":C,...}}`: bytes
+//!   not yet acknowledged by the next hop, their rate, bytes committed); when done, the answer:
 //!   `{"ok":true,"written":N,"files":N,...}` (`"ok":false` if some file could not be
 //!   written back: its data stays dirty).
 //! - `flush --drop` → write back, then drop the whole cache (`"dropped":N` blocks).

@@ -116,7 +116,7 @@ fn control(socket: &std::path::Path, line: &str) -> ExitCode {
     use std::io::IsTerminal;
     let tty = std::io::stderr().is_terminal();
     let progress = |line: &str| {
-        // {"progress":{"running":..,"bytes_total":..,"bytes_done":..,"bytes_left":N,"rate_bytes_per_s":R}}
+        // {"progress":{"running":..,"bytes_total":..,"bytes_sent":..,"bytes_done":..,"bytes_left":N,"rate_bytes_per_s":R}}
         let num = |key: &str| {
             line.split(&format!("\"{key}\":"))
                 .nth(1)
@@ -126,10 +126,11 @@ fn control(socket: &std::path::Path, line: &str) -> ExitCode {
         };
         let mib = |b: f64| b / (1 << 20) as f64;
         let text = format!(
-            "flush: {:.1} MiB left of {:.1} MiB, {:.1} MiB/s",
+            "flush: {:.1} MiB left of {:.1} MiB, {:.1} MiB/s, {:.1} MiB committed",
             mib(num("bytes_left")),
             mib(num("bytes_total")),
-            mib(num("rate_bytes_per_s"))
+            mib(num("rate_bytes_per_s")),
+            mib(num("bytes_done"))
         );
         if tty {
             eprint!("\r{text}   ");

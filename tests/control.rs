@@ -172,3 +172,106 @@ fn flush_one_file_by_its_path() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A flush that takes seconds (the write-back goes through a relay capped at 4 MiB/s)
+/// tells `gridvfs flush` its progress every second — bytes left falling, a rate — and
+/// the proxy keeps answering meanwhile (status, and a client's READ of another file).
+#[test]
+fn a_long_flush_reports_progress_and_clients_keep_being_served() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("control-progress");
+    random_file(&dir.join("other.bin"), 1 << 20, 84);
+    let relay = common::relay::Relay::start(lab.nfs, Some(4 << 20), None);
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("ctl.sock");
+    let mut p = Gridvfs::start_with(
+        common::Endpoints {
+            nfs: relay.addr,
+            mount: lab.mount,
+        },
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nways = 8\nbanks = 4\nwrite_policy = \"write-back\"\n\
+             [control]\nsocket = \"{}\"\n",
+            tmp.path().join("cache").display(),
+            socket.display()
+        ),
+    );
+    const SIZE: u64 = 14 << 20;
+    let src = tmp.path().join("big");
+    random_file(&src, SIZE as usize, 85);
+    let st = Command::new("nfs-cp")
+        .arg(&src)
+        .arg(common::nfs_url(
+            p.endpoints(),
+            &lab.export,
+            &format!("{name}/big.bin"),
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let (_, s) = ctl(&socket, &["status"]);
+    assert_eq!(s["cache"]["dirty_bytes"], SIZE, "{s}");
+
+    let t0 = std::time::Instant::now();
+    let flush = Command::new(bin())
+        .args(["flush", "--socket"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While it runs: the control socket and the NFS port both answer.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (ok, s) = ctl(&socket, &["status"]);
+    assert!(ok, "{s}");
+    let got = nfs_cat(p.endpoints(), &lab.export, &format!("{name}/other.bin"));
+    assert_eq!(got, std::fs::read(dir.join("other.bin")).unwrap());
+    let out = flush.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    let reply: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert!(out.status.success(), "{reply} {said}");
+    assert_eq!(reply["written"], SIZE, "{reply}");
+    assert!(
+        took.as_secs_f64() > 2.5,
+        "the relay caps the flush: {took:?}"
+    );
+
+    eprintln!("{said}");
+    // "flush: 9.3 MiB left of 14.0 MiB, 3.9 MiB/s, 0.0 MiB committed", one a second.
+    let lines: Vec<(f64, f64, f64)> = said
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("flush: ")?;
+            let nums: Vec<f64> = l
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            Some((nums[0], nums[1], nums[2]))
+        })
+        .collect();
+    assert!(lines.len() >= 2, "progress lines: {said}");
+    for w in lines.windows(2) {
+        assert!(w[1].0 <= w[0].0, "bytes left rose: {said}");
+    }
+    let (first, last) = (lines[0], lines[lines.len() - 1]);
+    assert!(last.0 < first.0, "bytes left never fell: {said}");
+    assert!(lines.iter().all(|l| l.1 == 14.0), "{said}");
+    assert!(
+        lines.iter().any(|l| l.2 > 1.0 && l.2 < 8.0),
+        "a rate near the 4 MiB/s cap: {said}"
+    );
+    assert_eq!(
+        common::sha256_file(&dir.join("big.bin")),
+        common::sha256_file(&src),
+        "written back byte-equal"
+    );
+    assert_eq!(p.stop(), Some(0));
+}

@@ -5,84 +5,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use common::ssh::*;
 use common::{Gridvfs, Lab, ctl, nfs_cat, pseudo_random, sha256_file};
 use gridvfs::meta::{Actions, Codec, Fetch, FileTime, Sidecar, Writeback, ZeroMap};
 
 const BS: u64 = 4096;
-
-/// A TCP relay that counts the bytes each way and may cap the server→client rate.
-struct Relay {
-    addr: SocketAddr,
-    up: Arc<AtomicU64>,
-    down: Arc<AtomicU64>,
-}
-
-impl Relay {
-    fn start(to: SocketAddr, down_rate: Option<u64>) -> Relay {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (u2, d2) = (up.clone(), down.clone());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(c) = c else { return };
-                let Ok(s) = TcpStream::connect(to) else {
-                    continue;
-                };
-                let _ = (c.set_nodelay(true), s.set_nodelay(true));
-                pipe(
-                    c.try_clone().unwrap(),
-                    s.try_clone().unwrap(),
-                    u2.clone(),
-                    None,
-                );
-                pipe(s, c, d2.clone(), down_rate);
-            }
-        });
-        Relay { addr, up, down }
-    }
-
-    fn bytes(&self) -> (u64, u64) {
-        (
-            self.up.load(Ordering::Relaxed),
-            self.down.load(Ordering::Relaxed),
-        )
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, n: Arc<AtomicU64>, rate: Option<u64>) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        let t0 = Instant::now();
-        let mut sent = 0u64;
-        loop {
-            let k = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => k,
-            };
-            if let Some(r) = rate {
-                sent += k as u64;
-                let due = Duration::from_secs_f64(sent as f64 / r as f64);
-                if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            if to.write_all(&buf[..k]).is_err() {
-                break;
-            }
-            n.fetch_add(k as u64, Ordering::Relaxed);
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    });
-}
 
 /// A VM memory image: `mib` MiB, about 90% zero pages in runs, the rest like RAM
 /// (text, code-like repeats, some random). Returns the bytes and the zero block runs.
@@ -194,7 +125,7 @@ impl Chain {
             state.path(),
             &common::control_section(&server_sock),
         );
-        let relay = Relay::start(ssh_addr(&server), down_rate);
+        let relay = Relay::start(ssh_addr(&server), None, down_rate);
         keys.trust(relay.addr, &keys.host_pub);
         let client_extra = format!(
             "compression = {compression}\n{}{}",

@@ -325,11 +325,13 @@ struct Sshd {
 }
 
 impl Sshd {
-    fn start(authorized: &str) -> Option<Sshd> {
-        if !Path::new("/usr/sbin/sshd").exists() {
-            eprintln!("SKIP: /usr/sbin/sshd is missing (apt: openssh-server)");
-            return None;
-        }
+    /// Panics when sshd is missing: the interop is part of the suite, and
+    /// `scripts/install-deps.sh` installs openssh-server.
+    fn start(authorized: &str) -> Sshd {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "/usr/sbin/sshd is missing: run scripts/install-deps.sh (apt: openssh-server)"
+        );
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // Two host keys, as a stock sshd has: ed25519 (russh's first choice) and ECDSA.
@@ -374,11 +376,11 @@ impl Sshd {
             assert!(t0.elapsed() < Duration::from_secs(10), "sshd did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Sshd {
+        Sshd {
             child,
             port,
             _dir: dir,
-        })
+        }
     }
 
     /// The ECDSA host key's public line.
@@ -399,9 +401,7 @@ fn through_openssh_sshd_with_direct_tcpip() {
     let lab = Lab::get();
     let keys = Keys::new();
     let client_pub = std::fs::read_to_string(keys.path("client_key.pub")).unwrap();
-    let Some(sshd) = Sshd::start(client_pub.trim()) else {
-        return;
-    };
+    let sshd = Sshd::start(client_pub.trim());
     // The server proxy listens on loopback only; sshd authenticates and forwards to it.
     let state = tempfile::tempdir().unwrap();
     let server = Gridvfs::start_config(&format!(

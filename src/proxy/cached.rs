@@ -222,7 +222,10 @@ pub struct FlushProgress {
     pub running: std::sync::atomic::AtomicBool,
     /// Dirty bytes found when the flush started.
     pub total: AtomicU64,
-    /// Bytes written back (and committed) so far.
+    /// Bytes the next hop has acknowledged WRITEs of so far (committed or not; a batch
+    /// re-sent after a verifier change counts again).
+    pub sent: AtomicU64,
+    /// Bytes written back and committed (clean in the cache) so far.
     pub done: AtomicU64,
     /// When the flush started, in milliseconds since the epoch.
     pub started_ms: AtomicU64,

@@ -947,6 +947,7 @@ pub async fn flush(
     let total: u64 = blocks.iter().map(|d| d.dirty.len() as u64).sum();
     let p = &cache.flush;
     p.total.store(total, Ordering::Relaxed);
+    p.sent.store(0, Ordering::Relaxed);
     p.done.store(0, Ordering::Relaxed);
     p.started_ms.store(
         std::time::SystemTime::now()
@@ -1145,6 +1146,9 @@ async fn flush_batch(
                 let (verf, _) =
                     write_upstream(&up, &cred, &fh, off, bytes, StableHow::UNSTABLE).await?;
                 drop(permit);
+                c.flush
+                    .sent
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Ok(Some((block, got.seq, bytes.len() as u64, verf)))
             });
         }
@@ -1236,10 +1240,13 @@ async fn mark_written(
 /// Progress of the running flush as JSON: bytes left and the rate so far.
 pub fn progress_json(cache: &CacheLayer) -> String {
     let p = &cache.flush;
-    let (total, done) = (
+    let (total, sent, done) = (
         p.total.load(Ordering::Relaxed),
+        p.sent.load(Ordering::Relaxed),
         p.done.load(Ordering::Relaxed),
     );
+    // Sent by blocks, or committed whole (a whole-file upload counts when committed).
+    let moved = sent.max(done).min(total);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -1247,9 +1254,9 @@ pub fn progress_json(cache: &CacheLayer) -> String {
     let secs =
         (now_ms.saturating_sub(p.started_ms.load(Ordering::Relaxed)) as f64 / 1000.0).max(0.001);
     format!(
-        "{{\"running\":{},\"bytes_total\":{total},\"bytes_done\":{done},\"bytes_left\":{},\"rate_bytes_per_s\":{:.0}}}",
+        "{{\"running\":{},\"bytes_total\":{total},\"bytes_sent\":{moved},\"bytes_done\":{done},\"bytes_left\":{},\"rate_bytes_per_s\":{:.0}}}",
         p.running.load(Ordering::Relaxed),
-        total.saturating_sub(done),
-        done as f64 / secs
+        total - moved,
+        moved as f64 / secs
     )
 }

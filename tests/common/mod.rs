@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod raw;
+pub mod relay;
 pub mod ssh;
 
 use nfs3_client::Nfs3ConnectionBuilder;
