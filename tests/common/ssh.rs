@@ -31,7 +31,7 @@ pub fn keygen_fp(path: &Path) -> (String, String) {
     );
     let said = String::from_utf8_lossy(&out.stderr);
     let fp = said
-        .split(|c| c == '(' || c == ')')
+        .split(['(', ')'])
         .find(|w| w.starts_with("SHA256:"))
         .unwrap_or_else(|| panic!("no fingerprint in keygen's output: {said}"))
         .to_string();
