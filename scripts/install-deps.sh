@@ -11,12 +11,13 @@
 #   rsync                         the full-copy baseline of the clone benchmark suite
 #   qemu-system-x86 linux-image-amd64   the VM running the unmodified Linux NFS client
 #   openssh-server                tunnel tests
+#   python3-fusepy                tests/lab/faultyfs.py: a cache disk whose fsync fails (pulls libfuse2)
 # plus a Rust toolchain (cargo, rustfmt, clippy), which is expected to be preinstalled (rustup).
 set -euo pipefail
 t0=$EPOCHREALTIME
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils busybox-static cpio rsync)
+PKGS=(nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils busybox-static cpio rsync python3-fusepy)
 # Recommends of these are large (qemu: GUI/audio/firmware; kernel: firmware; sshd: xauth...).
 PKGS_NORECOMMENDS=(qemu-system-x86 linux-image-amd64 openssh-server)
 

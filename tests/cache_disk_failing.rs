@@ -1,0 +1,247 @@
+//! The cache disk fails an fdatasync (EIO). Linux reports a writeback error once per
+//! file, so the proxy must not trust that bank file again: the COMMIT that met the
+//! failure answers NFS3ERR_IO (the application learns it at fsync or close, as on a
+//! local disk), the write verifier changes (the UNSTABLE writes since the last COMMIT
+//! count as lost), a FILE_SYNC WRITE is either refused or goes through to the server —
+//! never acknowledged and then lost — and what was committed before the failure reaches
+//! the server at the next flush. Other clients keep being served. The cache lives on a
+//! FUSE pass-through file system (`tests/lab/faultyfs.py`, Debian's python3-fusepy)
+//! whose fsync fails with EIO while a flag file exists: the kernel really returns EIO
+//! from the proxy's fdatasync.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Gridvfs, Lab, control_section, ctl, pseudo_random, write_back_cache};
+use nfs3_types::nfs3::{COMMIT3args, Nfs3Result, WRITE3args, nfs_fh3, nfsstat3, stable_how};
+
+/// faultyfs.py over a scratch directory, unmounted (by killing its PID) on drop.
+struct FaultyFs {
+    child: Child,
+    mnt: PathBuf,
+    flag: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FaultyFs {
+    fn mount() -> FaultyFs {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let flag = dir.path().join("fail-sync");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/faultyfs.py");
+        let child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([&root, &mnt, &flag])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("faultyfs.log")).unwrap())
+            .spawn()
+            .expect("run /usr/bin/python3 (scripts/install-deps.sh installs python3-fusepy)");
+        let t0 = Instant::now();
+        let mounted = |m: &Path| {
+            std::fs::read_to_string("/proc/mounts")
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').nth(1) == Some(m.to_str().unwrap()))
+        };
+        while !mounted(&mnt) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "faultyfs did not mount: {}",
+                std::fs::read_to_string(dir.path().join("faultyfs.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        FaultyFs {
+            child,
+            mnt,
+            flag,
+            _dir: dir,
+        }
+    }
+
+    fn fail_syncs(&self, on: bool) {
+        if on {
+            std::fs::write(&self.flag, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(&self.flag);
+        }
+    }
+}
+
+impl Drop for FaultyFs {
+    fn drop(&mut self) {
+        // SIGTERM: libfuse leaves its loop and unmounts.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PIECE: usize = 256 << 10;
+
+/// One WRITE of `data` at `off`: the reply's (verifier, committed), or its error status.
+async fn try_write(
+    c: &mut common::Client,
+    fh: &nfs_fh3,
+    off: u64,
+    data: &[u8],
+    stable: stable_how,
+) -> Result<([u8; 8], stable_how), nfsstat3> {
+    let args = WRITE3args {
+        file: fh.clone(),
+        offset: off,
+        count: data.len() as u32,
+        stable,
+        data: data.into(),
+    };
+    match c.write(&args).await.unwrap() {
+        Nfs3Result::Ok(ok) => Ok((ok.verf.0, ok.committed)),
+        Nfs3Result::Err((s, _)) => Err(s),
+    }
+}
+
+#[tokio::test]
+async fn a_failing_cache_disk_loses_no_acknowledged_write() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("disk-failing");
+    std::fs::write(dir.join("other.bin"), pseudo_random(300 << 10, 92)).unwrap();
+    let fs = FaultyFs::mount();
+    let ctl_dir = tempfile::tempdir().unwrap();
+    let socket = ctl_dir.path().join("ctl");
+    let mut p = Gridvfs::start_with(
+        lab.endpoint(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "{}{}",
+            write_back_cache(&fs.mnt.join("cache"), ""),
+            control_section(&socket)
+        ),
+    );
+    let mut c = common::mount(p.endpoints(), &lab.export).await;
+    let d = common::scratch_fh(&mut c, &name).await;
+    let fh = common::create(&mut c, &d, "f.bin").await;
+    let data = pseudo_random(6 << 20, 91);
+    let on_server = |r: std::ops::Range<usize>| {
+        let f = std::fs::read(dir.join("f.bin")).unwrap();
+        f.len() >= r.end && f[r.clone()] == data[r]
+    };
+
+    // Healthy: 2 MiB written and committed in the cache under one verifier.
+    for at in (0..2 << 20).step_by(PIECE) {
+        let w = try_write(
+            &mut c,
+            &fh,
+            at as u64,
+            &data[at..at + PIECE],
+            stable_how::UNSTABLE,
+        )
+        .await;
+        assert!(matches!(w, Ok((_, stable_how::UNSTABLE))), "{w:?}");
+    }
+    let v1 = common::commit(&mut c, &fh).await.verf.0;
+    assert!(
+        !on_server(0..PIECE),
+        "write-back cache: nothing at the server yet"
+    );
+
+    // 2 MiB more, UNSTABLE; then every fdatasync of the cache disk fails.
+    for at in (2 << 20..4 << 20).step_by(PIECE) {
+        let w = try_write(
+            &mut c,
+            &fh,
+            at as u64,
+            &data[at..at + PIECE],
+            stable_how::UNSTABLE,
+        )
+        .await;
+        assert_eq!(w.map(|w| w.0), Ok(v1));
+    }
+    fs.fail_syncs(true);
+    let commit = c
+        .commit(&COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(commit, Nfs3Result::Err((nfsstat3::NFS3ERR_IO, _))),
+        "a COMMIT whose fdatasync failed was answered {commit:?}\n{}",
+        p.log_text()
+    );
+    assert!(
+        p.log_text().contains("unstable data may be lost"),
+        "{}",
+        p.log_text()
+    );
+
+    // FILE_SYNC WRITEs with the disk still failing: each either went through (the
+    // bytes are on the server's disk now) or was refused — here refused, since the file
+    // has unsynced data in the failed bank, and a durable point that needs that bank
+    // fails until the proxy restarts (docs/operations.md).
+    let (mut through, mut refused) = (0, 0);
+    for at in (4 << 20..6 << 20).step_by(PIECE) {
+        match try_write(
+            &mut c,
+            &fh,
+            at as u64,
+            &data[at..at + PIECE],
+            stable_how::FILE_SYNC,
+        )
+        .await
+        {
+            Ok((v, how)) => {
+                assert!(matches!(how, stable_how::FILE_SYNC), "{how:?}");
+                assert_ne!(v, v1, "the verifier did not change");
+                assert!(
+                    on_server(at..at + PIECE),
+                    "FILE_SYNC at {at} acknowledged, not on the server"
+                );
+                through += 1;
+            }
+            Err(s) => {
+                assert_eq!(s, nfsstat3::NFS3ERR_IO);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(through + refused, 8);
+
+    // Other clients are served meanwhile.
+    let got = common::nfs_cat(p.endpoints(), &lab.export, &format!("{name}/other.bin"));
+    assert_eq!(got, std::fs::read(dir.join("other.bin")).unwrap());
+    let (ok, s) = ctl(&socket, &["status"]);
+    assert!(ok, "{s}");
+    assert_eq!(s["cache"]["write_throughs"], through, "{s}");
+
+    // The disk recovers; the flush takes what was committed before the failure (and
+    // the rest the cache still holds) to the server.
+    fs.fail_syncs(false);
+    let (_, f) = ctl(&socket, &["flush"]);
+    assert!(
+        on_server(0..2 << 20),
+        "data committed before the failure is not on the server after the flush: {f}\n{}",
+        p.log_text()
+    );
+    drop(c);
+    p.stop();
+    drop(fs);
+    std::fs::remove_dir_all(dir).unwrap();
+}
