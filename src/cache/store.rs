@@ -1191,6 +1191,14 @@ impl Store {
         if c.seq != seq || c.dirty.is_none() {
             return Ok(false);
         }
+        if bank.failed {
+            // Its tags can no longer be made durable: clean in memory only, the block
+            // could take a newer WRITE (through to the next hop, acknowledged) while
+            // the dirty version on disk outlives a power failure, to be written back
+            // over it after the restart. Kept dirty instead: a WRITE to it fails, and
+            // the write-back after a restart sends the same bytes again.
+            return Ok(false);
+        }
         let f = self.geo.frame(set, way);
         let tag = Tag {
             fh: fh.to_vec(),

@@ -998,7 +998,7 @@ fn a_failed_bank_sync_is_not_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let g = geo(4, 8);
     let s = Store::open(dir.path(), g).unwrap();
-    stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
+    let seq = stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
     {
         // As `fsync_bank` leaves a bank on EIO: failed, its tag changes not synced.
         let mut b = s.banks[0].lock().unwrap();
@@ -1014,6 +1014,11 @@ fn a_failed_bank_sync_is_not_forgotten() {
         "written through instead"
     );
     assert!(s.truncate_block(b"f", 0, 100).is_err(), "forwarded instead");
+    assert!(
+        !s.mark_clean(b"f", 0, seq).unwrap(),
+        "written back, but its clean tag could never be made durable: stays dirty"
+    );
+    assert!(s.get(b"f", 0).unwrap().unwrap().dirty.is_some());
     stored(s.put(b"g", 0, 0, &[3; 512], false).unwrap()); // clean fills still cached
     assert!(s.close().is_err());
     assert!(!dir.path().join(CLEAN).exists(), "not a clean shutdown");
