@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Gridvfs, Lab, control_section, ctl, pseudo_random, write_back_cache};
-use nfs3_types::nfs3::{COMMIT3args, Nfs3Result, WRITE3args, nfs_fh3, nfsstat3, stable_how};
+use nfs3_types::nfs3::{COMMIT3args, Nfs3Result, nfs_fh3, nfsstat3, stable_how};
 
 /// faultyfs.py over a scratch directory, unmounted (by killing its PID) on drop.
 struct FaultyFs {
@@ -94,25 +94,21 @@ impl Drop for FaultyFs {
 
 const PIECE: usize = 256 << 10;
 
-/// One WRITE of `data` at `off`: the reply's (verifier, committed), or its error status.
-async fn try_write(
+/// WRITEs `data[range]` at its offsets in PIECE-byte calls: each reply's (verifier,
+/// committed) or error status.
+async fn write_range(
     c: &mut common::Client,
     fh: &nfs_fh3,
-    off: u64,
     data: &[u8],
+    range: std::ops::Range<usize>,
     stable: stable_how,
-) -> Result<([u8; 8], stable_how), nfsstat3> {
-    let args = WRITE3args {
-        file: fh.clone(),
-        offset: off,
-        count: data.len() as u32,
-        stable,
-        data: data.into(),
-    };
-    match c.write(&args).await.unwrap() {
-        Nfs3Result::Ok(ok) => Ok((ok.verf.0, ok.committed)),
-        Nfs3Result::Err((s, _)) => Err(s),
+) -> Vec<(usize, Result<([u8; 8], stable_how), nfsstat3>)> {
+    let mut out = Vec::new();
+    for at in range.step_by(PIECE) {
+        let w = common::write_status(c, fh, at as u64, &data[at..at + PIECE], stable).await;
+        out.push((at, w.map(|ok| (ok.verf.0, ok.committed))));
     }
+    out
 }
 
 #[tokio::test]
@@ -143,15 +139,7 @@ async fn a_failing_cache_disk_loses_no_acknowledged_write() {
     };
 
     // Healthy: 2 MiB written and committed in the cache under one verifier.
-    for at in (0..2 << 20).step_by(PIECE) {
-        let w = try_write(
-            &mut c,
-            &fh,
-            at as u64,
-            &data[at..at + PIECE],
-            stable_how::UNSTABLE,
-        )
-        .await;
+    for (_, w) in write_range(&mut c, &fh, &data, 0..2 << 20, stable_how::UNSTABLE).await {
         assert!(matches!(w, Ok((_, stable_how::UNSTABLE))), "{w:?}");
     }
     let v1 = common::commit(&mut c, &fh).await.verf.0;
@@ -161,15 +149,7 @@ async fn a_failing_cache_disk_loses_no_acknowledged_write() {
     );
 
     // 2 MiB more, UNSTABLE; then every fdatasync of the cache disk fails.
-    for at in (2 << 20..4 << 20).step_by(PIECE) {
-        let w = try_write(
-            &mut c,
-            &fh,
-            at as u64,
-            &data[at..at + PIECE],
-            stable_how::UNSTABLE,
-        )
-        .await;
+    for (_, w) in write_range(&mut c, &fh, &data, 2 << 20..4 << 20, stable_how::UNSTABLE).await {
         assert_eq!(w.map(|w| w.0), Ok(v1));
     }
     fs.fail_syncs(true);
@@ -197,16 +177,8 @@ async fn a_failing_cache_disk_loses_no_acknowledged_write() {
     // has unsynced data in the failed bank, and a durable point that needs that bank
     // fails until the proxy restarts (docs/operations.md).
     let (mut through, mut refused) = (0, 0);
-    for at in (4 << 20..6 << 20).step_by(PIECE) {
-        match try_write(
-            &mut c,
-            &fh,
-            at as u64,
-            &data[at..at + PIECE],
-            stable_how::FILE_SYNC,
-        )
-        .await
-        {
+    for (at, w) in write_range(&mut c, &fh, &data, 4 << 20..6 << 20, stable_how::FILE_SYNC).await {
+        match w {
             Ok((v, how)) => {
                 assert!(matches!(how, stable_how::FILE_SYNC), "{how:?}");
                 assert_ne!(v, v1, "the verifier did not change");

@@ -119,20 +119,8 @@ fn flush_one_file_by_its_path() {
     random_file(&a, (1 << 20) + 5, 81);
     random_file(&b, (2 << 20) + 7, 82);
     for (src, to) in [(&a, "a.bin"), (&b, "b.bin")] {
-        let st = Command::new("nfs-cp")
-            .arg(src)
-            .arg(common::nfs_url(
-                p.endpoints(),
-                &lab.export,
-                &format!("{name}/{to}"),
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        let url = common::nfs_url(p.endpoints(), &lab.export, &format!("{name}/{to}"));
+        common::ssh::nfs_cp(src.to_str().unwrap(), &url).unwrap();
     }
     let (ok, s) = ctl(&socket, &["status"]);
     assert!(ok, "{s}");
@@ -201,20 +189,8 @@ fn a_long_flush_reports_progress_and_clients_keep_being_served() {
     const SIZE: u64 = 14 << 20;
     let src = tmp.path().join("big");
     random_file(&src, SIZE as usize, 85);
-    let st = Command::new("nfs-cp")
-        .arg(&src)
-        .arg(common::nfs_url(
-            p.endpoints(),
-            &lab.export,
-            &format!("{name}/big.bin"),
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let url = common::nfs_url(p.endpoints(), &lab.export, &format!("{name}/big.bin"));
+    common::ssh::nfs_cp(src.to_str().unwrap(), &url).unwrap();
     let (_, s) = ctl(&socket, &["status"]);
     assert_eq!(s["cache"]["dirty_bytes"], SIZE, "{s}");
 

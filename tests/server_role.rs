@@ -10,10 +10,7 @@ use std::path::Path;
 
 use common::{Connector, Endpoints, Gridvfs, Lab, lookup_in};
 use nfs3_client::Nfs3ConnectionBuilder;
-use nfs3_types::nfs3::{
-    CREATE3args, GETATTR3args, Nfs3Option, Nfs3Result, createhow3, diropargs3, filename3, nfs_fh3,
-    nfsstat3, sattr3,
-};
+use nfs3_types::nfs3::{GETATTR3args, Nfs3Result, nfs_fh3, nfsstat3};
 use nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_types::xdr_codec::Opaque;
 
@@ -68,24 +65,6 @@ fn server_proxy_account(lab: &Lab, state: &Path, account: &str) -> Gridvfs {
             common::control_section(&state.join("ctl"))
         ),
     )
-}
-
-/// CREATE UNCHECKED of `name` in `dir`: its status.
-async fn create_status(c: &mut common::Client, dir: &nfs_fh3, name: &str) -> Result<(), nfsstat3> {
-    let args = CREATE3args {
-        where_: diropargs3 {
-            dir: dir.clone(),
-            name: filename3(Opaque::owned(name.as_bytes().to_vec())),
-        },
-        how: createhow3::UNCHECKED(sattr3 {
-            mode: Nfs3Option::Some(0o644),
-            ..Default::default()
-        }),
-    };
-    match c.create(&args).await.unwrap() {
-        Nfs3Result::Ok(_) => Ok(()),
-        Nfs3Result::Err((s, _)) => Err(s),
-    }
 }
 
 fn server_section(state: &Path, export: &str, tcp_account: bool) -> String {
@@ -189,7 +168,9 @@ async fn uid_and_gid_tables_map_squash_and_carry_groups_to_ganesha() {
             "{who}: owner on Ganesha's disk"
         );
         let g = lookup_in(&mut c, &sub, "grp").await.object;
-        let made = create_status(&mut c, &g, who).await;
+        let made = common::create_status(&mut c, &g, who, None)
+            .await
+            .map(|_| ());
         if in_group {
             assert_eq!(made, Ok(()), "{who}: group 5003 may write in grp");
             let md = std::fs::metadata(grp.join(who)).unwrap();

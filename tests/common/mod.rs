@@ -14,9 +14,10 @@ pub mod ssh;
 
 use nfs3_client::Nfs3ConnectionBuilder;
 use nfs3_types::nfs3::{
-    COMMIT3args, COMMIT3resok, CREATE3args, GETATTR3args, LOOKUP3args, LOOKUP3resok, Nfs3Option,
-    Nfs3Result, READ3args, READ3resok, SETATTR3args, SETATTR3resok, WRITE3args, WRITE3resok,
-    createhow3, diropargs3, fattr3, filename3, nfs_fh3, sattr3, stable_how, writeverf3,
+    COMMIT3args, COMMIT3resok, CREATE3args, CREATE3resok, GETATTR3args, LOOKUP3args, LOOKUP3resok,
+    Nfs3Option, Nfs3Result, READ3args, READ3resok, SETATTR3args, SETATTR3resok, WRITE3args,
+    WRITE3resok, createhow3, diropargs3, fattr3, filename3, nfs_fh3, nfsstat3, sattr3, stable_how,
+    writeverf3,
 };
 use nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_types::xdr_codec::Opaque;
@@ -530,6 +531,22 @@ pub async fn create(c: &mut Client, dir: &nfs_fh3, name: &str) -> nfs_fh3 {
 /// CREATE UNCHECKED with mode 0644 and, if given, a size (NFSv3's create-or-truncate of
 /// an existing file); returns its handle.
 pub async fn create_sized(c: &mut Client, dir: &nfs_fh3, name: &str, size: Option<u64>) -> nfs_fh3 {
+    let ok = create_status(c, dir, name, size)
+        .await
+        .unwrap_or_else(|s| panic!("CREATE {name}: {s:?}"));
+    match ok.obj {
+        Nfs3Option::Some(fh) => fh,
+        Nfs3Option::None => lookup_in(c, dir, name).await.object,
+    }
+}
+
+/// [`create_sized`]'s call: its reply, or the status it failed with.
+pub async fn create_status(
+    c: &mut Client,
+    dir: &nfs_fh3,
+    name: &str,
+    size: Option<u64>,
+) -> Result<CREATE3resok, nfsstat3> {
     let args = CREATE3args {
         where_: diropargs3 {
             dir: dir.clone(),
@@ -541,14 +558,13 @@ pub async fn create_sized(c: &mut Client, dir: &nfs_fh3, name: &str, size: Optio
             ..Default::default()
         }),
     };
-    let ok = c
+    match c
         .create(&args)
         .await
         .unwrap_or_else(|e| panic!("CREATE {name}: {e}"))
-        .ok_or_panic(|| format!("CREATE {name}"));
-    match ok.obj {
-        Nfs3Option::Some(fh) => fh,
-        Nfs3Option::None => lookup_in(c, dir, name).await.object,
+    {
+        Nfs3Result::Ok(ok) => Ok(ok),
+        Nfs3Result::Err((s, _)) => Err(s),
     }
 }
 
@@ -560,6 +576,21 @@ pub async fn write(
     data: &[u8],
     stable: stable_how,
 ) -> WRITE3resok {
+    let ok = write_status(c, fh, off, data, stable)
+        .await
+        .unwrap_or_else(|s| panic!("WRITE at {off}: {s:?}"));
+    assert_eq!(ok.count as usize, data.len(), "short WRITE at {off}");
+    ok
+}
+
+/// [`write`]'s call: its reply, or the status it failed with.
+pub async fn write_status(
+    c: &mut Client,
+    fh: &nfs_fh3,
+    off: u64,
+    data: &[u8],
+    stable: stable_how,
+) -> Result<WRITE3resok, nfsstat3> {
     let args = WRITE3args {
         file: fh.clone(),
         offset: off,
@@ -567,13 +598,14 @@ pub async fn write(
         stable,
         data: data.into(),
     };
-    let ok = c
+    match c
         .write(&args)
         .await
         .unwrap_or_else(|e| panic!("WRITE at {off}: {e}"))
-        .ok_or_panic(|| format!("WRITE at {off}"));
-    assert_eq!(ok.count as usize, data.len(), "short WRITE at {off}");
-    ok
+    {
+        Nfs3Result::Ok(ok) => Ok(ok),
+        Nfs3Result::Err((s, _)) => Err(s),
+    }
 }
 
 /// WRITEs `data` at `off` in `chunk`-byte calls; returns the verifiers answered, in order.
