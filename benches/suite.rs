@@ -9,6 +9,8 @@
 //! Scenarios (40 ms RTT, 100 Mbit/s by default; `GRIDVFS_BENCH_RTT_MS`, `GRIDVFS_BENCH_MBIT`):
 //! - Local: images on local disk, cloned with file-system calls.
 //! - WAN-NFS: the bench's NFSv3 client straight to Ganesha through the WAN emulator.
+//! - LAN-NFS: the same client straight to Ganesha on loopback, no WAN, no proxy: what the
+//!   NFS path alone costs on this machine against Local (a reference, no target).
 //! - scp / rsync: the whole image copied through the WAN emulator (OpenSSH sshd), then
 //!   a local clone.
 //! - WAN-S1: gridvfs (client proxy → SSH → server proxy), one image cloned N times in a
@@ -16,8 +18,8 @@
 //! - WAN-S2: N different images, once each.
 //! - WAN-S3: N images pre-cached on a LAN proxy, cloned through a fresh client proxy.
 //! - WAN-P: N client proxies cloning one image at once through one LAN proxy.
-//! - Runtime: a write-heavy phase and a build-like tree (cold, warm) on Local, WAN-NFS and
-//!   gridvfs; the warm build runs `GRIDVFS_SUITE_BUILD_ROUNDS` times (full 5, quick 3)
+//! - Runtime: a write-heavy phase and a build-like tree (cold, warm) on Local, WAN-NFS,
+//!   LAN-NFS and gridvfs; the warm build runs `GRIDVFS_SUITE_BUILD_ROUNDS` times (full 5, quick 3)
 //!   and its median is reported.
 //! - WAN-persistent: a persistent VM (the user's own copy of img0, which its sessions write
 //!   into instead of a redo log) resumed twice through one client proxy (cold, then warm),
@@ -557,6 +559,23 @@ async fn suite() {
     }
 
     write_out(); // each scenario starts without the last one's dirty pages
+    // LAN-NFS: straight to Ganesha on loopback (no WAN, no proxy), N times.
+    if e.runs("LAN-NFS") {
+        let mut times = Vec::new();
+        for k in 0..n {
+            times.push(clone_at(&e, nfs_addr, mount_addr, "img0", &format!("lannfs{k}")).await);
+        }
+        out.push(Scenario {
+            name: "LAN-NFS",
+            times,
+            note: "img0 N times, NFSv3 client straight to Ganesha on loopback (no WAN, no \
+                   proxy): the NFS path's own cost against Local"
+                .into(),
+        });
+        println!("LAN-NFS done ({:.0} s)", started.elapsed().as_secs_f64());
+    }
+
+    write_out(); // each scenario starts without the last one's dirty pages
     // Full copies.
     for tool in ["scp", "rsync"].into_iter().filter(|_| e.runs("copy")) {
         let s = full_copy(&e, tool, "img0", &format!("{tool}0"));
@@ -672,6 +691,8 @@ async fn suite() {
         )
         .await;
         let wannfs = vm::runtime_nfs(&c, &base, "wannfs", shape, None).await;
+        let (c, base) = base_at(nfs_addr, mount_addr, &e.export).await;
+        let lannfs = vm::runtime_nfs(&c, &base, "lannfs", shape, None).await;
         let (_dirs, p, sock) = e.client_with_control();
         let (c, base) = base_at(p.addr, p.addr, &e.export).await;
         let counts = || {
@@ -680,7 +701,7 @@ async fn suite() {
             (n(&v["cache"]["syncs"]), n(&v["upstream"]["nfs"]["calls"]))
         };
         let gvfs = vm::runtime_nfs(&c, &base, "gridvfs", shape, Some(&counts)).await;
-        runtime = Some([local, wannfs, gvfs]);
+        runtime = Some([local, wannfs, lannfs, gvfs]);
         println!("Runtime done ({:.0} s)", started.elapsed().as_secs_f64());
     }
 
@@ -760,7 +781,7 @@ async fn suite() {
         report(&e, &out, runtime, persist_md, &profile, total);
     } else {
         if let Some(r) = runtime {
-            println!("Runtime (Local, WAN-NFS, gridvfs): {r:?}");
+            println!("Runtime (Local, WAN-NFS, LAN-NFS, gridvfs): {r:?}");
         }
         for s in &out {
             let ts: Vec<String> = s.times.iter().map(|t| format!("{t:.2}")).collect();
@@ -804,7 +825,7 @@ fn floor_bytes(e: &Env, image: &str) -> (u64, u64) {
 fn report(
     e: &Env,
     out: &[Scenario],
-    runtime: Option<[vm::Runtime; 3]>,
+    runtime: Option<[vm::Runtime; 4]>,
     persist: Option<String>,
     profile: &str,
     total: f64,
@@ -892,26 +913,54 @@ fn report(
         p_max / cold,
         verdict(p_max / cold <= 1.3),
     ));
-    if let Some([l, w, g]) = runtime {
+    let lan = median(get("LAN-NFS").times.clone());
+    md.push_str(&format!(
+        "\nFor reference, the NFS path alone (LAN-NFS: the same clones straight to Ganesha on \
+         loopback, no WAN, no proxy) took {:.2}× Local; the warm gridvfs clone took {:.2}× \
+         LAN-NFS.\n",
+        lan / local,
+        warm / lan
+    ));
+    if let Some([l, w, n, g]) = runtime {
         md.push_str(&format!(
             "\nRuntime after cloning ({} MiB write-heavy file written, committed, read back; a \
              build-like tree of {} files of 4–16 KiB: sources written and read, an object \
              written for each, 8 at a time (8 threads locally, 8 NFS calls in flight over \
              NFS); the warm build reads the sources again and rewrites the objects, {} \
-             times, median shown):\n\n\
-             | phase | Local s | WAN-NFS s | gridvfs s | gridvfs vs Local | gridvfs vs WAN-NFS |\n\
-             |---|---|---|---|---|---|\n",
+             times, median shown; LAN-NFS is the bench's client straight to Ganesha on \
+             loopback, the NFS path's own cost):\n\n\
+             | phase | Local s | WAN-NFS s | LAN-NFS s | gridvfs s | gridvfs vs Local | gridvfs vs WAN-NFS | LAN-NFS vs Local |\n\
+             |---|---|---|---|---|---|---|---|\n",
             e.spec.runtime_mib, e.spec.build_files, e.spec.build_rounds
         ));
-        for (name, a, b, c) in [
-            ("write-heavy", l.write_heavy, w.write_heavy, g.write_heavy),
-            ("build-like, cold", l.build_cold, w.build_cold, g.build_cold),
-            ("build-like, warm", l.build_warm, w.build_warm, g.build_warm),
+        for (name, a, b, d, c) in [
+            (
+                "write-heavy",
+                l.write_heavy,
+                w.write_heavy,
+                n.write_heavy,
+                g.write_heavy,
+            ),
+            (
+                "build-like, cold",
+                l.build_cold,
+                w.build_cold,
+                n.build_cold,
+                g.build_cold,
+            ),
+            (
+                "build-like, warm",
+                l.build_warm,
+                w.build_warm,
+                n.build_warm,
+                g.build_warm,
+            ),
         ] {
             md.push_str(&format!(
-                "| {name} | {a:.2} | {b:.2} | {c:.2} | {:.2}× | {:.1}× faster |\n",
+                "| {name} | {a:.3} | {b:.3} | {d:.3} | {c:.3} | {:.2}× | {:.1}× faster | {:.2}× |\n",
                 c / a,
-                b / c
+                b / c,
+                d / a
             ));
         }
         let rounds = |r: &vm::Runtime| {
@@ -922,9 +971,10 @@ fn report(
                 .join(", ")
         };
         md.push_str(&format!(
-            "\n- warm builds, s: Local {}; WAN-NFS {}; gridvfs {}{}\n",
+            "\n- warm builds, s: Local {}; WAN-NFS {}; LAN-NFS {}; gridvfs {}{}\n",
             rounds(&l),
             rounds(&w),
+            rounds(&n),
             rounds(&g),
             g.warm_syncs_per_file.zip(g.warm_wan_calls_per_file).map_or(
                 String::new(),
