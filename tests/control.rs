@@ -206,8 +206,17 @@ fn a_long_flush_reports_progress_and_clients_keep_being_served() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let (ok, s) = ctl(&socket, &["status"]);
     assert!(ok, "{s}");
+    assert_eq!(
+        s["cache"]["flush"]["running"], true,
+        "answered during the flush: {s}"
+    );
     let got = nfs_cat(p.endpoints(), &lab.export, &format!("{name}/other.bin"));
     assert_eq!(got, std::fs::read(dir.join("other.bin")).unwrap());
+    let mut flush = flush;
+    assert!(
+        flush.try_wait().unwrap().is_none(),
+        "the READ was answered only after the flush ended"
+    );
     let out = flush.wait_with_output().unwrap();
     let took = t0.elapsed();
     let said = String::from_utf8_lossy(&out.stderr).to_string();

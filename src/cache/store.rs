@@ -124,6 +124,10 @@ struct Meta {
     /// hole costs the kernel a zeroed page-cache page per 4 KiB and a copy; a VM's memory
     /// state is mostly such blocks. Not known after a restart (false: read as usual).
     zero: bool,
+    /// Dirty data written back after its bank failed (see `mark_clean`): it stays dirty,
+    /// is not listed for write-back again in this run, and no newer WRITE goes past it.
+    /// Not known after a restart, whose write-back sends it again.
+    stuck: bool,
 }
 
 struct Bank {
@@ -146,6 +150,16 @@ struct Bank {
     /// fails from then on, and it takes no dirty write or cut (they are written through
     /// or forwarded instead) until the proxy restarts and recovery checks its tags.
     failed: bool,
+    /// Blocks (fingerprints) whose dirty tag here was cleared or marked clean since the
+    /// bank's last fdatasync: if that fdatasync fails, the dirty tag may come back
+    /// after a power failure, so they join `at_risk`.
+    cleaned: std::collections::HashSet<u64>,
+    /// Once the bank failed: blocks (fingerprints) that may have a dirty tag on its
+    /// disk which this run can no longer clear durably — dirty when it failed, cleaned
+    /// shortly before, or written back after. A WRITE to one is refused (NFS3ERR_IO)
+    /// for the rest of the run: one acknowledged and sent through could be overwritten
+    /// by the old dirty version, written back after a power failure and a restart.
+    at_risk: std::collections::HashSet<u64>,
 }
 
 pub struct Store {
@@ -260,6 +274,8 @@ impl Store {
                 tags_dirty: false,
                 unsynced_files: Default::default(),
                 failed: false,
+                cleaned: Default::default(),
+                at_risk: Default::default(),
             };
             let path = bank_path(dir, b);
             if path.exists() {
@@ -286,6 +302,7 @@ impl Store {
                                 referenced: false,
                                 unsynced: false,
                                 zero: false,
+                                stuck: false,
                             };
                         }
                         Slot::Empty => {}
@@ -376,6 +393,8 @@ impl Store {
                     tags_dirty: false,
                     unsynced_files: Default::default(),
                     failed: false,
+                    cleaned: Default::default(),
+                    at_risk: Default::default(),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -884,6 +903,7 @@ impl Store {
             referenced: true,
             unsynced: true,
             zero,
+            stuck: false,
         };
         if !was_unsynced {
             // At most once per frame between syncs: bounded by the cache's frames.
@@ -989,16 +1009,22 @@ impl Store {
         if self.is_shared() {
             return Ok(());
         }
+        // Every bank is synced even if one fails: the first error is returned after.
+        let mut first_err = None;
         for b in 0..self.banks.len() {
             let mut bank = self.banks[b].lock().expect("bank lock");
-            if !bank.written.is_empty()
+            if (!bank.written.is_empty()
                 || !bank.superseded.is_empty()
-                || !bank.unsynced_files.is_empty()
+                || !bank.unsynced_files.is_empty())
+                && let Err(e) = self.sync_bank(b, &mut bank)
             {
-                self.sync_bank(b, &mut bank)?;
+                first_err.get_or_insert(e);
             }
         }
-        self.retire_marker(false)
+        match first_err {
+            Some(e) => Err(e),
+            None => self.retire_marker(false),
+        }
     }
 
     /// The durable point for one file (COMMIT, FILE_SYNC, a truncation kept here): syncs
@@ -1058,10 +1084,14 @@ impl Store {
         if let Err(e) = file.sync_data() {
             bank.failed = true;
             bank.superseded.clear();
+            let cleaned = std::mem::take(&mut bank.cleaned);
+            let dirty: Vec<u64> = bank.meta.iter().filter(|m| m.dirty).map(|m| m.fp).collect();
+            bank.at_risk.extend(cleaned.into_iter().chain(dirty));
             self.lost("syncing the cache failed");
             return Err(io(&self.bank_path(b as u32))(e));
         }
         bank.tags_dirty = false;
+        bank.cleaned.clear();
         Ok(())
     }
 
@@ -1195,9 +1225,13 @@ impl Store {
             // Its tags can no longer be made durable: clean in memory only, the block
             // could take a newer WRITE (through to the next hop, acknowledged) while
             // the dirty version on disk outlives a power failure, to be written back
-            // over it after the restart. Kept dirty instead: a WRITE to it fails, and
-            // the write-back after a restart sends the same bytes again.
-            return Ok(false);
+            // over it after the restart. Kept dirty instead, and stuck: not listed for
+            // write-back again, a WRITE to it fails (`at_risk`), and the write-back
+            // after a restart sends the same bytes again.
+            let li = self.local(self.geo.frame(set, way));
+            bank.meta[li].stuck = true;
+            bank.at_risk.insert(fp);
+            return Err(self.failed_bank(frame0.bank));
         }
         let f = self.geo.frame(set, way);
         let tag = Tag {
@@ -1214,6 +1248,7 @@ impl Store {
         let li = self.local(f);
         bank.meta[li].dirty = false;
         bank.tags_dirty = true;
+        bank.cleaned.insert(fp);
         // Older versions of the block (durable dirty ones kept by copy-on-write) must
         // not outlive the clean newest one: evicting it would bring them back.
         for (w, _) in self.versions(&bank, set, fp, fh, block)? {
@@ -1223,6 +1258,15 @@ impl Store {
             }
         }
         Ok(true)
+    }
+
+    /// Whether a block may have a dirty tag in a failed bank that this run cannot clear
+    /// durably (see `Bank::at_risk`): no newer WRITE may go past it in this run.
+    pub fn at_risk(&self, fh: &[u8], block: u64) -> bool {
+        let (set, fp) = self.locate(fh, block);
+        let frame0 = self.geo.frame(set, 0);
+        let bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
+        bank.failed && bank.at_risk.contains(&fp)
     }
 
     /// Forgets every version of a block (its data changed upstream, or was truncated).
@@ -1369,7 +1413,7 @@ impl Store {
         for (b, bank) in self.banks.iter().enumerate() {
             let bank = bank.lock().expect("bank lock");
             for (i, m) in bank.meta.iter().enumerate() {
-                if !m.dirty {
+                if !m.dirty || m.stuck {
                     continue;
                 }
                 out.extend(self.dirty_block_at(&bank, self.frame_of(b as u32, i))?);
@@ -1413,7 +1457,8 @@ impl Store {
         let mut out = Vec::new();
         for way in 0..self.geo.ways {
             let f = self.geo.frame(set, way);
-            if bank.meta[self.local(f)].dirty {
+            let m = bank.meta[self.local(f)];
+            if m.dirty && !m.stuck {
                 out.extend(self.dirty_block_at(&bank, f)?);
             }
         }
@@ -1436,7 +1481,11 @@ impl Store {
         }
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
-            if !bank.tags_dirty {
+            // A failed bank's tags cannot be made durable; what changes there is no
+            // dirty state (`mark_clean` refuses it, dirty writes and cuts go elsewhere),
+            // only clean frames, and its failure already changed the verifier. Skipped,
+            // so the other banks' write-backs are not refused for it.
+            if !bank.tags_dirty || bank.failed {
                 continue;
             }
             if bank.unsynced_files.is_empty() {
@@ -1488,6 +1537,9 @@ impl Store {
 
     fn clear(&self, bank: &mut Bank, f: Frame) -> Result<()> {
         let li = self.local(f);
+        if bank.meta[li].dirty {
+            bank.cleaned.insert(bank.meta[li].fp);
+        }
         bank.meta[li] = Meta::default();
         // The frame may be reused at once: `sync` must not clear it later as a
         // superseded version.

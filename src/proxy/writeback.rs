@@ -415,6 +415,14 @@ async fn write_through(
         w.offset / bs,
         w.offset.saturating_add(w.count.max(1) as u64 - 1) / bs,
     );
+    let (c, fh2) = (cache.clone(), fh.to_vec());
+    if blocking(move || (first..=last.min(first + 1024)).any(|b| c.store.at_risk(&fh2, b))).await {
+        // A failed cache bank may hold a dirty version of one of these blocks that
+        // this run cannot clear durably: after a power failure it would be written
+        // back over this WRITE. Refused until the proxy restarts.
+        return write_fail(xid, Nfsstat3::IO, cache, fh)
+            .tap_warn("a block it touches has a dirty version in a failed cache bank");
+    }
     for block in first..=last.min(first + 1024) {
         let (c, fh2) = (cache.clone(), fh.to_vec());
         if let Ok(Some(got)) = blocking(move || c.store.get(&fh2, block)).await
@@ -1071,6 +1079,8 @@ async fn flush_file(
             for part in batch.chunks(per_store) {
                 match super::upload::upload(cache, plan, fh, &cred, part).await {
                     Ok((sent, a)) => {
+                        let moved: u64 = sent.iter().map(|(_, _, n)| n).sum();
+                        cache.flush.sent.fetch_add(moved, Ordering::Relaxed);
                         let (n, clean) = mark_written(cache, fh, sent).await;
                         bytes += n;
                         all_clean &= clean;
@@ -1195,6 +1205,12 @@ async fn flush_batch(
                 side = "upstream",
                 attempt, "next hop's write verifier changed during write-back; re-sending the file"
             );
+            // Those bytes are to be sent again: the progress counts them once.
+            let again: u64 = written.iter().map(|w| w.2).sum();
+            cache.flush.sent.fetch_sub(
+                again.min(cache.flush.sent.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
             continue;
         }
         let sent = written
@@ -1245,8 +1261,7 @@ pub fn progress_json(cache: &CacheLayer) -> String {
         p.sent.load(Ordering::Relaxed),
         p.done.load(Ordering::Relaxed),
     );
-    // Sent by blocks, or committed whole (a whole-file upload counts when committed).
-    let moved = sent.max(done).min(total);
+    let moved = sent.min(total);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
