@@ -9,7 +9,8 @@
 //!    byte with what was written.
 //! 2. **warm re-read** of a `GRIDVFS_BENCH_WS_MIB` (1024) MiB working set: through the proxy
 //!    from its cache vs a `read(2)` loop over the same bytes in a local file, both with the
-//!    page cache dropped before the pass (root) and both with it warm.
+//!    page cache dropped before the pass (root) and both with it warm; beside them the same
+//!    client straight to Ganesha on loopback (LAN-NFS, no WAN, no proxy), the NFS path alone.
 //! 3. **build-like tree**: `GRIDVFS_BENCH_TREE_FILES` (2000) files of 1–64 KiB in
 //!    `GRIDVFS_BENCH_TREE_DIRS` (40) directories: CREATE, WRITE, COMMIT each, then LOOKUP,
 //!    GETATTR, READ each, by `GRIDVFS_BENCH_TREE_JOBS` (8) workers over one connection
@@ -743,8 +744,17 @@ async fn main() {
                 "    page cache not dropped (GRIDVFS_BENCH_DROP_CACHES=0, or not root): only the warm comparison"
             );
         }
+        // The NFS path alone: the same client straight to Ganesha on loopback (no WAN, no
+        // proxy), reading the same file from Ganesha's page cache or disk.
+        let (nc, nroot) = connect(nfs_addr, mount_addr, &export).await;
+        let ndir = nc
+            .lookup(&nroot, &name)
+            .await
+            .expect("bench dir on Ganesha");
+        let nfh = nc.lookup(&ndir, "ws.bin").await.expect("ws.bin on Ganesha");
         eprintln!("[2] timed passes...");
         let (mut ld, mut pd, mut lw, mut pw) = (vec![], vec![], vec![], vec![]);
+        let (mut nd, mut nw) = (vec![], vec![]);
         for r in 0..rounds {
             if can_drop {
                 drop_caches();
@@ -760,13 +770,24 @@ async fn main() {
             let t = Instant::now();
             assert_eq!(seq_read(&pc, &fh, len, IO, WINDOW).await, len);
             pw.push(t.elapsed().as_secs_f64());
+            if can_drop {
+                drop_caches();
+                let t = Instant::now();
+                assert_eq!(seq_read(&nc, &nfh, len, IO, WINDOW).await, len);
+                nd.push(t.elapsed().as_secs_f64());
+            }
+            let t = Instant::now();
+            assert_eq!(seq_read(&nc, &nfh, len, IO, WINDOW).await, len);
+            nw.push(t.elapsed().as_secs_f64());
             eprintln!(
-                "[2] round {}/{rounds}: dropped local {:.3} s proxy {:.3} s; warm local {:.3} s proxy {:.3} s",
+                "[2] round {}/{rounds}: dropped local {:.3} s proxy {:.3} s LAN-NFS {:.3} s; warm local {:.3} s proxy {:.3} s LAN-NFS {:.3} s",
                 r + 1,
                 ld.last().unwrap_or(&f64::NAN),
                 pd.last().unwrap_or(&f64::NAN),
+                nd.last().unwrap_or(&f64::NAN),
                 lw.last().unwrap(),
-                pw.last().unwrap()
+                pw.last().unwrap(),
+                nw.last().unwrap()
             );
         }
         // One more pass through the proxy, untimed, checking every byte of the hits.
@@ -784,13 +805,14 @@ async fn main() {
         .await;
         let tput = |s: f64| ws_mib as f64 / s;
         let (ld, pd, lw, pw) = (median(ld), median(pd), median(lw), median(pw));
+        let (nd, nw) = (median(nd), median(nw));
         out.extend([
             format!("### 2. Warm re-read of a {ws_mib} MiB working set (1 MiB READs, {WINDOW} in flight) vs a local `read(2)` loop"),
             String::new(),
-            "| page cache before each pass | local disk | gridvfs, all hits | gridvfs / local | target |".into(),
-            "|---|---|---|---|---|".into(),
-            format!("| dropped (`echo 3 > drop_caches`) | {ld:.3} s ({:.0} MiB/s) | {pd:.3} s ({:.0} MiB/s) | **{:.2}×** | ≤ 1.1× |", tput(ld), tput(pd), pd / ld),
-            format!("| warm | {lw:.3} s ({:.0} MiB/s) | {pw:.3} s ({:.0} MiB/s) | **{:.2}×** | ≤ 1.1× |", tput(lw), tput(pw), pw / lw),
+            "| page cache before each pass | local disk | gridvfs, all hits | gridvfs / local | target | LAN-NFS (Ganesha on loopback, no proxy) | LAN-NFS / local |".into(),
+            "|---|---|---|---|---|---|---|".into(),
+            format!("| dropped (`echo 3 > drop_caches`) | {ld:.3} s ({:.0} MiB/s) | {pd:.3} s ({:.0} MiB/s) | **{:.2}×** | ≤ 1.1× | {nd:.3} s ({:.0} MiB/s) | {:.2}× |", tput(ld), tput(pd), pd / ld, tput(nd), nd / ld),
+            format!("| warm | {lw:.3} s ({:.0} MiB/s) | {pw:.3} s ({:.0} MiB/s) | **{:.2}×** | ≤ 1.1× | {nw:.3} s ({:.0} MiB/s) | {:.2}× |", tput(lw), tput(pw), pw / lw, tput(nw), nw / lw),
             String::new(),
             format!("Filling the cache (first read over the WAN, every byte checked): {cold:.1} s ({:.1} MiB/s). A last pass through the proxy checked every byte of the hits.", tput(cold)),
             String::new(),
@@ -801,6 +823,7 @@ async fn main() {
     // ---- 3. build-like tree ----
     if on("3") && files > 0 {
         let (mut l1, mut l2, mut p1, mut p2, mut fl) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut lan1, mut lan2) = (vec![], vec![]);
         let mut wan_calls = (String::new(), String::new(), 0.0, 0.0);
         let tree_bytes: u64 = {
             let t = Tree {
@@ -830,10 +853,22 @@ async fn main() {
             let c2 = counter.snapshot();
             let (secs, reply) = flush(&socket).await;
             check_tree(&dir, &pt, 2);
+            // The NFS path alone: the same client straight to Ganesha on loopback.
+            let nt = tree("lan");
+            let (nc, nroot) = connect(nfs_addr, mount_addr, &export).await;
+            let ndir = nc
+                .lookup(&nroot, &name)
+                .await
+                .expect("bench dir on Ganesha");
+            let (u, fhs) = tree_nfs(&nc, &ndir, &nt, 1, jobs, None, by_create).await;
+            let (v, _) = tree_nfs(&nc, &ndir, &nt, 2, jobs, Some(fhs), by_create).await;
+            check_tree(&dir, &nt, 2);
+            lan1.push(u);
+            lan2.push(v);
             let (n1, s1) = per_file(&c0, &c1, files);
             let (n2, s2) = per_file(&c1, &c2, files);
             eprintln!(
-                "[3] round {}/{rounds}: local {a:.2} s / {b:.2} s; gridvfs {x:.2} s / {y:.2} s; \
+                "[3] round {}/{rounds}: local {a:.2} s / {b:.2} s; gridvfs {x:.2} s / {y:.2} s; LAN-NFS {u:.2} s / {v:.2} s; \
                  flush {secs:.2} s ({reply}); server tree byte-equal\n    WAN calls per file: run 1 {n1:.2} ({s1}); run 2 {n2:.2} ({s2})",
                 r + 1
             );
@@ -876,6 +911,7 @@ async fn main() {
             median(d1),
             median(d2),
         );
+        let (lan1, lan2) = (median(lan1), median(lan2));
         let rtt = 0.040;
         out.extend([
             format!(
@@ -885,11 +921,11 @@ async fn main() {
             String::new(),
             "Each run: MKDIR (or LOOKUP) the directories; CREATE + WRITE + COMMIT every file; then LOOKUP + GETATTR + READ every file (contents and sizes checked). Run 2 rewrites the same files with new sizes and contents, truncating each with SETATTR(size 0) on the handle from run 1 (what the Linux client sends for `open(O_TRUNC)` of a file it knows) instead of CREATE. Local: `File::create` + `write_all` + `sync_data`, then `metadata` + `read`.".into(),
             String::new(),
-            format!("| run | local dir (std::fs) | gridvfs write-back over WAN | gridvfs / local | target | direct NFS over WAN ({direct_tree_rounds} round) | direct / local |"),
-            "|---|---|---|---|---|---|---|".into(),
-            format!("| 1 (new tree) | {l1:.3} s | {p1:.2} s | **{:.1}×** | | {d1:.2} s | {:.1}× |", p1 / l1, d1 / l1),
-            format!("| 2 (warm) | {l2:.3} s | {p2:.2} s | **{:.1}×** | ≤ 1.05× | {d2:.2} s | {:.1}× |", p2 / l2, d2 / l2),
-            format!("| write-back afterwards (`gridvfs flush`) | | {fl:.2} s | | | | |"),
+            format!("| run | local dir (std::fs) | gridvfs write-back over WAN | gridvfs / local | target | direct NFS over WAN ({direct_tree_rounds} round) | direct / local | LAN-NFS (Ganesha on loopback, no proxy) | LAN-NFS / local |"),
+            "|---|---|---|---|---|---|---|---|---|".into(),
+            format!("| 1 (new tree) | {l1:.3} s | {p1:.2} s | **{:.1}×** | | {d1:.2} s | {:.1}× | {lan1:.3} s | {:.1}× |", p1 / l1, d1 / l1, lan1 / l1),
+            format!("| 2 (warm) | {l2:.3} s | {p2:.2} s | **{:.1}×** | ≤ 1.05× | {d2:.2} s | {:.1}× | {lan2:.3} s | {:.1}× |", p2 / l2, d2 / l2, lan2 / l2),
+            format!("| write-back afterwards (`gridvfs flush`) | | {fl:.2} s | | | | | | |"),
             String::new(),
             format!(
                 "NFS calls the proxy sent over the WAN per file (last round): run 1 {:.2} ({}); run 2 {:.2} ({}). \
