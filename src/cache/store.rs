@@ -150,17 +150,21 @@ struct Bank {
     /// fails from then on, and it takes no dirty write or cut (they are written through
     /// or forwarded instead) until the proxy restarts and recovery checks its tags.
     failed: bool,
-    /// Blocks (fingerprints) whose dirty tag here was cleared or marked clean since the
-    /// bank's last fdatasync: if that fdatasync fails, the dirty tag may come back
-    /// after a power failure, so they join `at_risk`.
-    cleaned: std::collections::HashSet<u64>,
-    /// Once the bank failed: blocks (fingerprints) that may have a dirty tag on its
-    /// disk which this run can no longer clear durably — dirty when it failed, cleaned
-    /// shortly before, or written back after. A WRITE to one is refused (NFS3ERR_IO)
-    /// for the rest of the run: one acknowledged and sent through could be overwritten
-    /// by the old dirty version, written back after a power failure and a restart.
-    at_risk: std::collections::HashSet<u64>,
+    /// Blocks (hash of the file handle, block) whose dirty tag here was cleared or
+    /// marked clean since the bank's last fdatasync: if that fdatasync fails, the dirty
+    /// tag may come back after a power failure, so they join `at_risk`.
+    cleaned: std::collections::HashSet<(u64, u64)>,
+    /// Once the bank failed: blocks (hash of the file handle, block) that may have a
+    /// dirty tag on its disk which this run can no longer clear durably — dirty when it
+    /// failed, cleaned shortly before, or written back or dropped after. A WRITE to one,
+    /// or a truncation of the file below it, is refused (NFS3ERR_IO) for the rest of
+    /// the run: acknowledged and sent through, it could be undone by the old dirty
+    /// version, written back after a power failure and a restart.
+    at_risk: std::collections::HashSet<(u64, u64)>,
 }
+
+/// In `Bank::at_risk`: every block of the file (a dirty tag whose block is unknown).
+const ALL_BLOCKS: u64 = u64::MAX;
 
 pub struct Store {
     geo: Geometry,
@@ -1085,8 +1089,19 @@ impl Store {
             bank.failed = true;
             bank.superseded.clear();
             let cleaned = std::mem::take(&mut bank.cleaned);
-            let dirty: Vec<u64> = bank.meta.iter().filter(|m| m.dirty).map(|m| m.fp).collect();
-            bank.at_risk.extend(cleaned.into_iter().chain(dirty));
+            bank.at_risk.extend(cleaned);
+            // Every dirty frame's block, from its tag (in the page cache: just written or
+            // read). A tag that cannot be read puts the whole file at risk.
+            for li in 0..bank.meta.len() {
+                if !bank.meta[li].dirty {
+                    continue;
+                }
+                let key = match self.read_tag(bank, self.frame_of(b as u32, li)) {
+                    Ok(Slot::Tag(t)) => (fnv1a(&t.fh), t.block),
+                    _ => (bank.meta[li].fh_hash, ALL_BLOCKS),
+                };
+                bank.at_risk.insert(key);
+            }
             self.lost("syncing the cache failed");
             return Err(io(&self.bank_path(b as u32))(e));
         }
@@ -1230,7 +1245,7 @@ impl Store {
             // after a restart sends the same bytes again.
             let li = self.local(self.geo.frame(set, way));
             bank.meta[li].stuck = true;
-            bank.at_risk.insert(fp);
+            bank.at_risk.insert((fnv1a(fh), block));
             return Err(self.failed_bank(frame0.bank));
         }
         let f = self.geo.frame(set, way);
@@ -1248,7 +1263,7 @@ impl Store {
         let li = self.local(f);
         bank.meta[li].dirty = false;
         bank.tags_dirty = true;
-        bank.cleaned.insert(fp);
+        bank.cleaned.insert((fnv1a(fh), block));
         // Older versions of the block (durable dirty ones kept by copy-on-write) must
         // not outlive the clean newest one: evicting it would bring them back.
         for (w, _) in self.versions(&bank, set, fp, fh, block)? {
@@ -1263,10 +1278,22 @@ impl Store {
     /// Whether a block may have a dirty tag in a failed bank that this run cannot clear
     /// durably (see `Bank::at_risk`): no newer WRITE may go past it in this run.
     pub fn at_risk(&self, fh: &[u8], block: u64) -> bool {
-        let (set, fp) = self.locate(fh, block);
+        let (set, _) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
-        bank.failed && bank.at_risk.contains(&fp)
+        let h = fnv1a(fh);
+        bank.failed
+            && (bank.at_risk.contains(&(h, block)) || bank.at_risk.contains(&(h, ALL_BLOCKS)))
+    }
+
+    /// Whether any block of the file from `first` on is at risk (see `at_risk`): a
+    /// truncation below it is refused in this run.
+    pub fn at_risk_from(&self, fh: &[u8], first: u64) -> bool {
+        let h = fnv1a(fh);
+        self.banks.iter().any(|b| {
+            let b = b.lock().expect("bank lock");
+            b.failed && b.at_risk.iter().any(|&(x, block)| x == h && block >= first)
+        })
     }
 
     /// Forgets every version of a block (its data changed upstream, or was truncated).
@@ -1538,7 +1565,17 @@ impl Store {
     fn clear(&self, bank: &mut Bank, f: Frame) -> Result<()> {
         let li = self.local(f);
         if bank.meta[li].dirty {
-            bank.cleaned.insert(bank.meta[li].fp);
+            // Its dirty tag is cleared in place, durable only at the bank's next good
+            // fdatasync (or never, if the bank has failed).
+            let key = match self.read_tag(bank, f) {
+                Ok(Slot::Tag(t)) => (fnv1a(&t.fh), t.block),
+                _ => (bank.meta[li].fh_hash, ALL_BLOCKS),
+            };
+            if bank.failed {
+                bank.at_risk.insert(key);
+            } else {
+                bank.cleaned.insert(key);
+            }
         }
         bank.meta[li] = Meta::default();
         // The frame may be reused at once: `sync` must not clear it later as a

@@ -1068,16 +1068,18 @@ fn a_put_of_the_same_bytes_keeps_the_version() {
 /// An fdatasync that fails puts at risk every block the bank held dirty and every block
 /// cleaned there since its last good fdatasync (their dirty tags may come back after a
 /// power failure); a block clean and durable before is not at risk. (The bank file is
-/// swapped for /dev/full, whose fdatasync fails: EINVAL, a special file.)
+/// swapped for /dev/full, whose fdatasync fails — EINVAL, a special file — and whose
+/// reads give zeros: the dirty frames' tags cannot be read back, so their whole files
+/// are taken to be at risk.)
 #[test]
 fn a_failing_fdatasync_puts_dirty_and_recently_cleaned_blocks_at_risk() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), geo(4, 8)).unwrap();
     stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
-    let cleaned = stored(s.put(b"f", 1, 0, &[2; 512], true).unwrap());
+    let cleaned = stored(s.put(b"h", 0, 0, &[2; 512], true).unwrap());
     stored(s.put(b"g", 0, 0, &[3; 512], false).unwrap());
     s.sync_all().unwrap();
-    assert!(s.mark_clean(b"f", 1, cleaned).unwrap());
+    assert!(s.mark_clean(b"h", 0, cleaned).unwrap());
     stored(s.put(b"f", 2, 0, &[4; 512], true).unwrap());
     s.banks[0].lock().unwrap().file = Some(
         std::fs::OpenOptions::new()
@@ -1088,9 +1090,14 @@ fn a_failing_fdatasync_puts_dirty_and_recently_cleaned_blocks_at_risk() {
     let v = s.verifier();
     assert!(s.sync_file(b"f").is_err());
     assert_ne!(s.verifier(), v, "unsynced writes counted as lost");
-    assert!(s.at_risk(b"f", 0), "dirty (durable) when the bank failed");
-    assert!(s.at_risk(b"f", 1), "cleaned since the last good fdatasync");
-    assert!(s.at_risk(b"f", 2), "dirty (unsynced) when the bank failed");
+    assert!(s.at_risk(b"f", 0) && s.at_risk(b"f", 2), "dirty when the bank failed");
+    assert!(s.at_risk(b"f", 3), "tag unreadable: the whole file");
+    assert!(s.at_risk(b"h", 0), "cleaned since the last good fdatasync");
+    assert!(!s.at_risk(b"h", 1), "never cached");
     assert!(!s.at_risk(b"g", 0), "clean and durable before");
-    assert!(!s.at_risk(b"f", 3), "never cached");
+    // A truncation below an at-risk block is refused; above them all, or of another
+    // file, it is not.
+    assert!(s.at_risk_from(b"h", 0) && s.at_risk_from(b"f", 5));
+    assert!(!s.at_risk_from(b"h", 1));
+    assert!(!s.at_risk_from(b"g", 0));
 }

@@ -971,6 +971,10 @@ impl CacheLayer {
         };
         let old = before.size;
         let low = old.min(new);
+        if self.store.at_risk_from(fh, low / self.bs) {
+            // Forwarded instead, where it is refused (see `writeback::setattr_size`).
+            return Ok(None);
+        }
         let cut = self.with_file(fh, |s| s.cut).map_or(low, |c| c.min(low));
         if !low.is_multiple_of(self.bs)
             && let Err(e) = self

@@ -533,6 +533,17 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     let fh = a.object.0.to_vec();
     let _x = cache.file_lock(&fh).write().await;
     let cred = Cred::of(&call).expect("parsed above");
+    let (c, fh2, first) = (cache.clone(), fh.clone(), new / cache.bs);
+    if blocking(move || c.store.at_risk_from(&fh2, first)).await {
+        // A failed cache bank may hold a dirty version of a block past the new size
+        // that this run cannot clear durably: after a power failure it would be
+        // written back past the cut. Refused until the proxy restarts.
+        warn!(
+            side = "cache",
+            "a block past the new size has a dirty version in a failed cache bank; SETATTR answered NFS3ERR_IO"
+        );
+        return setattr_fail(xid, Nfsstat3::IO);
+    }
     if let Err(e) = apply_cut_locked(cache, up, &fh, &cred).await {
         warn!(side = "upstream", error = %e, "a truncation kept in the cache could not be applied; SETATTR answered NFS3ERR_IO");
         return setattr_fail(xid, Nfsstat3::IO);
@@ -874,6 +885,25 @@ pub async fn create_sized(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     let mut stamp = stamp;
     if let Some(fh) = fh {
         let _x = cache.file_lock(&fh).write().await;
+        let (c, fh2, first) = (cache.clone(), fh.clone(), new / cache.bs);
+        if blocking(move || c.store.at_risk_from(&fh2, first)).await {
+            // The handle is known only now: the server has cut the file, but a failed
+            // cache bank may hold a dirty version of a block past the cut that would be
+            // written back there after a power failure. Not acknowledged.
+            warn!(
+                side = "cache",
+                "a block past a CREATE's size has a dirty version in a failed cache bank; CREATE answered NFS3ERR_IO"
+            );
+            return reply_with(
+                xid,
+                &Res::Create(NfsResult::Fail(
+                    Nfsstat3::IO,
+                    nfs3::CreateResFail {
+                        dir_wcc: WccData::default(),
+                    },
+                )),
+            );
+        }
         let had_local = cache.local(&fh).is_some();
         let cred = Cred::of(&call).expect("parsed above");
         if let Err(e) = apply_cut_locked(cache, up, &fh, &cred).await {
