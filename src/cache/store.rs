@@ -161,6 +161,11 @@ struct Bank {
     /// the run: acknowledged and sent through, it could be undone by the old dirty
     /// version, written back after a power failure and a restart.
     at_risk: std::collections::HashSet<(u64, u64)>,
+    /// Files (hash of the handle) that had unsynced changes here when the bank failed:
+    /// their durable points keep failing for the rest of the run. Other files' durable
+    /// points skip the failed bank (it takes no dirty write, and nothing cleared in it
+    /// is noted as unsynced after the failure).
+    lost_files: std::collections::HashSet<u64>,
 }
 
 /// In `Bank::at_risk`: every block of the file (a dirty tag whose block is unknown).
@@ -174,6 +179,8 @@ pub struct Store {
     /// Set when recovery found a dirty version that never reached a durable point: the
     /// proxy must change its write verifier.
     lost_unstable: AtomicBool,
+    /// Some bank's fdatasync failed in this run (see `Bank::failed`).
+    any_failed: AtomicBool,
     verifier: Mutex<[u8; 8]>,
     /// Held shared by every dirty write, exclusively by `sync` when it retires the
     /// `unstable` marker file (see `UNSTABLE`).
@@ -280,6 +287,7 @@ impl Store {
                 failed: false,
                 cleaned: Default::default(),
                 at_risk: Default::default(),
+                lost_files: Default::default(),
             };
             let path = bank_path(dir, b);
             if path.exists() {
@@ -324,6 +332,7 @@ impl Store {
             banks,
             seq: AtomicU64::new(max_seq),
             lost_unstable: AtomicBool::new(false),
+            any_failed: AtomicBool::new(false),
             verifier: Mutex::new([0; 8]),
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
@@ -399,6 +408,7 @@ impl Store {
                     failed: false,
                     cleaned: Default::default(),
                     at_risk: Default::default(),
+                    lost_files: Default::default(),
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -408,6 +418,7 @@ impl Store {
             banks,
             seq: AtomicU64::new(0),
             lost_unstable: AtomicBool::new(false),
+            any_failed: AtomicBool::new(false),
             verifier: Mutex::new([0; 8]),
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
@@ -973,6 +984,10 @@ impl Store {
         file.write_all_at(&tag.encode(), self.tag_offset(f))
             .map_err(io(&self.bank_path(f.bank)))?;
         let li = self.local(f);
+        if c.dirty.is_some() && dirty.is_none() {
+            // Dirty to clean in place, durable only at the bank's next good fdatasync.
+            bank.cleaned.insert((fnv1a(fh), block));
+        }
         bank.meta[li].dirty = dirty.is_some();
         bank.tags_dirty = true;
         self.mark_unsynced(&mut bank, f.bank, fnv1a(fh));
@@ -1017,6 +1032,13 @@ impl Store {
         let mut first_err = None;
         for b in 0..self.banks.len() {
             let mut bank = self.banks[b].lock().expect("bank lock");
+            if bank.failed {
+                // What it held unsynced when it failed is lost; nothing since needs it.
+                if !bank.lost_files.is_empty() {
+                    first_err.get_or_insert(self.failed_bank(b as u32));
+                }
+                continue;
+            }
             if (!bank.written.is_empty()
                 || !bank.superseded.is_empty()
                 || !bank.unsynced_files.is_empty())
@@ -1054,7 +1076,11 @@ impl Store {
         for b in banks {
             let b = b as usize;
             let mut bank = self.banks[b].lock().expect("bank lock");
-            if bank.unsynced_files.contains(&h) {
+            if bank.failed && !bank.lost_files.contains(&h) {
+                // The file had nothing unsynced there when it failed (see `lost_files`).
+                continue;
+            }
+            if bank.unsynced_files.contains(&h) || bank.failed {
                 self.sync_bank(b, &mut bank)?;
             }
         }
@@ -1087,6 +1113,8 @@ impl Store {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = file.sync_data() {
             bank.failed = true;
+            self.any_failed.store(true, Ordering::SeqCst);
+            bank.lost_files = bank.unsynced_files.clone();
             bank.superseded.clear();
             let cleaned = std::mem::take(&mut bank.cleaned);
             bank.at_risk.extend(cleaned);
@@ -1096,10 +1124,7 @@ impl Store {
                 if !bank.meta[li].dirty {
                     continue;
                 }
-                let key = match self.read_tag(bank, self.frame_of(b as u32, li)) {
-                    Ok(Slot::Tag(t)) => (fnv1a(&t.fh), t.block),
-                    _ => (bank.meta[li].fh_hash, ALL_BLOCKS),
-                };
+                let key = self.risk_key(bank, self.frame_of(b as u32, li));
                 bank.at_risk.insert(key);
             }
             self.lost("syncing the cache failed");
@@ -1118,6 +1143,10 @@ impl Store {
 
     /// Notes that bank `b` (locked by the caller) holds an unsynced change of file `h`.
     fn mark_unsynced(&self, bank: &mut Bank, b: u32, h: u64) {
+        if bank.failed {
+            // Nothing it takes now needs a durable point (clean fills, cleared tags).
+            return;
+        }
         if bank.unsynced_files.insert(h) {
             let mut map = self.unsynced_banks.lock().expect("unsynced map lock");
             let banks = map.entry(h).or_default();
@@ -1278,6 +1307,9 @@ impl Store {
     /// Whether a block may have a dirty tag in a failed bank that this run cannot clear
     /// durably (see `Bank::at_risk`): no newer WRITE may go past it in this run.
     pub fn at_risk(&self, fh: &[u8], block: u64) -> bool {
+        if !self.any_failed.load(Ordering::SeqCst) {
+            return false;
+        }
         let (set, _) = self.locate(fh, block);
         let frame0 = self.geo.frame(set, 0);
         let bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
@@ -1289,6 +1321,9 @@ impl Store {
     /// Whether any block of the file from `first` on is at risk (see `at_risk`): a
     /// truncation below it is refused in this run.
     pub fn at_risk_from(&self, fh: &[u8], first: u64) -> bool {
+        if !self.any_failed.load(Ordering::SeqCst) {
+            return false;
+        }
         let h = fnv1a(fh);
         self.banks.iter().any(|b| {
             let b = b.lock().expect("bank lock");
@@ -1562,15 +1597,23 @@ impl Store {
         Ok(Tag::decode(&b, self.geo.block_size))
     }
 
+    /// The (file hash, block) of the dirty version frame `f` holds, read back from its
+    /// tag; if the tag read is not that version's (a page dropped after a writeback
+    /// error can read older bytes), the whole file: (file hash, `ALL_BLOCKS`).
+    fn risk_key(&self, bank: &Bank, f: Frame) -> (u64, u64) {
+        let m = bank.meta[self.local(f)];
+        match self.read_tag(bank, f) {
+            Ok(Slot::Tag(t)) if fingerprint(&t.fh, t.block) == m.fp => (fnv1a(&t.fh), t.block),
+            _ => (m.fh_hash, ALL_BLOCKS),
+        }
+    }
+
     fn clear(&self, bank: &mut Bank, f: Frame) -> Result<()> {
         let li = self.local(f);
         if bank.meta[li].dirty {
             // Its dirty tag is cleared in place, durable only at the bank's next good
             // fdatasync (or never, if the bank has failed).
-            let key = match self.read_tag(bank, f) {
-                Ok(Slot::Tag(t)) => (fnv1a(&t.fh), t.block),
-                _ => (bank.meta[li].fh_hash, ALL_BLOCKS),
-            };
+            let key = self.risk_key(bank, f);
             if bank.failed {
                 bank.at_risk.insert(key);
             } else {

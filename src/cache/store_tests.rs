@@ -1004,6 +1004,8 @@ fn a_failed_bank_sync_is_not_forgotten() {
         // listed (tags_dirty as it was: false after the last successful sync).
         let mut b = s.banks[0].lock().unwrap();
         b.failed = true;
+        b.lost_files = b.unsynced_files.clone();
+        s.any_failed.store(true, Ordering::SeqCst);
     }
     let n0 = s.syncs();
     assert!(s.sync_file(b"f").is_err(), "a COMMIT must not succeed now");
@@ -1078,8 +1080,13 @@ fn a_failing_fdatasync_puts_dirty_and_recently_cleaned_blocks_at_risk() {
     stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
     let cleaned = stored(s.put(b"h", 0, 0, &[2; 512], true).unwrap());
     stored(s.put(b"g", 0, 0, &[3; 512], false).unwrap());
+    stored(s.put(b"k", 0, 0, &[5; 512], false).unwrap());
+    stored(s.put(b"k", 0, 256, &[6; 256], true).unwrap());
     s.sync_all().unwrap();
     assert!(s.mark_clean(b"h", 0, cleaned).unwrap());
+    // A cut that leaves only clean bytes: its dirty tag becomes clean in place.
+    s.truncate_block(b"k", 0, 200).unwrap();
+    assert!(s.get(b"k", 0).unwrap().unwrap().dirty.is_none());
     stored(s.put(b"f", 2, 0, &[4; 512], true).unwrap());
     s.banks[0].lock().unwrap().file = Some(
         std::fs::OpenOptions::new()
@@ -1090,9 +1097,13 @@ fn a_failing_fdatasync_puts_dirty_and_recently_cleaned_blocks_at_risk() {
     let v = s.verifier();
     assert!(s.sync_file(b"f").is_err());
     assert_ne!(s.verifier(), v, "unsynced writes counted as lost");
-    assert!(s.at_risk(b"f", 0) && s.at_risk(b"f", 2), "dirty when the bank failed");
+    assert!(
+        s.at_risk(b"f", 0) && s.at_risk(b"f", 2),
+        "dirty when the bank failed"
+    );
     assert!(s.at_risk(b"f", 3), "tag unreadable: the whole file");
     assert!(s.at_risk(b"h", 0), "cleaned since the last good fdatasync");
+    assert!(s.at_risk(b"k", 0), "cut to clean since the last good fdatasync");
     assert!(!s.at_risk(b"h", 1), "never cached");
     assert!(!s.at_risk(b"g", 0), "clean and durable before");
     // A truncation below an at-risk block is refused; above them all, or of another

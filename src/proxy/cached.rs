@@ -474,6 +474,13 @@ impl CacheLayer {
         }
     }
 
+    /// Whether the file's truncation record may come back after a power failure from a
+    /// failed bank although it was cleared (applied at the next hop): a restart would
+    /// cut the file again, so no WRITE to it may be acknowledged in this run.
+    pub fn cut_at_risk(&self, fh: &[u8]) -> bool {
+        self.store.at_risk(fh, CUT_BLOCK)
+    }
+
     /// The cache's block size in bytes.
     pub fn block_size(&self) -> u64 {
         self.bs

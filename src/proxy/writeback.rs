@@ -121,6 +121,13 @@ pub async fn write(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Bytes) -> 
     };
     let data_at = w.data.as_ptr() as usize - call.as_ptr() as usize;
     let lock = cache.file_lock(&fh).read().await;
+    if cache.cut_at_risk(&fh) {
+        warn!(
+            side = "cache",
+            "the file's truncation record may come back from a failed cache bank; WRITE answered NFS3ERR_IO"
+        );
+        return write_fail(xid, Nfsstat3::IO, cache, &fh);
+    }
     let attr = match cache.upstream_attr(&fh) {
         Some(a) => a,
         None => match getattr(cache, up, &cred, &fh).await {
@@ -439,6 +446,13 @@ async fn write_through(
             }
         }
     }
+    // Again: a bank's fdatasync may have failed while the blocks above were written
+    // back (another task's), putting one of them at risk after the check above.
+    let (c, fh2) = (cache.clone(), fh.to_vec());
+    if blocking(move || (first..=last.min(first + 1024)).any(|b| c.store.at_risk(&fh2, b))).await {
+        return write_fail(xid, Nfsstat3::IO, cache, fh)
+            .tap_warn("a block it touches has a dirty version in a failed cache bank");
+    }
     cache.change(fh);
     let before = cache.pre_attr(fh);
     let r = write_upstream(up, cred, fh, w.offset, w.data, StableHow::FILE_SYNC).await;
@@ -533,7 +547,10 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     let fh = a.object.0.to_vec();
     let _x = cache.file_lock(&fh).write().await;
     let cred = Cred::of(&call).expect("parsed above");
-    let (c, fh2, first) = (cache.clone(), fh.clone(), new / cache.bs);
+    // From the lower of the new size and the size known: growing over a region cut
+    // earlier must not be acknowledged either.
+    let known = cache.effective_attr(&fh).map_or(new, |a| a.size);
+    let (c, fh2, first) = (cache.clone(), fh.clone(), new.min(known) / cache.bs);
     if blocking(move || c.store.at_risk_from(&fh2, first)).await {
         // A failed cache bank may hold a dirty version of a block past the new size
         // that this run cannot clear durably: after a power failure it would be
