@@ -1103,7 +1103,10 @@ fn a_failing_fdatasync_puts_dirty_and_recently_cleaned_blocks_at_risk() {
     );
     assert!(s.at_risk(b"f", 3), "tag unreadable: the whole file");
     assert!(s.at_risk(b"h", 0), "cleaned since the last good fdatasync");
-    assert!(s.at_risk(b"k", 0), "cut to clean since the last good fdatasync");
+    assert!(
+        s.at_risk(b"k", 0),
+        "cut to clean since the last good fdatasync"
+    );
     assert!(!s.at_risk(b"h", 1), "never cached");
     assert!(!s.at_risk(b"g", 0), "clean and durable before");
     // A truncation below an at-risk block is refused; above them all, or of another
