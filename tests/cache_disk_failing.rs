@@ -8,6 +8,10 @@
 //! FUSE pass-through file system (`tests/lab/faultyfs.py`, Debian's python3-fusepy)
 //! whose fsync fails with EIO while a flag file exists: the kernel really returns EIO
 //! from the proxy's fdatasync.
+//!
+//! The same file system can also lose every write not yet fsynced (`--lose-unsynced`):
+//! a power failure after `kill -9`, which a plain `kill -9` is not (the page cache
+//! survives it). Everything the proxy acknowledged as durable must survive that.
 
 mod common;
 
@@ -28,6 +32,12 @@ struct FaultyFs {
 
 impl FaultyFs {
     fn mount() -> FaultyFs {
+        Self::mount_with(false)
+    }
+
+    /// `lose_unsynced`: data not yet fsynced is kept in faultyfs's memory until
+    /// `power_cut` throws it away.
+    fn mount_with(lose_unsynced: bool) -> FaultyFs {
         let dir = tempfile::tempdir().unwrap();
         let (root, mnt) = (dir.path().join("root"), dir.path().join("mnt"));
         std::fs::create_dir_all(&root).unwrap();
@@ -37,6 +47,7 @@ impl FaultyFs {
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
             .args([&root, &mnt, &flag])
+            .args(lose_unsynced.then_some("--lose-unsynced"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("faultyfs.log")).unwrap())
             .spawn()
@@ -64,6 +75,20 @@ impl FaultyFs {
             mnt,
             flag,
             _dir: dir,
+        }
+    }
+
+    /// A power failure: every write not yet fsynced is lost (the proxy must be dead).
+    fn power_cut(&self) {
+        let cut = self.flag.with_extension("cut");
+        std::fs::write(&cut, b"").unwrap();
+        let t0 = Instant::now();
+        while cut.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "faultyfs did not cut"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -231,6 +256,93 @@ async fn a_failing_cache_disk_loses_no_acknowledged_write() {
     // Blocks of the failed banks stay dirty but are not sent again in this run.
     let (ok, again) = ctl(&socket, &["flush"]);
     assert!(ok && again["written"] == 0, "{again}");
+    drop(c);
+    p.stop();
+    drop(fs);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `kill -9`, then a power failure that loses every cache write not yet fsynced, then a
+/// restart on the same cache: what was committed (COMMIT, FILE_SYNC) and a truncation
+/// the proxy acknowledged reach the server at the flush, byte for byte; the UNSTABLE
+/// writes that were lost show as a new write verifier.
+#[tokio::test]
+async fn a_power_cut_after_kill_loses_nothing_acknowledged() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("power-cut");
+    let fs = FaultyFs::mount_with(true);
+    let ctl_dir = tempfile::tempdir().unwrap();
+    let socket = ctl_dir.path().join("ctl");
+    let config = format!(
+        "{}{}",
+        write_back_cache(&fs.mnt.join("cache"), ""),
+        control_section(&socket)
+    );
+    let mut p = Gridvfs::start_with(lab.endpoint(), "127.0.0.1:0", "", &config);
+    let mut c = common::mount(p.endpoints(), &lab.export).await;
+    let d = common::scratch_fh(&mut c, &name).await;
+    let data = pseudo_random(6 << 20, 93);
+
+    // a.bin: 4 MiB committed, then 1 MiB UNSTABLE never committed.
+    let a = common::create(&mut c, &d, "a.bin").await;
+    for (_, w) in write_range(&mut c, &a, &data, 0..4 << 20, stable_how::UNSTABLE).await {
+        assert!(w.is_ok(), "{w:?}");
+    }
+    let v1 = common::commit(&mut c, &a).await.verf.0;
+    for (_, w) in write_range(&mut c, &a, &data, 4 << 20..5 << 20, stable_how::UNSTABLE).await {
+        assert!(w.is_ok(), "{w:?}");
+    }
+    // b.bin: FILE_SYNC WRITEs.
+    let b = common::create(&mut c, &d, "b.bin").await;
+    for (_, w) in write_range(&mut c, &b, &data, 0..1 << 20, stable_how::FILE_SYNC).await {
+        assert!(matches!(w, Ok((_, stable_how::FILE_SYNC))), "{w:?}");
+    }
+    // t.bin: 1 MiB committed, then cut to 300 KiB (acknowledged).
+    let t = common::create(&mut c, &d, "t.bin").await;
+    for (_, w) in write_range(&mut c, &t, &data, 0..1 << 20, stable_how::UNSTABLE).await {
+        assert!(w.is_ok(), "{w:?}");
+    }
+    common::commit(&mut c, &t).await;
+    common::set_size(&mut c, &t, 300 << 10).await;
+    assert_eq!(
+        std::fs::metadata(dir.join("a.bin")).unwrap().len(),
+        0,
+        "write-back: nothing at the server yet"
+    );
+
+    drop(c);
+    p.kill();
+    fs.power_cut();
+    let mut p = Gridvfs::start_with(lab.endpoint(), "127.0.0.1:0", "", &config);
+    let mut c = common::mount(p.endpoints(), &lab.export).await;
+    let d = common::scratch_fh(&mut c, &name).await;
+    let n = common::create(&mut c, &d, "n.bin").await;
+    let w = common::write(&mut c, &n, 0, &data[..PIECE], stable_how::UNSTABLE).await;
+    assert_ne!(
+        w.verf.0,
+        v1,
+        "UNSTABLE writes were lost in the power cut: the verifier must change\n{}",
+        p.log_text()
+    );
+    let a = common::lookup_in(&mut c, &d, "a.bin").await.object;
+    let got = common::read(&mut c, &a, 0, 1 << 20).await;
+    assert!(
+        got.data[..] == data[..1 << 20],
+        "a.bin read back after the restart"
+    );
+
+    let (ok, f) = ctl(&socket, &["flush"]);
+    assert!(ok, "{f}\n{}", p.log_text());
+    let on_disk = |file: &str| std::fs::read(dir.join(file)).unwrap();
+    let a_now = on_disk("a.bin");
+    assert!(
+        a_now.len() >= 4 << 20 && a_now[..4 << 20] == data[..4 << 20],
+        "committed data of a.bin lost in the power cut ({} bytes on the server)\n{}",
+        a_now.len(),
+        p.log_text()
+    );
+    common::assert_same_bytes("b.bin", &on_disk("b.bin"), &data[..1 << 20]);
+    common::assert_same_bytes("t.bin", &on_disk("t.bin"), &data[..300 << 10]);
     drop(c);
     p.stop();
     drop(fs);
