@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod faultyfs;
 pub mod raw;
 pub mod relay;
 pub mod ssh;
