@@ -171,7 +171,6 @@ async fn prefetch(proxy: &Proxy, rest: &str, peer: Option<(u32, u32)>) -> String
     )
 }
 
-/// `UID:GID` or `UID:GID:G1,G2,...`.
 /// `UID:GID` or `UID:GID:G1,G2,...` (decimal digits only; at most 16 groups, as AUTH_SYS
 /// carries).
 fn parse_ids(s: &str) -> Option<(u32, u32, Vec<u32>)> {

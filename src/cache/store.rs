@@ -168,6 +168,25 @@ struct Bank {
     lost_files: std::collections::HashSet<u64>,
 }
 
+impl Bank {
+    /// A bank with no frame in use, over `file` if it is open.
+    fn new(file: Option<File>, geo: &Geometry) -> Bank {
+        Bank {
+            file,
+            meta: vec![Meta::default(); (geo.sets_per_bank * geo.ways as u64) as usize],
+            hands: vec![0; geo.sets_per_bank as usize],
+            written: Vec::new(),
+            superseded: Vec::new(),
+            tags_dirty: false,
+            unsynced_files: Default::default(),
+            failed: false,
+            cleaned: Default::default(),
+            at_risk: Default::default(),
+            lost_files: Default::default(),
+        }
+    }
+}
+
 /// In `Bank::at_risk`: every block of the file (a dirty tag whose block is unknown).
 const ALL_BLOCKS: u64 = u64::MAX;
 
@@ -276,19 +295,7 @@ impl Store {
         let mut multi: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut banks = Vec::with_capacity(geo.banks as usize);
         for b in 0..geo.banks {
-            let mut bank = Bank {
-                file: None,
-                meta: vec![Meta::default(); per_bank],
-                hands: vec![0; geo.sets_per_bank as usize],
-                written: Vec::new(),
-                superseded: Vec::new(),
-                tags_dirty: false,
-                unsynced_files: Default::default(),
-                failed: false,
-                cleaned: Default::default(),
-                at_risk: Default::default(),
-                lost_files: Default::default(),
-            };
+            let mut bank = Bank::new(None, &geo);
             let path = bank_path(dir, b);
             if path.exists() {
                 let file = open_bank(dir, b, &geo)?;
@@ -388,7 +395,6 @@ impl Store {
             let sb = dir.join(SUPERBLOCK);
             return Err(io(&sb)(std::io::Error::from(std::io::ErrorKind::NotFound)));
         }
-        let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
         let banks = (0..geo.banks)
             .map(|b| {
                 let p = bank_path(dir, b);
@@ -397,19 +403,7 @@ impl Store {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                     Err(e) => return Err(io(&p)(e)),
                 };
-                Ok(Mutex::new(Bank {
-                    file,
-                    meta: vec![Meta::default(); per_bank],
-                    hands: vec![0; geo.sets_per_bank as usize],
-                    written: Vec::new(),
-                    superseded: Vec::new(),
-                    tags_dirty: false,
-                    unsynced_files: Default::default(),
-                    failed: false,
-                    cleaned: Default::default(),
-                    at_risk: Default::default(),
-                    lost_files: Default::default(),
-                }))
+                Ok(Mutex::new(Bank::new(file, &geo)))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Store {
@@ -1116,7 +1110,7 @@ impl Store {
             self.any_failed.store(true, Ordering::SeqCst);
             bank.lost_files = bank.unsynced_files.clone();
             bank.superseded.clear();
-            let cleaned = std::mem::take(&mut bank.cleaned);
+            let cleaned: Vec<_> = bank.cleaned.drain().collect();
             bank.at_risk.extend(cleaned);
             // Every dirty frame's block, from its tag (in the page cache: just written or
             // read). A tag that cannot be read puts the whole file at risk.
@@ -1304,10 +1298,16 @@ impl Store {
         Ok(true)
     }
 
+    /// Whether some bank's fdatasync failed in this run: until then nothing is at risk
+    /// (`at_risk`, `at_risk_from`), and callers can skip asking.
+    pub fn any_failed(&self) -> bool {
+        self.any_failed.load(Ordering::SeqCst)
+    }
+
     /// Whether a block may have a dirty tag in a failed bank that this run cannot clear
     /// durably (see `Bank::at_risk`): no newer WRITE may go past it in this run.
     pub fn at_risk(&self, fh: &[u8], block: u64) -> bool {
-        if !self.any_failed.load(Ordering::SeqCst) {
+        if !self.any_failed() {
             return false;
         }
         let (set, _) = self.locate(fh, block);
@@ -1321,7 +1321,7 @@ impl Store {
     /// Whether any block of the file from `first` on is at risk (see `at_risk`): a
     /// truncation below it is refused in this run.
     pub fn at_risk_from(&self, fh: &[u8], first: u64) -> bool {
-        if !self.any_failed.load(Ordering::SeqCst) {
+        if !self.any_failed() {
             return false;
         }
         let h = fnv1a(fh);

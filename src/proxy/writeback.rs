@@ -422,15 +422,13 @@ async fn write_through(
         w.offset / bs,
         w.offset.saturating_add(w.count.max(1) as u64 - 1) / bs,
     );
-    let (c, fh2) = (cache.clone(), fh.to_vec());
-    if blocking(move || (first..=last.min(first + 1024)).any(|b| c.store.at_risk(&fh2, b))).await {
-        // A failed cache bank may hold a dirty version of one of these blocks that
-        // this run cannot clear durably: after a power failure it would be written
-        // back over this WRITE. Refused until the proxy restarts.
+    // The blocks whose dirty bytes go first (a WRITE spans at most wtmax / block size).
+    let top = last.min(first + 1024);
+    if any_at_risk(cache, fh, first, top).await {
         return write_fail(xid, Nfsstat3::IO, cache, fh)
             .tap_warn("a block it touches has a dirty version in a failed cache bank");
     }
-    for block in first..=last.min(first + 1024) {
+    for block in first..=top {
         let (c, fh2) = (cache.clone(), fh.to_vec());
         if let Ok(Some(got)) = blocking(move || c.store.get(&fh2, block)).await
             && got.dirty.is_some()
@@ -448,8 +446,7 @@ async fn write_through(
     }
     // Again: a bank's fdatasync may have failed while the blocks above were written
     // back (another task's), putting one of them at risk after the check above.
-    let (c, fh2) = (cache.clone(), fh.to_vec());
-    if blocking(move || (first..=last.min(first + 1024)).any(|b| c.store.at_risk(&fh2, b))).await {
+    if any_at_risk(cache, fh, first, top).await {
         return write_fail(xid, Nfsstat3::IO, cache, fh)
             .tap_warn("a block it touches has a dirty version in a failed cache bank");
     }
@@ -481,6 +478,36 @@ async fn write_through(
         }
         Err(e) => write_fail(xid, e.status(), cache, fh),
     }
+}
+
+/// Whether a failed cache bank may hold a dirty version of one of blocks `first..=last`
+/// that this run cannot clear durably: after a power failure it would be written back
+/// over a WRITE sent through now, so such a WRITE is refused until the proxy restarts.
+/// No blocking-pool hop while no bank has failed (`Store::any_failed`).
+async fn any_at_risk(cache: &Arc<CacheLayer>, fh: &[u8], first: u64, last: u64) -> bool {
+    if !cache.store.any_failed() {
+        return false;
+    }
+    let (c, fh) = (cache.clone(), fh.to_vec());
+    blocking(move || (first..=last).any(|b| c.store.at_risk(&fh, b))).await
+}
+
+/// Whether a truncation of the file to below block `first` must be refused: a failed
+/// cache bank may hold a dirty version of a block from there on that would be written
+/// back past the cut after a power failure (`Store::at_risk_from`). Logs the refusal.
+async fn truncation_at_risk(cache: &Arc<CacheLayer>, fh: &[u8], first: u64, what: &str) -> bool {
+    if !cache.store.any_failed() {
+        return false;
+    }
+    let (c, fh2) = (cache.clone(), fh.to_vec());
+    let refused = blocking(move || c.store.at_risk_from(&fh2, first)).await;
+    if refused {
+        warn!(
+            side = "cache",
+            "a block past the new size has a dirty version in a failed cache bank; {what} answered NFS3ERR_IO"
+        );
+    }
+    refused
 }
 
 trait TapWarn {
@@ -550,15 +577,7 @@ pub async fn setattr_size(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     // From the lower of the new size and the size known: growing over a region cut
     // earlier must not be acknowledged either.
     let known = cache.effective_attr(&fh).map_or(new, |a| a.size);
-    let (c, fh2, first) = (cache.clone(), fh.clone(), new.min(known) / cache.bs);
-    if blocking(move || c.store.at_risk_from(&fh2, first)).await {
-        // A failed cache bank may hold a dirty version of a block past the new size
-        // that this run cannot clear durably: after a power failure it would be
-        // written back past the cut. Refused until the proxy restarts.
-        warn!(
-            side = "cache",
-            "a block past the new size has a dirty version in a failed cache bank; SETATTR answered NFS3ERR_IO"
-        );
+    if truncation_at_risk(cache, &fh, new.min(known) / cache.bs, "SETATTR").await {
         return setattr_fail(xid, Nfsstat3::IO);
     }
     if let Err(e) = apply_cut_locked(cache, up, &fh, &cred).await {
@@ -902,15 +921,9 @@ pub async fn create_sized(cache: &Arc<CacheLayer>, up: &Arc<Upstream>, call: Byt
     let mut stamp = stamp;
     if let Some(fh) = fh {
         let _x = cache.file_lock(&fh).write().await;
-        let (c, fh2, first) = (cache.clone(), fh.clone(), new / cache.bs);
-        if blocking(move || c.store.at_risk_from(&fh2, first)).await {
-            // The handle is known only now: the server has cut the file, but a failed
-            // cache bank may hold a dirty version of a block past the cut that would be
-            // written back there after a power failure. Not acknowledged.
-            warn!(
-                side = "cache",
-                "a block past a CREATE's size has a dirty version in a failed cache bank; CREATE answered NFS3ERR_IO"
-            );
+        // The handle is known only now: the server has cut the file already, but the
+        // CREATE is not acknowledged.
+        if truncation_at_risk(cache, &fh, new / cache.bs, "CREATE").await {
             return reply_with(
                 xid,
                 &Res::Create(NfsResult::Fail(
@@ -1254,10 +1267,12 @@ async fn flush_batch(
             );
             // Those bytes are to be sent again: the progress counts them once.
             let again: u64 = written.iter().map(|w| w.2).sum();
-            cache.flush.sent.fetch_sub(
-                again.min(cache.flush.sent.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
+            let _ = cache
+                .flush
+                .sent
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                    Some(s.saturating_sub(again))
+                });
             continue;
         }
         let sent = written
