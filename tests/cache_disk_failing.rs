@@ -16,7 +16,7 @@
 mod common;
 
 use common::faultyfs::FaultyFs;
-use common::{Gridvfs, Lab, control_section, ctl, pseudo_random, write_back_cache};
+use common::{Gridvfs, Lab, ctl, pseudo_random};
 use nfs3_types::nfs3::{COMMIT3args, Nfs3Result, nfs_fh3, nfsstat3, stable_how};
 
 const PIECE: usize = 256 << 10;
@@ -38,6 +38,22 @@ async fn write_range(
     out
 }
 
+/// A write-back proxy with its cache on `fs` and its control socket at `socket`, and a
+/// client mounted through it: the proxy's config (for a restart), the proxy, the client
+/// and the handle of the lab's scratch directory `name`.
+async fn start_on(
+    fs: &FaultyFs,
+    socket: &std::path::Path,
+    lab: &Lab,
+    name: &str,
+) -> (String, Gridvfs, common::Client, nfs_fh3) {
+    let config = common::write_back_and_control(&fs.mnt.join("cache"), common::CACHE_64M, socket);
+    let p = Gridvfs::start_with(lab.endpoint(), "127.0.0.1:0", "", &config);
+    let mut c = common::mount(p.endpoints(), &lab.export).await;
+    let d = common::scratch_fh(&mut c, name).await;
+    (config, p, c, d)
+}
+
 #[tokio::test]
 async fn a_failing_cache_disk_loses_no_acknowledged_write() {
     let lab = Lab::get();
@@ -46,18 +62,7 @@ async fn a_failing_cache_disk_loses_no_acknowledged_write() {
     let fs = FaultyFs::mount();
     let ctl_dir = tempfile::tempdir().unwrap();
     let socket = ctl_dir.path().join("ctl");
-    let mut p = Gridvfs::start_with(
-        lab.endpoint(),
-        "127.0.0.1:0",
-        "",
-        &format!(
-            "{}{}",
-            write_back_cache(&fs.mnt.join("cache"), ""),
-            control_section(&socket)
-        ),
-    );
-    let mut c = common::mount(p.endpoints(), &lab.export).await;
-    let d = common::scratch_fh(&mut c, &name).await;
+    let (_, mut p, mut c, d) = start_on(&fs, &socket, &lab, &name).await;
     let fh = common::create(&mut c, &d, "f.bin").await;
     let data = pseudo_random(6 << 20, 91);
     let on_server = |r: std::ops::Range<usize>| {
@@ -168,14 +173,7 @@ async fn a_power_cut_after_kill_loses_nothing_acknowledged() {
     let fs = FaultyFs::mount_with(true);
     let ctl_dir = tempfile::tempdir().unwrap();
     let socket = ctl_dir.path().join("ctl");
-    let config = format!(
-        "{}{}",
-        write_back_cache(&fs.mnt.join("cache"), ""),
-        control_section(&socket)
-    );
-    let mut p = Gridvfs::start_with(lab.endpoint(), "127.0.0.1:0", "", &config);
-    let mut c = common::mount(p.endpoints(), &lab.export).await;
-    let d = common::scratch_fh(&mut c, &name).await;
+    let (config, mut p, mut c, d) = start_on(&fs, &socket, &lab, &name).await;
     let data = pseudo_random(6 << 20, 93);
 
     // a.bin: 4 MiB committed, then 1 MiB UNSTABLE never committed.
@@ -260,14 +258,7 @@ async fn acknowledged_writes_survive_a_failed_fdatasync_then_a_power_cut() {
     let fs = FaultyFs::mount_with(true);
     let ctl_dir = tempfile::tempdir().unwrap();
     let socket = ctl_dir.path().join("ctl");
-    let config = format!(
-        "{}{}",
-        write_back_cache(&fs.mnt.join("cache"), ""),
-        control_section(&socket)
-    );
-    let mut p = Gridvfs::start_with(lab.endpoint(), "127.0.0.1:0", "", &config);
-    let mut c = common::mount(p.endpoints(), &lab.export).await;
-    let d = common::scratch_fh(&mut c, &name).await;
+    let (config, mut p, mut c, d) = start_on(&fs, &socket, &lab, &name).await;
     const LEN: usize = 2 << 20;
     // (pseudo_random sets the seed's low bit: 94 and 95 would give the same bytes.)
     let v1 = pseudo_random(LEN, 94);

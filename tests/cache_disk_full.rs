@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Gridvfs, Lab, control_section, ctl, pseudo_random, write_back_cache};
+use common::{Gridvfs, Lab, ctl, pseudo_random};
 use nfs3_types::nfs3::stable_how;
 
 struct Tmpfs(std::path::PathBuf);
@@ -43,11 +43,7 @@ async fn a_full_cache_disk_writes_through_and_loses_nothing() {
         lab.endpoint(),
         "127.0.0.1:0",
         "",
-        &format!(
-            "{}{}",
-            write_back_cache(&fs.0.join("cache"), ""),
-            control_section(&socket)
-        ),
+        &common::write_back_and_control(&fs.0.join("cache"), common::CACHE_64M, &socket),
     );
     let mut c = common::mount(p.endpoints(), &lab.export).await;
     let d = common::scratch_fh(&mut c, &name).await;

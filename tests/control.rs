@@ -8,6 +8,9 @@ use std::process::Command;
 
 use common::{Gridvfs, Lab, bin, nfs_cat, random_file};
 
+/// The cache of the write-back tests here (block size: the default).
+const GEOMETRY: &str = "size = \"64MiB\"\nways = 8\nbanks = 4\n";
+
 fn ctl(socket: &std::path::Path, args: &[&str]) -> (bool, serde_json::Value) {
     let out = Command::new(bin())
         .args(args)
@@ -108,12 +111,7 @@ fn flush_one_file_by_its_path() {
         lab.endpoint(),
         "127.0.0.1:0",
         "",
-        &format!(
-            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nways = 8\nbanks = 4\nwrite_policy = \"write-back\"\n\
-             [control]\nsocket = \"{}\"\n",
-            tmp.path().join("cache").display(),
-            socket.display()
-        ),
+        &common::write_back_and_control(&tmp.path().join("cache"), GEOMETRY, &socket),
     );
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     random_file(&a, (1 << 20) + 5, 81);
@@ -179,12 +177,7 @@ fn a_long_flush_reports_progress_and_clients_keep_being_served() {
         },
         "127.0.0.1:0",
         "",
-        &format!(
-            "[cache]\ndir = \"{}\"\nsize = \"64MiB\"\nways = 8\nbanks = 4\nwrite_policy = \"write-back\"\n\
-             [control]\nsocket = \"{}\"\n",
-            tmp.path().join("cache").display(),
-            socket.display()
-        ),
+        &common::write_back_and_control(&tmp.path().join("cache"), GEOMETRY, &socket),
     );
     const SIZE: u64 = 14 << 20;
     let src = tmp.path().join("big");

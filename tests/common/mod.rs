@@ -419,6 +419,16 @@ pub fn write_back_cache_with(dir: &Path, geometry: &str, extra: &str) -> String 
     )
 }
 
+/// The sections of a write-back proxy with a control socket: [`write_back_cache_with`]
+/// (`geometry`, e.g. [`CACHE_64M`]) and [`control_section`].
+pub fn write_back_and_control(dir: &Path, geometry: &str, socket: &Path) -> String {
+    format!(
+        "{}{}",
+        write_back_cache_with(dir, geometry, ""),
+        control_section(socket)
+    )
+}
+
 /// A `[control]` section: the proxy's control socket at `socket`.
 pub fn control_section(socket: &Path) -> String {
     format!("[control]\nsocket = \"{}\"\n", socket.display())
