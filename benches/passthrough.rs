@@ -3,6 +3,9 @@
 //! - sequential READ and WRITE (UNSTABLE + COMMIT) of `GRIDVFS_BENCH_MIB` (default 1024)
 //!   MiB in 1 MiB requests with 16 in flight, direct vs through the proxy;
 //! - small-op latency: sequential GETATTR and LOOKUP, direct vs proxy;
+//! - the same LAN measurements through two byte-copying relays that parse nothing, as
+//!   references for the cost of any user-space hop: one on tokio (gridvfs's I/O model)
+//!   and one with two blocking threads per connection;
 //! - the same sequential READ/WRITE over the WAN emulator (20 ms each way = 40 ms RTT),
 //!   direct (client → WAN → Ganesha) vs proxy (client → proxy → WAN → Ganesha);
 //! - the proxy's peak RSS (VmHWM).
@@ -30,19 +33,21 @@ use util::{env_addr, env_u64, median};
 const IO: u32 = 1 << 20;
 const WINDOW: usize = 16;
 
-/// The floor for any user-space hop: a TCP relay that copies bytes and parses nothing
-/// (`tokio::io::copy_bidirectional` per connection), run as its own process like the
-/// proxy (this bench binary re-executed with `--plain-relay UPSTREAM`).
+/// What any user-space hop costs: a TCP relay that copies bytes and parses nothing, run
+/// as its own process like the proxy (this bench binary re-executed with `MODE
+/// UPSTREAM`). `--plain-relay`: tokio, `copy_bidirectional` per connection (the readiness
+/// model gridvfs uses: a message costs an epoll_wait and a wake-up besides its recv and
+/// send); `--thread-relay`: two blocking threads per connection (recv and send only).
 struct PlainRelay {
     child: Child,
     addr: SocketAddr,
 }
 
 impl PlainRelay {
-    fn start(upstream: SocketAddr) -> PlainRelay {
+    fn start(mode: &str, upstream: SocketAddr) -> PlainRelay {
         use std::io::BufRead;
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg("--plain-relay")
+            .arg(mode)
             .arg(upstream.to_string())
             .stdout(Stdio::piped())
             .spawn()
@@ -77,6 +82,33 @@ async fn plain_relay_main(upstream: SocketAddr) {
             let _ = u.set_nodelay(true);
             let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
         });
+    }
+}
+
+fn thread_relay_main(upstream: SocketAddr) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", l.local_addr().unwrap());
+    for c in l.incoming() {
+        let Ok(c) = c else { continue };
+        let Ok(u) = std::net::TcpStream::connect(upstream) else {
+            continue;
+        };
+        let _ = c.set_nodelay(true);
+        let _ = u.set_nodelay(true);
+        let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+            std::thread::spawn(move || {
+                let mut b = vec![0u8; 1 << 20];
+                while let Ok(n @ 1..) = from.read(&mut b) {
+                    if to.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            });
+        };
+        pipe(c.try_clone().unwrap(), u.try_clone().unwrap());
+        pipe(u, c);
     }
 }
 
@@ -123,32 +155,35 @@ async fn small_ops(s: &Side, n: u32) -> (f64, f64) {
     (g, l)
 }
 
-/// Samples of one measurement: direct, through a plain relay (LAN only), through gridvfs.
+/// Samples of one measurement by side: direct, through the tokio relay (LAN only),
+/// through gridvfs, through the thread relay (LAN only).
 #[derive(Default)]
-struct Series {
-    direct: Vec<f64>,
-    relay: Vec<f64>,
-    proxy: Vec<f64>,
-}
+struct Series([Vec<f64>; 4]);
 
 impl Series {
     fn push(&mut self, side: usize, v: f64) {
-        [&mut self.direct, &mut self.relay, &mut self.proxy][side].push(v);
+        self.0[side].push(v);
     }
 
     fn row(&self, what: &str, unit: &str, target: &str) -> String {
-        let (d, p) = (median(self.direct.clone()), median(self.proxy.clone()));
-        let relay = if self.relay.is_empty() {
-            ("–".to_string(), "–".to_string())
-        } else {
-            let r = median(self.relay.clone());
-            (format!("{r:.1} {unit}"), format!("{:.3}×", r / d))
+        let d = median(self.0[0].clone());
+        let p = median(self.0[2].clone());
+        let relay = |k: usize| {
+            if self.0[k].is_empty() {
+                ("–".to_string(), "–".to_string())
+            } else {
+                let r = median(self.0[k].clone());
+                (format!("{r:.1} {unit}"), format!("{:.3}×", r / d))
+            }
         };
+        let (tokio, thread) = (relay(1), relay(3));
         format!(
-            "| {what} | {d:.1} {unit} | {} | {p:.1} {unit} | **{:.3}×** | {} | {target} |",
-            relay.0,
+            "| {what} | {d:.1} {unit} | {} | {} | {p:.1} {unit} | **{:.3}×** | {} | {} | {target} |",
+            tokio.0,
+            thread.0,
             p / d,
-            relay.1
+            tokio.1,
+            thread.1
         )
     }
 }
@@ -156,8 +191,10 @@ impl Series {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--plain-relay") {
-        return plain_relay_main(args[2].parse().unwrap()).await;
+    match args.get(1).map(String::as_str) {
+        Some("--plain-relay") => return plain_relay_main(args[2].parse().unwrap()).await,
+        Some("--thread-relay") => return thread_relay_main(args[2].parse().unwrap()),
+        _ => {}
     }
     let nfs_addr = env_addr("GRIDVFS_LAB_NFS");
     let mount_addr = env_addr("GRIDVFS_LAB_MOUNT");
@@ -168,13 +205,20 @@ async fn main() {
     let small_n = env_u64("GRIDVFS_BENCH_SMALL_N", 2000) as u32;
     let name = format!("bench-passthrough-{}", std::process::id());
 
-    // LAN: direct, plain relay, proxy.
+    // LAN: direct, tokio relay, proxy, thread relay.
     let proxy = Proxy::start(nfs_addr, mount_addr, "");
-    let (rn, rm) = (PlainRelay::start(nfs_addr), PlainRelay::start(mount_addr));
+    let relay = |mode| {
+        (
+            PlainRelay::start(mode, nfs_addr),
+            PlainRelay::start(mode, mount_addr),
+        )
+    };
+    let ((rn, rm), (tn, tm)) = (relay("--plain-relay"), relay("--thread-relay"));
     let sides = [
         side(nfs_addr, mount_addr, &export, &name).await,
         side(rn.addr, rm.addr, &export, &name).await,
         side(proxy.addr, proxy.addr, &export, &name).await,
+        side(tn.addr, tm.addr, &export, &name).await,
     ];
     let (mut w, mut r, mut g, mut l) = <(Series, Series, Series, Series)>::default();
     for i in 0..rounds {
@@ -225,15 +269,15 @@ async fn main() {
     let out = [
         format!("Medians of {rounds} rounds (LAN and WAN), 1 MiB requests, {WINDOW} in flight, one TCP connection per client."),
         String::new(),
-        "| measurement | direct to Ganesha | plain TCP relay | through gridvfs | gridvfs / direct | relay / direct | target |".into(),
-        "|---|---|---|---|---|---|---|".into(),
+        "| measurement | direct to Ganesha | tokio relay | thread relay | through gridvfs | gridvfs / direct | tokio relay / direct | thread relay / direct | target |".into(),
+        "|---|---|---|---|---|---|---|---|---|".into(),
         w.row(&format!("sequential WRITE {mib} MiB (UNSTABLE+COMMIT)"), "MiB/s", "≥ 0.9×"),
         r.row(&format!("sequential READ {mib} MiB"), "MiB/s", "≥ 0.9×"),
         g.row("GETATTR latency (one at a time)", "µs", "≤ 1.2×"),
         l.row("LOOKUP latency (one at a time)", "µs", "≤ 1.2×"),
         ww.row(&format!("WAN 40 ms RTT: sequential WRITE {wan_mib} MiB"), "MiB/s", "≥ 0.95×"),
         wr_.row(&format!("WAN 40 ms RTT: sequential READ {wan_mib} MiB"), "MiB/s", "≥ 0.95×"),
-        format!("| proxy peak RSS (VmHWM) | | | {:.1} MiB | | | < 64 MiB |", rss as f64 / 1024.0),
+        format!("| proxy peak RSS (VmHWM) | | | | {:.1} MiB | | | | < 64 MiB |", rss as f64 / 1024.0),
     ]
     .join("\n");
     println!("{out}");

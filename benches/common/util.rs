@@ -76,6 +76,32 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(14 - 3) + ticks(15 - 3)) as f64 / hz
 }
 
+/// Busy CPU seconds of the whole machine so far, all cores (/proc/stat's `cpu` line:
+/// user, nice, system, irq and softirq; guest time is already in user, and steal is
+/// time the host gave to others).
+pub fn machine_busy_secs() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(7)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq
+    let busy: u64 = f
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != 3 && i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy as f64 / hz
+}
+
 /// Cores this machine has.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
