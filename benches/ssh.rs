@@ -13,6 +13,7 @@
 //! Medians of `GRIDVFS_BENCH_ROUNDS` (default 5) rounds, chains alternating within a
 //! round. Targets: ssh ≥ 0.8× tcp throughput and ≥ ssh -L; GETATTR latency ≤ 1.2× tcp.
 //! Needs the lab (`scripts/bench.sh ssh`) and openssh-server / openssh-client.
+//! `GRIDVFS_BENCH_CHAINS=tcp,ssh` measures only the chains named (for profiling one).
 
 #[path = "common/nfs.rs"]
 mod nfs;
@@ -66,6 +67,9 @@ async fn main() {
     let mib = env_u64("GRIDVFS_BENCH_MIB", 1024);
     let rounds = env_u64("GRIDVFS_BENCH_ROUNDS", 5) as usize;
     let small_n = env_u64("GRIDVFS_BENCH_SMALL_N", 2000) as u32;
+    let chains: Option<Vec<String>> = std::env::var("GRIDVFS_BENCH_CHAINS")
+        .ok()
+        .map(|v| v.split(',').map(|n| n.trim().to_string()).collect());
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let host_pub = keygen(&t.join("host_key"));
@@ -178,6 +182,12 @@ async fn main() {
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         for (k, s) in sides.iter().enumerate() {
+            if !chains
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|n| n == s.name))
+            {
+                continue;
+            }
             let fh = s.c.create(&s.dir, &format!("f{k}")).await;
             let len = mib << 20;
             let t0 = Instant::now();
