@@ -217,7 +217,7 @@ async fn main() {
         "| chain (client proxy → ? → server proxy → Ganesha) | write MiB/s | read MiB/s | GETATTR µs | write vs tcp | read vs tcp | GETATTR vs tcp | read: CPU-s per GiB, cores busy |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for k in 0..n {
+    for k in (0..n).filter(|&k| !r[k].is_nan()) {
         println!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2}× | {:.2}× | {:.2}, {:.0}% |",
             sides[k].name,

@@ -108,7 +108,7 @@ pub(super) async fn serve(
                 let mut rec = rec;
                 if let (Some(policy), Some(account)) = (&proxy.policy, &account) {
                     match policy.admit(account, &rec) {
-                        Admit::Forward(r) => rec = r,
+                        Admit::Forward(rewrite) => rec = rewrite.apply(rec),
                         Admit::Reply(reply) => {
                             Metrics::inc(&proxy.metrics.refused);
                             if reply_tx.send(Outgoing::local(reply, slot)).await.is_err() {

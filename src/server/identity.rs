@@ -123,17 +123,61 @@ pub fn mapped_sys_body(a: &Account, flavor: u32, body: &[u8]) -> Result<BytesMut
     Ok(cred)
 }
 
-/// The call record with its credential replaced by the account's.
-pub fn rewrite_credential(a: &Account, rec: &[u8], h: &CallHeader<'_>) -> Result<BytesMut, Denied> {
+/// How an account's credential goes into a call record: the record's first `keep_from`
+/// bytes (the call header and the client's credential) give way to `head` (the same
+/// header and the account's credential); the verifier and arguments stay where they are.
+#[derive(Debug)]
+pub struct Rewrite {
+    head: BytesMut,
+    keep_from: usize,
+}
+
+impl Rewrite {
+    /// Leaves the record as it is.
+    pub fn none() -> Rewrite {
+        Rewrite {
+            head: BytesMut::new(),
+            keep_from: 0,
+        }
+    }
+
+    /// The record with the new credential. When the new head is no longer than the old
+    /// one (the usual case) it is written in place and the record's start advances: the
+    /// arguments — a WRITE's data — are not copied. Otherwise one copy.
+    pub fn apply(self, mut rec: BytesMut) -> BytesMut {
+        let n = self.head.len();
+        if n <= self.keep_from {
+            let start = self.keep_from - n;
+            rec[start..self.keep_from].copy_from_slice(&self.head);
+            bytes::Buf::advance(&mut rec, start);
+            rec
+        } else {
+            let mut out = BytesMut::with_capacity(rec.len() - self.keep_from + n);
+            out.extend_from_slice(&self.head);
+            out.extend_from_slice(&rec[self.keep_from..]);
+            out
+        }
+    }
+}
+
+/// The rewrite that replaces a call's credential by the account's.
+pub fn credential_rewrite(a: &Account, rec: &[u8], h: &CallHeader<'_>) -> Result<Rewrite, Denied> {
     let cred = mapped_sys_body(a, h.cred.flavor.0, h.cred.body)?;
     // The header before the credential is 6 words; the verifier sits right before
     // the arguments.
     const HEAD: usize = 24;
     let verf_at = h.args_at - 8 - h.verf.body.len() - pad(h.verf.body.len());
-    let mut out = BytesMut::with_capacity(rec.len() + cred.len() + 8);
-    out.extend_from_slice(&rec[..HEAD]);
-    out.put_u32(AuthFlavor::SYS.0);
-    out.put_xdr_opaque(&cred);
-    out.extend_from_slice(&rec[verf_at..]);
-    Ok(out)
+    let mut head = BytesMut::with_capacity(HEAD + 8 + cred.len());
+    head.extend_from_slice(&rec[..HEAD]);
+    head.put_u32(AuthFlavor::SYS.0);
+    head.put_xdr_opaque(&cred);
+    Ok(Rewrite {
+        head,
+        keep_from: verf_at,
+    })
+}
+
+/// The call record with its credential replaced by the account's (a copy).
+pub fn rewrite_credential(a: &Account, rec: &[u8], h: &CallHeader<'_>) -> Result<BytesMut, Denied> {
+    Ok(credential_rewrite(a, rec, h)?.apply(BytesMut::from(rec)))
 }

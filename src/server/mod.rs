@@ -26,7 +26,7 @@ use bytes::{BufMut, BytesMut};
 use tracing::{debug, warn};
 
 pub use handles::HandleSet;
-pub use identity::{Denied, rewrite_credential};
+pub use identity::{Denied, Rewrite, credential_rewrite, rewrite_credential};
 
 use crate::config::{Account, ServerConfig};
 use crate::nfs3::mount::{self, MountArgs, MountProc, MountRes, Mountres3, Mountstat3};
@@ -44,8 +44,8 @@ pub struct Policy {
 
 /// What to do with a call from a confined client.
 pub enum Admit {
-    /// Forward this record (credential rewritten).
-    Forward(BytesMut),
+    /// Forward the record after this rewrite of its credential (`Rewrite::apply`).
+    Forward(Rewrite),
     /// Answer with this reply; nothing reaches the server.
     Reply(BytesMut),
     /// A MNT of a directory below an export: answered by `mount_below` (MNT of the
@@ -158,7 +158,7 @@ impl Policy {
         let args = &rec[h.args_at..];
         // NULL touches nothing; clients ping with AUTH_NONE (mount.nfs does).
         if h.proc_ == 0 {
-            return Admit::Forward(BytesMut::from(rec));
+            return Admit::Forward(Rewrite::none());
         }
         match (h.prog, h.vers) {
             (nfs3::PROGRAM, nfs3::VERSION) => {
@@ -203,7 +203,7 @@ impl Policy {
             }
             _ => {}
         }
-        match rewrite_credential(account, rec, &h) {
+        match credential_rewrite(account, rec, &h) {
             Ok(r) => Admit::Forward(r),
             Err(d) => Admit::Reply(d.reply(h.xid)),
         }

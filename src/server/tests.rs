@@ -101,6 +101,35 @@ fn fixed_account_rewrites_every_uid_including_root() {
 }
 
 #[test]
+fn a_rewrite_moves_no_argument_bytes_unless_the_credential_grows() {
+    // The account has two supplementary groups: a client credential with as many or
+    // more is rewritten in place, one with fewer needs a longer head and one copy.
+    let a = fixed();
+    let data: Vec<u8> = (0..1 << 20).map(|i| i as u8).collect();
+    for (gids, in_place) in [
+        (&[1, 2, 3, 4, 5][..], true),
+        (&[0, 4][..], true),
+        (&[][..], false),
+    ] {
+        let rec = sys_call(7, nfs3::PROGRAM, 4242, 0, gids, &data);
+        let header = rec[..24].to_vec();
+        let h = CallHeader::parse(&rec).unwrap();
+        let rewrite = credential_rewrite(&a, &rec, &h).unwrap();
+        let args_were_at = rec[rec.len() - data.len()..].as_ptr();
+        let out = rewrite.apply(rec);
+        assert_eq!(&out[..24], &header[..], "call header kept ({gids:?})");
+        let (u, g, gs, args) = ids_of(&out);
+        assert_eq!((u, g, gs), (1000, 100, vec![100, 27]), "{gids:?}");
+        assert!(args == data, "arguments unchanged ({gids:?})");
+        let args_now_at = out[out.len() - data.len()..].as_ptr();
+        assert_eq!(args_now_at == args_were_at, in_place, "{gids:?}");
+    }
+    // NULL and other calls that keep their credential: the record as it was.
+    let rec = sys_call(0, nfs3::PROGRAM, 0, 0, &[], b"");
+    assert_eq!(Rewrite::none().apply(rec.clone()), rec);
+}
+
+#[test]
 fn uid_table_maps_listed_ids_and_squashes_the_rest_and_root() {
     let a = account(Mapping::Table {
         uids: BTreeMap::from([(4242, 1001)]),
