@@ -1265,9 +1265,16 @@ impl Store {
             // the dirty version on disk outlives a power failure, to be written back
             // over it after the restart. Kept dirty instead, and stuck: not listed for
             // write-back again, a WRITE to it fails (`at_risk`), and the write-back
-            // after a restart sends the same bytes again.
+            // after a restart sends the same bytes again. Older dirty versions too
+            // (kept since the failure, no longer cleared as superseded): what was just
+            // sent is newer, and they must not follow it to the next hop.
             let li = self.local(self.geo.frame(set, way));
             bank.meta[li].stuck = true;
+            // (A tag that cannot be read now is left as it is: this call fails anyway.)
+            for (w, _) in self.versions(&bank, set, fp, fh, block).unwrap_or_default() {
+                let li = self.local(self.geo.frame(set, w));
+                bank.meta[li].stuck = true;
+            }
             bank.at_risk.insert((fnv1a(fh), block));
             return Err(self.failed_bank(frame0.bank));
         }

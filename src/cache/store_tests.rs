@@ -1115,3 +1115,35 @@ fn a_failing_fdatasync_puts_dirty_and_recently_cleaned_blocks_at_risk() {
     assert!(!s.at_risk_from(b"h", 1));
     assert!(!s.at_risk_from(b"g", 0));
 }
+
+/// After a bank failed, a block can hold two dirty versions: the older one durable,
+/// the newer written after the last good fdatasync (the older is no longer cleared as
+/// superseded). Once the write-back has sent the newest, neither is sent again in this
+/// run — the older must not follow it to the server.
+#[test]
+fn after_a_failed_fdatasync_an_older_dirty_version_is_not_written_back_after_the_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+    stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
+    s.sync_all().unwrap();
+    let newer = stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap());
+    // The bank's fdatasync fails (its file is /dev/full for that one call).
+    let real = s.banks[0].lock().unwrap().file.replace(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
+    assert!(s.sync_file(b"f").is_err());
+    s.banks[0].lock().unwrap().file = real;
+    let d = s.dirty_blocks().unwrap();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (d[0].block, d[0].seq),
+        (0, newer),
+        "the newest version first"
+    );
+    assert!(s.mark_clean(b"f", 0, newer).is_err(), "the bank failed");
+    let again = s.dirty_blocks().unwrap();
+    assert!(again.is_empty(), "written back again: {again:?}");
+}
