@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::layout::{Frame, Geometry, GeometryError, fnv1a};
 use super::tag::{MAX_FH, Slot, TAG_SIZE, Tag};
@@ -148,7 +148,8 @@ struct Bank {
     /// An fdatasync of this bank failed. Linux reports a writeback error once per file,
     /// so no later fsync of it can be trusted: every durable point that needs this bank
     /// fails from then on, and it takes no dirty write or cut (they are written through
-    /// or forwarded instead) until the proxy restarts and recovery checks its tags.
+    /// or forwarded instead) until `renew_failed_banks` retires it or the proxy restarts
+    /// and recovery checks its tags.
     failed: bool,
     /// Blocks (hash of the file handle, block) whose dirty tag here was cleared or
     /// marked clean since the bank's last fdatasync: if that fdatasync fails, the dirty
@@ -198,8 +199,10 @@ pub struct Store {
     /// Set when recovery found a dirty version that never reached a durable point: the
     /// proxy must change its write verifier.
     lost_unstable: AtomicBool,
-    /// Some bank's fdatasync failed in this run (see `Bank::failed`).
-    any_failed: AtomicBool,
+    /// Banks failed now (see `Bank::failed`): counted up by the fdatasync that fails,
+    /// down when `renew_failed_banks` retires them.
+    failed_banks: AtomicUsize,
+    renewed_banks: AtomicU64,
     verifier: Mutex<[u8; 8]>,
     /// Held shared by every dirty write, exclusively by `sync` when it retires the
     /// `unstable` marker file (see `UNSTABLE`).
@@ -339,7 +342,8 @@ impl Store {
             banks,
             seq: AtomicU64::new(max_seq),
             lost_unstable: AtomicBool::new(false),
-            any_failed: AtomicBool::new(false),
+            failed_banks: AtomicUsize::new(0),
+            renewed_banks: AtomicU64::new(0),
             verifier: Mutex::new([0; 8]),
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
@@ -412,7 +416,8 @@ impl Store {
             banks,
             seq: AtomicU64::new(0),
             lost_unstable: AtomicBool::new(false),
-            any_failed: AtomicBool::new(false),
+            failed_banks: AtomicUsize::new(0),
+            renewed_banks: AtomicU64::new(0),
             verifier: Mutex::new([0; 8]),
             unstable: std::sync::RwLock::new(()),
             marked: AtomicBool::new(false),
@@ -865,6 +870,9 @@ impl Store {
         let f = self.geo.frame(set, way);
         if bank.file.is_none() {
             bank.file = Some(open_bank(&self.dir, f.bank, &self.geo)?);
+            // The new file's name must be durable before anything in it is relied on
+            // (a COMMIT fdatasyncs the file, not the directory).
+            sync_dir(&self.dir)?;
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let tag = Tag {
@@ -1107,7 +1115,7 @@ impl Store {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = file.sync_data() {
             bank.failed = true;
-            self.any_failed.store(true, Ordering::SeqCst);
+            self.failed_banks.fetch_add(1, Ordering::SeqCst);
             bank.lost_files = bank.unsynced_files.clone();
             bank.superseded.clear();
             let cleaned: Vec<_> = bank.cleaned.drain().collect();
@@ -1131,7 +1139,7 @@ impl Store {
 
     fn failed_bank(&self, b: u32) -> CacheError {
         io(&self.bank_path(b))(std::io::Error::other(
-            "an earlier fdatasync of this cache file failed; restart the proxy to recover",
+            "an earlier fdatasync of this cache file failed; a flush renews it once its dirty data is written back",
         ))
     }
 
@@ -1305,10 +1313,66 @@ impl Store {
         Ok(true)
     }
 
-    /// Whether some bank's fdatasync failed in this run: until then nothing is at risk
-    /// (`at_risk`, `at_risk_from`), and callers can skip asking.
+    /// Banks failed now (their fdatasync failed, not renewed since).
+    pub fn failed_banks(&self) -> usize {
+        self.failed_banks.load(Ordering::SeqCst)
+    }
+
+    /// Failed banks renewed in this run (`renew_failed_banks`).
+    pub fn renewed_banks(&self) -> u64 {
+        self.renewed_banks.load(Ordering::Relaxed)
+    }
+
+    /// Whether a bank is failed (its fdatasync failed, not renewed since): otherwise
+    /// nothing is at risk (`at_risk`, `at_risk_from`), and callers can skip asking.
     pub fn any_failed(&self) -> bool {
-        self.any_failed.load(Ordering::SeqCst)
+        self.failed_banks.load(Ordering::SeqCst) > 0
+    }
+
+    /// Retires each failed bank whose dirty data has all been written back (every dirty
+    /// frame in it is `stuck`: sent and committed at the next hop since the failure).
+    /// Its file is removed and the directory synced, so no tag in it — dirty when the
+    /// bank failed, or cleaned without a durable sync since — can come back after a
+    /// power failure; the bank starts over empty, in a new file made by its next fill.
+    /// Its at-risk blocks and lost files go with it: WRITEs to them, truncations and
+    /// durable points of those files are taken again. A bank whose removal cannot be
+    /// made durable stays failed (and at risk). Returns the banks renewed.
+    pub fn renew_failed_banks(&self) -> Result<Vec<u32>> {
+        if !self.any_failed() || self.is_shared() {
+            return Ok(Vec::new());
+        }
+        let mut renewed = Vec::new();
+        let mut outcome = Ok(());
+        for (b, bank) in self.banks.iter().enumerate() {
+            let mut bank = bank.lock().expect("bank lock");
+            if !bank.failed || bank.meta.iter().any(|m| m.dirty && !m.stuck) {
+                continue;
+            }
+            let path = self.bank_path(b as u32);
+            // Our open descriptor keeps reads of the old file working until the removal
+            // is durable; a failure leaves the bank failed, as it was.
+            let removed = match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+                _ => sync_dir(&self.dir),
+            };
+            if let Err(e) = removed {
+                outcome = Err(e);
+                continue;
+            }
+            *bank = Bank::new(None, &self.geo);
+            renewed.push(b as u32);
+        }
+        if !renewed.is_empty() {
+            let mut map = self.unsynced_banks.lock().expect("unsynced map lock");
+            map.retain(|_, banks| {
+                banks.retain(|x| !renewed.contains(x));
+                !banks.is_empty()
+            });
+        }
+        self.failed_banks.fetch_sub(renewed.len(), Ordering::SeqCst);
+        self.renewed_banks
+            .fetch_add(renewed.len() as u64, Ordering::Relaxed);
+        outcome.map(|()| renewed)
     }
 
     /// Whether a block may have a dirty tag in a failed bank that this run cannot clear
@@ -1548,6 +1612,11 @@ impl Store {
         if self.is_shared() {
             return Ok(());
         }
+        // Every bank is synced even if one fails (the first error is returned after):
+        // a clean tag left unsynced in a healthy bank would let its dirty predecessor
+        // come back after a power failure, and be written back again over whatever
+        // the server holds by then.
+        let mut first_err = None;
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
             // A failed bank's tags cannot be made durable; what changes there is no
@@ -1557,15 +1626,20 @@ impl Store {
             if !bank.tags_dirty || bank.failed {
                 continue;
             }
-            if bank.unsynced_files.is_empty() {
-                self.fsync_bank(b, &mut bank)?;
+            let synced = if bank.unsynced_files.is_empty() {
+                self.fsync_bank(b, &mut bank)
             } else {
                 // The bookkeeping too, so the file → banks map forgets what is durable.
-                self.sync_bank(b, &mut bank)?;
+                self.sync_bank(b, &mut bank)
+            };
+            match synced {
+                Ok(()) => bank.tags_dirty = false,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
-            bank.tags_dirty = false;
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     /// The write verifier: the same across restarts while no dirty data was lost; a new
@@ -1828,6 +1902,11 @@ fn tags_area(geo: &Geometry) -> u64 {
 
 /// Opens (creating, sparse, at full size) a bank's file: its tags, then its data frames
 /// (one file, so one fdatasync makes both durable).
+/// Makes the directory's entries durable (a bank file made or removed).
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
 fn open_bank(dir: &Path, b: u32, geo: &Geometry) -> Result<File> {
     let p = bank_path(dir, b);
     let f = OpenOptions::new()

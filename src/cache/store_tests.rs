@@ -1005,7 +1005,7 @@ fn a_failed_bank_sync_is_not_forgotten() {
         let mut b = s.banks[0].lock().unwrap();
         b.failed = true;
         b.lost_files = b.unsynced_files.clone();
-        s.any_failed.store(true, Ordering::SeqCst);
+        s.failed_banks.store(1, Ordering::SeqCst);
     }
     let n0 = s.syncs();
     assert!(s.sync_file(b"f").is_err(), "a COMMIT must not succeed now");
@@ -1146,4 +1146,102 @@ fn after_a_failed_fdatasync_an_older_dirty_version_is_not_written_back_after_the
     assert!(s.mark_clean(b"f", 0, newer).is_err(), "the bank failed");
     let again = s.dirty_blocks().unwrap();
     assert!(again.is_empty(), "written back again: {again:?}");
+}
+
+/// A failed bank whose dirty data has all been written back is renewed: its file is
+/// removed (so no old dirty tag can come back), nothing is at risk any more, WRITEs and
+/// COMMITs work again in a new file, and a reopen finds only what was written since.
+/// While some of its dirty data is not written back, it stays failed.
+#[test]
+fn a_failed_bank_is_renewed_once_its_dirty_data_is_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+    stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
+    stored(s.put(b"f", 1, 0, &[2; 512], true).unwrap());
+    let h = stored(s.put(b"h", 0, 0, &[3; 512], true).unwrap());
+    s.sync_all().unwrap();
+    assert!(s.mark_clean(b"h", 0, h).unwrap());
+    stored(s.put(b"g", 0, 0, &[4; 512], false).unwrap());
+    let real = s.banks[0].lock().unwrap().file.replace(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
+    assert!(
+        s.sync_all().is_err(),
+        "the cleared tag of h needs the failing fdatasync"
+    );
+    s.banks[0].lock().unwrap().file = real;
+    assert!(s.at_risk(b"f", 0) && s.at_risk(b"h", 0));
+    assert_eq!(
+        s.renew_failed_banks().unwrap(),
+        Vec::<u32>::new(),
+        "dirty data left"
+    );
+    assert!(s.any_failed());
+    // The write-back sends both dirty blocks; the failed bank keeps them, stuck.
+    let d = s.dirty_blocks().unwrap();
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(s.mark_clean(&d[0].fh, d[0].block, d[0].seq).is_err());
+    assert_eq!(
+        s.renew_failed_banks().unwrap(),
+        Vec::<u32>::new(),
+        "one left"
+    );
+    assert!(s.mark_clean(&d[1].fh, d[1].block, d[1].seq).is_err());
+    assert_eq!(s.renew_failed_banks().unwrap(), vec![0]);
+    assert!(!s.any_failed());
+    assert!(!s.at_risk(b"f", 0) && !s.at_risk(b"h", 0));
+    assert!(
+        s.get(b"g", 0).unwrap().is_none(),
+        "the bank starts over empty"
+    );
+    // Written again, and durable again.
+    stored(s.put(b"f", 0, 0, &[5; 512], true).unwrap());
+    s.sync_file(b"f").unwrap();
+    s.close().unwrap();
+    drop(s);
+    let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+    assert!(!s.lost_unstable_writes());
+    let d = s.dirty_blocks().unwrap();
+    assert_eq!(
+        d.len(),
+        1,
+        "only the block written after the renewal: {d:?}"
+    );
+    assert_eq!((d[0].fh.as_slice(), d[0].block), (&b"f"[..], 0));
+    assert_eq!(s.get(b"f", 0).unwrap().unwrap().data, vec![5; 512]);
+}
+
+/// One bank's failing fdatasync does not stop `sync_tags` from making the other banks'
+/// clean tags durable (left unsynced, their dirty predecessors could come back after a
+/// power failure and be written back again over newer data at the server).
+#[test]
+fn sync_tags_goes_on_past_a_failing_bank() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(2 * 8 * 4 * BS as u64, BS, 4, 2).unwrap();
+    let s = Store::open(dir.path(), g).unwrap();
+    let seqs: Vec<u64> = (0..16)
+        .map(|b| stored(s.put(b"f", b, 0, &[b as u8; 512], true).unwrap()))
+        .collect();
+    s.sync_all().unwrap();
+    for (b, seq) in seqs.iter().enumerate() {
+        assert!(s.mark_clean(b"f", b as u64, *seq).unwrap());
+    }
+    let dirty_tags = |k: usize| s.banks[k].lock().unwrap().tags_dirty;
+    assert!(
+        dirty_tags(0) && dirty_tags(1),
+        "both banks hold cleaned tags"
+    );
+    let real = s.banks[0].lock().unwrap().file.replace(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
+    assert!(s.sync_tags().is_err());
+    s.banks[0].lock().unwrap().file = real;
+    assert!(s.banks[0].lock().unwrap().failed);
+    assert!(!dirty_tags(1), "bank 1 was not synced after bank 0 failed");
 }
