@@ -294,7 +294,7 @@ async fn status(p: &Proxy) -> String {
             format!(
                 "{{\"enabled\":true,\"write_policy\":\"{}\",\"hits\":{},\"misses\":{},\"partial_hits\":{},\"fills\":{},\
                  \"local_writes\":{},\"write_throughs\":{},\"set_evictions\":{},\
-                 \"metadata_hits\":{},\"local_truncations\":{},\"truncations_pending\":{},\"syncs\":{},\"zero_reads\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
+                 \"metadata_hits\":{},\"local_truncations\":{},\"truncations_pending\":{},\"syncs\":{},\"failed_banks\":{},\"renewed_banks\":{},\"zero_reads\":{},\"dirty_bytes\":{},\"dirty_blocks\":{},\"dirty_files\":{},\"flush\":{}}}",
                 c.policy.name(),
                 c.hits.load(Relaxed),
                 c.misses.load(Relaxed),
@@ -307,6 +307,8 @@ async fn status(p: &Proxy) -> String {
                 c.local_truncations.load(Relaxed),
                 c.cut_files().len(),
                 c.syncs(),
+                c.banks_failed_renewed().0,
+                c.banks_failed_renewed().1,
                 c.zero_reads(),
                 dirty.bytes,
                 dirty.blocks,

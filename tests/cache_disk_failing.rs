@@ -153,9 +153,48 @@ async fn a_failing_cache_disk_loses_no_acknowledged_write() {
         "data committed before the failure is not on the server after the flush: {f}\n{}",
         p.log_text()
     );
-    // Blocks of the failed banks stay dirty but are not sent again in this run.
+    // Blocks of the failed banks are not sent again; the flush that took them to the
+    // server renewed those banks (new, empty files), so nothing is at risk any more.
     let (ok, again) = ctl(&socket, &["flush"]);
     assert!(ok && again["written"] == 0, "{again}");
+    let (ok, s) = ctl(&socket, &["status"]);
+    assert!(ok, "{s}");
+    assert_eq!(s["cache"]["failed_banks"], 0, "{s}\n{}", p.log_text());
+    assert!(s["cache"]["renewed_banks"].as_u64() >= Some(1), "{s}");
+    assert!(p.log_text().contains("renewed"), "{}", p.log_text());
+    // The range the failed bank refused is taken again, in the cache: WRITE, COMMIT
+    // (one verifier), and only the next flush takes it to the server.
+    let mut verfs = Vec::new();
+    for (at, w) in write_range(&mut c, &fh, &data, 4 << 20..6 << 20, stable_how::UNSTABLE).await {
+        match w {
+            Ok((v, stable_how::UNSTABLE)) => verfs.push(v),
+            other => panic!(
+                "WRITE at {at} after the renewal: {other:?}\n{}",
+                p.log_text()
+            ),
+        }
+    }
+    let v2 = common::commit(&mut c, &fh).await.verf.0;
+    assert!(
+        verfs.iter().all(|v| *v == v2),
+        "verifier moved: {verfs:?} {v2:?}"
+    );
+    let (_, s2) = ctl(&socket, &["status"]);
+    assert_eq!(
+        s2["cache"]["write_throughs"],
+        s["cache"]["write_throughs"],
+        "they went into the cache, none through: {s2}\n{}",
+        p.log_text()
+    );
+    let (ok, f) = ctl(&socket, &["flush"]);
+    assert!(
+        ok && f["failed"].as_array().is_some_and(|a| a.is_empty()),
+        "{f}"
+    );
+    assert!(
+        std::fs::read(dir.join("f.bin")).unwrap() == data,
+        "after the renewal and a flush the server's file is not what was written: {f}"
+    );
     drop(c);
     p.stop();
     drop(fs);
@@ -312,6 +351,59 @@ async fn acknowledged_writes_survive_a_failed_fdatasync_then_a_power_cut() {
             }
         }
     }
+    p.stop();
+    drop(fs);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A failed bank is renewed once its dirty data is at the server: its file is removed
+/// (durably), so a dirty tag in it can no longer come back. The file's committed data is
+/// written back by a flush while the cache disk fails its fdatasyncs (the clean tags
+/// never reach the disk), the disk recovers, another client changes the file at the
+/// server, then `kill -9` and a power cut lose every cache write not fsynced, and the
+/// proxy restarts and flushes. The other client's bytes must still be there: without
+/// the renewal the old dirty tags came back and the restart's flush wrote the old data
+/// over them.
+#[tokio::test]
+async fn a_renewed_bank_brings_no_old_dirty_data_back_after_a_power_cut() {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch("eio-renewed");
+    let fs = FaultyFs::mount_with(true);
+    let ctl_dir = tempfile::tempdir().unwrap();
+    let socket = ctl_dir.path().join("ctl");
+    let (config, mut p, mut c, d) = start_on(&fs, &socket, &lab, &name).await;
+    const LEN: usize = 2 << 20;
+    let (v1, v2) = (pseudo_random(LEN, 102), pseudo_random(LEN, 104));
+    let a = common::create(&mut c, &d, "a.bin").await;
+    for (_, w) in write_range(&mut c, &a, &v1, 0..LEN, stable_how::UNSTABLE).await {
+        assert!(w.is_ok(), "{w:?}");
+    }
+    common::commit(&mut c, &a).await;
+    fs.fail_syncs(true);
+    let (ok, f) = ctl(&socket, &["flush"]);
+    fs.fail_syncs(false);
+    assert!(ok, "{f}");
+    assert!(std::fs::read(dir.join("a.bin")).unwrap() == v1, "{f}");
+    let (_, s) = ctl(&socket, &["status"]);
+    assert!(
+        s["cache"]["failed_banks"] == 0 && s["cache"]["renewed_banks"].as_u64() >= Some(1),
+        "the flush renewed the failed bank: {s}\n{}",
+        p.log_text()
+    );
+    // Another client writes the file at the server.
+    std::fs::write(dir.join("a.bin"), &v2).unwrap();
+    drop(c);
+    p.kill();
+    fs.power_cut();
+    let mut p = Gridvfs::start_with(lab.endpoint(), "127.0.0.1:0", "", &config);
+    let (ok, f2) = ctl(&socket, &["flush"]);
+    assert!(ok, "{f2}\n{}", p.log_text());
+    assert!(
+        std::fs::read(dir.join("a.bin")).unwrap() == v2,
+        "old cache data was written back over the server's newer file after the \
+         restart: {f2}\n{}",
+        p.log_text()
+    );
     p.stop();
     drop(fs);
     std::fs::remove_dir_all(dir).unwrap();

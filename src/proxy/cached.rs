@@ -346,6 +346,11 @@ impl CacheLayer {
         self.store.zero_reads()
     }
 
+    /// Cache banks failed now, and failed banks renewed in this run.
+    pub fn banks_failed_renewed(&self) -> (usize, u64) {
+        (self.store.failed_banks(), self.store.renewed_banks())
+    }
+
     /// A stamp for a call about to be forwarded.
     pub fn stamp(&self) -> u64 {
         self.clock.load(Ordering::SeqCst)

@@ -482,7 +482,8 @@ async fn write_through(
 
 /// Whether a failed cache bank may hold a dirty version of one of blocks `first..=last`
 /// that this run cannot clear durably: after a power failure it would be written back
-/// over a WRITE sent through now, so such a WRITE is refused until the proxy restarts.
+/// over a WRITE sent through now, so such a WRITE is refused until the bank is renewed
+/// (`Store::renew_failed_banks`, after a flush) or the proxy restarts.
 /// No blocking-pool hop while no bank has failed (`Store::any_failed`).
 async fn any_at_risk(cache: &Arc<CacheLayer>, fh: &[u8], first: u64, last: u64) -> bool {
     if !cache.store.any_failed() {
@@ -1080,6 +1081,18 @@ pub async fn flush(
         }
     })
     .await;
+    if cache.store.any_failed() {
+        // A failed bank whose dirty data is all at the next hop now is retired, so its
+        // at-risk blocks take WRITEs again (`Store::renew_failed_banks`).
+        let c = cache.clone();
+        match blocking(move || c.store.renew_failed_banks()).await {
+            Ok(b) if !b.is_empty() => info!(side = "cache", banks = ?b,
+                "failed cache bank(s) renewed: their dirty data is at the next hop; they start over empty in new files"),
+            Ok(_) => {}
+            Err(e) => warn!(side = "cache", error = %e,
+                "a failed cache bank could not be renewed; writes to its at-risk blocks keep being refused"),
+        }
+    }
     p.running.store(false, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     info!(
