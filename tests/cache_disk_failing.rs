@@ -38,6 +38,19 @@ async fn write_range(
     out
 }
 
+/// UNSTABLE WRITEs of `data[range]` (each must be accepted), then a COMMIT: its verifier.
+async fn write_committed(
+    c: &mut common::Client,
+    fh: &nfs_fh3,
+    data: &[u8],
+    range: std::ops::Range<usize>,
+) -> [u8; 8] {
+    for (at, w) in write_range(c, fh, data, range, stable_how::UNSTABLE).await {
+        assert!(w.is_ok(), "WRITE at {at}: {w:?}");
+    }
+    common::commit(c, fh).await.verf.0
+}
+
 /// A write-back proxy with its cache on `fs` and its control socket at `socket`, and a
 /// client mounted through it: the proxy's config (for a restart), the proxy, the client
 /// and the handle of the lab's scratch directory `name`.
@@ -217,10 +230,7 @@ async fn a_power_cut_after_kill_loses_nothing_acknowledged() {
 
     // a.bin: 4 MiB committed, then 1 MiB UNSTABLE never committed.
     let a = common::create(&mut c, &d, "a.bin").await;
-    for (_, w) in write_range(&mut c, &a, &data, 0..4 << 20, stable_how::UNSTABLE).await {
-        assert!(w.is_ok(), "{w:?}");
-    }
-    let v1 = common::commit(&mut c, &a).await.verf.0;
+    let v1 = write_committed(&mut c, &a, &data, 0..4 << 20).await;
     for (_, w) in write_range(&mut c, &a, &data, 4 << 20..5 << 20, stable_how::UNSTABLE).await {
         assert!(w.is_ok(), "{w:?}");
     }
@@ -231,10 +241,7 @@ async fn a_power_cut_after_kill_loses_nothing_acknowledged() {
     }
     // t.bin: 1 MiB committed, then cut to 300 KiB (acknowledged).
     let t = common::create(&mut c, &d, "t.bin").await;
-    for (_, w) in write_range(&mut c, &t, &data, 0..1 << 20, stable_how::UNSTABLE).await {
-        assert!(w.is_ok(), "{w:?}");
-    }
-    common::commit(&mut c, &t).await;
+    write_committed(&mut c, &t, &data, 0..1 << 20).await;
     common::set_size(&mut c, &t, 300 << 10).await;
     assert_eq!(
         std::fs::metadata(dir.join("a.bin")).unwrap().len(),
@@ -303,17 +310,26 @@ async fn acknowledged_writes_survive_a_failed_fdatasync_then_a_power_cut() {
     let v1 = pseudo_random(LEN, 94);
     let v3 = pseudo_random(LEN, 98);
     let a = common::create(&mut c, &d, "a.bin").await;
-    for (_, w) in write_range(&mut c, &a, &v1, 0..LEN, stable_how::UNSTABLE).await {
-        assert!(w.is_ok(), "{w:?}");
-    }
-    common::commit(&mut c, &a).await;
-    // Written back while the disk fails: on the server, clean in memory only.
+    write_committed(&mut c, &a, &v1, 0..LEN).await;
+    // Another file's committed dirty data in every set (128 blocks: all sets of all
+    // four banks), not written back below, keeps the failed banks from being renewed:
+    // the at-risk rules are what must protect version 3.
+    let b = common::create(&mut c, &d, "b.bin").await;
+    let other = pseudo_random(8 << 20, 100);
+    write_committed(&mut c, &b, &other, 0..8 << 20).await;
+    // a.bin written back while the disk fails: on the server, clean in memory only.
     fs.fail_syncs(true);
-    let (_, f) = ctl(&socket, &["flush"]);
+    let path = format!("{}/{name}/a.bin", lab.export);
+    let (_, f) = ctl(&socket, &["flush", "--file", &path]);
     fs.fail_syncs(false);
     assert!(
         std::fs::read(dir.join("a.bin")).unwrap() == v1,
         "the flush wrote version 1 back: {f}"
+    );
+    let (_, s) = ctl(&socket, &["status"]);
+    assert!(
+        s["cache"]["failed_banks"].as_u64() > Some(0) && s["cache"]["renewed_banks"] == 0,
+        "{s}"
     );
     // Version 3, FILE_SYNC: each piece acknowledged or refused.
     let mut acked = Vec::new();
@@ -375,10 +391,7 @@ async fn a_renewed_bank_brings_no_old_dirty_data_back_after_a_power_cut() {
     const LEN: usize = 2 << 20;
     let (v1, v2) = (pseudo_random(LEN, 102), pseudo_random(LEN, 104));
     let a = common::create(&mut c, &d, "a.bin").await;
-    for (_, w) in write_range(&mut c, &a, &v1, 0..LEN, stable_how::UNSTABLE).await {
-        assert!(w.is_ok(), "{w:?}");
-    }
-    common::commit(&mut c, &a).await;
+    write_committed(&mut c, &a, &v1, 0..LEN).await;
     fs.fail_syncs(true);
     let (ok, f) = ctl(&socket, &["flush"]);
     fs.fail_syncs(false);
