@@ -1066,6 +1066,17 @@ impl Store {
             return Ok(());
         }
         let h = fnv1a(fh);
+        // A failed bank holding a change of the file it could not make durable (its
+        // unsynced writes when it failed, a dirty tag cleared since): no durable point.
+        // Such a bank is not in the map below (a failed bank notes nothing there).
+        if self.any_failed() {
+            for (b, bank) in self.banks.iter().enumerate() {
+                let bank = bank.lock().expect("bank lock");
+                if bank.failed && bank.lost_files.contains(&h) {
+                    return Err(self.failed_bank(b as u32));
+                }
+            }
+        }
         // Every write acknowledged before this COMMIT is in the map (it was noted under
         // its bank's lock before its reply); a bank synced meanwhile no longer holds it.
         let banks = self
@@ -1264,27 +1275,32 @@ impl Store {
         let Some((way, c)) = self.newest(&mut bank, set, fp, fh, block)? else {
             return Ok(false);
         };
-        if c.seq != seq || c.dirty.is_none() {
-            return Ok(false);
-        }
         if bank.failed {
             // Its tags can no longer be made durable: clean in memory only, the block
             // could take a newer WRITE (through to the next hop, acknowledged) while
             // the dirty version on disk outlives a power failure, to be written back
             // over it after the restart. Kept dirty instead, and stuck: not listed for
             // write-back again, a WRITE to it fails (`at_risk`), and the write-back
-            // after a restart sends the same bytes again. Older dirty versions too
-            // (kept since the failure, no longer cleared as superseded): what was just
+            // after a restart sends the same bytes again. So is every other dirty
+            // version up to the one sent (kept since the failure, no longer cleared as
+            // superseded; or left when the one sent no longer verifies): what was just
             // sent is newer, and they must not follow it to the next hop.
-            let li = self.local(self.geo.frame(set, way));
-            bank.meta[li].stuck = true;
-            // (A tag that cannot be read now is left as it is: this call fails anyway.)
-            for (w, _) in self.versions(&bank, set, fp, fh, block).unwrap_or_default() {
-                let li = self.local(self.geo.frame(set, w));
+            if c.seq == seq && c.dirty.is_some() {
+                let li = self.local(self.geo.frame(set, way));
                 bank.meta[li].stuck = true;
+            }
+            // (A tag that cannot be read now is left as it is: this call fails anyway.)
+            for (w, t) in self.versions(&bank, set, fp, fh, block).unwrap_or_default() {
+                if t.seq <= seq && t.dirty.is_some() {
+                    let li = self.local(self.geo.frame(set, w));
+                    bank.meta[li].stuck = true;
+                }
             }
             bank.at_risk.insert((fnv1a(fh), block));
             return Err(self.failed_bank(frame0.bank));
+        }
+        if c.seq != seq || c.dirty.is_none() {
+            return Ok(false);
         }
         let f = self.geo.frame(set, way);
         let tag = Tag {
@@ -1501,14 +1517,25 @@ impl Store {
             return Ok(0);
         }
         let mut dropped = 0;
+        // Every bank is dropped even if one fails; the first error is returned after.
+        let mut first_err = None;
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
+            // A failed bank's tags cannot be made durable, and its clean versions may
+            // stand in front of older dirty ones kept since the failure: left as they
+            // are until it is renewed (which empties it) or the proxy restarts.
+            if bank.failed {
+                continue;
+            }
             let Some(file) = &bank.file else {
                 continue;
             };
             let path = self.bank_path(b as u32);
             let mut tags = vec![0u8; bank.meta.len() * TAG_SIZE];
-            file.read_exact_at(&mut tags, 0).map_err(io(&path))?;
+            if let Err(e) = file.read_exact_at(&mut tags, 0) {
+                first_err.get_or_insert(io(&path)(e));
+                continue;
+            }
             let mut n = 0;
             for (i, slot) in tags.chunks_exact_mut(TAG_SIZE).enumerate() {
                 if bank.meta[i].fp != 0 && !bank.meta[i].dirty {
@@ -1516,14 +1543,21 @@ impl Store {
                     n += 1;
                 }
             }
-            file.write_all_at(&tags, 0).map_err(io(&path))?;
-            self.fsync_bank(b, &mut bank)?;
+            if let Err(e) = file.write_all_at(&tags, 0) {
+                first_err.get_or_insert(io(&path)(e));
+                continue;
+            }
+            // Clean versions only: forgotten here whether or not the cleared tags are
+            // durable (one back after a crash is dropped by the unclean-stop recovery).
+            if let Err(e) = self.fsync_bank(b, &mut bank) {
+                first_err.get_or_insert(e);
+            }
             for m in bank.meta.iter_mut().filter(|m| m.fp != 0 && !m.dirty) {
                 *m = Meta::default();
             }
             dropped += n;
         }
-        Ok(dropped)
+        first_err.map_or(Ok(dropped), Err)
     }
 
     /// Every dirty block of file data (its newest version), sorted by file handle and
@@ -1696,7 +1730,11 @@ impl Store {
             // fdatasync (or never, if the bank has failed).
             let key = self.risk_key(bank, f);
             if bank.failed {
+                // Not durable now: the file's durable points fail from here on (a
+                // truncation or a record's removal must not be acknowledged), until the
+                // bank is renewed.
                 bank.at_risk.insert(key);
+                bank.lost_files.insert(key.0);
             } else {
                 bank.cleaned.insert(key);
             }

@@ -1245,3 +1245,213 @@ fn sync_tags_goes_on_past_a_failing_bank() {
     assert!(s.banks[0].lock().unwrap().failed);
     assert!(!dirty_tags(1), "bank 1 was not synced after bank 0 failed");
 }
+
+// Failed-bank scenarios (found in review).
+
+/// The bank that holds (fh, block).
+fn bank_of(s: &Store, fh: &[u8], block: u64) -> usize {
+    let (set, _) = s.locate(fh, block);
+    s.geo.frame(set, 0).bank as usize
+}
+
+/// Runs `f` while bank `b`'s file is /dev/full (its fdatasync fails), then puts the
+/// real file back.
+fn with_failing_bank<T>(s: &Store, b: usize, f: impl FnOnce() -> T) -> T {
+    let real = s.banks[b].lock().unwrap().file.replace(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
+    let r = f();
+    s.banks[b].lock().unwrap().file = real;
+    r
+}
+
+/// A block of `fh` (from `from` on) held by bank `b`.
+fn block_in_bank(s: &Store, fh: &[u8], b: usize, from: u64) -> u64 {
+    (from..).find(|&k| bank_of(s, fh, k) == b).unwrap()
+}
+
+/// The cut record (`CUT_BLOCK` of cached.rs) is pending, durable and dirty in a bank
+/// whose fdatasync then fails; the file's data, committed before, sits in a healthy
+/// bank. The flush applies the cut (`cut_applied`: invalidate + sync_tags, Ok: the
+/// failed bank is skipped) and then writes the data back and marks it clean, durably
+/// (healthy bank). After a power cut the cut record is back (its clearing was never
+/// durable) but the data block is clean: the restart's flush re-applies the cut at
+/// the server and never rewrites the committed bytes.
+#[test]
+fn a_cut_record_whose_removal_is_not_durable_keeps_the_data_dirty() {
+    const CUT: u64 = u64::MAX - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(2 * 8 * 4 * BS as u64, BS, 4, 2).unwrap();
+    let (cut_bank, data_bank, blk);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        cut_bank = bank_of(&s, b"f", CUT);
+        data_bank = 1 - cut_bank;
+        blk = block_in_bank(&s, b"f", data_bank, 0);
+        // truncate_locally(f, 0): the cut record, durable.
+        let mut rec = [0u8; 16];
+        rec[8..].copy_from_slice(&((blk + 1) * BS as u64).to_be_bytes());
+        stored(s.put(b"f", CUT, 0, &rec, true).unwrap());
+        // Then a WRITE of block `blk` and its COMMIT.
+        stored(s.put(b"f", blk, 0, &[7; 4096], true).unwrap());
+        s.sync_file(b"f").unwrap();
+        s.sync_all().unwrap();
+        // What a power cut keeps of the bank that is about to fail.
+        let durable = std::fs::read(bank_path(dir.path(), cut_bank as u32)).unwrap();
+        // Another file's COMMIT meets the failing fdatasync of the cut record's bank.
+        let gb = block_in_bank(&s, b"g", cut_bank, 0);
+        stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
+        assert!(with_failing_bank(&s, cut_bank, || s.sync_file(b"g")).is_err());
+        assert!(s.at_risk(b"f", CUT), "the cut record is at risk");
+        // flush_file: apply_cut -> cut_applied, whose durable point now fails: the
+        // flush of the file stops before its data is marked clean.
+        s.invalidate(b"f", CUT).unwrap();
+        s.sync_tags().unwrap();
+        assert!(
+            s.sync_file(b"f").is_err(),
+            "the cut record's removal from the failed bank taken as durable"
+        );
+        drop(s); // power cut
+        std::fs::write(bank_path(dir.path(), cut_bank as u32), durable).unwrap();
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    let (data, records) = s.dirty_blocks_and_records().unwrap();
+    let cut_back = records.iter().any(|d| d.fh == b"f" && d.block == CUT);
+    let data_back = data.iter().any(|d| d.fh == b"f" && d.block == blk);
+    assert!(
+        !cut_back || data_back,
+        "the restart re-applies the cut (record back: {cut_back}) but block {blk}, \
+         committed and cut by it, is not rewritten (dirty: {data_back})"
+    );
+}
+
+/// TOCTOU between the truncation's at-risk check (`truncation_at_risk` in
+/// setattr_size, `at_risk_from` in truncate_locally) and the cut: the bank fails in
+/// between (another task's fdatasync, with no file's unsynced change in it, e.g. the
+/// flush's sync_tags). `truncated` then clears the file's dirty block past the cut in
+/// the failed bank and its `sync_all` succeeds: the truncation is acknowledged, and the
+/// dirty tag it cleared comes back after a power cut, written back past the cut.
+#[test]
+fn a_truncation_is_not_acknowledged_when_its_bank_failed_after_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = geo(4, 8);
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        stored(s.put(b"f", 5, 0, &[7; 4096], true).unwrap());
+        let hs = stored(s.put(b"h", 0, 0, &[1; 512], true).unwrap());
+        s.sync_all().unwrap();
+        let durable = std::fs::read(bank_path(dir.path(), 0)).unwrap();
+        // setattr_size(f, 0): the check passes ...
+        assert!(!s.at_risk_from(b"f", 0));
+        // ... the SETATTR goes to the server; meanwhile a flush of h: mark_clean, then
+        // sync_tags, whose fdatasync fails.
+        assert!(s.mark_clean(b"h", 0, hs).unwrap());
+        assert!(with_failing_bank(&s, 0, || s.sync_tags()).is_err());
+        // truncated(f, old, 0): invalidate_range, then sync_all.
+        s.invalidate_range(b"f", 0, 5).unwrap();
+        let acked = s.sync_all().is_ok();
+        assert!(s.at_risk_from(b"f", 0), "block 5 is at risk now");
+        if acked {
+            drop(s); // power cut
+            std::fs::write(bank_path(dir.path(), 0), durable).unwrap();
+            let s = Store::open(dir.path(), g).unwrap();
+            let back = s.dirty_blocks().unwrap();
+            assert!(
+                !back.iter().any(|d| d.fh == b"f"),
+                "truncation to 0 acknowledged, yet block 5 comes back dirty: {back:?}"
+            );
+        }
+    }
+}
+
+/// Same race through truncate_locally (cut record in a healthy bank): its
+/// `sync_file(f)` skips the failed bank (f had nothing unsynced there when it failed)
+/// and succeeds, after clearing f's dirty block in the failed bank.
+#[test]
+fn a_local_truncation_into_a_failed_bank_is_not_durable() {
+    const CUT: u64 = u64::MAX - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(2 * 8 * 4 * BS as u64, BS, 4, 2).unwrap();
+    let s = Store::open(dir.path(), g).unwrap();
+    let cut_bank = bank_of(&s, b"f", CUT);
+    let failed = 1 - cut_bank;
+    let blk = block_in_bank(&s, b"f", failed, 1);
+    stored(s.put(b"f", blk, 0, &[7; 4096], true).unwrap());
+    let hb = block_in_bank(&s, b"h", failed, 0);
+    let hs = stored(s.put(b"h", hb, 0, &[1; 512], true).unwrap());
+    s.sync_all().unwrap();
+    assert!(!s.at_risk_from(b"f", 0)); // truncate_locally's check
+    assert!(s.mark_clean(b"h", hb, hs).unwrap());
+    assert!(with_failing_bank(&s, failed, || s.sync_tags()).is_err());
+    // truncate_locally goes on: record, invalidate_range, sync_file.
+    stored(s.put(b"f", CUT, 0, &[0; 16], true).unwrap());
+    s.invalidate_range(b"f", 0, blk).unwrap();
+    assert!(s.at_risk(b"f", blk));
+    assert!(
+        s.sync_file(b"f").is_err(),
+        "the cut of a dirty block in the failed bank was acknowledged as durable"
+    );
+}
+
+/// After the failure a block has two dirty versions (v1 durable, v2 not). The flush
+/// reads and sends v2; before `mark_clean(v2)` v2's data no longer verifies (its page,
+/// never written to disk, dropped and re-read). `mark_clean` clears v2, finds v1 newest,
+/// and returns Ok(false) without marking v1 stuck: the next flush sends the older v1
+/// after v2.
+#[test]
+fn an_older_version_is_not_sent_after_a_newer_one_that_stopped_verifying() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(4, 8)).unwrap();
+    stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
+    s.sync_all().unwrap();
+    let newer = stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap());
+    assert!(with_failing_bank(&s, 0, || s.sync_file(b"f")).is_err());
+    let got = s.get(b"f", 0).unwrap().unwrap();
+    assert_eq!(got.seq, newer); // sent
+    // v2's bytes read back differently now.
+    {
+        let bank = s.banks[0].lock().unwrap();
+        let (set, fp) = s.locate(b"f", 0);
+        let v = s.versions(&bank, set, fp, b"f", 0).unwrap();
+        let (way, _) = v.iter().find(|(_, t)| t.seq == newer).unwrap();
+        let f = s.geo.frame(set, *way);
+        bank.file
+            .as_ref()
+            .unwrap()
+            .write_all_at(&[9; 512], s.data_at(f))
+            .unwrap();
+    }
+    let r = s.mark_clean(b"f", 0, newer);
+    let again = s.dirty_blocks().unwrap();
+    assert!(
+        again.is_empty(),
+        "mark_clean -> {r:?}; the older version is listed for write-back after the newer \
+         was sent: {again:?}"
+    );
+}
+
+/// drop_clean meets a failed bank: it zeroes the clean tags on disk, then its
+/// fsync_bank refuses (failed) and it returns the error — the bank's in-memory frames
+/// keep describing blocks whose tags are gone, and later banks are never dropped.
+#[test]
+fn drop_clean_skips_a_failed_bank_and_drops_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(2 * 8 * 4 * BS as u64, BS, 4, 2).unwrap();
+    let s = Store::open(dir.path(), g).unwrap();
+    let a = block_in_bank(&s, b"c", 0, 0);
+    let b = block_in_bank(&s, b"c", 1, 0);
+    stored(s.put(b"c", a, 0, &[3; 512], false).unwrap());
+    stored(s.put(b"c", b, 0, &[4; 512], false).unwrap());
+    let gb = block_in_bank(&s, b"g", 0, 0);
+    stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
+    assert!(with_failing_bank(&s, 0, || s.sync_file(b"g")).is_err());
+    let r = s.drop_clean();
+    assert!(r.is_ok(), "drop_clean: {r:?}");
+    assert!(
+        s.get(b"c", b).unwrap().is_none(),
+        "bank 1's clean block not dropped"
+    );
+}

@@ -1089,6 +1089,12 @@ impl CacheLayer {
         }
         self.store.invalidate(fh, CUT_BLOCK)?;
         self.store.sync_tags()?;
+        // sync_tags skips failed banks; the record's removal from one cannot be made
+        // durable, and this fails then: the truncation is kept (its data stays dirty, the
+        // flush of the file stops here) and applied again by a later flush — after a
+        // power failure the record would come back, and be applied, after data the
+        // write-back had marked clean.
+        self.store.sync_file(fh)?;
         let attr = after.or_else(|| self.with_file(fh, |s| s.attr.clone()));
         self.changed(fh, attr);
         let at = self.stamp();
