@@ -291,6 +291,7 @@ async fn status(p: &Proxy) -> String {
                 .ok()
                 .and_then(|r| r.ok())
                 .unwrap_or_default();
+            let (failed_banks, renewed_banks) = c.banks_failed_renewed();
             format!(
                 "{{\"enabled\":true,\"write_policy\":\"{}\",\"hits\":{},\"misses\":{},\"partial_hits\":{},\"fills\":{},\
                  \"local_writes\":{},\"write_throughs\":{},\"set_evictions\":{},\
@@ -307,8 +308,8 @@ async fn status(p: &Proxy) -> String {
                 c.local_truncations.load(Relaxed),
                 c.cut_files().len(),
                 c.syncs(),
-                c.banks_failed_renewed().0,
-                c.banks_failed_renewed().1,
+                failed_banks,
+                renewed_banks,
                 c.zero_reads(),
                 dirty.bytes,
                 dirty.blocks,
