@@ -167,6 +167,11 @@ struct Bank {
     /// points skip the failed bank (it takes no dirty write, and nothing cleared in it
     /// is noted as unsynced after the failure).
     lost_files: std::collections::HashSet<u64>,
+    /// A dirty tag not yet written back (not `stuck`) was cleared here after the bank
+    /// failed (a truncation, a removal, a version that stopped verifying): the clearing
+    /// is not durable, and whether it was acknowledged is not known here — its data may
+    /// exist nowhere but in this file. Such a bank is not renewed in this run.
+    pinned: bool,
 }
 
 impl Bank {
@@ -184,6 +189,7 @@ impl Bank {
             cleaned: Default::default(),
             at_risk: Default::default(),
             lost_files: Default::default(),
+            pinned: false,
         }
     }
 }
@@ -1150,7 +1156,7 @@ impl Store {
 
     fn failed_bank(&self, b: u32) -> CacheError {
         io(&self.bank_path(b))(std::io::Error::other(
-            "an earlier fdatasync of this cache file failed; a flush renews it once its dirty data is written back",
+            "an earlier fdatasync of this cache file failed; a flush renews it once its dirty data is written back, else a restart recovers it",
         ))
     }
 
@@ -1346,7 +1352,8 @@ impl Store {
     }
 
     /// Retires each failed bank whose dirty data has all been written back (every dirty
-    /// frame in it is `stuck`: sent and committed at the next hop since the failure).
+    /// frame in it is `stuck`: sent and committed at the next hop since the failure) and
+    /// in which no dirty tag was cleared before it was sent (`Bank::pinned`).
     /// Its file is removed and the directory synced, so no tag in it — dirty when the
     /// bank failed, or cleaned without a durable sync since — can come back after a
     /// power failure; the bank starts over empty, in a new file made by its next fill.
@@ -1361,7 +1368,7 @@ impl Store {
         let mut outcome = Ok(());
         for (b, bank) in self.banks.iter().enumerate() {
             let mut bank = bank.lock().expect("bank lock");
-            if !bank.failed || bank.meta.iter().any(|m| m.dirty && !m.stuck) {
+            if !bank.failed || bank.pinned || bank.meta.iter().any(|m| m.dirty && !m.stuck) {
                 continue;
             }
             let path = self.bank_path(b as u32);
@@ -1376,19 +1383,31 @@ impl Store {
                 continue;
             }
             *bank = Bank::new(None, &self.geo);
+            // Under the bank's lock, which `mark_unsynced` holds when it adds an entry:
+            // the file -> banks map forgets what the old bank held, and nothing that a
+            // write into the new one notes there.
+            self.unsynced_banks
+                .lock()
+                .expect("unsynced map lock")
+                .retain(|_, banks| {
+                    banks.retain(|&x| x != b as u32);
+                    !banks.is_empty()
+                });
             renewed.push(b as u32);
-        }
-        if !renewed.is_empty() {
-            let mut map = self.unsynced_banks.lock().expect("unsynced map lock");
-            map.retain(|_, banks| {
-                banks.retain(|x| !renewed.contains(x));
-                !banks.is_empty()
-            });
         }
         self.failed_banks.fetch_sub(renewed.len(), Ordering::SeqCst);
         self.renewed_banks
             .fetch_add(renewed.len() as u64, Ordering::Relaxed);
         outcome.map(|()| renewed)
+    }
+
+    /// `at_risk`, as the error that a durable point needing the block meets.
+    pub fn at_risk_error(&self, fh: &[u8], block: u64) -> Option<CacheError> {
+        if !self.at_risk(fh, block) {
+            return None;
+        }
+        let (set, _) = self.locate(fh, block);
+        Some(self.failed_bank(self.geo.frame(set, 0).bank))
     }
 
     /// Whether a block may have a dirty tag in a failed bank that this run cannot clear
@@ -1735,6 +1754,7 @@ impl Store {
                 // bank is renewed.
                 bank.at_risk.insert(key);
                 bank.lost_files.insert(key.0);
+                bank.pinned |= !bank.meta[li].stuck;
             } else {
                 bank.cleaned.insert(key);
             }

@@ -1306,14 +1306,16 @@ fn a_cut_record_whose_removal_is_not_durable_keeps_the_data_dirty() {
         stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
         assert!(with_failing_bank(&s, cut_bank, || s.sync_file(b"g")).is_err());
         assert!(s.at_risk(b"f", CUT), "the cut record is at risk");
-        // flush_file: apply_cut -> cut_applied, whose durable point now fails: the
-        // flush of the file stops before its data is marked clean.
+        // flush_file: apply_cut -> cut_applied, which fails when the record is at risk
+        // after its removal: the flush of the file stops before its data is marked
+        // clean. (The file's durable point fails too.)
         s.invalidate(b"f", CUT).unwrap();
         s.sync_tags().unwrap();
         assert!(
-            s.sync_file(b"f").is_err(),
+            s.at_risk_error(b"f", CUT).is_some() && s.sync_file(b"f").is_err(),
             "the cut record's removal from the failed bank taken as durable"
         );
+        assert_eq!(s.renew_failed_banks().unwrap(), Vec::<u32>::new(), "pinned");
         drop(s); // power cut
         std::fs::write(bank_path(dir.path(), cut_bank as u32), durable).unwrap();
     }
@@ -1453,5 +1455,91 @@ fn drop_clean_skips_a_failed_bank_and_drops_the_others() {
     assert!(
         s.get(b"c", b).unwrap().is_none(),
         "bank 1's clean block not dropped"
+    );
+}
+
+/// A WRITE that lands in a bank just renewed, while the renewal goes on to the next
+/// bank, is synced by its COMMIT (the renewal's cleanup of the file -> banks map must
+/// not erase what the new bank noted).
+#[test]
+fn a_write_into_a_bank_being_renewed_is_synced_by_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(2 * 8 * 4 * BS as u64, BS, 4, 2).unwrap();
+    let s = Store::open(dir.path(), g).unwrap();
+    // Bank 0 fails holding g's write; the write-back sends it (stuck): renewable.
+    let gb = block_in_bank(&s, b"g", 0, 0);
+    stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
+    assert!(with_failing_bank(&s, 0, || s.sync_file(b"g")).is_err());
+    let seq = s.get(b"g", gb).unwrap().unwrap().seq;
+    assert!(s.mark_clean(b"g", gb, seq).is_err());
+    let fb = block_in_bank(&s, b"f", 0, 0);
+    std::thread::scope(|t| {
+        // The renewal (end of a flush) has renewed bank 0 and is at bank 1.
+        let held = s.banks[1].lock().unwrap();
+        let renewal = t.spawn(|| s.renew_failed_banks());
+        while s.banks[0].lock().unwrap().failed {
+            std::thread::yield_now();
+        }
+        // A client's WRITE of f lands in the new bank 0.
+        stored(s.put(b"f", fb, 0, &[2; 512], true).unwrap());
+        drop(held);
+        assert_eq!(renewal.join().unwrap().unwrap(), vec![0]);
+    });
+    // Its COMMIT.
+    let n = s.syncs();
+    s.sync_file(b"f").unwrap();
+    assert!(
+        s.syncs() > n && s.banks[0].lock().unwrap().unsynced_files.is_empty(),
+        "COMMIT of f acknowledged without an fdatasync of bank 0, which holds its write"
+    );
+}
+
+/// A truncation whose bank failed after its at-risk check is refused (NFS3ERR_IO); the
+/// bank, where it cleared a committed dirty block that never reached the server, is
+/// not renewed, so a power cut and a restart bring that block back.
+#[test]
+fn renewal_does_not_make_an_unacknowledged_cut_durable() {
+    const CUT: u64 = u64::MAX - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let g = Geometry::new(2 * 8 * 4 * BS as u64, BS, 4, 2).unwrap();
+    let blk;
+    {
+        let s = Store::open(dir.path(), g).unwrap();
+        let cut_bank = bank_of(&s, b"f", CUT);
+        let failed = 1 - cut_bank;
+        blk = block_in_bank(&s, b"f", failed, 1);
+        stored(s.put(b"f", blk, 0, &[7; 4096], true).unwrap());
+        let hb = block_in_bank(&s, b"h", failed, 0);
+        let hs = stored(s.put(b"h", hb, 0, &[1; 512], true).unwrap());
+        let kb = block_in_bank(&s, b"k", cut_bank, 0);
+        stored(s.put(b"k", kb, 0, &[3; 512], true).unwrap()); // the cut bank's file exists
+        s.sync_all().unwrap(); // COMMIT of f: acknowledged
+        let cut_bank_durable = std::fs::read(bank_path(dir.path(), cut_bank as u32)).unwrap();
+        let failed_durable = std::fs::read(bank_path(dir.path(), failed as u32)).unwrap();
+        assert!(!s.at_risk_from(b"f", 0)); // truncate_locally's check
+        assert!(s.mark_clean(b"h", hb, hs).unwrap());
+        assert!(with_failing_bank(&s, failed, || s.sync_tags()).is_err());
+        // truncate_locally goes on: record, invalidate_range, sync_file -> NFS3ERR_IO.
+        stored(s.put(b"f", CUT, 0, &[0; 16], true).unwrap());
+        s.invalidate_range(b"f", 0, blk).unwrap();
+        assert!(s.sync_file(b"f").is_err(), "truncation not acknowledged");
+        // The end of a flush that did not apply f's cut.
+        assert_eq!(s.renew_failed_banks().unwrap(), Vec::<u32>::new(), "pinned");
+        drop(s); // power cut: the cut record's bank loses what was not synced
+        std::fs::write(bank_path(dir.path(), cut_bank as u32), cut_bank_durable).unwrap();
+        // The failed bank's file, unless its removal was made durable.
+        let p = bank_path(dir.path(), failed as u32);
+        if p.exists() {
+            std::fs::write(p, failed_durable).unwrap();
+        }
+    }
+    let s = Store::open(dir.path(), g).unwrap();
+    let (data, records) = s.dirty_blocks_and_records().unwrap();
+    let cut_back = records.iter().any(|d| d.fh == b"f" && d.block == CUT);
+    let data_back = data.iter().any(|d| d.fh == b"f" && d.block == blk);
+    assert!(
+        cut_back || data_back,
+        "f's committed block {blk} is gone (never at the server) and the truncation that \
+         cut it was neither acknowledged nor kept"
     );
 }

@@ -1089,12 +1089,14 @@ impl CacheLayer {
         }
         self.store.invalidate(fh, CUT_BLOCK)?;
         self.store.sync_tags()?;
-        // sync_tags skips failed banks; the record's removal from one cannot be made
-        // durable, and this fails then: the truncation is kept (its data stays dirty, the
-        // flush of the file stops here) and applied again by a later flush — after a
-        // power failure the record would come back, and be applied, after data the
-        // write-back had marked clean.
-        self.store.sync_file(fh)?;
+        // sync_tags skips failed banks: a record removed from one (or whose bank failed
+        // meanwhile) could come back after a power failure and be applied at the restart
+        // after data the write-back had marked clean. So this fails: the flush of the file
+        // stops here with its data dirty, to be replayed with the record at the restart
+        // (such a bank is not renewed, `Store::renew_failed_banks`).
+        if let Some(e) = self.store.at_risk_error(fh, CUT_BLOCK) {
+            return Err(e);
+        }
         let attr = after.or_else(|| self.with_file(fh, |s| s.attr.clone()));
         self.changed(fh, attr);
         let at = self.stamp();
