@@ -1282,11 +1282,27 @@ impl Store {
             return Ok(false);
         };
         if bank.failed {
+            // Its tags can no longer be made durable: clean in memory only, the block
+            // could take a newer WRITE (through to the next hop, acknowledged) while
+            // the dirty version on disk outlives a power failure, to be written back
+            // over it after the restart. Kept dirty instead, and stuck: not listed for
+            // write-back again, a WRITE to it fails (`at_risk`), and the write-back
+            // after a restart sends the same bytes again. So is every other dirty
+            // version up to the one sent (kept since the failure, no longer cleared as
+            // superseded; or left when the one sent no longer verifies): what was just
+            // sent is newer, and they must not follow it to the next hop.
             if c.seq == seq && c.dirty.is_some() {
                 let li = self.local(self.geo.frame(set, way));
                 bank.meta[li].stuck = true;
             }
-            self.stick_sent(&mut bank, set, fp, fh, block, seq);
+            // (A tag that cannot be read now is left as it is: this call fails anyway.)
+            for (w, t) in self.versions(&bank, set, fp, fh, block).unwrap_or_default() {
+                if t.seq <= seq && t.dirty.is_some() {
+                    let li = self.local(self.geo.frame(set, w));
+                    bank.meta[li].stuck = true;
+                }
+            }
+            bank.at_risk.insert((fnv1a(fh), block));
             return Err(self.failed_bank(frame0.bank));
         }
         if c.seq != seq || c.dirty.is_none() {
@@ -1317,44 +1333,6 @@ impl Store {
             }
         }
         Ok(true)
-    }
-
-    /// In a failed bank: its tags can no longer be made durable, so a block sent to the
-    /// next hop is clean in memory only — it could take a newer WRITE (through to the
-    /// next hop, acknowledged) while the dirty version on disk outlives a power
-    /// failure, to be written back over it after the restart. Kept dirty instead, and
-    /// stuck: not listed for write-back again, a WRITE to it fails (`at_risk`), and the
-    /// write-back after a restart sends the same bytes again. So is every other dirty
-    /// version up to the one sent (kept since the failure, no longer cleared as
-    /// superseded; or left when the one sent no longer verifies): what was just sent is
-    /// newer, and they must not follow it to the next hop.
-    fn stick_sent(&self, bank: &mut Bank, set: u64, fp: u64, fh: &[u8], block: u64, seq: u64) {
-        // (A tag that cannot be read now is left as it is: the caller fails anyway.)
-        for (w, t) in self.versions(bank, set, fp, fh, block).unwrap_or_default() {
-            if t.seq <= seq && t.dirty.is_some() {
-                let li = self.local(self.geo.frame(set, w));
-                bank.meta[li].stuck = true;
-            }
-        }
-        bank.at_risk.insert((fnv1a(fh), block));
-    }
-
-    /// After write-back, while the file's truncation record sits at risk in a failed
-    /// bank (`at_risk(fh, CUT)`): that record may come back after a power failure and
-    /// be applied at the restart, so the block stays dirty, to be sent again after it —
-    /// in a healthy bank as it is (Ok), in a failed one stuck (see `mark_clean`; Err).
-    pub fn mark_sent_keeping_dirty(&self, fh: &[u8], block: u64, seq: u64) -> Result<()> {
-        if self.is_shared() {
-            return Ok(());
-        }
-        let (set, fp) = self.locate(fh, block);
-        let frame0 = self.geo.frame(set, 0);
-        let mut bank = self.banks[frame0.bank as usize].lock().expect("bank lock");
-        if !bank.failed {
-            return Ok(());
-        }
-        self.stick_sent(&mut bank, set, fp, fh, block, seq);
-        Err(self.failed_bank(frame0.bank))
     }
 
     /// Banks failed now (their fdatasync failed, not renewed since).

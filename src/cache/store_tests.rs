@@ -1306,11 +1306,9 @@ fn a_cut_record_whose_removal_is_not_durable_keeps_the_data_dirty() {
         stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
         assert!(with_failing_bank(&s, cut_bank, || s.sync_file(b"g")).is_err());
         assert!(s.at_risk(b"f", CUT), "the cut record is at risk");
-        // cut_applied's removal path, as when the bank fails between its check and
-        // the removal: a record cleared in a failed bank makes cut_applied fail, so the
-        // flush of the file stops before its data is marked clean (and the file's
-        // durable point fails too). The at-risk path (record kept, stuck; data kept
-        // dirty): a_file_with_its_truncation_record_in_a_failed_bank_is_flushed_and_replayable.
+        // flush_file: apply_cut -> cut_applied, which fails when the record is at risk
+        // after its removal: the flush of the file stops before its data is marked
+        // clean. (The file's durable point fails too.)
         s.invalidate(b"f", CUT).unwrap();
         s.sync_tags().unwrap();
         assert!(
@@ -1543,78 +1541,5 @@ fn renewal_does_not_make_an_unacknowledged_cut_durable() {
         cut_back || data_back,
         "f's committed block {blk} is gone (never at the server) and the truncation that \
          cut it was neither acknowledged nor kept"
-    );
-}
-
-/// The flush of a file whose truncation record sits in a failed bank: the truncation
-/// is applied at the next hop, the record is kept there stuck (its removal could not be
-/// made durable), and the file's data, sent after it, stays dirty in a healthy bank —
-/// so after a power cut that finds the record back (the bank not renewed: here another
-/// file's unsent data keeps it), the restart replays the truncation *and* the data.
-/// Once the bank is renewed the record is gone for good and the data is marked clean.
-#[test]
-fn a_file_with_its_truncation_record_in_a_failed_bank_is_flushed_and_replayable() {
-    const CUT: u64 = u64::MAX - 1;
-    let dir = tempfile::tempdir().unwrap();
-    let g = Geometry::new(2 * 8 * 4 * BS as u64, BS, 4, 2).unwrap();
-    let (cut_bank, blk);
-    {
-        let s = Store::open(dir.path(), g).unwrap();
-        cut_bank = bank_of(&s, b"f", CUT);
-        blk = block_in_bank(&s, b"f", 1 - cut_bank, 0);
-        let mut rec = [0u8; 16];
-        rec[8..].copy_from_slice(&(BS as u64).to_be_bytes());
-        stored(s.put(b"f", CUT, 0, &rec, true).unwrap());
-        let seq = stored(s.put(b"f", blk, 0, &[7; 4096], true).unwrap());
-        // Another file's committed data in the cut record's bank, not flushed below.
-        let ob = block_in_bank(&s, b"o", cut_bank, 0);
-        stored(s.put(b"o", ob, 0, &[5; 512], true).unwrap());
-        s.sync_all().unwrap();
-        // Then that bank fails (a third file's COMMIT).
-        let gb = block_in_bank(&s, b"g", cut_bank, 1);
-        stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
-        assert!(with_failing_bank(&s, cut_bank, || s.sync_file(b"g")).is_err());
-        assert!(s.at_risk(b"f", CUT));
-        // flush --file f: cut_applied keeps the record, stuck; the data is sent and,
-        // the record being at risk, kept dirty (CacheLayer::mark_sent).
-        assert!(s.mark_sent_keeping_dirty(b"f", CUT, u64::MAX).is_err());
-        s.mark_sent_keeping_dirty(b"f", blk, seq).unwrap();
-        s.sync_tags().unwrap();
-        assert!(s.dirty_blocks().unwrap().iter().any(|d| d.fh == b"f"));
-        assert_eq!(
-            s.renew_failed_banks().unwrap(),
-            Vec::<u32>::new(),
-            "o unsent"
-        );
-        drop(s); // power cut: what was synced stays
-    }
-    let s = Store::open(dir.path(), g).unwrap();
-    let (data, records) = s.dirty_blocks_and_records().unwrap();
-    assert!(records.iter().any(|d| d.fh == b"f" && d.block == CUT));
-    assert!(
-        data.iter().any(|d| d.fh == b"f" && d.block == blk),
-        "the truncation record came back but not the data sent after it"
-    );
-    drop(s);
-    // In a run where the bank is renewed, the record goes and the data is clean next.
-    let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path(), g).unwrap();
-    let cut_bank = bank_of(&s, b"f", CUT);
-    let blk = block_in_bank(&s, b"f", 1 - cut_bank, 0);
-    stored(s.put(b"f", CUT, 0, &[0; 16], true).unwrap());
-    let seq = stored(s.put(b"f", blk, 0, &[7; 4096], true).unwrap());
-    s.sync_all().unwrap();
-    let gb = block_in_bank(&s, b"g", cut_bank, 1);
-    stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
-    assert!(with_failing_bank(&s, cut_bank, || s.sync_file(b"g")).is_err());
-    let gseq = s.get(b"g", gb).unwrap().unwrap().seq;
-    assert!(s.mark_clean(b"g", gb, gseq).is_err()); // g written back: stuck
-    assert!(s.mark_sent_keeping_dirty(b"f", CUT, u64::MAX).is_err());
-    s.mark_sent_keeping_dirty(b"f", blk, seq).unwrap();
-    assert_eq!(s.renew_failed_banks().unwrap(), vec![cut_bank as u32]);
-    assert!(!s.at_risk(b"f", CUT));
-    assert!(
-        s.mark_clean(b"f", blk, seq).unwrap(),
-        "the next flush marks it clean"
     );
 }

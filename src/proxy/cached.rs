@@ -346,18 +346,6 @@ impl CacheLayer {
         self.store.zero_reads()
     }
 
-    /// After write-back of a block (`seq`): clean, unless the file's truncation record
-    /// is at risk in a failed bank (`cut_applied`), which could come back after a power
-    /// failure and be applied at the restart after the block: then the block stays
-    /// dirty, to be sent again after it. Whether it is clean now.
-    pub fn mark_sent(&self, fh: &[u8], block: u64, seq: u64) -> Result<bool, CacheError> {
-        if self.store.at_risk(fh, CUT_BLOCK) {
-            self.store.mark_sent_keeping_dirty(fh, block, seq)?;
-            return Ok(false);
-        }
-        self.store.mark_clean(fh, block, seq)
-    }
-
     /// Cache banks failed now, and failed banks renewed in this run.
     pub fn banks_failed_renewed(&self) -> (usize, u64) {
         (self.store.failed_banks(), self.store.renewed_banks())
@@ -1099,23 +1087,15 @@ impl CacheLayer {
             Some(a) => self.persist_attr(fh, None, a),
             None => self.store.invalidate(fh, ATTR_BLOCK)?,
         }
-        if self.store.at_risk(fh, CUT_BLOCK) {
-            // The record sits in a failed bank: its removal cannot be made durable, and
-            // after a power failure it would come back and be applied at the restart.
-            // It is kept, stuck (not applied again in this run, and no obstacle to the
-            // bank's renewal, which removes it durably), and until then the write-back
-            // keeps the file's blocks dirty (`mark_sent`), to be sent again after it.
-            self.store
-                .mark_sent_keeping_dirty(fh, CUT_BLOCK, u64::MAX)
-                .ok();
-        } else {
-            self.store.invalidate(fh, CUT_BLOCK)?;
-            self.store.sync_tags()?;
-            // The bank failed between the check and the removal: as above, but the
-            // record is gone from memory (the bank is pinned: not renewed in this run).
-            if let Some(e) = self.store.at_risk_error(fh, CUT_BLOCK) {
-                return Err(e);
-            }
+        self.store.invalidate(fh, CUT_BLOCK)?;
+        self.store.sync_tags()?;
+        // sync_tags skips failed banks: a record removed from one (or whose bank failed
+        // meanwhile) could come back after a power failure and be applied at the restart
+        // after data the write-back had marked clean. So this fails: the flush of the file
+        // stops here with its data dirty, to be replayed with the record at the restart
+        // (such a bank is not renewed, `Store::renew_failed_banks`).
+        if let Some(e) = self.store.at_risk_error(fh, CUT_BLOCK) {
+            return Err(e);
         }
         let attr = after.or_else(|| self.with_file(fh, |s| s.attr.clone()));
         self.changed(fh, attr);

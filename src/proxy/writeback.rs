@@ -374,7 +374,8 @@ async fn writeback_block(
             // `mark_clean` cleared must not come back after a crash as dirty data.
             let (c, fh2, seq) = (cache.clone(), d.fh.clone(), got.seq);
             blocking(move || {
-                c.mark_sent(&fh2, block, seq)
+                c.store
+                    .mark_clean(&fh2, block, seq)
                     .and_then(|_| c.store.sync_tags())
             })
             .await
@@ -1308,7 +1309,7 @@ async fn mark_written(
     let mut all_clean = true;
     for (block, seq, n) in sent {
         let (c, fh2) = (cache.clone(), fh.to_vec());
-        let clean = blocking(move || c.mark_sent(&fh2, block, seq))
+        let clean = blocking(move || c.store.mark_clean(&fh2, block, seq))
             .await
             .unwrap_or(false);
         all_clean &= clean;
