@@ -738,6 +738,17 @@ async fn apply_cut(
     let Some(cut) = cache.cut(fh) else {
         return Ok(Some(None));
     };
+    // Its record sits in a failed cache bank: removed or not, it may come back after a
+    // power failure and be applied at the restart, after anything sent now (data marked
+    // clean, a WRITE through). So nothing is sent: the file's write-back waits, with
+    // its data dirty, for a restart to replay record and data in order.
+    if cache.cut_at_risk(fh) {
+        return Err(
+            "its truncation record is in a failed cache bank; restart the proxy (on a \
+             healthy disk) to write this file back"
+                .into(),
+        );
+    }
     let size = cache.local(fh).map_or(cut, |l| l.size);
     let mut after = None;
     let sizes = if size == cut {
