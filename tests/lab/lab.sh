@@ -166,6 +166,13 @@ MDCACHE {
     # Notice directory changes made on disk (mtime/ctime seen by getattr) and drop the
     # cached dirents, for the same reason.
     Use_Getattr_Directory_Invalidation = true;
+    # NFSv3 I/O goes through a global fd per file, which ganesha keeps open; tests
+    # delete their files on disk behind its back, so kept fds pin the space of every
+    # file written (tens of GB over a suite). A low fd water mark and a short reaper
+    # interval let ganesha close them soon.
+    FD_LWMark_Percent = 0;
+    FD_HWMark_Percent = 1;
+    LRU_Run_Interval = 5;
 }
 LOG { Default_Log_Level = $LOGLEVEL; }
 EOF
