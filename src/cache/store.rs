@@ -292,9 +292,7 @@ impl Store {
                 .and_then(|f| f.sync_all())
                 .map_err(io(&tmp))?;
             std::fs::rename(&tmp, &sb).map_err(io(&sb))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
+            sync_dir(dir)?;
         }
         let per_bank = (geo.sets_per_bank * geo.ways as u64) as usize;
         let mut max_seq = 0;
@@ -387,9 +385,7 @@ impl Store {
         let was_clean = clean.exists();
         if was_clean {
             std::fs::remove_file(&clean).map_err(io(&clean))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
+            sync_dir(dir)?;
         } else if max_seq > 0 {
             let n = store.drop_clean()?;
             tracing::warn!(dir = %dir.display(), dropped = n,
@@ -527,9 +523,7 @@ impl Store {
         File::create(&clean)
             .and_then(|f| f.sync_all())
             .map_err(io(&clean))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))
+        sync_dir(&self.dir)
     }
 
     pub fn geometry(&self) -> Geometry {
@@ -1095,11 +1089,15 @@ impl Store {
         for b in banks {
             let b = b as usize;
             let mut bank = self.banks[b].lock().expect("bank lock");
-            if bank.failed && !bank.lost_files.contains(&h) {
-                // The file had nothing unsynced there when it failed (see `lost_files`).
+            // Failed since the check above: refused the same way if the file lost
+            // changes there, else skipped (it had nothing unsynced there).
+            if bank.failed {
+                if bank.lost_files.contains(&h) {
+                    return Err(self.failed_bank(b as u32));
+                }
                 continue;
             }
-            if bank.unsynced_files.contains(&h) || bank.failed {
+            if bank.unsynced_files.contains(&h) {
                 self.sync_bank(b, &mut bank)?;
             }
         }
@@ -1262,9 +1260,7 @@ impl Store {
                 File::create(&p)
                     .and_then(|f| f.sync_all())
                     .map_err(io(&p))?;
-                File::open(&self.dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io(&self.dir))?;
+                sync_dir(&self.dir)?;
                 self.marked.store(true, Ordering::SeqCst);
             }
         }
@@ -1826,9 +1822,7 @@ fn load_verifier(dir: &Path, lost: bool) -> Result<[u8; 8]> {
         .and_then(|f| f.sync_all())
         .map_err(io(&tmp))?;
     std::fs::rename(&tmp, &p).map_err(io(&p))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    sync_dir(dir)?;
     Ok(v)
 }
 
@@ -1958,13 +1952,13 @@ fn tags_area(geo: &Geometry) -> u64 {
     (geo.sets_per_bank * geo.ways as u64 * TAG_SIZE as u64).next_multiple_of(4096)
 }
 
-/// Opens (creating, sparse, at full size) a bank's file: its tags, then its data frames
-/// (one file, so one fdatasync makes both durable).
-/// Makes the directory's entries durable (a bank file made or removed).
+/// Makes the directory's entries durable (a file made, renamed or removed in it).
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Opens (creating, sparse, at full size) a bank's file: its tags, then its data frames
+/// (one file, so one fdatasync makes both durable).
 fn open_bank(dir: &Path, b: u32, geo: &Geometry) -> Result<File> {
     let p = bank_path(dir, b);
     let f = OpenOptions::new()

@@ -479,9 +479,10 @@ impl CacheLayer {
         }
     }
 
-    /// Whether the file's truncation record may come back after a power failure from a
-    /// failed bank although it was cleared (applied at the next hop): a restart would
-    /// cut the file again, so no WRITE to it may be acknowledged in this run.
+    /// Whether the file's truncation record is at risk in a failed bank (dirty there when
+    /// it failed, or cleared since): it may come back after a power failure and be
+    /// applied at a restart, so no WRITE to the file may be acknowledged, and nothing of
+    /// it written back (`writeback::apply_cut`), in this run.
     pub fn cut_at_risk(&self, fh: &[u8]) -> bool {
         self.store.at_risk(fh, CUT_BLOCK)
     }
