@@ -51,31 +51,63 @@ async fn write_committed(
     common::commit(c, fh).await.verf.0
 }
 
-/// A write-back proxy with its cache on `fs` and its control socket at `socket`, and a
-/// client mounted through it: the proxy's config (for a restart), the proxy, the client
-/// and the handle of the lab's scratch directory `name`.
-async fn start_on(
-    fs: &FaultyFs,
-    socket: &std::path::Path,
-    lab: &Lab,
-    name: &str,
-) -> (String, Gridvfs, common::Client, nfs_fh3) {
-    let config = common::write_back_and_control(&fs.mnt.join("cache"), common::CACHE_64M, socket);
+/// One test's setting: the lab and its scratch directory (`dir` on this machine, `name`
+/// on the export), faultyfs (losing unsynced writes on a power cut if asked), a control
+/// socket, and a write-back proxy with its cache on faultyfs (`config`, for a restart),
+/// a client mounted through it and the handle of the scratch directory.
+struct Rig {
+    lab: Lab,
+    dir: std::path::PathBuf,
+    name: String,
+    fs: FaultyFs,
+    /// Holds the control socket's directory.
+    _ctl: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    config: String,
+    p: Gridvfs,
+    c: common::Client,
+    d: nfs_fh3,
+}
+
+async fn rig(scratch: &str, lose_unsynced: bool) -> Rig {
+    let lab = Lab::get();
+    let (dir, name) = lab.scratch(scratch);
+    let fs = FaultyFs::mount_with(lose_unsynced);
+    let ctl = tempfile::tempdir().unwrap();
+    let socket = ctl.path().join("ctl");
+    let config = common::write_back_and_control(&fs.mnt.join("cache"), common::CACHE_64M, &socket);
     let p = Gridvfs::start_with(lab.endpoint(), "127.0.0.1:0", "", &config);
     let mut c = common::mount(p.endpoints(), &lab.export).await;
-    let d = common::scratch_fh(&mut c, name).await;
-    (config, p, c, d)
+    let d = common::scratch_fh(&mut c, &name).await;
+    Rig {
+        lab,
+        dir,
+        name,
+        fs,
+        _ctl: ctl,
+        socket,
+        config,
+        p,
+        c,
+        d,
+    }
 }
 
 #[tokio::test]
 async fn a_failing_cache_disk_loses_no_acknowledged_write() {
-    let lab = Lab::get();
-    let (dir, name) = lab.scratch("disk-failing");
+    let Rig {
+        lab,
+        dir,
+        name,
+        fs,
+        _ctl,
+        socket,
+        config: _,
+        mut p,
+        mut c,
+        d,
+    } = rig("disk-failing", false).await;
     std::fs::write(dir.join("other.bin"), pseudo_random(300 << 10, 92)).unwrap();
-    let fs = FaultyFs::mount();
-    let ctl_dir = tempfile::tempdir().unwrap();
-    let socket = ctl_dir.path().join("ctl");
-    let (_, mut p, mut c, d) = start_on(&fs, &socket, &lab, &name).await;
     let fh = common::create(&mut c, &d, "f.bin").await;
     let data = pseudo_random(6 << 20, 91);
     let on_server = |r: std::ops::Range<usize>| {
@@ -220,12 +252,18 @@ async fn a_failing_cache_disk_loses_no_acknowledged_write() {
 /// writes that were lost show as a new write verifier.
 #[tokio::test]
 async fn a_power_cut_after_kill_loses_nothing_acknowledged() {
-    let lab = Lab::get();
-    let (dir, name) = lab.scratch("power-cut");
-    let fs = FaultyFs::mount_with(true);
-    let ctl_dir = tempfile::tempdir().unwrap();
-    let socket = ctl_dir.path().join("ctl");
-    let (config, mut p, mut c, d) = start_on(&fs, &socket, &lab, &name).await;
+    let Rig {
+        lab,
+        dir,
+        name,
+        fs,
+        _ctl,
+        socket,
+        config,
+        mut p,
+        mut c,
+        d,
+    } = rig("power-cut", true).await;
     let data = pseudo_random(6 << 20, 93);
 
     // a.bin: 4 MiB committed, then 1 MiB UNSTABLE never committed.
@@ -299,12 +337,18 @@ async fn a_power_cut_after_kill_loses_nothing_acknowledged() {
 /// acknowledged, and are undone.)
 #[tokio::test]
 async fn acknowledged_writes_survive_a_failed_fdatasync_then_a_power_cut() {
-    let lab = Lab::get();
-    let (dir, name) = lab.scratch("eio-power-cut");
-    let fs = FaultyFs::mount_with(true);
-    let ctl_dir = tempfile::tempdir().unwrap();
-    let socket = ctl_dir.path().join("ctl");
-    let (config, mut p, mut c, d) = start_on(&fs, &socket, &lab, &name).await;
+    let Rig {
+        lab,
+        dir,
+        name,
+        fs,
+        _ctl,
+        socket,
+        config,
+        mut p,
+        mut c,
+        d,
+    } = rig("eio-power-cut", true).await;
     const LEN: usize = 2 << 20;
     // (pseudo_random sets the seed's low bit: 94 and 95 would give the same bytes.)
     let v1 = pseudo_random(LEN, 94);
@@ -382,12 +426,18 @@ async fn acknowledged_writes_survive_a_failed_fdatasync_then_a_power_cut() {
 /// over them.
 #[tokio::test]
 async fn a_renewed_bank_brings_no_old_dirty_data_back_after_a_power_cut() {
-    let lab = Lab::get();
-    let (dir, name) = lab.scratch("eio-renewed");
-    let fs = FaultyFs::mount_with(true);
-    let ctl_dir = tempfile::tempdir().unwrap();
-    let socket = ctl_dir.path().join("ctl");
-    let (config, mut p, mut c, d) = start_on(&fs, &socket, &lab, &name).await;
+    let Rig {
+        lab,
+        dir,
+        name: _,
+        fs,
+        _ctl,
+        socket,
+        config,
+        mut p,
+        mut c,
+        d,
+    } = rig("eio-renewed", true).await;
     const LEN: usize = 2 << 20;
     let (v1, v2) = (pseudo_random(LEN, 102), pseudo_random(LEN, 104));
     let a = common::create(&mut c, &d, "a.bin").await;

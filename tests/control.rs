@@ -6,27 +6,10 @@ mod common;
 
 use std::process::Command;
 
-use common::{Gridvfs, Lab, bin, nfs_cat, random_file};
+use common::{Gridvfs, Lab, bin, ctl, nfs_cat, random_file};
 
 /// The cache of the write-back tests here (block size: the default).
 const GEOMETRY: &str = "size = \"64MiB\"\nways = 8\nbanks = 4\n";
-
-fn ctl(socket: &std::path::Path, args: &[&str]) -> (bool, serde_json::Value) {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), v)
-}
 
 #[test]
 fn status_and_flush_drop_over_the_control_socket() {

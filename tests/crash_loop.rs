@@ -30,8 +30,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, Gridvfs, Lab, OkOrPanic, assert_same_bytes, commit, control_section, ctl, lookup_in,
-    mount, pseudo_random, read_all, scratch_fh, signal, write_back_cache_with,
+    Client, Gridvfs, Lab, OkOrPanic, assert_same_bytes, commit, ctl, lookup_in, mount,
+    pseudo_random, read_all, scratch_fh, signal, write_back_and_control,
 };
 use nfs3_types::nfs3::{
     COMMIT3args, Nfs3Option, SETATTR3args, WRITE3args, nfs_fh3, sattr3, stable_how, writeverf3,
@@ -533,8 +533,7 @@ fn cache_usage(dir: &Path) -> (u64, u64) {
 }
 
 fn start(lab: &Lab, listen: &str, tmp: &Path, cache_dir: &Path) -> Gridvfs {
-    let cache = write_back_cache_with(cache_dir, CACHE_GEOMETRY, "");
-    let cfg = format!("{cache}{}", control_section(&tmp.join("ctl.sock")));
+    let cfg = write_back_and_control(cache_dir, CACHE_GEOMETRY, &tmp.join("ctl.sock"));
     Gridvfs::start_with(lab.endpoint(), listen, "", &cfg)
 }
 

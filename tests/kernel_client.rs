@@ -159,11 +159,7 @@ fn kernel_client_write_back_then_flush() {
         lab.endpoint(),
         "127.0.0.1:0",
         "",
-        &format!(
-            "{}{}",
-            common::write_back_cache(&tmp.path().join("cache"), ""),
-            common::control_section(&socket)
-        ),
+        &common::write_back_and_control(&tmp.path().join("cache"), common::CACHE_64M, &socket),
     );
     // Block sizes chosen so that no write is aligned to a page or to a cache block.
     std::fs::write(
