@@ -1127,15 +1127,8 @@ fn after_a_failed_fdatasync_an_older_dirty_version_is_not_written_back_after_the
     stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
     s.sync_all().unwrap();
     let newer = stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap());
-    // The bank's fdatasync fails (its file is /dev/full for that one call).
-    let real = s.banks[0].lock().unwrap().file.replace(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap(),
-    );
-    assert!(s.sync_file(b"f").is_err());
-    s.banks[0].lock().unwrap().file = real;
+    // The bank's fdatasync fails.
+    assert!(with_failing_bank(&s, 0, || s.sync_file(b"f")).is_err());
     let d = s.dirty_blocks().unwrap();
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(
@@ -1162,17 +1155,10 @@ fn a_failed_bank_is_renewed_once_its_dirty_data_is_written_back() {
     s.sync_all().unwrap();
     assert!(s.mark_clean(b"h", 0, h).unwrap());
     stored(s.put(b"g", 0, 0, &[4; 512], false).unwrap());
-    let real = s.banks[0].lock().unwrap().file.replace(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap(),
-    );
     assert!(
-        s.sync_all().is_err(),
+        with_failing_bank(&s, 0, || s.sync_all()).is_err(),
         "the cleared tag of h needs the failing fdatasync"
     );
-    s.banks[0].lock().unwrap().file = real;
     assert!(s.at_risk(b"f", 0) && s.at_risk(b"h", 0));
     assert_eq!(
         s.renew_failed_banks().unwrap(),
@@ -1234,14 +1220,7 @@ fn sync_tags_goes_on_past_a_failing_bank() {
         dirty_tags(0) && dirty_tags(1),
         "both banks hold cleaned tags"
     );
-    let real = s.banks[0].lock().unwrap().file.replace(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap(),
-    );
-    assert!(s.sync_tags().is_err());
-    s.banks[0].lock().unwrap().file = real;
+    assert!(with_failing_bank(&s, 0, || s.sync_tags()).is_err());
     assert!(s.banks[0].lock().unwrap().failed);
     assert!(!dirty_tags(1), "bank 1 was not synced after bank 0 failed");
 }
