@@ -1254,11 +1254,10 @@ fn block_in_bank(s: &Store, fh: &[u8], b: usize, from: u64) -> u64 {
 
 /// The cut record (`CUT_BLOCK` of cached.rs) is pending, durable and dirty in a bank
 /// whose fdatasync then fails; the file's data, committed before, sits in a healthy
-/// bank. The flush applies the cut (`cut_applied`: invalidate + sync_tags, Ok: the
-/// failed bank is skipped) and then writes the data back and marks it clean, durably
-/// (healthy bank). After a power cut the cut record is back (its clearing was never
-/// durable) but the data block is clean: the restart's flush re-applies the cut at
-/// the server and never rewrites the committed bytes.
+/// bank. Removing the record cannot be made durable, so `cut_applied` fails and the
+/// data stays dirty: after a power cut the restart finds the record *and* the data.
+/// (Before cedb745 the flush went on and marked the data clean, durably; the record
+/// came back, the restart re-applied the cut and never rewrote the committed bytes.)
 #[test]
 fn a_cut_record_whose_removal_is_not_durable_keeps_the_data_dirty() {
     const CUT: u64 = u64::MAX - 1;
@@ -1312,9 +1311,10 @@ fn a_cut_record_whose_removal_is_not_durable_keeps_the_data_dirty() {
 /// TOCTOU between the truncation's at-risk check (`truncation_at_risk` in
 /// setattr_size, `at_risk_from` in truncate_locally) and the cut: the bank fails in
 /// between (another task's fdatasync, with no file's unsynced change in it, e.g. the
-/// flush's sync_tags). `truncated` then clears the file's dirty block past the cut in
-/// the failed bank and its `sync_all` succeeds: the truncation is acknowledged, and the
-/// dirty tag it cleared comes back after a power cut, written back past the cut.
+/// flush's sync_tags), and `truncated` clears the file's dirty block past the cut in
+/// the failed bank. Its `sync_all` must fail: acknowledged, the truncation would be
+/// undone after a power cut by the cleared dirty tag coming back (it succeeded before
+/// cedb745).
 #[test]
 fn a_truncation_is_not_acknowledged_when_its_bank_failed_after_the_check() {
     let dir = tempfile::tempdir().unwrap();
@@ -1348,9 +1348,9 @@ fn a_truncation_is_not_acknowledged_when_its_bank_failed_after_the_check() {
     }
 }
 
-/// Same race through truncate_locally (cut record in a healthy bank): its
-/// `sync_file(f)` skips the failed bank (f had nothing unsynced there when it failed)
-/// and succeeds, after clearing f's dirty block in the failed bank.
+/// Same race through truncate_locally (cut record in a healthy bank): after clearing
+/// f's dirty block in the failed bank, its `sync_file(f)` must fail (before cedb745 it
+/// skipped the failed bank, where f had had nothing unsynced, and succeeded).
 #[test]
 fn a_local_truncation_into_a_failed_bank_is_not_durable() {
     const CUT: u64 = u64::MAX - 1;
@@ -1379,9 +1379,9 @@ fn a_local_truncation_into_a_failed_bank_is_not_durable() {
 
 /// After the failure a block has two dirty versions (v1 durable, v2 not). The flush
 /// reads and sends v2; before `mark_clean(v2)` v2's data no longer verifies (its page,
-/// never written to disk, dropped and re-read). `mark_clean` clears v2, finds v1 newest,
-/// and returns Ok(false) without marking v1 stuck: the next flush sends the older v1
-/// after v2.
+/// never written to disk, dropped and re-read). `mark_clean` clears v2 and must mark v1
+/// stuck too (before cedb745 it found v1 newest and returned Ok(false), and the next
+/// flush sent the older v1 after v2).
 #[test]
 fn an_older_version_is_not_sent_after_a_newer_one_that_stopped_verifying() {
     let dir = tempfile::tempdir().unwrap();
@@ -1414,9 +1414,9 @@ fn an_older_version_is_not_sent_after_a_newer_one_that_stopped_verifying() {
     );
 }
 
-/// drop_clean meets a failed bank: it zeroes the clean tags on disk, then its
-/// fsync_bank refuses (failed) and it returns the error — the bank's in-memory frames
-/// keep describing blocks whose tags are gone, and later banks are never dropped.
+/// drop_clean skips a failed bank and drops the other banks' clean blocks (before
+/// cedb745 it zeroed the failed bank's clean tags on disk, then failed at its
+/// fsync_bank, leaving in-memory frames whose tags were gone and later banks undropped).
 #[test]
 fn drop_clean_skips_a_failed_bank_and_drops_the_others() {
     let dir = tempfile::tempdir().unwrap();
