@@ -10,7 +10,9 @@
 //! 2. **warm re-read** of a `GRIDVFS_BENCH_WS_MIB` (1024) MiB working set: through the proxy
 //!    from its cache vs a `read(2)` loop over the same bytes in a local file, both with the
 //!    page cache dropped before the pass (root) and both with it warm; beside them the same
-//!    client straight to Ganesha on loopback (LAN-NFS, no WAN, no proxy), the NFS path alone.
+//!    client straight to Ganesha on loopback (LAN-NFS, no WAN, no proxy), the NFS path alone,
+//!    and the floor of any server reached over a socket: the same bytes through a loopback
+//!    TCP connection between two threads.
 //! 3. **build-like tree**: `GRIDVFS_BENCH_TREE_FILES` (2000) files of 1–64 KiB in
 //!    `GRIDVFS_BENCH_TREE_DIRS` (40) directories: CREATE, WRITE, COMMIT each, then LOOKUP,
 //!    GETATTR, READ each, by `GRIDVFS_BENCH_TREE_JOBS` (8) workers over one connection
@@ -19,7 +21,9 @@
 //!    the Linux client does for `open(O_TRUNC)`; `GRIDVFS_BENCH_TREE_TRUNC=create` sends
 //!    CREATE UNCHECKED with size 0 instead) — through the write-back proxy over the WAN vs the same operations with
 //!    std::fs on a local directory (create + write + fdatasync, then stat + read). The NFS
-//!    calls the proxy forwards over the WAN are counted per procedure.
+//!    calls the proxy forwards over the WAN are counted per procedure. Floor: the same
+//!    number of calls, on one connection with the same workers, as portmapper NULLs that
+//!    the proxy answers itself (what the round trips alone cost).
 //! 4. **proxy RSS**: VmHWM of the proxy after each scenario (one proxy for all of them,
 //!    cache of `GRIDVFS_BENCH_CACHE_GIB` (4) GiB).
 //!
@@ -559,6 +563,60 @@ async fn timed_seq_read(c: &Client, fh: &[u8], len: u64) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// The floor of scenario 3 through any user-space NFS server on this machine: the calls
+/// of one tree run (MKDIR of the root and each directory, then per file three calls,
+/// then three more), with the same workers on the same connection, made as portmapper
+/// NULLs that the proxy answers itself — no upstream, no cache, no file system. Seconds.
+async fn rpc_floor(c: &Client, tree: &Tree, jobs: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..=tree.dirs {
+        c.pmap_null().await;
+    }
+    for _phase in 0..2 {
+        let cc = c.clone();
+        par(tree.files, jobs, move |_| {
+            let c = cc.clone();
+            async move {
+                for _ in 0..3 {
+                    c.pmap_null().await;
+                }
+            }
+        })
+        .await;
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// The floor of scenario 2 through any NFS server reached over a socket: `mib` MiB sent
+/// in 1 MiB writes over a loopback TCP connection between two threads and read into a
+/// 1 MiB buffer (one copy into the kernel, one out; no RPC, no file). Seconds.
+fn loopback_floor(mib: u64) -> f64 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let sender = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let buf = vec![0x5au8; IO as usize];
+        for _ in 0..mib {
+            s.write_all(&buf).unwrap();
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut buf = vec![0u8; IO as usize];
+    let t = Instant::now();
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    sender.join().unwrap();
+    assert_eq!(got, mib * MIB);
+    secs
+}
+
 fn local_read(p: &Path) -> f64 {
     let t = Instant::now();
     let mut f = std::fs::File::open(p).unwrap();
@@ -761,8 +819,9 @@ async fn main() {
         let nfh = nc.lookup(&ndir, "ws.bin").await.expect("ws.bin on Ganesha");
         eprintln!("[2] timed passes...");
         let (mut ld, mut pd, mut lw, mut pw) = (vec![], vec![], vec![], vec![]);
-        let (mut nd, mut nw) = (vec![], vec![]);
+        let (mut nd, mut nw, mut fw) = (vec![], vec![], vec![]);
         for r in 0..rounds {
+            fw.push(loopback_floor(ws_mib));
             if can_drop {
                 drop_caches();
                 ld.push(local_read(&f));
@@ -779,14 +838,15 @@ async fn main() {
                 warm.push(timed_seq_read(c, fh, len).await);
             }
             eprintln!(
-                "[2] round {}/{rounds}: dropped local {:.3} s proxy {:.3} s LAN-NFS {:.3} s; warm local {:.3} s proxy {:.3} s LAN-NFS {:.3} s",
+                "[2] round {}/{rounds}: dropped local {:.3} s proxy {:.3} s LAN-NFS {:.3} s; warm local {:.3} s proxy {:.3} s LAN-NFS {:.3} s; loopback TCP floor {:.3} s",
                 r + 1,
                 ld.last().unwrap_or(&f64::NAN),
                 pd.last().unwrap_or(&f64::NAN),
                 nd.last().unwrap_or(&f64::NAN),
                 lw.last().unwrap(),
                 pw.last().unwrap(),
-                nw.last().unwrap()
+                nw.last().unwrap(),
+                fw.last().unwrap()
             );
         }
         // One more pass through the proxy, untimed, checking every byte of the hits.
@@ -804,7 +864,7 @@ async fn main() {
         .await;
         let tput = |s: f64| ws_mib as f64 / s;
         let (ld, pd, lw, pw) = (median(ld), median(pd), median(lw), median(pw));
-        let (nd, nw) = (median(nd), median(nw));
+        let (nd, nw, fw) = (median(nd), median(nw), median(fw));
         out.extend([
             format!("### 2. Warm re-read of a {ws_mib} MiB working set (1 MiB READs, {WINDOW} in flight) vs a local `read(2)` loop"),
             String::new(),
@@ -812,6 +872,8 @@ async fn main() {
             "|---|---|---|---|---|---|---|".into(),
             format!("| dropped (`echo 3 > drop_caches`) | {ld:.3} s ({:.0} MiB/s) | {pd:.3} s ({:.0} MiB/s) | **{:.2}×** | ≤ 1.1× | {nd:.3} s ({:.0} MiB/s) | {:.2}× |", tput(ld), tput(pd), pd / ld, tput(nd), nd / ld),
             format!("| warm | {lw:.3} s ({:.0} MiB/s) | {pw:.3} s ({:.0} MiB/s) | **{:.2}×** | ≤ 1.1× | {nw:.3} s ({:.0} MiB/s) | {:.2}× |", tput(lw), tput(pw), pw / lw, tput(nw), nw / lw),
+            String::new(),
+            format!("Floor: the same {ws_mib} MiB in 1 MiB writes over a loopback TCP connection between two threads (no RPC, no file; any NFS server reached over a socket moves at least this) took {fw:.3} s ({:.0} MiB/s) = **{:.2}×** the warm local read, {:.2}× the dropped one.", tput(fw), fw / lw, fw / ld),
             String::new(),
             format!("Filling the cache (first read over the WAN, every byte checked): {cold:.1} s ({:.1} MiB/s). A last pass through the proxy checked every byte of the hits.", tput(cold)),
             String::new(),
@@ -822,7 +884,7 @@ async fn main() {
     // ---- 3. build-like tree ----
     if on("3") && files > 0 {
         let (mut l1, mut l2, mut p1, mut p2, mut fl) = (vec![], vec![], vec![], vec![], vec![]);
-        let (mut lan1, mut lan2) = (vec![], vec![]);
+        let (mut lan1, mut lan2, mut floor) = (vec![], vec![], vec![]);
         let mut wan_calls = (String::new(), String::new(), 0.0, 0.0);
         let tree_bytes: u64 = {
             let t = Tree {
@@ -864,10 +926,12 @@ async fn main() {
             check_tree(&dir, &nt, 2);
             lan1.push(u);
             lan2.push(v);
+            let f = rpc_floor(&pc, &nt, jobs).await;
+            floor.push(f);
             let (n1, s1) = per_file(&c0, &c1, files);
             let (n2, s2) = per_file(&c1, &c2, files);
             eprintln!(
-                "[3] round {}/{rounds}: local {a:.2} s / {b:.2} s; gridvfs {x:.2} s / {y:.2} s; LAN-NFS {u:.2} s / {v:.2} s; \
+                "[3] round {}/{rounds}: local {a:.2} s / {b:.2} s; gridvfs {x:.2} s / {y:.2} s; LAN-NFS {u:.2} s / {v:.2} s; RPC floor {f:.3} s; \
                  flush {secs:.2} s ({reply}); server tree byte-equal\n    WAN calls per file: run 1 {n1:.2} ({s1}); run 2 {n2:.2} ({s2})",
                 r + 1
             );
@@ -910,7 +974,7 @@ async fn main() {
             median(d1),
             median(d2),
         );
-        let (lan1, lan2) = (median(lan1), median(lan2));
+        let (lan1, lan2, floor) = (median(lan1), median(lan2), median(floor));
         let rtt = 0.040;
         out.extend([
             format!(
@@ -925,6 +989,13 @@ async fn main() {
             format!("| 1 (new tree) | {l1:.3} s | {p1:.2} s | **{:.1}×** | | {d1:.2} s | {:.1}× | {lan1:.3} s | {:.1}× |", p1 / l1, d1 / l1, lan1 / l1),
             format!("| 2 (warm) | {l2:.3} s | {p2:.2} s | **{:.1}×** | ≤ 1.05× | {d2:.2} s | {:.1}× | {lan2:.3} s | {:.1}× |", p2 / l2, d2 / l2, lan2 / l2),
             format!("| write-back afterwards (`gridvfs flush`) | | {fl:.2} s | | | | | | |"),
+            String::new(),
+            format!(
+                "Floor: the calls of one run ({} MKDIRs, then 3 + 3 per file, {jobs} workers, one connection) as portmapper NULLs that gridvfs answers itself \
+                 (no upstream, no cache, no file) took {floor:.3} s = **{:.2}×** local run 2: what the round trips alone cost through a user-space server here.",
+                ndirs + 1,
+                floor / l2
+            ),
             String::new(),
             format!(
                 "NFS calls the proxy sent over the WAN per file (last round): run 1 {:.2} ({}); run 2 {:.2} ({}). \

@@ -134,12 +134,24 @@ impl Client {
         })
     }
 
-    /// One call; returns the result bytes after the accepted-reply header.
+    /// One call of version 3 (NFSv3, MOUNT v3); returns the result bytes after the
+    /// accepted-reply header.
     pub async fn call(&self, prog: u32, proc_: u32, args: &[u8]) -> Bytes {
+        self.call_vers(prog, 3, proc_, args).await
+    }
+
+    /// The portmapper's NULL (program 100000, version 2), which gridvfs answers itself:
+    /// a round trip through the proxy that does no work and goes nowhere upstream.
+    pub async fn pmap_null(&self) {
+        self.call_vers(100_000, 2, 0, &[]).await;
+    }
+
+    /// One call of any program and version.
+    pub async fn call_vers(&self, prog: u32, vers: u32, proc_: u32, args: &[u8]) -> Bytes {
         let xid = self.xid.fetch_add(1, Ordering::Relaxed);
         let mut m = BytesMut::with_capacity(args.len() + 100);
         m.put_u32(0); // record mark, filled below
-        for v in [xid, 0, 2, prog, 3, proc_] {
+        for v in [xid, 0, 2, prog, vers, proc_] {
             m.put_u32(v);
         }
         let mut cred = BytesMut::new();
