@@ -16,11 +16,14 @@
 //! Attributes are the cache's own (`CacheLayer`, with the local-write overlay).
 //!
 //! Races: every namespace change (CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME,
-//! LINK) ticks the cache's change clock for its directories before it is forwarded, and
-//! again when its reply is seen. A reply teaches a name only if its directory has not
-//! changed since the call's stamp (the tick of its own start, for a namespace change),
-//! so a LOOKUP answered before a REMOVE, or two changes of one directory in flight,
-//! never leave a stale entry: the names are forgotten instead and the next call asks.
+//! LINK) ticks the cache's change clock for the names it changes (and their directories)
+//! before it is forwarded, and again when its reply is seen. A reply teaches a name only
+//! if that name has not changed since the call's stamp (the tick of its own start, for a
+//! namespace change), so a LOOKUP answered before a REMOVE, or two changes of one name
+//! in flight, never leave a stale entry: the name is forgotten instead and the next call
+//! asks. Changes of *different* names of one directory in flight together (a parallel
+//! build creating files side by side) each teach their own name. A READDIRPLUS reply
+//! teaches its names only if nothing in the directory changed since its stamp.
 //!
 //! Not answered here: "." and "..", a LOOKUP whose object's attributes are unknown, an
 //! ACCESS asking bits not asked before. Changes made behind the proxy (by other clients
@@ -67,6 +70,11 @@ struct Inner {
     /// Names a namespace change in flight works on, with what they named before it
     /// (a RENAME's reply needs the handle it moved; a REMOVE's, the object removed).
     pending: HashMap<(Vec<u8>, Vec<u8>), Was>,
+    /// (directory, name) → clock value of the last namespace change of that name. A
+    /// reply teaches a name only if *it* has not changed since the call's stamp: changes
+    /// of other names of the directory in flight at the same time (`make -j` creating
+    /// files side by side) do not make it unknown.
+    name_changed: HashMap<(Vec<u8>, Vec<u8>), u64>,
     /// The change clock when the tables were last cleared: every directory counts as
     /// changed then (what `dirs` knew of later changes is gone).
     floor: u64,
@@ -89,6 +97,24 @@ impl Inner {
             .get(dir)
             .map_or(0, |d| d.changed_at)
             .max(self.floor)
+    }
+
+    /// Clock value of the last namespace change of `name` in `dir`.
+    fn name_changed_at(&self, dir: &[u8], name: &[u8]) -> u64 {
+        self.name_changed
+            .get(&(dir.to_vec(), name.to_vec()))
+            .map_or(0, |t| *t)
+            .max(self.floor)
+    }
+
+    /// `name` in `dir` (and so the directory's entries) changes at clock value `t`.
+    fn name_changes(&mut self, dir: &[u8], name: &[u8], t: u64) {
+        let key = (dir.to_vec(), name.to_vec());
+        if self.name_changed.len() >= MAX_ENTRIES && !self.name_changed.contains_key(&key) {
+            self.clear();
+        }
+        self.name_changed.insert(key, t);
+        self.dir_mut(dir).changed_at = t;
     }
 
     fn set_name(&mut self, dir: &[u8], name: &[u8], fh: Option<Vec<u8>>) {
@@ -426,7 +452,7 @@ impl Names {
         }
         let dirs: Vec<&[u8]> = changes(&args).iter().map(|(d, _)| *d).collect();
         for (dir, name) in changes(&args) {
-            g.dir_mut(dir).changed_at = t;
+            g.name_changes(dir, name, t);
             // The name's outcome is learnt from the reply; until then it is unknown,
             // but the directory stays complete (the reply settles the name either way,
             // or makes the directory incomplete).
@@ -471,9 +497,11 @@ impl Names {
                 .iter()
                 .map(|(d, n)| g.pending.remove(&(d.to_vec(), n.to_vec())).flatten())
                 .collect();
-            // Learnt only if nothing else changed these directories since this call
-            // started; else the names stay unknown.
-            let alone = namespace.iter().all(|(d, _)| g.changed_at(d) <= stamp);
+            // Learnt only if nothing else changed these names since this call started;
+            // else they stay unknown. Other names of the directories may have changed.
+            let alone = namespace
+                .iter()
+                .all(|(d, n)| g.name_changed_at(d, n) <= stamp);
             // Whatever the names named before may have lost a link or changed its
             // ctime (a CREATE of an existing file truncates it).
             let mut forget: Vec<Vec<u8>> = was.iter().flatten().flatten().cloned().collect();
@@ -486,8 +514,8 @@ impl Names {
             }
             let t = attrs.tick();
             g.hint = g.hint.max(t);
-            for (d, _) in &namespace {
-                g.dir_mut(d).changed_at = t;
+            for (d, n) in &namespace {
+                g.name_changes(d, n, t);
             }
             drop(g);
             for (d, _) in &namespace {
@@ -500,7 +528,9 @@ impl Names {
         }
         let Some(res) = res else { return };
         match (&args, &res) {
-            (Args::Lookup(a), Res::Lookup(r)) if g.changed_at(a.what.dir.0) <= stamp => {
+            (Args::Lookup(a), Res::Lookup(r))
+                if g.name_changed_at(a.what.dir.0, a.what.name) <= stamp =>
+            {
                 let (dir, name) = (a.what.dir.0, a.what.name);
                 if name == b"." || name == b".." {
                     return;
@@ -816,7 +846,60 @@ mod tests {
     }
 
     #[test]
-    fn two_changes_of_one_directory_in_flight_leave_the_name_unknown() {
+    fn changes_of_other_names_in_flight_do_not_make_a_name_unknown() {
+        // A parallel build: CREATEs of two names of one directory in flight together,
+        // and a LOOKUP of a third forwarded meanwhile. Each reply teaches its own name,
+        // in both orders, and the new directory they are in stays complete.
+        let (n, t) = (Names::default(), Table::default());
+        const OTHER: &[u8] = b"other-handle";
+        const THIRD: &[u8] = b"third-handle";
+        for fh in [FILE, OTHER, THIRD] {
+            t.knows(fh);
+        }
+        let mkdir = call(
+            Proc::MKDIR,
+            &Args::Mkdir(nfs3::MkdirArgs {
+                where_: d(b"parent", "new"),
+                attributes: nfs3::Sattr3::default(),
+            }),
+        );
+        for x_first in [true, false] {
+            n.drop_all(t.tick());
+            n.before(Proc::MKDIR, &mkdir, &t);
+            let s = t.stamp();
+            n.observe(Proc::MKDIR, &mkdir, &made_reply(Proc::MKDIR, DIR), s, &t);
+            let (cx, cy) = (create_call(DIR, "x"), create_call(DIR, "y"));
+            n.before(Proc::CREATE, &cx, &t);
+            let s_x = t.stamp();
+            n.before(Proc::CREATE, &cy, &t);
+            let s_y = t.stamp();
+            let lz = lookup_call(DIR, "z");
+            let s_z = t.stamp();
+            let (rx, ry) = (
+                made_reply(Proc::CREATE, FILE),
+                made_reply(Proc::CREATE, OTHER),
+            );
+            if x_first {
+                n.observe(Proc::CREATE, &cx, &rx, s_x, &t);
+                n.observe(Proc::CREATE, &cy, &ry, s_y, &t);
+            } else {
+                n.observe(Proc::CREATE, &cy, &ry, s_y, &t);
+                n.observe(Proc::CREATE, &cx, &rx, s_x, &t);
+            }
+            n.observe(Proc::LOOKUP, &lz, &lookup_ok(THIRD), s_z, &t);
+            assert_eq!(answer(&n, &t, DIR, "x"), Some(Ok(FILE.to_vec())));
+            assert_eq!(answer(&n, &t, DIR, "y"), Some(Ok(OTHER.to_vec())));
+            assert_eq!(answer(&n, &t, DIR, "z"), Some(Ok(THIRD.to_vec())));
+            assert_eq!(
+                answer(&n, &t, DIR, "w"),
+                Some(Err(Nfsstat3::NOENT)),
+                "x_first={x_first}: the directory stays complete"
+            );
+        }
+    }
+
+    #[test]
+    fn two_changes_of_one_name_in_flight_leave_it_unknown() {
         let (n, t) = (Names::default(), Table::default());
         t.knows(FILE);
         let mk = create_call(DIR, "x");
