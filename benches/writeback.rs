@@ -587,6 +587,50 @@ async fn rpc_floor(c: &Client, tree: &Tree, jobs: usize) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// The floor of the cache's durable points in scenario 3 on this disk: `n` fdatasyncs,
+/// each after rewriting 4 KiB in place in one of 16 preallocated 1 MiB files (like the
+/// cache's bank files), by `jobs` threads at once. Seconds.
+fn sync_floor(base: &Path, n: usize, jobs: usize) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let dir = base.join("sync-floor");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<std::fs::File> = (0..16)
+        .map(|i| {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(dir.join(format!("bank{i}")))
+                .unwrap();
+            f.write_all_at(&vec![1u8; MIB as usize], 0).unwrap();
+            f.sync_all().unwrap();
+            f
+        })
+        .collect();
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| {
+                let block = [7u8; 4096];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    let f = &files[i % files.len()];
+                    f.write_all_at(&block, (i as u64 * 4096) % MIB).unwrap();
+                    f.sync_data().unwrap();
+                }
+            });
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    secs
+}
+
 /// The floor of scenario 2 through any NFS server reached over a socket: `mib` MiB sent
 /// in 1 MiB writes over a loopback TCP connection between two threads and read into a
 /// 1 MiB buffer (one copy into the kernel, one out; no RPC, no file). Seconds.
@@ -887,6 +931,7 @@ async fn main() {
         let (mut lan1, mut lan2, mut floor) = (vec![], vec![], vec![]);
         let mut wan_calls = (String::new(), String::new(), 0.0, 0.0);
         let mut cache_syncs = (0.0, 0.0);
+        let mut sync_floors: Vec<(f64, f64)> = Vec::new();
         let tree_bytes: u64 = {
             let t = Tree {
                 name: String::new(),
@@ -938,10 +983,17 @@ async fn main() {
             lan2.push(v);
             let f = rpc_floor(&pc, &nt, jobs).await;
             floor.push(f);
+            // As many durable points as the cache made in run 2, and as local run 2 made.
+            let n2_syncs = (cache_syncs.1 * files as f64).round() as usize;
+            let (sf, sl) = (
+                sync_floor(local_base.path(), n2_syncs, jobs),
+                sync_floor(local_base.path(), files, jobs),
+            );
+            sync_floors.push((sf, sl));
             let (n1, s1) = per_file(&c0, &c1, files);
             let (n2, s2) = per_file(&c1, &c2, files);
             eprintln!(
-                "[3] round {}/{rounds}: local {a:.2} s / {b:.2} s; gridvfs {x:.2} s / {y:.2} s; LAN-NFS {u:.2} s / {v:.2} s; RPC floor {f:.3} s; \
+                "[3] round {}/{rounds}: local {a:.2} s / {b:.2} s; gridvfs {x:.2} s / {y:.2} s; LAN-NFS {u:.2} s / {v:.2} s; RPC floor {f:.3} s; sync floor {sf:.3} s (local's count {sl:.3} s); \
                  flush {secs:.2} s ({reply}); server tree byte-equal\n    WAN calls per file: run 1 {n1:.2} ({s1}); run 2 {n2:.2} ({s2})",
                 r + 1
             );
@@ -985,6 +1037,10 @@ async fn main() {
             median(d2),
         );
         let (lan1, lan2, floor) = (median(lan1), median(lan2), median(floor));
+        let (sfl, sll) = (
+            median(sync_floors.iter().map(|s| s.0).collect()),
+            median(sync_floors.iter().map(|s| s.1).collect()),
+        );
         let rtt = 0.040;
         out.extend([
             format!(
@@ -1005,6 +1061,16 @@ async fn main() {
                  (no upstream, no cache, no file) took {floor:.3} s = **{:.2}×** local run 2: what the round trips alone cost through a user-space server here.",
                 ndirs + 1,
                 floor / l2
+            ),
+            String::new(),
+            format!(
+                "Disk floor: as many fdatasyncs as the cache made in run 2 ({:.2} per file: the truncation made durable before SETATTR's reply, as NFS requires, and the COMMIT), \
+                 each after a 4 KiB in-place rewrite in one of 16 preallocated files, {jobs} threads: {sfl:.3} s = **{:.2}×** local run 2; \
+                 local's own count (one per file) the same way: {sll:.3} s = {:.2}×. RPC floor plus disk floor: {:.2}× local run 2.",
+                cache_syncs.1,
+                sfl / l2,
+                sll / l2,
+                (floor + sfl) / l2
             ),
             String::new(),
             format!(
