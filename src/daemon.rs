@@ -156,32 +156,36 @@ pub async fn run(cfg: Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
             })?;
             let p = proxy.clone();
             let sd = rx.clone();
-            let on_channel: crate::ssh::server::OnChannel = Arc::new(move |stream, peer| {
-                let Some(policy) = &p.policy else { return };
-                match policy.account_for_key(&peer.key_fingerprint) {
-                    Some(account) => {
-                        if peer.subsystem == crate::meta::channel::SUBSYSTEM {
-                            tokio::spawn(crate::server::filechan::serve(
-                                p.clone(),
-                                stream,
-                                account,
-                                peer.addr,
-                            ));
-                            return;
-                        }
-                        info!(peer = %peer.addr, key = %peer.key_fingerprint, account = %account.name,
+            let on_channel: crate::ssh::server::OnChannel = Arc::new(
+                move |duplex: crate::transport::Duplex, peer| {
+                    let Some(policy) = &p.policy else { return };
+                    match policy.account_for_key(&peer.key_fingerprint) {
+                        Some(account) => {
+                            if peer.subsystem == crate::meta::channel::SUBSYSTEM {
+                                tokio::spawn(crate::server::filechan::serve(
+                                    p.clone(),
+                                    duplex.stream,
+                                    account,
+                                    peer.addr,
+                                ));
+                                return;
+                            }
+                            info!(peer = %peer.addr, key = %peer.key_fingerprint, account = %account.name,
                             "ssh channel: serving");
-                        tokio::spawn(p.clone().serve_stream(
-                            stream,
-                            peer.addr,
-                            account,
-                            sd.clone(),
-                        ));
+                            tokio::spawn(p.clone().serve_stream(
+                                duplex,
+                                peer.addr,
+                                account,
+                                sd.clone(),
+                            ));
+                        }
+                        None => {
+                            warn!(side = "client", peer = %peer.addr, key = %peer.key_fingerprint,
+                        "ssh channel refused: the key is authorized but no [[server.account]] lists it (or \"*\")")
+                        }
                     }
-                    None => warn!(side = "client", peer = %peer.addr, key = %peer.key_fingerprint,
-                        "ssh channel refused: the key is authorized but no [[server.account]] lists it (or \"*\")"),
-                }
-            });
+                },
+            );
             let sd = rx.clone();
             Some(tokio::spawn(async move {
                 if let Err(e) = crate::ssh::server::serve(l, opts, on_channel, sd).await {

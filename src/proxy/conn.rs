@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::nfs3::Proc;
 use crate::rpc::{RecordError, RecordReader, write_record};
 use crate::server::Admit;
-use crate::transport::BoxStream;
+use crate::transport::{BoxStream, Duplex, OwnedSink};
 use crate::upstream::Completion;
 
 /// A reply on its way out, with what the call held until it is written.
@@ -53,16 +53,21 @@ impl Outgoing {
 /// `account` is who the client's calls run as; every call passes `server::Policy::admit`.
 pub(super) async fn serve(
     proxy: Arc<Proxy>,
-    stream: BoxStream,
+    duplex: Duplex,
     peer: SocketAddr,
     account: Option<Arc<Account>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Duplex { stream, sink } = duplex;
     let (rd, wr) = tokio::io::split(stream);
     let limit = proxy.cfg.listen.max_requests_per_conn;
     let (reply_tx, reply_rx) = mpsc::channel::<Outgoing>(limit);
     let (closing_tx, closing_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_replies(wr, reply_rx, closing_rx));
+    let out = match sink {
+        Some(sink) => Replies::Owned(Gather::new(sink), wr),
+        None => Replies::Stream(BufWriter::with_capacity(256 << 10, wr)),
+    };
+    let writer = tokio::spawn(write_replies(out, reply_rx, closing_rx));
 
     let slots = Arc::new(Semaphore::new(limit));
     let mut rd = rd;
@@ -392,11 +397,10 @@ const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Writes replies until every sender is gone, or, once `closing` fires, until the
 /// queue is empty. Fails if the client stops taking replies for `CLIENT_WRITE_TIMEOUT`.
 async fn write_replies(
-    wr: WriteHalf<BoxStream>,
+    mut wr: Replies,
     mut rx: mpsc::Receiver<Outgoing>,
     mut closing: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
-    let mut wr = BufWriter::with_capacity(256 << 10, wr);
     let mut draining = false;
     loop {
         let next = if draining {
@@ -411,7 +415,7 @@ async fn write_replies(
         let Some(o) = next else { break };
         let flush = rx.is_empty();
         let write = async {
-            write_record(&mut wr, &o.reply).await?;
+            wr.record(&o.reply).await?;
             if flush {
                 wr.flush().await?;
             }
@@ -428,4 +432,142 @@ async fn write_replies(
     }
     wr.flush().await?;
     wr.shutdown().await
+}
+
+/// Where a connection's replies go: a byte stream through a buffer, or an SSH channel's
+/// `OwnedSink` (records handed over whole; its stream's writer only for the end).
+enum Replies {
+    Stream(BufWriter<WriteHalf<BoxStream>>),
+    Owned(Gather, WriteHalf<BoxStream>),
+}
+
+impl Replies {
+    async fn record(&mut self, body: &Bytes) -> std::io::Result<()> {
+        match self {
+            Replies::Stream(w) => write_record(w, body).await,
+            Replies::Owned(g, _) => g.record(body).await,
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Replies::Stream(w) => w.flush().await,
+            Replies::Owned(g, _) => g.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Replies::Stream(w) => w.shutdown().await,
+            Replies::Owned(g, w) => {
+                g.flush().await?;
+                w.shutdown().await
+            }
+        }
+    }
+}
+
+/// Records for an `OwnedSink`: a large body goes to it as it is (no copy); small records
+/// (and a large one's 4-byte mark) are gathered into one buffer until `flush` or until
+/// it holds `GATHER` bytes, so a burst of small replies is one SSH packet, not many.
+struct Gather {
+    sink: Box<dyn OwnedSink>,
+    small: BytesMut,
+}
+
+/// Bodies up to this are copied into the gathered buffer; larger ones go whole.
+const COPY_UP_TO: usize = 64 << 10;
+/// The gathered buffer is sent once it holds this much (under one SSH packet).
+const GATHER: usize = 192 << 10;
+
+impl Gather {
+    fn new(sink: Box<dyn OwnedSink>) -> Gather {
+        Gather {
+            sink,
+            small: BytesMut::new(),
+        }
+    }
+
+    async fn record(&mut self, body: &Bytes) -> std::io::Result<()> {
+        let mark = crate::rpc::record::mark(body.len())?;
+        self.small.extend_from_slice(&mark);
+        if body.len() <= COPY_UP_TO {
+            self.small.extend_from_slice(body);
+            if self.small.len() >= GATHER {
+                self.flush().await?;
+            }
+            return Ok(());
+        }
+        self.flush().await?;
+        self.sink.send(body.clone()).await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.small.is_empty() {
+            return Ok(());
+        }
+        self.sink.send(self.small.split().freeze()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps what it is sent, buffer by buffer.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<Vec<Bytes>>);
+
+    impl OwnedSink for Arc<Kept> {
+        fn send(
+            &self,
+            data: Bytes,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + '_>>
+        {
+            self.0.lock().unwrap().push(data);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn gathered_records_are_framed_in_order_and_large_bodies_are_not_copied() {
+        let kept = Arc::new(Kept::default());
+        let mut g = Gather::new(Box::new(kept.clone()));
+        let small = Bytes::from_static(b"getattr reply");
+        let large = Bytes::from(vec![7u8; COPY_UP_TO + 1]);
+        g.record(&small).await.unwrap();
+        g.record(&small).await.unwrap();
+        assert!(
+            kept.0.lock().unwrap().is_empty(),
+            "small ones wait for a flush"
+        );
+        g.record(&large).await.unwrap();
+        g.record(&small).await.unwrap();
+        g.flush().await.unwrap();
+        let sent = kept.0.lock().unwrap().clone();
+        // Two small records and the large one's mark; the large body itself; the last.
+        assert_eq!(sent.len(), 3);
+        assert_eq!(
+            sent[1].as_ptr(),
+            large.as_ptr(),
+            "the large body is handed on, not copied"
+        );
+        let wire: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut expect = Vec::new();
+        for body in [&small, &small, &large, &small] {
+            expect.extend_from_slice(&crate::rpc::record::mark(body.len()).unwrap());
+            expect.extend_from_slice(body);
+        }
+        assert_eq!(wire, expect);
+        // Many small records go out once they fill a gathered buffer, without a flush.
+        let kept = Arc::new(Kept::default());
+        let mut g = Gather::new(Box::new(kept.clone()));
+        let mid = Bytes::from(vec![1u8; 60 << 10]);
+        for _ in 0..4 {
+            g.record(&mid).await.unwrap();
+        }
+        let sent = kept.0.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "sent once {GATHER} bytes were gathered");
+        assert!(sent[0].len() >= GATHER);
+    }
 }

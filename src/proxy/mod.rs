@@ -86,7 +86,7 @@ impl Proxy {
     /// server) as `account`, until it closes or the proxy stops.
     pub async fn serve_stream(
         self: Arc<Self>,
-        stream: crate::transport::BoxStream,
+        stream: crate::transport::Duplex,
         peer: SocketAddr,
         account: Arc<crate::config::Account>,
         shutdown: watch::Receiver<bool>,
@@ -395,7 +395,8 @@ impl Bound {
                     let proxy = proxy.clone();
                     let sd = shutdown.clone();
                     tasks.spawn(async move {
-                        conn::serve(proxy, Box::pin(stream), peer, account, sd).await;
+                        let stream: crate::transport::BoxStream = Box::pin(stream);
+                        conn::serve(proxy, stream.into(), peer, account, sd).await;
                         drop(permit);
                     });
                 }

@@ -203,14 +203,19 @@ enum Parsed {
     Need(usize),
 }
 
-/// Writes `body` as a single-fragment record (not flushed). Header and body go out in
-/// one vectored write where the stream supports it.
-pub async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(body.len())
+/// The record mark of a single-fragment record of `len` bytes.
+pub fn mark(len: usize) -> std::io::Result<[u8; 4]> {
+    let len = u32::try_from(len)
         .ok()
         .filter(|l| *l < LAST_FRAGMENT)
         .ok_or_else(|| std::io::Error::other("record too large to frame"))?;
-    let hdr = (len | LAST_FRAGMENT).to_be_bytes();
+    Ok((len | LAST_FRAGMENT).to_be_bytes())
+}
+
+/// Writes `body` as a single-fragment record (not flushed). Header and body go out in
+/// one vectored write where the stream supports it.
+pub async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    let hdr = mark(body.len())?;
     let mut both = Buf::chain(&hdr[..], body);
     w.write_all_buf(&mut both).await
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use russh::{ChannelMsg, ChannelReadHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
@@ -33,43 +34,92 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (mut rd, wr) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::unbounded_channel::<std::io::Result<Bytes>>();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let q = queued.clone();
+    let (tx, reader) = pump(cap);
     tokio::spawn(async move {
         loop {
             let mut buf = BytesMut::with_capacity(CHUNK);
             match rd.read_buf(&mut buf).await {
                 Ok(0) => break,
-                Ok(n) => {
-                    if q.fetch_add(n, Ordering::Relaxed) + n > cap {
-                        let _ = tx.send(Err(std::io::Error::other(format!(
-                            "peer sent more than {cap} bytes that were not read yet"
-                        ))));
+                Ok(_) => {
+                    if !tx.send(buf.freeze()) {
                         break;
-                    }
-                    if tx.send(Ok(buf.freeze())).is_err() {
-                        break; // the connection is gone
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(e));
+                    tx.fail(e);
                     break;
                 }
             }
         }
     });
-    Box::pin(tokio::io::join(
+    Box::pin(tokio::io::join(reader, wr))
+}
+
+/// A channel's incoming data drained the same way, straight from russh's messages: the
+/// bytes of each packet are handed on as russh made them, not copied into a buffer of
+/// ours first. Ends at the channel's EOF or close.
+pub(super) fn drained_channel(mut rh: ChannelReadHalf, cap: usize) -> PumpReader {
+    let (tx, reader) = pump(cap);
+    tokio::spawn(async move {
+        loop {
+            match rh.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    if !data.is_empty() && !tx.send(data) {
+                        break;
+                    }
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
+                Some(_) => {} // requests, extended data: not the RPC stream
+            }
+        }
+    });
+    reader
+}
+
+/// The pump's sending end: counts what is queued against `cap`.
+struct PumpTx {
+    tx: mpsc::UnboundedSender<std::io::Result<Bytes>>,
+    queued: Arc<AtomicUsize>,
+    cap: usize,
+}
+
+impl PumpTx {
+    /// Queues `b`; false once the pump must stop (over `cap`, or nobody reads).
+    fn send(&self, b: Bytes) -> bool {
+        let n = b.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > self.cap {
+            self.fail(std::io::Error::other(format!(
+                "peer sent more than {} bytes that were not read yet",
+                self.cap
+            )));
+            return false;
+        }
+        self.tx.send(Ok(b)).is_ok() // else the connection is gone
+    }
+
+    fn fail(&self, e: std::io::Error) {
+        let _ = self.tx.send(Err(e));
+    }
+}
+
+fn pump(cap: usize) -> (PumpTx, PumpReader) {
+    let (tx, rx) = mpsc::unbounded_channel::<std::io::Result<Bytes>>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        PumpTx {
+            tx,
+            queued: queued.clone(),
+            cap,
+        },
         PumpReader {
             rx,
             cur: Bytes::new(),
             queued,
         },
-        wr,
-    ))
+    )
 }
 
-struct PumpReader {
+pub(super) struct PumpReader {
     rx: mpsc::UnboundedReceiver<std::io::Result<Bytes>>,
     cur: Bytes,
     queued: Arc<AtomicUsize>,

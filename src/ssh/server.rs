@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::SshError;
 use super::keys::{fingerprint, load_private, parse_authorized_line};
 use super::pump;
-use crate::transport::BoxStream;
+use crate::transport::{BoxStream, Duplex, OwnedSink};
 
 #[derive(Debug, Clone)]
 pub struct SshServerOptions {
@@ -54,7 +54,25 @@ pub struct ChannelPeer {
 }
 
 /// Called with each served channel.
-pub type OnChannel = Arc<dyn Fn(BoxStream, ChannelPeer) + Send + Sync>;
+pub type OnChannel = Arc<dyn Fn(Duplex, ChannelPeer) + Send + Sync>;
+
+/// A served channel's outgoing side as an `OwnedSink`: russh's `data_bytes` takes each
+/// buffer without copying it (its `AsyncWrite` copies every write), waiting for the
+/// peer's window as that does.
+struct ChannelSink(russh::ChannelWriteHalf<Msg>);
+
+impl OwnedSink for ChannelSink {
+    fn send(
+        &self,
+        data: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            self.0.data_bytes(data).await.map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, format!("ssh channel: {e}"))
+            })
+        })
+    }
+}
 
 /// SSH connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -306,9 +324,19 @@ impl server::Handler for Conn {
             return Ok(());
         };
         session.channel_success(id)?;
-        let stream = pump::drained(channel.into_stream(), self.opts.max_unread);
+        // Incoming data drained as russh hands it over; outgoing records handed to
+        // russh whole (`ChannelSink`), other writes through the channel's writer.
+        let (rh, wh) = channel.split();
+        let stream: BoxStream = Box::pin(tokio::io::join(
+            pump::drained_channel(rh, self.opts.max_unread),
+            wh.make_writer(),
+        ));
+        let sink: Box<dyn OwnedSink> = Box::new(ChannelSink(wh));
         (self.on_channel)(
-            stream,
+            Duplex {
+                stream,
+                sink: Some(sink),
+            },
             ChannelPeer {
                 addr: self.addr,
                 user,

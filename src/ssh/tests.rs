@@ -94,10 +94,10 @@ async fn echo_server(
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = watch::channel(false);
-    let on: OnChannel = Arc::new(move |stream, peer| {
+    let on: OnChannel = Arc::new(move |d: crate::transport::Duplex, peer| {
         peers.lock().unwrap().push(peer);
         tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(stream);
+            let (mut r, mut w) = tokio::io::split(d.stream);
             let _ = tokio::io::copy(&mut r, &mut w).await;
             let _ = w.shutdown().await;
         });
@@ -426,9 +426,9 @@ async fn blocked_writer_case(read: bool) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (_stop_tx, stop_rx) = watch::channel(false);
-    let held: Arc<std::sync::Mutex<Vec<crate::transport::BoxStream>>> = Arc::default();
+    let held: Arc<std::sync::Mutex<Vec<crate::transport::Duplex>>> = Arc::default();
     let h2 = held.clone();
-    let on: OnChannel = Arc::new(move |stream, _| h2.lock().unwrap().push(stream));
+    let on: OnChannel = Arc::new(move |d, _| h2.lock().unwrap().push(d));
     let opts = server_opts(&s, 1 << 30, 30);
     tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
     // A relay that can stop forwarding (so no window comes back) and then cut.
@@ -525,17 +525,17 @@ async fn a_stalled_channel_does_not_stall_the_others() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let (_stop_tx, stop_rx) = watch::channel(false);
-    let held: Arc<std::sync::Mutex<Vec<crate::transport::BoxStream>>> = Arc::default();
+    let held: Arc<std::sync::Mutex<Vec<crate::transport::Duplex>>> = Arc::default();
     let h2 = held.clone();
     let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let on: OnChannel = Arc::new(move |stream, _| {
+    let on: OnChannel = Arc::new(move |d: crate::transport::Duplex, _| {
         if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
             // The first channel's consumer never reads (a connection paused for
             // backpressure, for ever).
-            h2.lock().unwrap().push(stream);
+            h2.lock().unwrap().push(d);
         } else {
             tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(stream);
+                let (mut r, mut w) = tokio::io::split(d.stream);
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             });
         }

@@ -1,6 +1,7 @@
 //! Byte streams to the next hop. Knows nothing of RPC or NFS: a `Dialer` (plain TCP, or
 //! a channel of an SSH session, see `crate::ssh`) gives connected bidirectional streams.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -14,6 +15,30 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 pub type BoxStream = Pin<Box<dyn Stream>>;
+
+/// Takes whole buffers for a stream without copying them: an SSH channel, whose
+/// `AsyncWrite` copies every write into a buffer of its own before russh's packet writer
+/// copies it again (`crate::ssh::server` gives one with each channel). Each buffer goes
+/// out whole and in order, behind everything sent before.
+pub trait OwnedSink: Send + Sync {
+    fn send(
+        &self,
+        data: bytes::Bytes,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + '_>>;
+}
+
+/// A connected stream, and the sink that takes its outgoing data as whole buffers when
+/// it has one (then whole records should go there, not through `stream`'s writes).
+pub struct Duplex {
+    pub stream: BoxStream,
+    pub sink: Option<Box<dyn OwnedSink>>,
+}
+
+impl From<BoxStream> for Duplex {
+    fn from(stream: BoxStream) -> Duplex {
+        Duplex { stream, sink: None }
+    }
+}
 
 /// How to reach one next-hop endpoint.
 #[derive(Clone)]
