@@ -1648,8 +1648,9 @@ impl Store {
         Self::newest_dirty(out)
     }
 
-    /// Makes every write and every cleared tag durable (after a truncation: blocks cut
-    /// or dropped must not come back after a crash).
+    /// Makes every write and every cleared tag durable, in every bank. (A truncation
+    /// needs only its own file's: `sync_file`, which also covers the tags it cut or
+    /// cleared, and is refused only for that file's lost writes.)
     pub fn sync_all(&self) -> Result<()> {
         self.sync()?;
         self.sync_tags()
@@ -1782,6 +1783,27 @@ impl Store {
 
     fn tag_offset(&self, f: Frame) -> u64 {
         self.local(f) as u64 * TAG_SIZE as u64
+    }
+
+    /// The bank holding `block` of `fh` (tests).
+    #[cfg(test)]
+    pub(crate) fn bank_of(&self, fh: &[u8], block: u64) -> usize {
+        let (set, _) = self.locate(fh, block);
+        self.geo.frame(set, 0).bank as usize
+    }
+
+    /// Runs `f` while bank `b`'s file is /dev/full (its fdatasync fails), then puts the
+    /// real file back (tests).
+    #[cfg(test)]
+    pub(crate) fn with_failing_bank<T>(&self, b: usize, f: impl FnOnce() -> T) -> T {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let real = self.banks[b].lock().expect("bank lock").file.replace(full);
+        let r = f();
+        self.banks[b].lock().expect("bank lock").file = real;
+        r
     }
 
     fn bank_path(&self, b: u32) -> PathBuf {

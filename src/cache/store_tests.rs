@@ -1229,22 +1229,11 @@ fn sync_tags_goes_on_past_a_failing_bank() {
 
 /// The bank that holds (fh, block).
 fn bank_of(s: &Store, fh: &[u8], block: u64) -> usize {
-    let (set, _) = s.locate(fh, block);
-    s.geo.frame(set, 0).bank as usize
+    s.bank_of(fh, block)
 }
 
-/// Runs `f` while bank `b`'s file is /dev/full (its fdatasync fails), then puts the
-/// real file back.
 fn with_failing_bank<T>(s: &Store, b: usize, f: impl FnOnce() -> T) -> T {
-    let real = s.banks[b].lock().unwrap().file.replace(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap(),
-    );
-    let r = f();
-    s.banks[b].lock().unwrap().file = real;
-    r
+    s.with_failing_bank(b, f)
 }
 
 /// A block of `fh` (from `from` on) held by bank `b`.

@@ -947,7 +947,10 @@ impl CacheLayer {
             }
         });
         if local.is_some() {
-            self.store.sync_all()?;
+            // The file's cut tags and cleared blocks are noted as its unsynced changes:
+            // its banks' fdatasyncs make them durable, and only its own lost writes (in
+            // a failed bank) refuse the truncation.
+            self.store.sync_file(fh)?;
         }
         Ok(uncut)
     }
@@ -957,7 +960,7 @@ impl CacheLayer {
     pub fn drop_block(&self, fh: &[u8], block: u64) -> Result<(), CacheError> {
         let _m = self.mutate.lock().expect("mutate lock");
         self.store.invalidate(fh, block)?;
-        self.store.sync_all()
+        self.store.sync_file(fh)
     }
 
     /// A SETATTR(size) answered here (write-back): the cache cuts or zero-extends the file

@@ -4,12 +4,17 @@ use super::*;
 use crate::config::{CacheConfig, Consistency, WritePolicy};
 
 fn layer(dir: &std::path::Path, ways: u32, sets: u64) -> CacheLayer {
+    layer_in_banks(dir, ways, sets, 1)
+}
+
+/// `sets` sets in each of `banks` banks.
+fn layer_in_banks(dir: &std::path::Path, ways: u32, sets: u64, banks: u32) -> CacheLayer {
     CacheLayer::open(&CacheConfig {
         dir: dir.to_path_buf(),
-        size: sets * ways as u64 * 4096,
+        size: sets * ways as u64 * 4096 * banks as u64,
         block_size: 4096,
         ways,
-        banks: 1,
+        banks,
         consistency: Consistency::Session,
         metadata: crate::config::Metadata::Forward,
         write_policy: WritePolicy::WriteBack,
@@ -324,5 +329,44 @@ fn an_applied_cut_does_not_bring_the_old_size_back_after_a_restart() {
         size,
         Some(1000),
         "the size the cut left (not the one from before it, 300000)"
+    );
+}
+
+/// A cache bank whose fdatasync failed, holding one file's lost writes, fails the
+/// durable points of that file only: a truncation of another file, whose changes are
+/// all in a healthy bank, is made durable and acknowledged. (Before, a truncation
+/// forwarded to the next hop synced every bank and failed while any bank had lost
+/// writes of any file.)
+#[test]
+fn a_failed_bank_fails_only_the_truncations_of_its_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = layer_in_banks(dir.path(), 2, 8, 2);
+    let named = |bank: usize| {
+        (0..)
+            .map(|i| format!("F{i}").into_bytes())
+            .find(|n| c.store.bank_of(n, 0) == bank)
+            .unwrap()
+    };
+    let (a, b) = (named(0), named(1));
+    for f in [&a, &b] {
+        c.learn_attr(f, attr(4096), c.stamp());
+        c.store.put(f, 0, 0, &[9u8; 4096], true).unwrap();
+        c.note_local_write(f, 4096, None);
+    }
+    c.store.sync_file(&b).unwrap();
+    // a's write was not durable when its bank's fdatasync failed.
+    assert!(
+        c.store
+            .with_failing_bank(0, || c.store.sync_file(&a))
+            .is_err()
+    );
+    assert!(
+        c.truncated(&b, Some(4096), 100).is_ok(),
+        "b's truncation is durable in its healthy bank"
+    );
+    assert_eq!(c.effective_attr(&b).unwrap().size, 100);
+    assert!(
+        c.truncated(&a, Some(4096), 100).is_err(),
+        "a lost writes in the failed bank: its truncation is not acknowledged"
     );
 }
