@@ -41,7 +41,9 @@ use crate::rpc::{AcceptStat, CallHeader};
 use crate::xdr::Reader;
 
 /// Entries kept at most per table (names, directories, links, access); a table that
-/// would grow past it is cleared (with every directory's completeness).
+/// would grow past it is cleared (with every directory's completeness). The per-name
+/// change clock (one entry per name changed, most of which the names table learns too)
+/// counts as one of these tables.
 const MAX_ENTRIES: usize = 1 << 17;
 
 #[derive(Default)]
@@ -573,8 +575,8 @@ impl Names {
     }
 }
 
-/// Records what a namespace change's reply says (the call ran alone in its
-/// directories). `forget` collects objects whose attributes changed.
+/// Records what a namespace change's reply says (no other change of its names ran
+/// meanwhile). `forget` collects objects whose attributes changed.
 /// `was`: what each name of `changes(args)` was known to be before the call.
 fn learn_change(
     g: &mut Inner,

@@ -127,6 +127,31 @@ async fn a_compressed_session_carries_bytes_unchanged() {
     assert!(back == data, "echo through a compressed session differs");
 }
 
+/// A channel the server gives up at once (here: its consumer drops it, as the daemon
+/// does for a key no account lists) is closed: the client sees the end of the stream
+/// instead of waiting for ever for replies. (Regression: after the served channel was
+/// split into a pump and an owned-buffer sink, nothing sent CHANNEL_CLOSE any more.)
+#[tokio::test]
+async fn a_channel_the_server_drops_is_closed() {
+    let s = Setup::new();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (_stop, rx) = watch::channel(false);
+    let on: OnChannel = Arc::new(|d, _| drop(d));
+    let opts = server_opts(&s, 64 << 20, 30);
+    tokio::spawn(async move { serve(l, opts, on, rx).await.unwrap() });
+    s.trust(port, &s.host_pub);
+    let c = s.client(port, "client", false);
+    let (mut r, mut w) = tokio::io::split(c.open().await.unwrap());
+    let _ = w.write_all(b"a call nobody will answer").await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf))
+        .await
+        .expect("the dropped channel was never closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "end of stream, no data");
+}
+
 /// Writes `data` to an echoing channel while reading the same amount back.
 async fn echo(stream: crate::transport::BoxStream, data: &[u8]) -> Vec<u8> {
     let (mut r, mut w) = tokio::io::split(stream);
