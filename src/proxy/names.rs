@@ -508,7 +508,7 @@ impl Names {
             // ctime (a CREATE of an existing file truncates it).
             let mut forget: Vec<Vec<u8>> = was.iter().flatten().flatten().cloned().collect();
             if alone && let Some(res) = &res {
-                learn_change(&mut g, &args, res, &was, &mut forget);
+                learn_change(&mut g, &args, res, &was, stamp, &mut forget);
             } else {
                 for (d, n) in &namespace {
                     g.unknown(d, n);
@@ -577,12 +577,14 @@ impl Names {
 
 /// Records what a namespace change's reply says (no other change of its names ran
 /// meanwhile). `forget` collects objects whose attributes changed.
-/// `was`: what each name of `changes(args)` was known to be before the call.
+/// `was`: what each name of `changes(args)` was known to be before the call; `stamp`:
+/// the call's.
 fn learn_change(
     g: &mut Inner,
     args: &Args<'_>,
     res: &Res<'_>,
     was: &[Was],
+    stamp: u64,
     forget: &mut Vec<Vec<u8>>,
 ) {
     let made = |g: &mut Inner,
@@ -613,10 +615,14 @@ fn learn_change(
             made(g, a.where_.dir.0, a.where_.name, r);
         }
         (Args::Mkdir(a), Res::Mkdir(r)) => {
-            if let Some(fh) = made(g, a.where_.dir.0, a.where_.name, r) {
-                // A new directory is empty: every name in it is known.
-                let d = g.dir_mut(&fh);
-                d.complete = true;
+            // A new directory is empty: every name in it is known — unless a change in
+            // it was already under way when this reply was seen (a client that learnt
+            // the handle from a LOOKUP may have created a name in it meanwhile, whose
+            // outcome may be unknown): then it is not complete.
+            if let Some(fh) = made(g, a.where_.dir.0, a.where_.name, r)
+                && g.changed_at(&fh) <= stamp
+            {
+                g.dir_mut(&fh).complete = true;
             }
         }
         (Args::Symlink(a), Res::Symlink(r)) => {
@@ -898,6 +904,44 @@ mod tests {
                 "x_first={x_first}: the directory stays complete"
             );
         }
+    }
+
+    #[test]
+    fn a_directory_changed_before_its_mkdir_reply_is_seen_is_not_complete() {
+        // MKDIR forwarded; the server makes D, and a client that found D by a LOOKUP
+        // creates x in it, whose reply says only that x exists (EXIST, no handle) — all
+        // before the MKDIR's own reply is seen here. D must not then count as
+        // complete: x exists, NOENT would be wrong.
+        let (n, t) = (Names::default(), Table::default());
+        t.knows(FILE);
+        t.knows(DIR);
+        let mkdir = call(
+            Proc::MKDIR,
+            &Args::Mkdir(nfs3::MkdirArgs {
+                where_: d(b"parent", "new"),
+                attributes: nfs3::Sattr3::default(),
+            }),
+        );
+        n.before(Proc::MKDIR, &mkdir, &t);
+        let s_mk = t.stamp();
+        let cx = create_call(DIR, "x");
+        n.before(Proc::CREATE, &cx, &t);
+        let s_x = t.stamp();
+        let exist = body(&Res::Create(NfsResult::Fail(
+            Nfsstat3::EXIST,
+            nfs3::CreateResFail {
+                dir_wcc: WccData::default(),
+            },
+        )));
+        n.observe(Proc::CREATE, &cx, &exist, s_x, &t);
+        n.observe(Proc::MKDIR, &mkdir, &made_reply(Proc::MKDIR, DIR), s_mk, &t);
+        assert_eq!(answer(&n, &t, DIR, "x"), None, "x exists: asked upstream");
+        assert_eq!(answer(&n, &t, DIR, "y"), None, "not complete");
+        assert_eq!(
+            answer(&n, &t, b"parent", "new"),
+            Some(Ok(DIR.to_vec())),
+            "the new name itself is learnt"
+        );
     }
 
     #[test]
