@@ -15,7 +15,8 @@ use tracing::{debug, info, warn};
 
 use super::SshError;
 use super::keys::{fingerprint, load_private};
-use crate::transport::BoxStream;
+use super::{Closing, Holding};
+use crate::transport::{BoxStream, Duplex, OwnedSink};
 
 /// What a channel asks the far end for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +242,11 @@ impl SshConnector {
     /// A new channel as a byte stream. Reuses the session; makes a new one (with its
     /// host key check and authentication) if there is none or it has died.
     pub async fn open(&self) -> Result<BoxStream, SshError> {
+        Ok(self.open_duplex().await?.stream)
+    }
+
+    /// A new channel with its owned-buffer sink (see `duplex`).
+    pub async fn open_duplex(&self) -> Result<Duplex, SshError> {
         self.open_target(&self.opts.target).await
     }
 
@@ -322,7 +328,7 @@ impl SshConnector {
         }
     }
 
-    async fn open_target(&self, target: &ChannelTarget) -> Result<BoxStream, SshError> {
+    async fn open_target(&self, target: &ChannelTarget) -> Result<Duplex, SshError> {
         let (handle, life) = self.session().await?;
         match self.channel(&handle, &life, target).await {
             Ok(c) => Ok(c),
@@ -473,7 +479,7 @@ impl SshConnector {
         h: &Handle<Checker>,
         life: &Arc<Life>,
         target: &ChannelTarget,
-    ) -> Result<BoxStream, SshError> {
+    ) -> Result<Duplex, SshError> {
         let refused = |what: String| SshError::ChannelRefused {
             what,
             host: self.host(),
@@ -481,15 +487,227 @@ impl SshConnector {
         match target {
             ChannelTarget::Subsystem(name) => {
                 let ch = self.subsystem_channel(h, name, &[]).await?;
-                Ok(Box::pin(Guarded::new(ch.into_stream(), life.clone())))
+                Ok(duplex(ch, life.clone()))
             }
             ChannelTarget::DirectTcpip { host, port } => {
                 let ch = h
                     .channel_open_direct_tcpip(host.as_str(), *port as u32, "127.0.0.1", 0)
                     .await
                     .map_err(|e| refused(format!("direct-tcpip to {host}:{port} ({e})")))?;
-                Ok(Box::pin(Guarded::new(ch.into_stream(), life.clone())))
+                Ok(duplex(ch, life.clone()))
             }
+        }
+    }
+}
+
+/// An RPC channel as a `Duplex`: reads are russh's buffers handed on (`ChannelReader`);
+/// whole records go to russh as they are (`ChannelSink`: `data_bytes`, no copy), other
+/// writes through its writer. Both writing sides fail once the session died or the reads
+/// ended (see `Guarded`), and the channel is closed when both are dropped (`Closing`).
+fn duplex(ch: russh::Channel<client::Msg>, life: Arc<Life>) -> Duplex {
+    let (rh, wh) = ch.split();
+    let writer = wh.make_writer();
+    let closing = Closing::new(wh);
+    let ended = Arc::new(Life::default());
+    let stream: BoxStream = Box::pin(tokio::io::join(
+        ChannelReader {
+            half: Some(rh),
+            next: None,
+            cur: bytes::Bytes::new(),
+            done: false,
+            ended: ended.clone(),
+        },
+        Holding {
+            inner: GuardedWriter {
+                inner: writer,
+                life: life.clone(),
+                ended: ended.clone(),
+            },
+            _keep: closing.clone(),
+        },
+    ));
+    Duplex {
+        stream,
+        sink: Some(Box::new(ChannelSink {
+            closing,
+            life,
+            ended,
+        })),
+    }
+}
+
+type NextMsg = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (russh::ChannelReadHalf, Option<ChannelMsg>)> + Send>,
+>;
+
+/// A channel's incoming data as a byte stream, each of russh's buffers handed on as it
+/// is (russh's own reader copies it into a buffer first). At the channel's EOF or close
+/// it ends, and marks `ended` (which fails the writers: see `Guarded`).
+struct ChannelReader {
+    half: Option<russh::ChannelReadHalf>,
+    next: Option<NextMsg>,
+    cur: bytes::Bytes,
+    done: bool,
+    ended: Arc<Life>,
+}
+
+impl tokio::io::AsyncRead for ChannelReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use bytes::Buf;
+        loop {
+            if !self.cur.is_empty() {
+                let n = self.cur.len().min(buf.remaining());
+                buf.put_slice(&self.cur[..n]);
+                self.cur.advance(n);
+                return std::task::Poll::Ready(Ok(()));
+            }
+            if self.done {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            if self.next.is_none() {
+                let mut half = self.half.take().expect("a half or a wait in progress");
+                self.next = Some(Box::pin(async move {
+                    let m = half.wait().await;
+                    (half, m)
+                }));
+            }
+            let next = self.next.as_mut().expect("set above");
+            let (half, m) = std::task::ready!(next.as_mut().poll(cx));
+            self.next = None;
+            self.half = Some(half);
+            match m {
+                Some(ChannelMsg::Data { data }) => self.cur = data,
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                    self.done = true;
+                    self.ended.kill();
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// A channel writer that fails once the session died or the channel's reads ended:
+/// russh does not wake a writer waiting for window when its session dies.
+struct GuardedWriter<W> {
+    inner: W,
+    life: Arc<Life>,
+    ended: Arc<Life>,
+}
+
+impl<W> GuardedWriter<W> {
+    fn over(&self) -> bool {
+        self.life.is_dead() || self.ended.is_dead()
+    }
+}
+
+fn aborted() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the SSH channel's session ended",
+    )
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GuardedWriter<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.over() {
+            return std::task::Poll::Ready(Err(aborted()));
+        }
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_pending() {
+            self.life.wait(cx.waker());
+            self.ended.wait(cx.waker());
+            if self.over() {
+                return std::task::Poll::Ready(Err(aborted()));
+            }
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.over() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        if r.is_pending() {
+            self.life.wait(cx.waker());
+            self.ended.wait(cx.waker());
+        }
+        r
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.ended.is_dead() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A client channel's owned-buffer sink, failing like `GuardedWriter`.
+struct ChannelSink {
+    closing: Arc<Closing<client::Msg>>,
+    life: Arc<Life>,
+    ended: Arc<Life>,
+}
+
+impl OwnedSink for ChannelSink {
+    fn send(
+        &self,
+        data: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            if self.life.is_dead() || self.ended.is_dead() {
+                return Err(aborted());
+            }
+            tokio::select! {
+                r = self.closing.half().data_bytes(data) => r.map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::BrokenPipe, format!("ssh channel: {e}"))
+                }),
+                _ = Over { a: &self.life, b: &self.ended } => Err(aborted()),
+            }
+        })
+    }
+}
+
+/// Ready once either life has ended.
+struct Over<'a> {
+    a: &'a Life,
+    b: &'a Life,
+}
+
+impl std::future::Future for Over<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let over = || self.a.is_dead() || self.b.is_dead();
+        if over() {
+            return std::task::Poll::Ready(());
+        }
+        self.a.wait(cx.waker());
+        self.b.wait(cx.waker());
+        // Killed between the check and the registration: its wake-up was missed.
+        if over() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
         }
     }
 }

@@ -73,6 +73,71 @@ pub(crate) fn preferred(compress: bool) -> russh::Preferred {
     }
 }
 
+/// A channel's write half, shared by its stream's writer and its owned-buffer sink
+/// (`transport::OwnedSink`). When the last holder is dropped, the channel is closed
+/// (CHANNEL_CLOSE), as russh's own channel stream does when dropped: a peer whose
+/// channel was given up (an account refused, a connection ended, a writer that failed)
+/// sees the end, rather than waiting for data that never comes.
+pub(crate) struct Closing<S>(Option<russh::ChannelWriteHalf<S>>)
+where
+    S: From<(russh::ChannelId, russh::ChannelMsg)> + Send + Sync + 'static;
+
+impl<S> Closing<S>
+where
+    S: From<(russh::ChannelId, russh::ChannelMsg)> + Send + Sync + 'static,
+{
+    pub(crate) fn new(half: russh::ChannelWriteHalf<S>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Closing(Some(half)))
+    }
+
+    pub(crate) fn half(&self) -> &russh::ChannelWriteHalf<S> {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl<S> Drop for Closing<S>
+where
+    S: From<(russh::ChannelId, russh::ChannelMsg)> + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if let (Some(half), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = half.close().await;
+            });
+        }
+    }
+}
+
+/// A writer that keeps something alive (a channel's `Closing`) as long as it lives.
+pub(crate) struct Holding<W> {
+    pub(crate) inner: W,
+    pub(crate) _keep: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Holding<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Why an SSH step failed. Each names the step, so logs say what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {

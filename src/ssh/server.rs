@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::SshError;
 use super::keys::{fingerprint, load_private, parse_authorized_line};
-use super::pump;
+use super::{Closing, Holding, pump};
 use crate::transport::{BoxStream, Duplex, OwnedSink};
 
 #[derive(Debug, Clone)]
@@ -56,33 +56,10 @@ pub struct ChannelPeer {
 /// Called with each served channel.
 pub type OnChannel = Arc<dyn Fn(Duplex, ChannelPeer) + Send + Sync>;
 
-/// A served channel's write half, shared by its stream's writer and its sink. When the
-/// last of them is dropped, the channel is closed (CHANNEL_CLOSE), as russh's own channel
-/// stream does when dropped: a client whose channel the server gave up (an account
-/// refused, a connection ended, a reply writer that failed) sees the end and reconnects,
-/// rather than waiting for replies that never come.
-struct Served(Option<russh::ChannelWriteHalf<Msg>>);
-
-impl Served {
-    fn half(&self) -> &russh::ChannelWriteHalf<Msg> {
-        self.0.as_ref().expect("taken only when dropped")
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let (Some(half), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(async move {
-                let _ = half.close().await;
-            });
-        }
-    }
-}
-
 /// A served channel's outgoing side as an `OwnedSink`: russh's `data_bytes` takes each
 /// buffer without copying it (its `AsyncWrite` copies every write), waiting for the
-/// peer's window as that does.
-struct ChannelSink(Arc<Served>);
+/// peer's window as that does. Shares the channel's `Closing` with the stream's writer.
+struct ChannelSink(Arc<Closing<Msg>>);
 
 impl OwnedSink for ChannelSink {
     fn send(
@@ -94,36 +71,6 @@ impl OwnedSink for ChannelSink {
                 std::io::Error::new(std::io::ErrorKind::BrokenPipe, format!("ssh channel: {e}"))
             })
         })
-    }
-}
-
-/// A writer that keeps its channel open (see `Served`) while it lives.
-struct Holding<W> {
-    inner: W,
-    _served: Arc<Served>,
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Holding<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -381,15 +328,15 @@ impl server::Handler for Conn {
         // russh whole (`ChannelSink`), other writes through the channel's writer.
         let (rh, wh) = channel.split();
         let writer = wh.make_writer();
-        let served = Arc::new(Served(Some(wh)));
+        let closing = Closing::new(wh);
         let stream: BoxStream = Box::pin(tokio::io::join(
             pump::drained_channel(rh, self.opts.max_unread),
             Holding {
                 inner: writer,
-                _served: served.clone(),
+                _keep: closing.clone(),
             },
         ));
-        let sink: Box<dyn OwnedSink> = Box::new(ChannelSink(served));
+        let sink: Box<dyn OwnedSink> = Box::new(ChannelSink(closing));
         (self.on_channel)(
             Duplex {
                 stream,

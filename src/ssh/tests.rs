@@ -435,17 +435,25 @@ fn keys_interoperate_with_openssh_tools() {
 /// not reconnect. The write must fail promptly instead.
 #[tokio::test]
 async fn a_writer_waiting_for_window_fails_when_the_session_dies() {
-    blocked_writer_case(true).await;
+    blocked_writer_case(true, false).await;
 }
 
 /// Review finding: the link re-sends its calls before its reader starts; with nobody
 /// reading, only the session monitor can wake the writer.
 #[tokio::test]
 async fn a_writer_waiting_for_window_fails_even_with_no_reader() {
-    blocked_writer_case(false).await;
+    blocked_writer_case(false, false).await;
 }
 
-async fn blocked_writer_case(read: bool) {
+/// The same for the owned-buffer sink the link writes its calls through (russh's
+/// `data_bytes` waits for window as its writer does, and is not woken either).
+#[tokio::test]
+async fn an_owned_buffer_send_waiting_for_window_fails_when_the_session_dies() {
+    blocked_writer_case(true, true).await;
+    blocked_writer_case(false, true).await;
+}
+
+async fn blocked_writer_case(read: bool, owned: bool) {
     let s = Setup::new();
     // The server side never reads: nothing it gets is ever answered.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -498,8 +506,11 @@ async fn blocked_writer_case(read: bool) {
     });
     s.trust(via, &s.host_pub);
     let c = s.client(via, "client", false);
-    let stream = c.open().await.unwrap();
-    let (mut r, mut w) = tokio::io::split(stream);
+    let duplex = c.open_duplex().await.unwrap();
+    let sink = duplex
+        .sink
+        .expect("an SSH channel has an owned-buffer sink");
+    let (mut r, mut w) = tokio::io::split(duplex.stream);
     if read {
         tokio::spawn(async move {
             let mut sink = Vec::new();
@@ -514,9 +525,14 @@ async fn blocked_writer_case(read: bool) {
     }
     pause_tx.send(true).unwrap();
     let writer = tokio::spawn(async move {
-        let chunk = vec![7u8; 1 << 20];
+        let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
         loop {
-            if let Err(e) = w.write_all(&chunk).await {
+            let sent = if owned {
+                sink.send(chunk.clone()).await
+            } else {
+                w.write_all(&chunk).await
+            };
+            if let Err(e) = sent {
                 return e;
             }
         }

@@ -128,7 +128,7 @@ impl Dialer {
         match self {
             Dialer::Tcp(ep) => connect(ep, timeout, reuse_port).await,
             Dialer::Ssh { connector, .. } => {
-                let stream = tokio::time::timeout(timeout * 2, connector.open())
+                let duplex = tokio::time::timeout(timeout * 2, connector.open_duplex())
                     .await
                     .map_err(|_| {
                         std::io::Error::new(
@@ -138,7 +138,8 @@ impl Dialer {
                     })?
                     .map_err(std::io::Error::other)?;
                 Ok(Connected {
-                    stream,
+                    stream: duplex.stream,
+                    sink: duplex.sink,
                     local_port: None,
                 })
             }
@@ -146,9 +147,11 @@ impl Dialer {
     }
 }
 
-/// A connected stream and, for TCP, the local port it was made from.
+/// A connected stream, its owned-buffer sink if it has one (an SSH channel), and, for
+/// TCP, the local port it was made from.
 pub struct Connected {
     pub stream: BoxStream,
+    pub sink: Option<Box<dyn OwnedSink>>,
     pub local_port: Option<u16>,
 }
 
@@ -194,6 +197,7 @@ pub async fn connect(
             let local_port = s.local_addr().ok().map(|a| a.port());
             Ok(Connected {
                 stream: Box::pin(s),
+                sink: None,
                 local_port,
             })
         }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
@@ -26,7 +26,7 @@ use super::{Completion, UpstreamStats};
 use crate::config::UpstreamConfig;
 use crate::rpc::msg::{AcceptStat, accepted_reply};
 use crate::rpc::{RecordError, RecordReader, write_record_with_xid};
-use crate::transport::{BoxStream, Dialer};
+use crate::transport::{BoxStream, Dialer, OwnedSink};
 
 /// A call waiting for its reply.
 pub(super) struct Pending {
@@ -55,12 +55,45 @@ pub(super) struct Pending {
 /// The connection's write side, if connected, and its generation.
 struct Slot {
     generation: u64,
-    half: Option<WriteHalf<BoxStream>>,
+    half: Option<CallWriter>,
     /// Suspects are being probed on this connection: new calls wait in the table (the
     /// probe's batch must be alone) and go out with the rest once probing ends.
     probing: bool,
     /// `seq` of the next call `Link::send` takes.
     next_seq: u64,
+}
+
+/// Where a connection's calls go: the stream, or its owned-buffer sink when it has one
+/// (an SSH channel, which then takes a large call's arguments as they are, no copy).
+struct CallWriter {
+    io: WriteHalf<BoxStream>,
+    sink: Option<Box<dyn OwnedSink>>,
+}
+
+/// Calls up to this size go to a sink as one buffer, copied with their record mark;
+/// larger ones as the mark and xid, then the rest of the call as it is.
+const COPY_UP_TO: usize = 64 << 10;
+
+impl CallWriter {
+    /// Writes `msg` (a call record body) as one record with `xid` in place of its own.
+    async fn call(&mut self, xid: u32, msg: &Bytes) -> std::io::Result<()> {
+        let Some(sink) = &self.sink else {
+            return write_record_with_xid(&mut self.io, xid, msg).await;
+        };
+        if msg.len() < 4 {
+            return Err(std::io::Error::other("record too short to carry an xid"));
+        }
+        let whole = msg.len() <= COPY_UP_TO;
+        let mut head = BytesMut::with_capacity(if whole { msg.len() + 4 } else { 8 });
+        head.extend_from_slice(&crate::rpc::record::mark(msg.len())?);
+        head.extend_from_slice(&xid.to_be_bytes());
+        if whole {
+            head.extend_from_slice(&msg[4..]);
+            return sink.send(head.freeze()).await;
+        }
+        sink.send(head.freeze()).await?;
+        sink.send(msg.slice(4..)).await
+    }
 }
 
 /// How long a probing batch may wait for its replies. A re-sent call may never be
@@ -168,7 +201,7 @@ impl Link {
             done: false,
         };
         let half = g.slot.half.as_mut().expect("checked above");
-        match write_record_with_xid(half, xid, &msg).await {
+        match half.call(xid, &msg).await {
             Ok(()) => g.done = true,
             Err(e) => debug!(xid, error = %e, "write to the next hop failed; will re-send"),
         }
@@ -198,14 +231,14 @@ async fn run(ctx: LinkCtx) {
     // The local port of the last connection, reused so the server can match re-sends.
     let mut last_port = None;
     loop {
-        let stream = match ctx
+        let (stream, sink) = match ctx
             .endpoint
             .connect(ctx.cfg.connect_timeout, last_port)
             .await
         {
             Ok(c) => {
                 last_port = c.local_port;
-                c.stream
+                (c.stream, c.sink)
             }
             Err(e) => {
                 failures += 1;
@@ -232,7 +265,7 @@ async fn run(ctx: LinkCtx) {
         let generation = {
             let mut slot = ctx.shared.writer.lock().await;
             slot.generation += 1;
-            slot.half = Some(wr);
+            slot.half = Some(CallWriter { io: wr, sink });
             // New calls wait until `resend` has sent what is owed (it ends probing).
             slot.probing = true;
             slot.generation
@@ -408,7 +441,7 @@ async fn write_resend(
         (p.msg.clone(), before)
     };
     let half = slot.half.as_mut().ok_or("the connection was dropped")?;
-    if let Err(e) = write_record_with_xid(half, xid, &msg).await {
+    if let Err(e) = half.call(xid, &msg).await {
         warn!(side = "upstream", upstream = ctx.name, error = %e, "re-send failed; reconnecting");
         slot.half = None;
         return Err(format!("re-send failed: {e}"));
