@@ -769,6 +769,16 @@ mod tests {
         )
     }
 
+    fn mkdir_call(dir: &[u8], name: &'static str) -> BytesMut {
+        call(
+            Proc::MKDIR,
+            &Args::Mkdir(nfs3::MkdirArgs {
+                where_: d(dir, name),
+                attributes: nfs3::Sattr3::default(),
+            }),
+        )
+    }
+
     fn create_call(dir: &[u8], name: &'static str) -> BytesMut {
         call(
             Proc::CREATE,
@@ -864,13 +874,7 @@ mod tests {
         for fh in [FILE, OTHER, THIRD] {
             t.knows(fh);
         }
-        let mkdir = call(
-            Proc::MKDIR,
-            &Args::Mkdir(nfs3::MkdirArgs {
-                where_: d(b"parent", "new"),
-                attributes: nfs3::Sattr3::default(),
-            }),
-        );
+        let mkdir = mkdir_call(b"parent", "new");
         for x_first in [true, false] {
             n.drop_all(t.tick());
             n.before(Proc::MKDIR, &mkdir, &t);
@@ -915,13 +919,7 @@ mod tests {
         let (n, t) = (Names::default(), Table::default());
         t.knows(FILE);
         t.knows(DIR);
-        let mkdir = call(
-            Proc::MKDIR,
-            &Args::Mkdir(nfs3::MkdirArgs {
-                where_: d(b"parent", "new"),
-                attributes: nfs3::Sattr3::default(),
-            }),
-        );
+        let mkdir = mkdir_call(b"parent", "new");
         n.before(Proc::MKDIR, &mkdir, &t);
         let s_mk = t.stamp();
         let cx = create_call(DIR, "x");
@@ -978,13 +976,7 @@ mod tests {
     fn a_new_directory_knows_all_its_names() {
         let (n, t) = (Names::default(), Table::default());
         t.knows(FILE);
-        let mk = call(
-            Proc::MKDIR,
-            &Args::Mkdir(nfs3::MkdirArgs {
-                where_: d(b"parent", "new"),
-                attributes: nfs3::Sattr3::default(),
-            }),
-        );
+        let mk = mkdir_call(b"parent", "new");
         n.before(Proc::MKDIR, &mk, &t);
         let s = t.stamp();
         let made = made_reply(Proc::MKDIR, DIR);

@@ -675,9 +675,7 @@ impl OwnedSink for ChannelSink {
                 return Err(aborted());
             }
             tokio::select! {
-                r = self.closing.half().data_bytes(data) => r.map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::BrokenPipe, format!("ssh channel: {e}"))
-                }),
+                r = self.closing.send(data) => r,
                 _ = Over { a: &self.life, b: &self.ended } => Err(aborted()),
             }
         })

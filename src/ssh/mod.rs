@@ -93,6 +93,14 @@ where
     pub(crate) fn half(&self) -> &russh::ChannelWriteHalf<S> {
         self.0.as_ref().expect("taken only when dropped")
     }
+
+    /// Hands `data` to russh whole (`data_bytes`: no copy, unlike its `AsyncWrite`),
+    /// waiting for the peer's window as that does.
+    pub(crate) async fn send(&self, data: bytes::Bytes) -> std::io::Result<()> {
+        self.half().data_bytes(data).await.map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, format!("ssh channel: {e}"))
+        })
+    }
 }
 
 impl<S> Drop for Closing<S>

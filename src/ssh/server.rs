@@ -56,9 +56,8 @@ pub struct ChannelPeer {
 /// Called with each served channel.
 pub type OnChannel = Arc<dyn Fn(Duplex, ChannelPeer) + Send + Sync>;
 
-/// A served channel's outgoing side as an `OwnedSink`: russh's `data_bytes` takes each
-/// buffer without copying it (its `AsyncWrite` copies every write), waiting for the
-/// peer's window as that does. Shares the channel's `Closing` with the stream's writer.
+/// A served channel's outgoing side as an `OwnedSink` (`Closing::send`), sharing the
+/// channel's `Closing` with the stream's writer.
 struct ChannelSink(Arc<Closing<Msg>>);
 
 impl OwnedSink for ChannelSink {
@@ -66,11 +65,7 @@ impl OwnedSink for ChannelSink {
         &self,
         data: bytes::Bytes,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + '_>> {
-        Box::pin(async move {
-            self.0.half().data_bytes(data).await.map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, format!("ssh channel: {e}"))
-            })
-        })
+        Box::pin(self.0.send(data))
     }
 }
 
