@@ -75,11 +75,13 @@ type Live = (Arc<Handle<Checker>>, Arc<Life>);
 
 /// Whether a session is alive, for its channels' writers: russh does not wake a writer
 /// waiting for window when the session dies. A monitor task polls the session handle
-/// (every `LIFE_POLL`) and wakes every such writer when it has closed.
+/// (every `LIFE_POLL`) and wakes every such writer when it has closed. A waiter is
+/// registered only while it waits (`ended` is a `Notify` future, unregistered when
+/// dropped), so a long session does not pile up the wakers of finished calls.
 #[derive(Default)]
 struct Life {
     dead: std::sync::atomic::AtomicBool,
-    waiting: Mutex<Vec<std::task::Waker>>,
+    notify: tokio::sync::Notify,
 }
 
 const LIFE_POLL: Duration = Duration::from_millis(500);
@@ -89,17 +91,22 @@ impl Life {
         self.dead.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn wait(&self, w: &std::task::Waker) {
-        let mut v = self.waiting.lock().expect("life lock");
-        if !v.iter().any(|x| x.will_wake(w)) {
-            v.push(w.clone());
-        }
-    }
-
     fn kill(&self) {
         self.dead.store(true, std::sync::atomic::Ordering::Release);
-        for w in self.waiting.lock().expect("life lock").drain(..) {
-            w.wake();
+        self.notify.notify_waiters();
+    }
+
+    /// Ready once the life has ended.
+    async fn ended(&self) {
+        loop {
+            let n = self.notify.notified();
+            tokio::pin!(n);
+            // Registered before the check: a kill in between still wakes it.
+            n.as_mut().enable();
+            if self.is_dead() {
+                return;
+            }
+            n.await;
         }
     }
 
@@ -275,8 +282,10 @@ impl SshConnector {
                 return Err(e);
             }
         };
-        let stream = Guarded::new(ch.into_stream(), life);
-        Ok(super::pump::drained(stream, FILE_MAX_UNREAD))
+        Ok(super::pump::drained(
+            duplex(ch, life).stream,
+            FILE_MAX_UNREAD,
+        ))
     }
 
     /// Makes the file session now if there is none (it takes a few round trips), so
@@ -503,7 +512,9 @@ impl SshConnector {
 /// An RPC channel as a `Duplex`: reads are russh's buffers handed on (`ChannelReader`);
 /// whole records go to russh as they are (`ChannelSink`: `data_bytes`, no copy), other
 /// writes through its writer. Both writing sides fail once the session died or the reads
-/// ended (see `Guarded`), and the channel is closed when both are dropped (`Closing`).
+/// ended (russh wakes neither when a session dies: a writer waiting for window would
+/// wait for ever, holding the link's writer lock, so the reconnect would never come),
+/// and the channel is closed when both are dropped (`Closing`).
 fn duplex(ch: russh::Channel<client::Msg>, life: Arc<Life>) -> Duplex {
     let (rh, wh) = ch.split();
     let writer = wh.make_writer();
@@ -522,6 +533,7 @@ fn duplex(ch: russh::Channel<client::Msg>, life: Arc<Life>) -> Duplex {
                 inner: writer,
                 life: life.clone(),
                 ended: ended.clone(),
+                watch: None,
             },
             _keep: closing.clone(),
         },
@@ -542,7 +554,7 @@ type NextMsg = std::pin::Pin<
 
 /// A channel's incoming data as a byte stream, each of russh's buffers handed on as it
 /// is (russh's own reader copies it into a buffer first). At the channel's EOF or close
-/// it ends, and marks `ended` (which fails the writers: see `Guarded`).
+/// it ends, and marks `ended` (which fails the writers: see `duplex`).
 struct ChannelReader {
     half: Option<russh::ChannelReadHalf>,
     next: Option<NextMsg>,
@@ -597,11 +609,37 @@ struct GuardedWriter<W> {
     inner: W,
     life: Arc<Life>,
     ended: Arc<Life>,
+    /// Made the first time a write waits, kept while the writer lives (one
+    /// registration per writer, not per write).
+    watch: Option<OverFuture>,
+}
+
+type OverFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Ready once either life has ended.
+fn over(a: Arc<Life>, b: Arc<Life>) -> OverFuture {
+    Box::pin(async move {
+        tokio::select! {
+            _ = a.ended() => {}
+            _ = b.ended() => {}
+        }
+    })
 }
 
 impl<W> GuardedWriter<W> {
     fn over(&self) -> bool {
         self.life.is_dead() || self.ended.is_dead()
+    }
+
+    /// Whether the writer's lives are over, registering the task to be woken when they
+    /// end.
+    fn watch_over(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let (a, b) = (self.life.clone(), self.ended.clone());
+        self.watch
+            .get_or_insert_with(|| over(a, b))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 }
 
@@ -622,12 +660,8 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GuardedWriter<W
             return std::task::Poll::Ready(Err(aborted()));
         }
         let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if r.is_pending() {
-            self.life.wait(cx.waker());
-            self.ended.wait(cx.waker());
-            if self.over() {
-                return std::task::Poll::Ready(Err(aborted()));
-            }
+        if r.is_pending() && self.watch_over(cx) {
+            return std::task::Poll::Ready(Err(aborted()));
         }
         r
     }
@@ -640,9 +674,8 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GuardedWriter<W
             return std::task::Poll::Ready(Ok(()));
         }
         let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
-        if r.is_pending() {
-            self.life.wait(cx.waker());
-            self.ended.wait(cx.waker());
+        if r.is_pending() && self.watch_over(cx) {
+            return std::task::Poll::Ready(Ok(()));
         }
         r
     }
@@ -674,133 +707,13 @@ impl OwnedSink for ChannelSink {
             if self.life.is_dead() || self.ended.is_dead() {
                 return Err(aborted());
             }
+            // The sends come from many tasks: the waits on the lives are futures that
+            // unregister when dropped.
             tokio::select! {
                 r = self.closing.send(data) => r,
-                _ = Over { a: &self.life, b: &self.ended } => Err(aborted()),
+                _ = self.life.ended() => Err(aborted()),
+                _ = self.ended.ended() => Err(aborted()),
             }
         })
-    }
-}
-
-/// Ready once either life has ended.
-struct Over<'a> {
-    a: &'a Life,
-    b: &'a Life,
-}
-
-impl std::future::Future for Over<'_> {
-    type Output = ();
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        let over = || self.a.is_dead() || self.b.is_dead();
-        if over() {
-            return std::task::Poll::Ready(());
-        }
-        self.a.wait(cx.waker());
-        self.b.wait(cx.waker());
-        // Killed between the check and the registration: its wake-up was missed.
-        if over() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-}
-
-/// A channel stream whose writes fail once its reads have ended. When a session dies,
-/// russh drops the channels' queues: a reader sees end of stream, but a writer waiting
-/// for window is never woken, and the upstream link holds its writer lock while it
-/// writes, so the reconnect would wait for ever. The link's reader always reads, so it
-/// sees the end first; this wakes the waiting writer with `ConnectionAborted`.
-struct Guarded<S> {
-    inner: S,
-    ended: bool,
-    blocked_writer: Option<std::task::Waker>,
-    /// The session's life: also fails a waiting writer when nothing is reading (the
-    /// link re-sends its calls before its reader starts).
-    life: Arc<Life>,
-}
-
-impl<S> Guarded<S> {
-    fn new(inner: S, life: Arc<Life>) -> Guarded<S> {
-        Guarded {
-            inner,
-            ended: false,
-            blocked_writer: None,
-            life,
-        }
-    }
-
-    fn end(&mut self) {
-        self.ended = true;
-        if let Some(w) = self.blocked_writer.take() {
-            w.wake();
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &r {
-            std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => self.end(),
-            std::task::Poll::Ready(Err(_)) => self.end(),
-            _ => {}
-        }
-        r
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.ended || self.life.is_dead() {
-            return std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the SSH channel's session ended",
-            )));
-        }
-        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if r.is_pending() {
-            self.blocked_writer = Some(cx.waker().clone());
-            self.life.wait(cx.waker());
-        }
-        r
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.ended || self.life.is_dead() {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
-        if r.is_pending() {
-            self.blocked_writer = Some(cx.waker().clone());
-            self.life.wait(cx.waker());
-        }
-        r
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.ended {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
