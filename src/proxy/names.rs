@@ -52,6 +52,9 @@ struct Dir {
     changed_at: u64,
     /// Every name in the directory is in `names` (present) or absent.
     complete: bool,
+    /// Removed (an RMDIR of a name that named it): nothing about it is answered or
+    /// learnt any more; the server says ESTALE for it.
+    removed: bool,
 }
 
 /// (directory handle, name) → the handle it names, or None for "absent".
@@ -95,14 +98,21 @@ impl Inner {
     /// Clock value of the last namespace change of `dir` (or of a change of the
     /// attributes an ACCESS depends on, for other objects).
     fn changed_at(&self, dir: &[u8]) -> u64 {
-        self.dirs
-            .get(dir)
-            .map_or(0, |d| d.changed_at)
-            .max(self.floor)
+        match self.dirs.get(dir) {
+            Some(d) if d.removed => u64::MAX,
+            d => d.map_or(0, |d| d.changed_at).max(self.floor),
+        }
+    }
+
+    fn removed(&self, dir: &[u8]) -> bool {
+        self.dirs.get(dir).is_some_and(|d| d.removed)
     }
 
     /// Clock value of the last namespace change of `name` in `dir`.
     fn name_changed_at(&self, dir: &[u8], name: &[u8]) -> u64 {
+        if self.removed(dir) {
+            return u64::MAX;
+        }
         self.name_changed
             .get(&(dir.to_vec(), name.to_vec()))
             .map_or(0, |t| *t)
@@ -146,7 +156,7 @@ impl Inner {
     /// when unknown.
     fn lookup(&self, dir: &[u8], name: &[u8]) -> Option<Option<&Vec<u8>>> {
         let key = (dir.to_vec(), name.to_vec());
-        if self.pending.contains_key(&key) {
+        if self.pending.contains_key(&key) || self.removed(dir) {
             return None;
         }
         if let Some(e) = self.names.get(&key) {
@@ -619,10 +629,17 @@ fn learn_change(
             // it was already under way when this reply was seen (a client that learnt
             // the handle from a LOOKUP may have created a name in it meanwhile, whose
             // outcome may be unknown): then it is not complete.
-            if let Some(fh) = made(g, a.where_.dir.0, a.where_.name, r)
-                && g.changed_at(&fh) <= stamp
-            {
-                g.dir_mut(&fh).complete = true;
+            if let Some(fh) = made(g, a.where_.dir.0, a.where_.name, r) {
+                if g.removed(&fh) {
+                    // The server gave a removed directory's handle to a new one: the
+                    // old one's names go (its change clocks stay: they only make
+                    // learning more careful).
+                    g.names.retain(|(d, _), _| *d != fh);
+                    g.dir_mut(&fh).removed = false;
+                }
+                if g.changed_at(&fh) <= stamp {
+                    g.dir_mut(&fh).complete = true;
+                }
             }
         }
         (Args::Symlink(a), Res::Symlink(r)) => {
@@ -638,9 +655,12 @@ fn learn_change(
             match r {
                 NfsResult::Ok(_) | NfsResult::Fail(Nfsstat3::NOENT, _) => {
                     g.set_name(dir, name, None);
-                    // A removed directory knows no names any more.
+                    // A removed directory knows no names any more, and learns none
+                    // from replies still on their way (a READDIRPLUS or LOOKUP of it
+                    // answered before it went).
                     if let (Args::Rmdir(_), Some(Some(gone))) = (args, &was[0]) {
-                        g.dirs.remove(gone);
+                        let d = g.dir_mut(gone);
+                        (d.complete, d.removed) = (false, true);
                     }
                 }
                 NfsResult::Fail(..) => g.unknown(dir, name),
@@ -940,6 +960,55 @@ mod tests {
             Some(Ok(DIR.to_vec())),
             "the new name itself is learnt"
         );
+    }
+
+    #[test]
+    fn a_removed_directory_answers_and_learns_nothing() {
+        // A READDIRPLUS and a LOOKUP of D answered before D was removed, their replies
+        // seen after the RMDIR's: nothing of D is taught, and D's names known before
+        // are no longer answered (the server says ESTALE for D now).
+        let (n, t) = (Names::default(), Table::default());
+        t.knows(FILE);
+        t.knows(DIR);
+        let mk = mkdir_call(b"parent", "d");
+        n.before(Proc::MKDIR, &mk, &t);
+        let s = t.stamp();
+        n.observe(Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, DIR), s, &t);
+        let cx = create_call(DIR, "x");
+        n.before(Proc::CREATE, &cx, &t);
+        let s = t.stamp();
+        n.observe(Proc::CREATE, &cx, &made_reply(Proc::CREATE, FILE), s, &t);
+        assert_eq!(answer(&n, &t, DIR, "x"), Some(Ok(FILE.to_vec())));
+        let early = t.stamp();
+        let rm = call(
+            Proc::RMDIR,
+            &Args::Rmdir(nfs3::RmdirArgs {
+                object: d(b"parent", "d"),
+            }),
+        );
+        n.before(Proc::RMDIR, &rm, &t);
+        let s = t.stamp();
+        let gone = body(&Res::Rmdir(NfsResult::Ok(nfs3::RemoveResOk {
+            dir_wcc: WccData::default(),
+        })));
+        n.observe(Proc::RMDIR, &rm, &gone, s, &t);
+        n.observe(
+            Proc::LOOKUP,
+            &lookup_call(DIR, "y"),
+            &lookup_ok(FILE),
+            early,
+            &t,
+        );
+        for name in ["x", "y", "z"] {
+            assert_eq!(answer(&n, &t, DIR, name), None, "{name}: asked upstream");
+        }
+        assert_eq!(answer(&n, &t, b"parent", "d"), Some(Err(Nfsstat3::NOENT)));
+        // A new directory given the same handle starts afresh.
+        let mk = mkdir_call(b"parent", "e");
+        n.before(Proc::MKDIR, &mk, &t);
+        let s = t.stamp();
+        n.observe(Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, DIR), s, &t);
+        assert_eq!(answer(&n, &t, DIR, "x"), Some(Err(Nfsstat3::NOENT)));
     }
 
     #[test]
