@@ -674,8 +674,14 @@ fn learn_change(
                     g.set_name(from.dir.0, from.name, Some(m.clone()));
                     g.set_name(to.dir.0, to.name, Some(m.clone()));
                 }
-                // The target was absent or another file: a move.
-                (NfsResult::Ok(_), Some(Some(m)), Some(_)) => {
+                // The target was absent or another object: a move. An object it named
+                // is gone from there; if it was a directory (an empty one, replaced),
+                // it is gone altogether: nothing of it is answered any more.
+                (NfsResult::Ok(_), Some(Some(m)), Some(t)) => {
+                    if let Some(t) = t {
+                        let d = g.dir_mut(t);
+                        (d.complete, d.removed) = (false, true);
+                    }
                     g.set_name(from.dir.0, from.name, None);
                     g.set_name(to.dir.0, to.name, Some(m.clone()));
                 }
@@ -1009,6 +1015,45 @@ mod tests {
         let s = t.stamp();
         n.observe(Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, DIR), s, &t);
         assert_eq!(answer(&n, &t, DIR, "x"), Some(Err(Nfsstat3::NOENT)));
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_rename_answers_nothing() {
+        // RENAME e onto d, both directories made here (d empty): d's directory is gone,
+        // the server says ESTALE for it; the cache must not answer NOENT for names in
+        // it from its old completeness.
+        const E: &[u8] = b"e-handle";
+        let (n, t) = (Names::default(), Table::default());
+        for (name, fh) in [("d", DIR), ("e", E)] {
+            t.knows(fh);
+            let mk = mkdir_call(b"parent", name);
+            n.before(Proc::MKDIR, &mk, &t);
+            let s = t.stamp();
+            n.observe(Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, fh), s, &t);
+        }
+        assert_eq!(answer(&n, &t, DIR, "x"), Some(Err(Nfsstat3::NOENT)));
+        let mv = call(
+            Proc::RENAME,
+            &Args::Rename(nfs3::RenameArgs {
+                from: d(b"parent", "e"),
+                to: d(b"parent", "d"),
+            }),
+        );
+        n.before(Proc::RENAME, &mv, &t);
+        let s = t.stamp();
+        let moved = body(&Res::Rename(NfsResult::Ok(nfs3::RenameResOk {
+            fromdir_wcc: WccData::default(),
+            todir_wcc: WccData::default(),
+        })));
+        n.observe(Proc::RENAME, &mv, &moved, s, &t);
+        assert_eq!(
+            answer(&n, &t, DIR, "x"),
+            None,
+            "the replaced directory is gone"
+        );
+        t.knows(E); // its ctime changed: known again after a GETATTR
+        assert_eq!(answer(&n, &t, b"parent", "d"), Some(Ok(E.to_vec())));
+        assert_eq!(answer(&n, &t, E, "x"), Some(Err(Nfsstat3::NOENT)));
     }
 
     #[test]
