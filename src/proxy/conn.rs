@@ -477,8 +477,9 @@ struct Gather {
 
 /// Bodies up to this are copied into the gathered buffer; larger ones go whole.
 const COPY_UP_TO: usize = 64 << 10;
-/// The gathered buffer is sent once it holds this much (under one SSH packet).
-const GATHER: usize = 192 << 10;
+/// The gathered buffer is sent once it holds this much: with the record that reaches
+/// it (at most `COPY_UP_TO` and its mark), still one SSH packet (`crate::ssh::MAX_PACKET`).
+const GATHER: usize = 160 << 10;
 
 impl Gather {
     fn new(sink: Box<dyn OwnedSink>) -> Gather {
@@ -513,6 +514,11 @@ impl Gather {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gathered_buffer_fits_one_ssh_packet() {
+        assert!(GATHER + COPY_UP_TO + 4 <= crate::ssh::MAX_PACKET as usize);
+    }
 
     /// Keeps what it is sent, buffer by buffer.
     #[derive(Default)]
