@@ -1648,9 +1648,10 @@ impl Store {
         Self::newest_dirty(out)
     }
 
-    /// Makes every write and every cleared tag durable, in every bank. (A truncation
-    /// needs only its own file's: `sync_file`, which also covers the tags it cut or
-    /// cleared, and is refused only for that file's lost writes.)
+    /// Makes every write and every cleared tag durable, in every bank (tests; a
+    /// truncation needs only its own file's: `sync_file`, which also covers the tags it
+    /// cut or cleared, and is refused only for that file's lost writes).
+    #[cfg(test)]
     pub fn sync_all(&self) -> Result<()> {
         self.sync()?;
         self.sync_tags()

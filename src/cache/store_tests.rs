@@ -853,7 +853,7 @@ fn sync_file_syncs_only_the_files_banks() {
     // 4 banks of 8 sets: block b of a file lands in set (h + b) mod 32.
     let g = Geometry::new(4 * 32 * BS as u64, BS, 4, 4).unwrap();
     let s = Store::open(dir.path(), g).unwrap();
-    let bank_of = |fh: &[u8]| g.frame(g.set_of(fnv1a(fh), 0), 0).bank;
+    let bank_of = |fh: &[u8]| s.bank_of(fh, 0);
     let a: &[u8] = b"file-a";
     let b = (0u32..)
         .map(|i| format!("file-b{i}").into_bytes())
@@ -862,7 +862,7 @@ fn sync_file_syncs_only_the_files_banks() {
     stored(s.put(a, 0, 0, &bytes(512, 1), true).unwrap());
     stored(s.put(&b, 0, 0, &bytes(512, 2), true).unwrap());
     let unsynced = |fh: &[u8]| {
-        let bank = s.banks[bank_of(fh) as usize].lock().unwrap();
+        let bank = s.banks[bank_of(fh)].lock().unwrap();
         bank.unsynced_files.contains(&fnv1a(fh)) && !bank.written.is_empty()
     };
     assert!(unsynced(a) && unsynced(&b));
@@ -1128,7 +1128,7 @@ fn after_a_failed_fdatasync_an_older_dirty_version_is_not_written_back_after_the
     s.sync_all().unwrap();
     let newer = stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap());
     // The bank's fdatasync fails.
-    assert!(with_failing_bank(&s, 0, || s.sync_file(b"f")).is_err());
+    assert!(s.with_failing_bank(0, || s.sync_file(b"f")).is_err());
     let d = s.dirty_blocks().unwrap();
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(
@@ -1156,7 +1156,7 @@ fn a_failed_bank_is_renewed_once_its_dirty_data_is_written_back() {
     assert!(s.mark_clean(b"h", 0, h).unwrap());
     stored(s.put(b"g", 0, 0, &[4; 512], false).unwrap());
     assert!(
-        with_failing_bank(&s, 0, || s.sync_all()).is_err(),
+        s.with_failing_bank(0, || s.sync_all()).is_err(),
         "the cleared tag of h needs the failing fdatasync"
     );
     assert!(s.at_risk(b"f", 0) && s.at_risk(b"h", 0));
@@ -1220,25 +1220,16 @@ fn sync_tags_goes_on_past_a_failing_bank() {
         dirty_tags(0) && dirty_tags(1),
         "both banks hold cleaned tags"
     );
-    assert!(with_failing_bank(&s, 0, || s.sync_tags()).is_err());
+    assert!(s.with_failing_bank(0, || s.sync_tags()).is_err());
     assert!(s.banks[0].lock().unwrap().failed);
     assert!(!dirty_tags(1), "bank 1 was not synced after bank 0 failed");
 }
 
 // Failed-bank scenarios (found in review).
 
-/// The bank that holds (fh, block).
-fn bank_of(s: &Store, fh: &[u8], block: u64) -> usize {
-    s.bank_of(fh, block)
-}
-
-fn with_failing_bank<T>(s: &Store, b: usize, f: impl FnOnce() -> T) -> T {
-    s.with_failing_bank(b, f)
-}
-
 /// A block of `fh` (from `from` on) held by bank `b`.
 fn block_in_bank(s: &Store, fh: &[u8], b: usize, from: u64) -> u64 {
-    (from..).find(|&k| bank_of(s, fh, k) == b).unwrap()
+    (from..).find(|&k| s.bank_of(fh, k) == b).unwrap()
 }
 
 /// The cut record (`CUT_BLOCK` of cached.rs) is pending, durable and dirty in a bank
@@ -1255,7 +1246,7 @@ fn a_cut_record_whose_removal_is_not_durable_keeps_the_data_dirty() {
     let (cut_bank, data_bank, blk);
     {
         let s = Store::open(dir.path(), g).unwrap();
-        cut_bank = bank_of(&s, b"f", CUT);
+        cut_bank = s.bank_of(b"f", CUT);
         data_bank = 1 - cut_bank;
         blk = block_in_bank(&s, b"f", data_bank, 0);
         // truncate_locally(f, 0): the cut record, durable.
@@ -1271,7 +1262,7 @@ fn a_cut_record_whose_removal_is_not_durable_keeps_the_data_dirty() {
         // Another file's COMMIT meets the failing fdatasync of the cut record's bank.
         let gb = block_in_bank(&s, b"g", cut_bank, 0);
         stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
-        assert!(with_failing_bank(&s, cut_bank, || s.sync_file(b"g")).is_err());
+        assert!(s.with_failing_bank(cut_bank, || s.sync_file(b"g")).is_err());
         assert!(s.at_risk(b"f", CUT), "the cut record is at risk");
         // flush_file: apply_cut -> cut_applied, which fails when the record is at risk
         // after its removal: the flush of the file stops before its data is marked
@@ -1319,7 +1310,7 @@ fn a_truncation_is_not_acknowledged_when_its_bank_failed_after_the_check() {
         // ... the SETATTR goes to the server; meanwhile a flush of h: mark_clean, then
         // sync_tags, whose fdatasync fails.
         assert!(s.mark_clean(b"h", 0, hs).unwrap());
-        assert!(with_failing_bank(&s, 0, || s.sync_tags()).is_err());
+        assert!(s.with_failing_bank(0, || s.sync_tags()).is_err());
         // truncated(f, old, 0): invalidate_range, then sync_all.
         s.invalidate_range(b"f", 0, 5).unwrap();
         let acked = s.sync_all().is_ok();
@@ -1346,7 +1337,7 @@ fn a_local_truncation_into_a_failed_bank_is_not_durable() {
     let dir = tempfile::tempdir().unwrap();
     let g = Geometry::new(2 * 8 * 4 * BS as u64, BS, 4, 2).unwrap();
     let s = Store::open(dir.path(), g).unwrap();
-    let cut_bank = bank_of(&s, b"f", CUT);
+    let cut_bank = s.bank_of(b"f", CUT);
     let failed = 1 - cut_bank;
     let blk = block_in_bank(&s, b"f", failed, 1);
     stored(s.put(b"f", blk, 0, &[7; 4096], true).unwrap());
@@ -1355,7 +1346,7 @@ fn a_local_truncation_into_a_failed_bank_is_not_durable() {
     s.sync_all().unwrap();
     assert!(!s.at_risk_from(b"f", 0)); // truncate_locally's check
     assert!(s.mark_clean(b"h", hb, hs).unwrap());
-    assert!(with_failing_bank(&s, failed, || s.sync_tags()).is_err());
+    assert!(s.with_failing_bank(failed, || s.sync_tags()).is_err());
     // truncate_locally goes on: record, invalidate_range, sync_file.
     stored(s.put(b"f", CUT, 0, &[0; 16], true).unwrap());
     s.invalidate_range(b"f", 0, blk).unwrap();
@@ -1378,7 +1369,7 @@ fn an_older_version_is_not_sent_after_a_newer_one_that_stopped_verifying() {
     stored(s.put(b"f", 0, 0, &[1; 512], true).unwrap());
     s.sync_all().unwrap();
     let newer = stored(s.put(b"f", 0, 0, &[2; 512], true).unwrap());
-    assert!(with_failing_bank(&s, 0, || s.sync_file(b"f")).is_err());
+    assert!(s.with_failing_bank(0, || s.sync_file(b"f")).is_err());
     let got = s.get(b"f", 0).unwrap().unwrap();
     assert_eq!(got.seq, newer); // sent
     // v2's bytes read back differently now.
@@ -1417,7 +1408,7 @@ fn drop_clean_skips_a_failed_bank_and_drops_the_others() {
     stored(s.put(b"c", b, 0, &[4; 512], false).unwrap());
     let gb = block_in_bank(&s, b"g", 0, 0);
     stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
-    assert!(with_failing_bank(&s, 0, || s.sync_file(b"g")).is_err());
+    assert!(s.with_failing_bank(0, || s.sync_file(b"g")).is_err());
     let r = s.drop_clean();
     assert!(r.is_ok(), "drop_clean: {r:?}");
     assert!(
@@ -1437,7 +1428,7 @@ fn a_write_into_a_bank_being_renewed_is_synced_by_its_commit() {
     // Bank 0 fails holding g's write; the write-back sends it (stuck): renewable.
     let gb = block_in_bank(&s, b"g", 0, 0);
     stored(s.put(b"g", gb, 0, &[1; 512], true).unwrap());
-    assert!(with_failing_bank(&s, 0, || s.sync_file(b"g")).is_err());
+    assert!(s.with_failing_bank(0, || s.sync_file(b"g")).is_err());
     let seq = s.get(b"g", gb).unwrap().unwrap().seq;
     assert!(s.mark_clean(b"g", gb, seq).is_err());
     let fb = block_in_bank(&s, b"f", 0, 0);
@@ -1473,7 +1464,7 @@ fn renewal_does_not_make_an_unacknowledged_cut_durable() {
     let blk;
     {
         let s = Store::open(dir.path(), g).unwrap();
-        let cut_bank = bank_of(&s, b"f", CUT);
+        let cut_bank = s.bank_of(b"f", CUT);
         let failed = 1 - cut_bank;
         blk = block_in_bank(&s, b"f", failed, 1);
         stored(s.put(b"f", blk, 0, &[7; 4096], true).unwrap());
@@ -1486,7 +1477,7 @@ fn renewal_does_not_make_an_unacknowledged_cut_durable() {
         let failed_durable = std::fs::read(bank_path(dir.path(), failed as u32)).unwrap();
         assert!(!s.at_risk_from(b"f", 0)); // truncate_locally's check
         assert!(s.mark_clean(b"h", hb, hs).unwrap());
-        assert!(with_failing_bank(&s, failed, || s.sync_tags()).is_err());
+        assert!(s.with_failing_bank(failed, || s.sync_tags()).is_err());
         // truncate_locally goes on: record, invalidate_range, sync_file -> NFS3ERR_IO.
         stored(s.put(b"f", CUT, 0, &[0; 16], true).unwrap());
         s.invalidate_range(b"f", 0, blk).unwrap();
