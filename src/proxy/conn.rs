@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -26,9 +26,10 @@ use super::{Proxy, cached};
 use crate::config::Account;
 use crate::metrics::Metrics;
 use crate::nfs3::Proc;
+use crate::rpc::record::Gather;
 use crate::rpc::{RecordError, RecordReader, write_record};
 use crate::server::Admit;
-use crate::transport::{BoxStream, Duplex, OwnedSink};
+use crate::transport::{BoxStream, Duplex};
 use crate::upstream::Completion;
 
 /// A reply on its way out, with what the call held until it is written.
@@ -464,116 +465,5 @@ impl Replies {
                 w.shutdown().await
             }
         }
-    }
-}
-
-/// Records for an `OwnedSink`: a large body goes to it as it is (no copy); small records
-/// (and a large one's 4-byte mark) are gathered into one buffer until `flush` or until
-/// it holds `GATHER` bytes, so a burst of small replies is one SSH packet, not many.
-struct Gather {
-    sink: Box<dyn OwnedSink>,
-    small: BytesMut,
-}
-
-/// Bodies up to this are copied into the gathered buffer; larger ones go whole.
-const COPY_UP_TO: usize = 64 << 10;
-/// The gathered buffer is sent once it holds this much: with the record that reaches
-/// it (at most `COPY_UP_TO` and its mark), still one SSH packet (`crate::ssh::MAX_PACKET`).
-const GATHER: usize = 160 << 10;
-
-impl Gather {
-    fn new(sink: Box<dyn OwnedSink>) -> Gather {
-        Gather {
-            sink,
-            small: BytesMut::new(),
-        }
-    }
-
-    async fn record(&mut self, body: &Bytes) -> std::io::Result<()> {
-        let mark = crate::rpc::record::mark(body.len())?;
-        self.small.extend_from_slice(&mark);
-        if body.len() <= COPY_UP_TO {
-            self.small.extend_from_slice(body);
-            if self.small.len() >= GATHER {
-                self.flush().await?;
-            }
-            return Ok(());
-        }
-        self.flush().await?;
-        self.sink.send(body.clone()).await
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.small.is_empty() {
-            return Ok(());
-        }
-        self.sink.send(self.small.split().freeze()).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_gathered_buffer_fits_one_ssh_packet() {
-        assert!(GATHER + COPY_UP_TO + 4 <= crate::ssh::MAX_PACKET as usize);
-    }
-
-    /// Keeps what it is sent, buffer by buffer.
-    #[derive(Default)]
-    struct Kept(std::sync::Mutex<Vec<Bytes>>);
-
-    impl OwnedSink for Arc<Kept> {
-        fn send(
-            &self,
-            data: Bytes,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + '_>>
-        {
-            self.0.lock().unwrap().push(data);
-            Box::pin(async { Ok(()) })
-        }
-    }
-
-    #[tokio::test]
-    async fn gathered_records_are_framed_in_order_and_large_bodies_are_not_copied() {
-        let kept = Arc::new(Kept::default());
-        let mut g = Gather::new(Box::new(kept.clone()));
-        let small = Bytes::from_static(b"getattr reply");
-        let large = Bytes::from(vec![7u8; COPY_UP_TO + 1]);
-        g.record(&small).await.unwrap();
-        g.record(&small).await.unwrap();
-        assert!(
-            kept.0.lock().unwrap().is_empty(),
-            "small ones wait for a flush"
-        );
-        g.record(&large).await.unwrap();
-        g.record(&small).await.unwrap();
-        g.flush().await.unwrap();
-        let sent = kept.0.lock().unwrap().clone();
-        // Two small records and the large one's mark; the large body itself; the last.
-        assert_eq!(sent.len(), 3);
-        assert_eq!(
-            sent[1].as_ptr(),
-            large.as_ptr(),
-            "the large body is handed on, not copied"
-        );
-        let wire: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
-        let mut expect = Vec::new();
-        for body in [&small, &small, &large, &small] {
-            expect.extend_from_slice(&crate::rpc::record::mark(body.len()).unwrap());
-            expect.extend_from_slice(body);
-        }
-        assert_eq!(wire, expect);
-        // Many small records go out once they fill a gathered buffer, without a flush.
-        let kept = Arc::new(Kept::default());
-        let mut g = Gather::new(Box::new(kept.clone()));
-        let mid = Bytes::from(vec![1u8; 60 << 10]);
-        for _ in 0..4 {
-            g.record(&mid).await.unwrap();
-        }
-        let sent = kept.0.lock().unwrap().clone();
-        assert_eq!(sent.len(), 1, "sent once {GATHER} bytes were gathered");
-        assert!(sent[0].len() >= GATHER);
     }
 }

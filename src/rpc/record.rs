@@ -4,8 +4,10 @@
 //! The total size of a record is checked against the caller's limit *before* any buffer is
 //! grown for it, so a peer cannot make us allocate more than `max` bytes per record.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::transport::OwnedSink;
 
 const LAST_FRAGMENT: u32 = 0x8000_0000;
 
@@ -239,8 +241,77 @@ pub async fn write_record_with_xid<W: AsyncWrite + Unpin>(
     w.write_all_buf(&mut all).await
 }
 
+/// Records for an `OwnedSink` (an SSH channel): a large body is handed to it as it is (no
+/// copy); small records (and a large one's mark) are gathered into one buffer until
+/// `flush` or until it holds `GATHER` bytes, so a burst of small records is one SSH
+/// packet, not many. The server role's replies and the upstream link's calls both go
+/// through it.
+pub struct Gather {
+    sink: Box<dyn OwnedSink>,
+    small: BytesMut,
+}
+
+/// Bodies up to this are copied into the gathered buffer; larger ones go whole.
+pub const COPY_UP_TO: usize = 64 << 10;
+/// The gathered buffer is sent once it holds this much: with the record that reaches
+/// it (at most `COPY_UP_TO` and its mark), still one SSH packet (`crate::ssh::MAX_PACKET`).
+pub const GATHER: usize = 160 << 10;
+
+impl Gather {
+    pub fn new(sink: Box<dyn OwnedSink>) -> Gather {
+        Gather {
+            sink,
+            small: BytesMut::new(),
+        }
+    }
+
+    /// `body` as a single-fragment record (not flushed).
+    pub async fn record(&mut self, body: &Bytes) -> std::io::Result<()> {
+        let mark = mark(body.len())?;
+        self.put(&[&mark[..]], body.clone(), body.len() <= COPY_UP_TO)
+            .await
+    }
+
+    /// A call record whose xid is replaced by `xid` on the wire, `body` unchanged (it
+    /// keeps the client's xid), as `write_record_with_xid` (not flushed).
+    pub async fn record_with_xid(&mut self, xid: u32, body: &Bytes) -> std::io::Result<()> {
+        if body.len() < 4 {
+            return Err(std::io::Error::other("record too short to carry an xid"));
+        }
+        let mark = mark(body.len())?;
+        let copy = body.len() <= COPY_UP_TO;
+        self.put(&[&mark[..], &xid.to_be_bytes()[..]], body.slice(4..), copy)
+            .await
+    }
+
+    /// `head` gathered, then `rest` copied behind it (`copy`) or handed on whole.
+    async fn put(&mut self, head: &[&[u8]], rest: Bytes, copy: bool) -> std::io::Result<()> {
+        for h in head {
+            self.small.extend_from_slice(h);
+        }
+        if copy {
+            self.small.extend_from_slice(&rest);
+            if self.small.len() >= GATHER {
+                self.flush().await?;
+            }
+            return Ok(());
+        }
+        self.flush().await?;
+        self.sink.send(rest).await
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if self.small.is_empty() {
+            return Ok(());
+        }
+        self.sink.send(self.small.split().freeze()).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[tokio::test]
@@ -410,5 +481,67 @@ mod tests {
             &read_record(&mut r, 10).await.unwrap().unwrap()[..],
             b"hello"
         );
+    }
+
+    #[test]
+    fn a_gathered_buffer_fits_one_ssh_packet() {
+        assert!(GATHER + COPY_UP_TO + 4 <= crate::ssh::MAX_PACKET as usize);
+    }
+
+    /// Keeps what it is sent, buffer by buffer.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<Vec<Bytes>>);
+
+    impl OwnedSink for Arc<Kept> {
+        fn send(
+            &self,
+            data: Bytes,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + '_>>
+        {
+            self.0.lock().unwrap().push(data);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn gathered_records_are_framed_in_order_and_large_bodies_are_not_copied() {
+        let kept = Arc::new(Kept::default());
+        let mut g = Gather::new(Box::new(kept.clone()));
+        let small = Bytes::from_static(b"getattr reply");
+        let large = Bytes::from(vec![7u8; COPY_UP_TO + 1]);
+        g.record(&small).await.unwrap();
+        g.record(&small).await.unwrap();
+        assert!(
+            kept.0.lock().unwrap().is_empty(),
+            "small ones wait for a flush"
+        );
+        g.record(&large).await.unwrap();
+        g.record(&small).await.unwrap();
+        g.flush().await.unwrap();
+        let sent = kept.0.lock().unwrap().clone();
+        // Two small records and the large one's mark; the large body itself; the last.
+        assert_eq!(sent.len(), 3);
+        assert_eq!(
+            sent[1].as_ptr(),
+            large.as_ptr(),
+            "the large body is handed on, not copied"
+        );
+        let wire: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut expect = Vec::new();
+        for body in [&small, &small, &large, &small] {
+            expect.extend_from_slice(&mark(body.len()).unwrap());
+            expect.extend_from_slice(body);
+        }
+        assert_eq!(wire, expect);
+        // Many small records go out once they fill a gathered buffer, without a flush.
+        let kept = Arc::new(Kept::default());
+        let mut g = Gather::new(Box::new(kept.clone()));
+        let mid = Bytes::from(vec![1u8; 60 << 10]);
+        for _ in 0..4 {
+            g.record(&mid).await.unwrap();
+        }
+        let sent = kept.0.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "sent once {GATHER} bytes were gathered");
+        assert!(sent[0].len() >= GATHER);
     }
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::task::JoinHandle;
@@ -25,8 +25,9 @@ use tracing::{debug, info, warn};
 use super::{Completion, UpstreamStats};
 use crate::config::UpstreamConfig;
 use crate::rpc::msg::{AcceptStat, accepted_reply};
+use crate::rpc::record::Gather;
 use crate::rpc::{RecordError, RecordReader, write_record_with_xid};
-use crate::transport::{BoxStream, Dialer, OwnedSink};
+use crate::transport::{BoxStream, Dialer};
 
 /// A call waiting for its reply.
 pub(super) struct Pending {
@@ -67,32 +68,19 @@ struct Slot {
 /// (an SSH channel, which then takes a large call's arguments as they are, no copy).
 struct CallWriter {
     io: WriteHalf<BoxStream>,
-    sink: Option<Box<dyn OwnedSink>>,
+    sink: Option<Gather>,
 }
-
-/// Calls up to this size go to a sink as one buffer, copied with their record mark;
-/// larger ones as the mark and xid, then the rest of the call as it is.
-const COPY_UP_TO: usize = 64 << 10;
 
 impl CallWriter {
     /// Writes `msg` (a call record body) as one record with `xid` in place of its own.
     async fn call(&mut self, xid: u32, msg: &Bytes) -> std::io::Result<()> {
-        let Some(sink) = &self.sink else {
-            return write_record_with_xid(&mut self.io, xid, msg).await;
-        };
-        if msg.len() < 4 {
-            return Err(std::io::Error::other("record too short to carry an xid"));
+        match &mut self.sink {
+            None => write_record_with_xid(&mut self.io, xid, msg).await,
+            Some(g) => {
+                g.record_with_xid(xid, msg).await?;
+                g.flush().await
+            }
         }
-        let whole = msg.len() <= COPY_UP_TO;
-        let mut head = BytesMut::with_capacity(if whole { msg.len() + 4 } else { 8 });
-        head.extend_from_slice(&crate::rpc::record::mark(msg.len())?);
-        head.extend_from_slice(&xid.to_be_bytes());
-        if whole {
-            head.extend_from_slice(&msg[4..]);
-            return sink.send(head.freeze()).await;
-        }
-        sink.send(head.freeze()).await?;
-        sink.send(msg.slice(4..)).await
     }
 }
 
@@ -265,7 +253,10 @@ async fn run(ctx: LinkCtx) {
         let generation = {
             let mut slot = ctx.shared.writer.lock().await;
             slot.generation += 1;
-            slot.half = Some(CallWriter { io: wr, sink });
+            slot.half = Some(CallWriter {
+                io: wr,
+                sink: sink.map(Gather::new),
+            });
             // New calls wait until `resend` has sent what is owed (it ends probing).
             slot.probing = true;
             slot.generation
