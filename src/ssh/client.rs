@@ -552,9 +552,10 @@ type NextMsg = std::pin::Pin<
     Box<dyn std::future::Future<Output = (russh::ChannelReadHalf, Option<ChannelMsg>)> + Send>,
 >;
 
-/// A channel's incoming data as a byte stream, each of russh's buffers handed on as it
-/// is (russh's own reader copies it into a buffer first). At the channel's EOF or close
-/// it ends, and marks `ended` (which fails the writers: see `duplex`).
+/// A channel's incoming data as a byte stream, over the read half alone (russh's own
+/// reader, `ChannelRx`, is not public and borrows the half). Each of russh's buffers is
+/// copied once into the caller's, as `ChannelRx` does. At the channel's EOF or close it
+/// ends, and marks `ended` (which fails the writers: see `duplex`).
 struct ChannelReader {
     half: Option<russh::ChannelReadHalf>,
     next: Option<NextMsg>,
