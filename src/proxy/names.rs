@@ -474,7 +474,9 @@ impl Names {
             if g.pending.len() >= MAX_ENTRIES {
                 g.clear();
             }
-            g.pending.insert(key, was);
+            // A change of the name already in flight knew what it named (this one finds
+            // the name unknown): that stays, so the first reply forgets the object.
+            g.pending.entry(key).or_insert(was);
         }
         drop(g);
         for d in dirs {
@@ -1140,6 +1142,51 @@ mod tests {
         let s = t.stamp();
         n.observe(Proc::REMOVE, &rm, &remove_ok(), s, &t);
         assert!(t.attr(FILE).is_none(), "link count changed: asked again");
+    }
+
+    #[test]
+    fn a_second_change_of_a_name_in_flight_keeps_what_the_name_named() {
+        // REMOVE x and then CREATE x forwarded before either reply: the first reply
+        // seen still forgets the removed file's attributes (its link count changed),
+        // in either order of the replies.
+        for remove_first in [true, false] {
+            let (n, t) = (Names::default(), Table::default());
+            n.observe(
+                Proc::LOOKUP,
+                &lookup_call(DIR, "x"),
+                &lookup_ok(FILE),
+                t.stamp(),
+                &t,
+            );
+            t.knows(FILE);
+            let rm = remove_call(DIR, "x");
+            n.before(Proc::REMOVE, &rm, &t);
+            let rm_stamp = t.stamp();
+            let create = call(
+                Proc::CREATE,
+                &Args::Create(nfs3::CreateArgs {
+                    where_: d(DIR, "x"),
+                    how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
+                }),
+            );
+            n.before(Proc::CREATE, &create, &t);
+            let create_stamp = t.stamp();
+            let created = body(&Res::Create(NfsResult::Ok(nfs3::CreateResOk {
+                obj: Some(Fh(b"new-handle")),
+                obj_attributes: None,
+                dir_wcc: WccData::default(),
+            })));
+            if remove_first {
+                n.observe(Proc::REMOVE, &rm, &remove_ok(), rm_stamp, &t);
+            } else {
+                n.observe(Proc::CREATE, &create, &created, create_stamp, &t);
+            }
+            assert!(
+                t.attr(FILE).is_none(),
+                "the removed file's attributes are forgotten (remove reply first: {remove_first})"
+            );
+            assert_eq!(answer(&n, &t, DIR, "x"), None, "x is unknown");
+        }
     }
 
     #[test]
