@@ -21,9 +21,12 @@
 //!    the Linux client does for `open(O_TRUNC)`; `GRIDVFS_BENCH_TREE_TRUNC=create` sends
 //!    CREATE UNCHECKED with size 0 instead) — through the write-back proxy over the WAN vs the same operations with
 //!    std::fs on a local directory (create + write + fdatasync, then stat + read). The NFS
-//!    calls the proxy forwards over the WAN are counted per procedure. Floor: the same
-//!    number of calls, on one connection with the same workers, as portmapper NULLs that
-//!    the proxy answers itself (what the round trips alone cost).
+//!    calls the proxy forwards over the WAN are counted per procedure, and run 2's CPU
+//!    (proxy, bench client, the machine). Floors: the same number of calls, on one
+//!    connection with the same workers, as portmapper NULLs that the proxy answers
+//!    itself (what the round trips alone cost); as many fdatasyncs as the cache made; and
+//!    the chain floor, run 2's serial waits as any NFS server leaves them (six replies
+//!    per file in turn, two after a durable point done inline; see `chain_floor`).
 //! 4. **proxy RSS**: VmHWM of the proxy after each scenario (one proxy for all of them,
 //!    cache of `GRIDVFS_BENCH_CACHE_GIB` (4) GiB).
 //!
@@ -631,6 +634,83 @@ fn sync_floor(base: &Path, n: usize, jobs: usize) -> f64 {
     secs
 }
 
+/// The floor of run 2's chain of waits, which any NFS server leaves its client: per file
+/// a worker waits for six replies in turn (SETATTR, WRITE, COMMIT, then LOOKUP, GETATTR,
+/// READ), and two of them come only after a durable point: the truncation (a client
+/// re-sends only unstable WRITEs after a server restart, so a truncation lost in a crash
+/// would leave the old bytes past the new data) and COMMIT's data. Each of `jobs` threads
+/// makes the six calls as portmapper NULLs that gridvfs answers itself, over a blocking
+/// connection of its own, and the two durable points itself, inline (a 128-byte record,
+/// then the file's bytes, each rewritten in place in one of 16 preallocated files, then
+/// fdatasync): no server work, no queue, no hand-off between threads. Seconds.
+fn chain_floor(proxy: SocketAddr, base: &Path, tree: &Tree, run: u64, jobs: usize) -> f64 {
+    use std::os::unix::fs::FileExt;
+    const SLOT: u64 = TREE_MAX as u64;
+    let dir = base.join("chain-floor");
+    std::fs::create_dir_all(&dir).unwrap();
+    let per_file = tree.files.div_ceil(16) as u64;
+    let files: Vec<std::fs::File> = (0..16)
+        .map(|i| {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(dir.join(format!("bank{i}")))
+                .unwrap();
+            // Records first, then a slot per file, all written once (no allocation later).
+            f.write_all_at(&vec![1u8; ((per_file + 1) * SLOT) as usize], 0)
+                .unwrap();
+            f.sync_all().unwrap();
+            f
+        })
+        .collect();
+    // A portmapper NULL (program 100000, version 2, procedure 0, AUTH_NONE).
+    let mut null = Vec::new();
+    for v in [0x8000_0028u32, 1, 0, 2, 100_000, 2, 0, 0, 0, 0, 0] {
+        null.extend_from_slice(&v.to_be_bytes());
+    }
+    let round_trip = |s: &mut std::net::TcpStream| {
+        s.write_all(&null).unwrap();
+        let mut mark = [0u8; 4];
+        s.read_exact(&mut mark).unwrap();
+        let mut body = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+        s.read_exact(&mut body).unwrap();
+    };
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..jobs.max(1) {
+            sc.spawn(|| {
+                let mut s = std::net::TcpStream::connect(proxy).unwrap();
+                s.set_nodelay(true).unwrap();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= tree.files {
+                        return;
+                    }
+                    let f = &files[i % 16];
+                    let at = (i / 16) as u64;
+                    let data = tree.data(run, i);
+                    round_trip(&mut s); // SETATTR(size 0), made durable first
+                    f.write_all_at(&[2u8; 128], at * 128).unwrap();
+                    f.sync_data().unwrap();
+                    round_trip(&mut s); // WRITE
+                    f.write_all_at(&data, (at + 1) * SLOT).unwrap();
+                    f.sync_data().unwrap();
+                    round_trip(&mut s); // COMMIT, after its durable point
+                    for _ in 0..3 {
+                        round_trip(&mut s); // LOOKUP, GETATTR, READ
+                    }
+                }
+            });
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    secs
+}
+
 /// The floor of scenario 2 through any NFS server reached over a socket: `mib` MiB sent
 /// in 1 MiB writes over a loopback TCP connection between two threads and read into a
 /// 1 MiB buffer (one copy into the kernel, one out; no RPC, no file). Seconds.
@@ -932,6 +1012,10 @@ async fn main() {
         let mut wan_calls = (String::new(), String::new(), 0.0, 0.0);
         let mut cache_syncs = (0.0, 0.0);
         let mut sync_floors: Vec<(f64, f64)> = Vec::new();
+        // Run 2's CPU: the proxy's, the bench's (the NFS client), and the share of both
+        // cores the machine was busy, in CPU-seconds.
+        let mut run2_cpu: Vec<(f64, f64, f64)> = Vec::new();
+        let mut chain_floors = Vec::new();
         let tree_bytes: u64 = {
             let t = Tree {
                 name: String::new(),
@@ -961,7 +1045,18 @@ async fn main() {
             let (c0, f0) = (counter.snapshot(), syncs().await);
             let (x, fhs) = tree_nfs(&pc, &pdir, &pt, 1, jobs, None, by_create).await;
             let (c1, f1) = (counter.snapshot(), syncs().await);
+            let me = std::process::id();
+            let cpu0 = (
+                util::cpu_secs(proxy.pid()),
+                util::cpu_secs(me),
+                util::machine_busy_secs(),
+            );
             let (y, _) = tree_nfs(&pc, &pdir, &pt, 2, jobs, Some(fhs), by_create).await;
+            run2_cpu.push((
+                util::cpu_secs(proxy.pid()) - cpu0.0,
+                util::cpu_secs(me) - cpu0.1,
+                util::machine_busy_secs() - cpu0.2,
+            ));
             let (c2, f2) = (counter.snapshot(), syncs().await);
             cache_syncs = (
                 (f1 - f0) as f64 / files as f64,
@@ -983,6 +1078,12 @@ async fn main() {
             lan2.push(v);
             let f = rpc_floor(&pc, &nt, jobs).await;
             floor.push(f);
+            let (paddr, lbase, ltree) = (proxy.addr, local_base.path().to_path_buf(), lt.clone());
+            let cf =
+                tokio::task::spawn_blocking(move || chain_floor(paddr, &lbase, &ltree, 2, jobs))
+                    .await
+                    .unwrap();
+            chain_floors.push(cf);
             // As many durable points as the cache made in run 2, and as local run 2 made.
             let n2_syncs = (cache_syncs.1 * files as f64).round() as usize;
             let (sf, sl) = (
@@ -992,10 +1093,14 @@ async fn main() {
             sync_floors.push((sf, sl));
             let (n1, s1) = per_file(&c0, &c1, files);
             let (n2, s2) = per_file(&c1, &c2, files);
+            let (cp, cb, cm) = run2_cpu.last().copied().unwrap_or_default();
             eprintln!(
-                "[3] round {}/{rounds}: local {a:.2} s / {b:.2} s; gridvfs {x:.2} s / {y:.2} s; LAN-NFS {u:.2} s / {v:.2} s; RPC floor {f:.3} s; sync floor {sf:.3} s (local's count {sl:.3} s); \
-                 flush {secs:.2} s ({reply}); server tree byte-equal\n    WAN calls per file: run 1 {n1:.2} ({s1}); run 2 {n2:.2} ({s2})",
-                r + 1
+                "[3] round {}/{rounds}: local {a:.2} s / {b:.2} s; gridvfs {x:.2} s / {y:.2} s; LAN-NFS {u:.2} s / {v:.2} s; RPC floor {f:.3} s; sync floor {sf:.3} s (local's count {sl:.3} s); chain floor {cf:.3} s; \
+                 flush {secs:.2} s ({reply}); server tree byte-equal\n    WAN calls per file: run 1 {n1:.2} ({s1}); run 2 {n2:.2} ({s2})\n    \
+                 run 2 CPU: proxy {cp:.2} s, bench client {cb:.2} s, machine busy {cm:.2} of {:.2} CPU-s ({} cores)",
+                r + 1,
+                y * util::cores() as f64,
+                util::cores()
             );
             wan_calls = (s1, s2, n1, n2);
             l1.push(a);
@@ -1037,11 +1142,18 @@ async fn main() {
             median(d2),
         );
         let (lan1, lan2, floor) = (median(lan1), median(lan2), median(floor));
+        let chain = median(chain_floors);
         let (sfl, sll) = (
             median(sync_floors.iter().map(|s| s.0).collect()),
             median(sync_floors.iter().map(|s| s.1).collect()),
         );
         let rtt = 0.040;
+        let (cpu_proxy, cpu_bench, cpu_busy) = (
+            median(run2_cpu.iter().map(|c| c.0).collect()),
+            median(run2_cpu.iter().map(|c| c.1).collect()),
+            median(run2_cpu.iter().map(|c| c.2).collect()),
+        );
+        let cores = util::cores();
         out.extend([
             format!(
                 "### 3. Build-like tree: {files} files of 1 B–64 KiB ({:.1} MiB) in {ndirs} directories, {jobs} workers on one connection",
@@ -1074,6 +1186,14 @@ async fn main() {
             ),
             String::new(),
             format!(
+                "Chain floor: run 2 as its client must wait for it through any NFS server — per file six replies in turn, two of them after a durable point \
+                 (the truncation, which a client does not replay after a server restart, and COMMIT's data) — made by {jobs} threads, each with a blocking connection \
+                 of its own to gridvfs's portmapper (NULLs it answers itself) and the two durable points done inline (a 128-byte record, then the file's bytes, \
+                 rewritten in place in preallocated files, then fdatasync): {chain:.3} s = **{:.2}×** local run 2.",
+                chain / l2
+            ),
+            String::new(),
+            format!(
                 "NFS calls the proxy sent over the WAN per file (last round): run 1 {:.2} ({}); run 2 {:.2} ({}). \
                  At 40 ms RTT and {jobs} calls in flight that is ≥ {:.1} s / {:.1} s per run from round trips alone. \
                  fdatasyncs of the cache's bank files per file (last round): run 1 {:.2}, run 2 {:.2} (local: one `sync_data` per file).",
@@ -1082,6 +1202,12 @@ async fn main() {
                 wan_calls.3 * files as f64 * rtt / jobs as f64,
                 cache_syncs.0,
                 cache_syncs.1
+            ),
+            String::new(),
+            format!(
+                "CPU in run 2 (medians): the proxy {cpu_proxy:.2} CPU-s, the bench's NFS client {cpu_bench:.2} CPU-s; the machine was busy {cpu_busy:.2} CPU-s, \
+                 {:.0}% of its {cores} cores over run 2's {p2:.2} s.",
+                100.0 * cpu_busy / (p2 * cores as f64)
             ),
             String::new(),
         ]);
