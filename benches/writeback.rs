@@ -634,81 +634,20 @@ fn sync_floor(base: &Path, n: usize, jobs: usize) -> f64 {
     secs
 }
 
-/// The floor of run 2's chain of waits, which any NFS server leaves its client: per file
-/// a worker waits for six replies in turn (SETATTR, WRITE, COMMIT, then LOOKUP, GETATTR,
-/// READ), and two of them come only after a durable point: the truncation (a client
-/// re-sends only unstable WRITEs after a server restart, so a truncation lost in a crash
-/// would leave the old bytes past the new data) and COMMIT's data. Each of `jobs` threads
-/// makes the six calls as portmapper NULLs that gridvfs answers itself, over a blocking
-/// connection of its own, and the two durable points itself, inline (a 128-byte record,
-/// then the file's bytes, each rewritten in place in one of 16 preallocated files, then
-/// fdatasync): no server work, no queue, no hand-off between threads. Seconds.
+/// The chain floor of run 2 (see `util::chain_floor`): per file SETATTR(size 0) after a
+/// durable record (a client does not replay a truncation after a server restart, so one
+/// lost in a crash would leave the old bytes past the new data), WRITE, COMMIT after the
+/// file's bytes are durable, then LOOKUP, GETATTR, READ. Seconds.
 fn chain_floor(proxy: SocketAddr, base: &Path, tree: &Tree, run: u64, jobs: usize) -> f64 {
-    use std::os::unix::fs::FileExt;
-    const SLOT: u64 = TREE_MAX as u64;
-    let dir = base.join("chain-floor");
-    std::fs::create_dir_all(&dir).unwrap();
-    let per_file = tree.files.div_ceil(16) as u64;
-    let files: Vec<std::fs::File> = (0..16)
-        .map(|i| {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(dir.join(format!("bank{i}")))
-                .unwrap();
-            // Records first, then a slot per file, all written once (no allocation later).
-            f.write_all_at(&vec![1u8; ((per_file + 1) * SLOT) as usize], 0)
-                .unwrap();
-            f.sync_all().unwrap();
-            f
-        })
-        .collect();
-    // A portmapper NULL (program 100000, version 2, procedure 0, AUTH_NONE).
-    let mut null = Vec::new();
-    for v in [0x8000_0028u32, 1, 0, 2, 100_000, 2, 0, 0, 0, 0, 0] {
-        null.extend_from_slice(&v.to_be_bytes());
-    }
-    let round_trip = |s: &mut std::net::TcpStream| {
-        s.write_all(&null).unwrap();
-        let mut mark = [0u8; 4];
-        s.read_exact(&mut mark).unwrap();
-        let mut body = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
-        s.read_exact(&mut body).unwrap();
-    };
-    let next = AtomicUsize::new(0);
-    let t = Instant::now();
-    std::thread::scope(|sc| {
-        for _ in 0..jobs.max(1) {
-            sc.spawn(|| {
-                let mut s = std::net::TcpStream::connect(proxy).unwrap();
-                s.set_nodelay(true).unwrap();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= tree.files {
-                        return;
-                    }
-                    let f = &files[i % 16];
-                    let at = (i / 16) as u64;
-                    let data = tree.data(run, i);
-                    round_trip(&mut s); // SETATTR(size 0), made durable first
-                    f.write_all_at(&[2u8; 128], at * 128).unwrap();
-                    f.sync_data().unwrap();
-                    round_trip(&mut s); // WRITE
-                    f.write_all_at(&data, (at + 1) * SLOT).unwrap();
-                    f.sync_data().unwrap();
-                    round_trip(&mut s); // COMMIT, after its durable point
-                    for _ in 0..3 {
-                        round_trip(&mut s); // LOOKUP, GETATTR, READ
-                    }
-                }
-            });
-        }
-    });
-    let secs = t.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&dir);
-    secs
+    use util::Step::{Data, Record, Reply};
+    let sizes: Vec<usize> = (0..tree.files).map(|i| tree.spec(run, i).0).collect();
+    util::chain_floor(
+        proxy,
+        &base.join("chain-floor"),
+        &sizes,
+        jobs,
+        &[Record, Reply, Reply, Data, Reply, Reply, Reply, Reply],
+    )
 }
 
 /// The floor of scenario 2 through any NFS server reached over a socket: `mib` MiB sent

@@ -106,3 +106,101 @@ pub fn machine_busy_secs() -> f64 {
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// A step of a file's chain in `chain_floor`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// One RPC round trip: a portmapper NULL the proxy answers itself.
+    Reply,
+    /// A durable point of a 128-byte record (a truncation, a created name): rewritten in
+    /// place, then fdatasync.
+    Record,
+    /// A durable point of the file's bytes (a COMMIT): rewritten in place, then fdatasync.
+    Data,
+}
+
+/// The floor of a build's chain of waits through any NFS server: `sizes.len()` files, by
+/// `jobs` threads taking the next file each, every file a chain of `steps` in turn (a
+/// client waits for each reply before its next call; a server makes a durable point
+/// before the reply that needs it). Each thread makes the round trips as portmapper NULLs
+/// that the proxy at `proxy` answers itself, over a blocking connection of its own, and
+/// the durable points itself, inline, in 16 files in `dir` written in full first (no
+/// allocation later): no server work, no queue, no hand-off between threads. Seconds.
+pub fn chain_floor(
+    proxy: SocketAddr,
+    dir: &std::path::Path,
+    sizes: &[usize],
+    jobs: usize,
+    steps: &[Step],
+) -> f64 {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let slot = sizes.iter().copied().max().unwrap_or(0).max(128) as u64;
+    std::fs::create_dir_all(dir).unwrap();
+    let per_file = sizes.len().div_ceil(16) as u64;
+    let files: Vec<std::fs::File> = (0..16)
+        .map(|i| {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(dir.join(format!("bank{i}")))
+                .unwrap();
+            // The records' slot (128 bytes a file), then a slot per file.
+            let len = (per_file * 128).div_ceil(slot) * slot + per_file * slot;
+            f.write_all_at(&vec![1u8; len as usize], 0).unwrap();
+            f.sync_all().unwrap();
+            f
+        })
+        .collect();
+    let data_at = (per_file * 128).div_ceil(slot) * slot;
+    // A portmapper NULL: program 100000, version 2, procedure 0, AUTH_NONE.
+    let mut null = Vec::new();
+    for v in [0x8000_0028u32, 1, 0, 2, 100_000, 2, 0, 0, 0, 0, 0] {
+        null.extend_from_slice(&v.to_be_bytes());
+    }
+    let next = AtomicUsize::new(0);
+    let t = std::time::Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..jobs.max(1) {
+            sc.spawn(|| {
+                let mut s = std::net::TcpStream::connect(proxy).unwrap();
+                s.set_nodelay(true).unwrap();
+                let (record, data) = ([2u8; 128], vec![3u8; slot as usize]);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= sizes.len() {
+                        return;
+                    }
+                    let (f, at) = (&files[i % 16], (i / 16) as u64);
+                    for step in steps {
+                        match step {
+                            Step::Reply => {
+                                s.write_all(&null).unwrap();
+                                let mut mark = [0u8; 4];
+                                s.read_exact(&mut mark).unwrap();
+                                let n = u32::from_be_bytes(mark) & 0x7fff_ffff;
+                                let mut body = vec![0u8; n as usize];
+                                s.read_exact(&mut body).unwrap();
+                            }
+                            Step::Record => {
+                                f.write_all_at(&record, at * 128).unwrap();
+                                f.sync_data().unwrap();
+                            }
+                            Step::Data => {
+                                f.write_all_at(&data[..sizes[i]], data_at + at * slot)
+                                    .unwrap();
+                                f.sync_data().unwrap();
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(dir);
+    secs
+}

@@ -569,6 +569,11 @@ fn source(i: usize) -> Vec<u8> {
     v
 }
 
+/// The sizes of the build's objects, file by file.
+pub fn object_sizes(files: usize) -> Vec<usize> {
+    (0..files).map(|i| source(i).len().div_ceil(2)).collect()
+}
+
 /// The object a "compile" makes of a source: half its size, derived from it.
 fn object(src: &[u8]) -> Vec<u8> {
     src.iter().step_by(2).map(|b| b.rotate_left(3)).collect()
