@@ -155,6 +155,11 @@ struct Bank {
     /// marked clean since the bank's last fdatasync: if that fdatasync fails, the dirty
     /// tag may come back after a power failure, so they join `at_risk`.
     cleaned: std::collections::HashSet<(u64, u64)>,
+    /// Frames (local indices) whose durable dirty version was cleared since the bank's
+    /// last good fdatasync. Not taken for another block before it: until the clearing (a
+    /// truncation, a removal) is durable, that version may be the block's only durable
+    /// copy, acknowledged by a COMMIT, and a power failure would have neither.
+    cleared: std::collections::HashSet<usize>,
     /// Once the bank failed: blocks (hash of the file handle, block) that may have a
     /// dirty tag on its disk which this run can no longer clear durably — dirty when it
     /// failed, cleaned shortly before, or written back or dropped after. A WRITE to one,
@@ -187,6 +192,7 @@ impl Bank {
             unsynced_files: Default::default(),
             failed: false,
             cleaned: Default::default(),
+            cleared: Default::default(),
             at_risk: Default::default(),
             lost_files: Default::default(),
             pinned: false,
@@ -997,19 +1003,24 @@ impl Store {
     }
 
     /// Picks a frame to (re)use in `set`: an empty one, else a clean one by CLOCK;
-    /// never `keep` (the version being superseded) and never a dirty frame.
+    /// never `keep` (the version being superseded), never a dirty frame, and never one
+    /// whose dirty version was cleared since the bank's last sync (`Bank::cleared`).
     fn victim(&self, bank: &mut Bank, set: u64, keep: Option<u32>) -> Result<u32> {
         let ways = self.geo.ways;
         let base = self.local(self.geo.frame(set, 0));
-        if let Some(w) =
-            (0..ways).find(|&w| Some(w) != keep && bank.meta[base + w as usize].fp == 0)
-        {
+        if let Some(w) = (0..ways).find(|&w| {
+            let li = base + w as usize;
+            Some(w) != keep && bank.meta[li].fp == 0 && !bank.cleared.contains(&li)
+        }) {
             return Ok(w);
         }
         let set_in_bank = (set % self.geo.sets_per_bank) as usize;
         for _ in 0..2 * ways {
             let w = bank.hands[set_in_bank] as u32 % ways;
             bank.hands[set_in_bank] = ((w + 1) % ways) as u8;
+            if bank.cleared.contains(&(base + w as usize)) {
+                continue;
+            }
             let m = &mut bank.meta[base + w as usize];
             if Some(w) == keep || m.dirty {
                 continue;
@@ -1149,6 +1160,7 @@ impl Store {
         }
         bank.tags_dirty = false;
         bank.cleaned.clear();
+        bank.cleared.clear();
         Ok(())
     }
 
@@ -1755,6 +1767,10 @@ impl Store {
                 bank.pinned |= !bank.meta[li].stuck;
             } else {
                 bank.cleaned.insert(key);
+                if !bank.meta[li].unsynced {
+                    // A durable version (an unsynced one was never the last durable).
+                    bank.cleared.insert(li);
+                }
             }
         }
         bank.meta[li] = Meta::default();

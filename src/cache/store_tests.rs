@@ -343,7 +343,13 @@ fn sync_never_clears_a_reused_frame() {
     s.sync().unwrap();
     stored(s.put(b"x", 0, 0, &[2; 8], true).unwrap()); // copy-on-write
     s.invalidate(b"x", 0).unwrap(); // both frames free again
-    stored(s.put(b"z", 0, 0, &[3; 8], true).unwrap());
+    stored(s.put(b"z", 0, 0, &[3; 8], true).unwrap()); // the unsynced version's frame
+    // The durable version's frame waits for the clearing's sync.
+    assert!(matches!(
+        s.put(b"z", 1, 0, &[4; 8], true),
+        Err(CacheError::SetFull)
+    ));
+    s.sync().unwrap();
     stored(s.put(b"z", 1, 0, &[4; 8], true).unwrap());
     s.sync().unwrap();
     assert_eq!(s.get(b"z", 0).unwrap().unwrap().data, vec![3; 8]);
@@ -1501,4 +1507,44 @@ fn renewal_does_not_make_an_unacknowledged_cut_durable() {
         "f's committed block {blk} is gone (never at the server) and the truncation that \
          cut it was neither acknowledged nor kept"
     );
+}
+
+/// A frame whose durable dirty version was cleared (a truncation, before its durable
+/// point) is not reused for another block until the bank's next sync: a power failure
+/// before then could otherwise keep neither the cleared version (acknowledged by a
+/// COMMIT) nor the clearing.
+#[test]
+fn a_cleared_dirty_frame_is_not_reused_before_the_next_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), geo(2, 1)).unwrap();
+    let old = bytes(BS as usize, 7);
+    stored(s.put(b"x", 0, 0, &old, true).unwrap());
+    s.sync_file(b"x").unwrap();
+    s.invalidate(b"x", 0).unwrap();
+    stored(s.put(b"y", 0, 0, &bytes(BS as usize, 9), true).unwrap());
+    // x's committed bytes are still in a frame of the bank file (what a power failure
+    // would find, with the clearing not yet durable).
+    let on_disk = |s: &Store| {
+        let bank = s.banks[0].lock().unwrap();
+        let file = bank.file.as_ref().unwrap();
+        (0..2)
+            .map(|w| {
+                let mut b = vec![0u8; BS as usize];
+                file.read_exact_at(&mut b, s.data_at(s.geo.frame(0, w)))
+                    .unwrap();
+                b
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        on_disk(&s).contains(&old),
+        "the cleared version was overwritten before its clearing was durable"
+    );
+    // The set's other frame holds y's dirty block: no room until a sync.
+    assert!(matches!(
+        s.put(b"z", 0, 0, &bytes(BS as usize, 3), true),
+        Err(CacheError::SetFull)
+    ));
+    s.sync_file(b"y").unwrap();
+    stored(s.put(b"z", 0, 0, &bytes(BS as usize, 3), true).unwrap());
 }
