@@ -1004,15 +1004,34 @@ impl Store {
 
     /// Picks a frame to (re)use in `set`: an empty one, else a clean one by CLOCK;
     /// never `keep` (the version being superseded), never a dirty frame, and never one
-    /// whose dirty version was cleared since the bank's last sync (`Bank::cleared`).
+    /// whose durable dirty version was cleared since the bank's last sync
+    /// (`Bank::cleared`) — if such frames are all the room there is, the bank (locked
+    /// by the caller) is synced first, which frees them.
     fn victim(&self, bank: &mut Bank, set: u64, keep: Option<u32>) -> Result<u32> {
+        if let Some(w) = self.pick(bank, set, keep) {
+            return Ok(w);
+        }
+        let base = self.local(self.geo.frame(set, 0));
+        if !bank.failed && (0..self.geo.ways as usize).any(|w| bank.cleared.contains(&(base + w))) {
+            // Frames held only until their clearing is durable: made durable now (one
+            // fdatasync of this bank), so nothing waits for a sync that may never come.
+            self.fsync_bank(self.geo.frame(set, 0).bank as usize, bank)?;
+            if let Some(w) = self.pick(bank, set, keep) {
+                return Ok(w);
+            }
+        }
+        Err(CacheError::SetFull)
+    }
+
+    /// `victim` without syncing: None if no frame of `set` may be taken now.
+    fn pick(&self, bank: &mut Bank, set: u64, keep: Option<u32>) -> Option<u32> {
         let ways = self.geo.ways;
         let base = self.local(self.geo.frame(set, 0));
         if let Some(w) = (0..ways).find(|&w| {
             let li = base + w as usize;
             Some(w) != keep && bank.meta[li].fp == 0 && !bank.cleared.contains(&li)
         }) {
-            return Ok(w);
+            return Some(w);
         }
         let set_in_bank = (set % self.geo.sets_per_bank) as usize;
         for _ in 0..2 * ways {
@@ -1029,9 +1048,9 @@ impl Store {
                 m.referenced = false;
                 continue;
             }
-            return Ok(w);
+            return Some(w);
         }
-        Err(CacheError::SetFull)
+        None
     }
 
     /// The durable point: data, then tags, of every bank written since the last sync;

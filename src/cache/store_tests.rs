@@ -344,12 +344,7 @@ fn sync_never_clears_a_reused_frame() {
     stored(s.put(b"x", 0, 0, &[2; 8], true).unwrap()); // copy-on-write
     s.invalidate(b"x", 0).unwrap(); // both frames free again
     stored(s.put(b"z", 0, 0, &[3; 8], true).unwrap()); // the unsynced version's frame
-    // The durable version's frame waits for the clearing's sync.
-    assert!(matches!(
-        s.put(b"z", 1, 0, &[4; 8], true),
-        Err(CacheError::SetFull)
-    ));
-    s.sync().unwrap();
+    // The durable version's frame, once its clearing is durable (the put syncs it).
     stored(s.put(b"z", 1, 0, &[4; 8], true).unwrap());
     s.sync().unwrap();
     assert_eq!(s.get(b"z", 0).unwrap().unwrap().data, vec![3; 8]);
@@ -1510,9 +1505,9 @@ fn renewal_does_not_make_an_unacknowledged_cut_durable() {
 }
 
 /// A frame whose durable dirty version was cleared (a truncation, before its durable
-/// point) is not reused for another block until the bank's next sync: a power failure
-/// before then could otherwise keep neither the cleared version (acknowledged by a
-/// COMMIT) nor the clearing.
+/// point) is not reused for another block before the bank's next sync, which a put
+/// that finds no other room makes itself: a power failure before then could otherwise
+/// keep neither the cleared version (acknowledged by a COMMIT) nor the clearing.
 #[test]
 fn a_cleared_dirty_frame_is_not_reused_before_the_next_sync() {
     let dir = tempfile::tempdir().unwrap();
@@ -1540,11 +1535,15 @@ fn a_cleared_dirty_frame_is_not_reused_before_the_next_sync() {
         on_disk(&s).contains(&old),
         "the cleared version was overwritten before its clearing was durable"
     );
-    // The set's other frame holds y's dirty block: no room until a sync.
-    assert!(matches!(
-        s.put(b"z", 0, 0, &bytes(BS as usize, 3), true),
-        Err(CacheError::SetFull)
-    ));
-    s.sync_file(b"y").unwrap();
+    // The set's other frame holds y's dirty block: the only room is the held frame, so
+    // the put makes the clearing durable first (one fdatasync), then takes it.
+    let n0 = s.syncs();
     stored(s.put(b"z", 0, 0, &bytes(BS as usize, 3), true).unwrap());
+    assert_eq!(
+        s.syncs() - n0,
+        1,
+        "the clearing made durable before the reuse"
+    );
+    assert!(s.get(b"x", 0).unwrap().is_none());
+    assert_eq!(s.get(b"z", 0).unwrap().unwrap().data, bytes(BS as usize, 3));
 }
