@@ -596,21 +596,7 @@ async fn rpc_floor(c: &Client, tree: &Tree, jobs: usize) -> f64 {
 fn sync_floor(base: &Path, n: usize, jobs: usize) -> f64 {
     use std::os::unix::fs::FileExt;
     let dir = base.join("sync-floor");
-    std::fs::create_dir_all(&dir).unwrap();
-    let files: Vec<std::fs::File> = (0..16)
-        .map(|i| {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(dir.join(format!("bank{i}")))
-                .unwrap();
-            f.write_all_at(&vec![1u8; MIB as usize], 0).unwrap();
-            f.sync_all().unwrap();
-            f
-        })
-        .collect();
+    let files = util::written_files(&dir, 16, MIB);
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|s| {

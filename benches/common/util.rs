@@ -137,25 +137,10 @@ pub fn chain_floor(
     use std::os::unix::fs::FileExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let slot = sizes.iter().copied().max().unwrap_or(0).max(128) as u64;
-    std::fs::create_dir_all(dir).unwrap();
     let per_file = sizes.len().div_ceil(16) as u64;
-    let files: Vec<std::fs::File> = (0..16)
-        .map(|i| {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(dir.join(format!("bank{i}")))
-                .unwrap();
-            // The records' slot (128 bytes a file), then a slot per file.
-            let len = (per_file * 128).div_ceil(slot) * slot + per_file * slot;
-            f.write_all_at(&vec![1u8; len as usize], 0).unwrap();
-            f.sync_all().unwrap();
-            f
-        })
-        .collect();
+    // The records' slot (128 bytes a file), then a slot per file.
     let data_at = (per_file * 128).div_ceil(slot) * slot;
+    let files = written_files(dir, 16, data_at + per_file * slot);
     // A portmapper NULL: program 100000, version 2, procedure 0, AUTH_NONE.
     let mut null = Vec::new();
     for v in [0x8000_0028u32, 1, 0, 2, 100_000, 2, 0, 0, 0, 0, 0] {
@@ -203,4 +188,25 @@ pub fn chain_floor(
     let secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(dir);
     secs
+}
+
+/// `n` files `bank0`.. in `dir`, each `len` bytes written in full and synced (so that later
+/// rewrites in place allocate nothing), open for reading and writing.
+pub fn written_files(dir: &std::path::Path, n: usize, len: u64) -> Vec<std::fs::File> {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(dir.join(format!("bank{i}")))
+                .unwrap();
+            f.write_all_at(&vec![1u8; len as usize], 0).unwrap();
+            f.sync_all().unwrap();
+            f
+        })
+        .collect()
 }
