@@ -152,20 +152,25 @@ impl Inner {
         self.dirs.entry(dir.to_vec()).or_default()
     }
 
+    /// `dir` is gone (removed, or replaced by a RENAME onto its name): nothing of it is
+    /// answered or learnt any more.
+    fn mark_removed(&mut self, dir: &[u8]) {
+        let d = self.dir_mut(dir);
+        (d.complete, d.removed) = (false, true);
+    }
+
     /// What LOOKUP(dir, name) would say: Some(Some(fh)), Some(None) for absent, None
     /// when unknown.
     fn lookup(&self, dir: &[u8], name: &[u8]) -> Option<Option<&Vec<u8>>> {
+        let d = self.dirs.get(dir);
         let key = (dir.to_vec(), name.to_vec());
-        if self.pending.contains_key(&key) || self.removed(dir) {
+        if self.pending.contains_key(&key) || d.is_some_and(|d| d.removed) {
             return None;
         }
         if let Some(e) = self.names.get(&key) {
             return Some(e.as_ref());
         }
-        self.dirs
-            .get(dir)
-            .is_some_and(|d| d.complete)
-            .then_some(None)
+        d.is_some_and(|d| d.complete).then_some(None)
     }
 }
 
@@ -661,8 +666,7 @@ fn learn_change(
                     // from replies still on their way (a READDIRPLUS or LOOKUP of it
                     // answered before it went).
                     if let (Args::Rmdir(_), Some(Some(gone))) = (args, &was[0]) {
-                        let d = g.dir_mut(gone);
-                        (d.complete, d.removed) = (false, true);
+                        g.mark_removed(gone);
                     }
                 }
                 NfsResult::Fail(..) => g.unknown(dir, name),
@@ -681,8 +685,7 @@ fn learn_change(
                 // it is gone altogether: nothing of it is answered any more.
                 (NfsResult::Ok(_), Some(Some(m)), Some(t)) => {
                     if let Some(t) = t {
-                        let d = g.dir_mut(t);
-                        (d.complete, d.removed) = (false, true);
+                        g.mark_removed(t);
                     }
                     g.set_name(from.dir.0, from.name, None);
                     g.set_name(to.dir.0, to.name, Some(m.clone()));
@@ -797,6 +800,14 @@ mod tests {
         )
     }
 
+    /// A namespace change made through the proxy with nothing else in flight: `before`,
+    /// then its reply.
+    fn through(n: &Names, t: &Table, p: Proc, call: &[u8], reply: &[u8]) {
+        n.before(p, call, t);
+        let s = t.stamp();
+        n.observe(p, call, reply, s, t);
+    }
+
     fn mkdir_call(dir: &[u8], name: &'static str) -> BytesMut {
         call(
             Proc::MKDIR,
@@ -873,9 +884,7 @@ mod tests {
         // before the REMOVE at the server) arrives last.
         let lookup_stamp = t.stamp();
         let rm = remove_call(DIR, "x");
-        n.before(Proc::REMOVE, &rm, &t);
-        let rm_stamp = t.stamp();
-        n.observe(Proc::REMOVE, &rm, &remove_ok(), rm_stamp, &t);
+        through(&n, &t, Proc::REMOVE, &rm, &remove_ok());
         assert_eq!(answer(&n, &t, DIR, "x"), Some(Err(Nfsstat3::NOENT)));
         n.observe(
             Proc::LOOKUP,
@@ -905,9 +914,7 @@ mod tests {
         let mkdir = mkdir_call(b"parent", "new");
         for x_first in [true, false] {
             n.drop_all(t.tick());
-            n.before(Proc::MKDIR, &mkdir, &t);
-            let s = t.stamp();
-            n.observe(Proc::MKDIR, &mkdir, &made_reply(Proc::MKDIR, DIR), s, &t);
+            through(&n, &t, Proc::MKDIR, &mkdir, &made_reply(Proc::MKDIR, DIR));
             let (cx, cy) = (create_call(DIR, "x"), create_call(DIR, "y"));
             n.before(Proc::CREATE, &cx, &t);
             let s_x = t.stamp();
@@ -979,13 +986,9 @@ mod tests {
         t.knows(FILE);
         t.knows(DIR);
         let mk = mkdir_call(b"parent", "d");
-        n.before(Proc::MKDIR, &mk, &t);
-        let s = t.stamp();
-        n.observe(Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, DIR), s, &t);
+        through(&n, &t, Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, DIR));
         let cx = create_call(DIR, "x");
-        n.before(Proc::CREATE, &cx, &t);
-        let s = t.stamp();
-        n.observe(Proc::CREATE, &cx, &made_reply(Proc::CREATE, FILE), s, &t);
+        through(&n, &t, Proc::CREATE, &cx, &made_reply(Proc::CREATE, FILE));
         assert_eq!(answer(&n, &t, DIR, "x"), Some(Ok(FILE.to_vec())));
         let early = t.stamp();
         let rm = call(
@@ -994,12 +997,10 @@ mod tests {
                 object: d(b"parent", "d"),
             }),
         );
-        n.before(Proc::RMDIR, &rm, &t);
-        let s = t.stamp();
         let gone = body(&Res::Rmdir(NfsResult::Ok(nfs3::RemoveResOk {
             dir_wcc: WccData::default(),
         })));
-        n.observe(Proc::RMDIR, &rm, &gone, s, &t);
+        through(&n, &t, Proc::RMDIR, &rm, &gone);
         n.observe(
             Proc::LOOKUP,
             &lookup_call(DIR, "y"),
@@ -1013,9 +1014,7 @@ mod tests {
         assert_eq!(answer(&n, &t, b"parent", "d"), Some(Err(Nfsstat3::NOENT)));
         // A new directory given the same handle starts afresh.
         let mk = mkdir_call(b"parent", "e");
-        n.before(Proc::MKDIR, &mk, &t);
-        let s = t.stamp();
-        n.observe(Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, DIR), s, &t);
+        through(&n, &t, Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, DIR));
         assert_eq!(answer(&n, &t, DIR, "x"), Some(Err(Nfsstat3::NOENT)));
     }
 
@@ -1029,9 +1028,7 @@ mod tests {
         for (name, fh) in [("d", DIR), ("e", E)] {
             t.knows(fh);
             let mk = mkdir_call(b"parent", name);
-            n.before(Proc::MKDIR, &mk, &t);
-            let s = t.stamp();
-            n.observe(Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, fh), s, &t);
+            through(&n, &t, Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, fh));
         }
         assert_eq!(answer(&n, &t, DIR, "x"), Some(Err(Nfsstat3::NOENT)));
         let mv = call(
@@ -1041,13 +1038,11 @@ mod tests {
                 to: d(b"parent", "d"),
             }),
         );
-        n.before(Proc::RENAME, &mv, &t);
-        let s = t.stamp();
         let moved = body(&Res::Rename(NfsResult::Ok(nfs3::RenameResOk {
             fromdir_wcc: WccData::default(),
             todir_wcc: WccData::default(),
         })));
-        n.observe(Proc::RENAME, &mv, &moved, s, &t);
+        through(&n, &t, Proc::RENAME, &mv, &moved);
         assert_eq!(
             answer(&n, &t, DIR, "x"),
             None,
@@ -1093,10 +1088,7 @@ mod tests {
         let (n, t) = (Names::default(), Table::default());
         t.knows(FILE);
         let mk = mkdir_call(b"parent", "new");
-        n.before(Proc::MKDIR, &mk, &t);
-        let s = t.stamp();
-        let made = made_reply(Proc::MKDIR, DIR);
-        n.observe(Proc::MKDIR, &mk, &made, s, &t);
+        through(&n, &t, Proc::MKDIR, &mk, &made_reply(Proc::MKDIR, DIR));
         assert_eq!(answer(&n, &t, DIR, "anything"), Some(Err(Nfsstat3::NOENT)));
         // A CREATE in flight in it: that name is asked upstream meanwhile.
         let cr = create_call(DIR, "f");
@@ -1138,9 +1130,7 @@ mod tests {
         assert_eq!(answer(&n, &t, DIR, "x"), Some(Ok(FILE.to_vec())));
         // REMOVE through the proxy: the removed object's attributes are forgotten.
         let rm = remove_call(DIR, "x");
-        n.before(Proc::REMOVE, &rm, &t);
-        let s = t.stamp();
-        n.observe(Proc::REMOVE, &rm, &remove_ok(), s, &t);
+        through(&n, &t, Proc::REMOVE, &rm, &remove_ok());
         assert!(t.attr(FILE).is_none(), "link count changed: asked again");
     }
 
@@ -1162,20 +1152,10 @@ mod tests {
             let rm = remove_call(DIR, "x");
             n.before(Proc::REMOVE, &rm, &t);
             let rm_stamp = t.stamp();
-            let create = call(
-                Proc::CREATE,
-                &Args::Create(nfs3::CreateArgs {
-                    where_: d(DIR, "x"),
-                    how: nfs3::CreateHow3::Unchecked(nfs3::Sattr3::default()),
-                }),
-            );
+            let create = create_call(DIR, "x");
             n.before(Proc::CREATE, &create, &t);
             let create_stamp = t.stamp();
-            let created = body(&Res::Create(NfsResult::Ok(nfs3::CreateResOk {
-                obj: Some(Fh(b"new-handle")),
-                obj_attributes: None,
-                dir_wcc: WccData::default(),
-            })));
+            let created = made_reply(Proc::CREATE, b"new-handle");
             if remove_first {
                 n.observe(Proc::REMOVE, &rm, &remove_ok(), rm_stamp, &t);
             } else {
