@@ -141,11 +141,10 @@ pub fn chain_floor(
     // The records' slot (128 bytes a file), then a slot per file.
     let data_at = (per_file * 128).div_ceil(slot) * slot;
     let files = written_files(dir, 16, data_at + per_file * slot);
-    // A portmapper NULL: program 100000, version 2, procedure 0, AUTH_NONE.
-    let mut null = Vec::new();
-    for v in [0x8000_0028u32, 1, 0, 2, 100_000, 2, 0, 0, 0, 0, 0] {
-        null.extend_from_slice(&v.to_be_bytes());
-    }
+    // A portmapper NULL (program 100000, version 2, procedure 0), as one record.
+    let msg = gridvfs::rpc::msg::call_message(1, 100_000, 2, 0, &[]);
+    let mut null = gridvfs::rpc::record::mark(msg.len()).unwrap().to_vec();
+    null.extend_from_slice(&msg);
     let next = AtomicUsize::new(0);
     let t = std::time::Instant::now();
     std::thread::scope(|sc| {
