@@ -314,15 +314,6 @@ fn aead_secs_per_gib() -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
-/// This process's CPU seconds so far (user + system, all threads).
-fn process_cpu_secs() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid rusage for getrusage to fill.
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) }, 0);
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
 /// russh with nothing of gridvfs around it: `mib` MiB sent by a russh server to a russh
 /// client over one channel on loopback TCP, in this process, with the API that copies
 /// least (the sender hands russh whole 1 MiB `Bytes`, `data_bytes`; the receiver takes
@@ -331,15 +322,15 @@ fn process_cpu_secs() -> f64 {
 /// bytes over a plain loopback TCP connection in this process. Returns (seconds, CPU
 /// seconds) for russh and for TCP.
 async fn russh_alone(mib: u64) -> ((f64, f64), (f64, f64)) {
+    use russh::keys::ssh_key::PrivateKey;
     use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
-    use russh::keys::ssh_key::{PrivateKey, PublicKey};
     use russh::server::{Auth, Msg, Session, VerifiedPublicKey};
     use russh::{Channel, ChannelMsg, client, server};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const WIN: u32 = 32 << 20;
-    const PACKET: u32 = (256 << 10) - 1024;
+    const PACKET: u32 = gridvfs::ssh::MAX_PACKET;
     let chunk = bytes::Bytes::from(vec![0x5au8; 1 << 20]);
 
     struct Sender {
@@ -424,7 +415,6 @@ async fn russh_alone(mib: u64) -> ((f64, f64), (f64, f64)) {
     s.set_nodelay(true).unwrap();
     let mut h = client::connect_stream(ccfg, s, Trusting).await.unwrap();
     let user_key = Arc::new(key(2));
-    let _: &PublicKey = user_key.public_key();
     assert!(
         h.authenticate_publickey(
             "bench",
@@ -434,7 +424,7 @@ async fn russh_alone(mib: u64) -> ((f64, f64), (f64, f64)) {
         .unwrap()
         .success()
     );
-    let (t0, c0) = (Instant::now(), process_cpu_secs());
+    let (t0, c0) = (Instant::now(), util::cpu_secs(std::process::id()));
     let mut ch = h.channel_open_session().await.unwrap();
     let mut got = 0u64;
     while let Some(m) = ch.wait().await {
@@ -444,7 +434,10 @@ async fn russh_alone(mib: u64) -> ((f64, f64), (f64, f64)) {
             _ => {}
         }
     }
-    let ssh = (t0.elapsed().as_secs_f64(), process_cpu_secs() - c0);
+    let ssh = (
+        t0.elapsed().as_secs_f64(),
+        util::cpu_secs(std::process::id()) - c0,
+    );
     assert_eq!(got, mib << 20, "bytes through the russh channel");
     drop(ch);
     let _ = h.disconnect(russh::Disconnect::ByApplication, "", "").await;
@@ -461,7 +454,7 @@ async fn russh_alone(mib: u64) -> ((f64, f64), (f64, f64)) {
         }
     });
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (t0, c0) = (Instant::now(), process_cpu_secs());
+    let (t0, c0) = (Instant::now(), util::cpu_secs(std::process::id()));
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0u64;
     loop {
@@ -471,7 +464,10 @@ async fn russh_alone(mib: u64) -> ((f64, f64), (f64, f64)) {
         }
         got += n as u64;
     }
-    let tcp = (t0.elapsed().as_secs_f64(), process_cpu_secs() - c0);
+    let tcp = (
+        t0.elapsed().as_secs_f64(),
+        util::cpu_secs(std::process::id()) - c0,
+    );
     assert_eq!(got, mib << 20, "bytes through TCP");
     sender.await.unwrap();
     (ssh, tcp)
