@@ -86,13 +86,13 @@ impl Proxy {
     /// server) as `account`, until it closes or the proxy stops.
     pub async fn serve_stream(
         self: Arc<Self>,
-        stream: crate::transport::Duplex,
+        duplex: crate::transport::Duplex,
         peer: SocketAddr,
         account: Arc<crate::config::Account>,
         shutdown: watch::Receiver<bool>,
     ) {
         Metrics::inc(&self.metrics.connections);
-        conn::serve(self, stream, peer, Some(account), shutdown).await;
+        conn::serve(self, duplex, peer, Some(account), shutdown).await;
     }
 
     /// Writes back all dirty data (or one file's); `drop` then forgets the clean blocks.

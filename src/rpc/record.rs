@@ -230,12 +230,10 @@ pub async fn write_record_with_xid<W: AsyncWrite + Unpin>(
     xid: u32,
     body: &[u8],
 ) -> std::io::Result<()> {
-    if body.len() < 4 || body.len() >= LAST_FRAGMENT as usize {
-        return Err(std::io::Error::other(
-            "record too short or too large to frame",
-        ));
+    if body.len() < 4 {
+        return Err(std::io::Error::other("record too short to hold an xid"));
     }
-    let hdr = (body.len() as u32 | LAST_FRAGMENT).to_be_bytes();
+    let hdr = mark(body.len())?;
     let x = xid.to_be_bytes();
     let mut all = Buf::chain(Buf::chain(&hdr[..], &x[..]), &body[4..]);
     w.write_all_buf(&mut all).await
