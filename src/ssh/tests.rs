@@ -85,15 +85,22 @@ fn server_opts(s: &Setup, max_unread: usize, login_grace_secs: u64) -> SshServer
     }
 }
 
+/// Our server on a loopback port with `on` behind the subsystem; returns the port and
+/// the sender that stops it (dropping it stops the server too).
+async fn start_server(opts: SshServerOptions, on: OnChannel) -> (u16, watch::Sender<bool>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move { serve(l, opts, on, rx).await.unwrap() });
+    (port, tx)
+}
+
 /// Our server with an echo service behind the subsystem; returns its port and the
 /// sender that stops it.
 async fn echo_server(
     s: &Setup,
     peers: Arc<std::sync::Mutex<Vec<ChannelPeer>>>,
 ) -> (u16, watch::Sender<bool>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = watch::channel(false);
     let on: OnChannel = Arc::new(move |d: crate::transport::Duplex, peer| {
         peers.lock().unwrap().push(peer);
         tokio::spawn(async move {
@@ -102,9 +109,7 @@ async fn echo_server(
             let _ = w.shutdown().await;
         });
     });
-    let opts = server_opts(s, 64 << 20, 1);
-    tokio::spawn(async move { serve(l, opts, on, rx).await.unwrap() });
-    (port, tx)
+    start_server(server_opts(s, 64 << 20, 1), on).await
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -134,12 +139,8 @@ async fn a_compressed_session_carries_bytes_unchanged() {
 #[tokio::test]
 async fn a_channel_the_server_drops_is_closed() {
     let s = Setup::new();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (_stop, rx) = watch::channel(false);
     let on: OnChannel = Arc::new(|d, _| drop(d));
-    let opts = server_opts(&s, 64 << 20, 30);
-    tokio::spawn(async move { serve(l, opts, on, rx).await.unwrap() });
+    let (port, _stop) = start_server(server_opts(&s, 64 << 20, 30), on).await;
     s.trust(port, &s.host_pub);
     let c = s.client(port, "client", false);
     let (mut r, mut w) = tokio::io::split(c.open().await.unwrap());
@@ -456,14 +457,10 @@ async fn an_owned_buffer_send_waiting_for_window_fails_when_the_session_dies() {
 async fn blocked_writer_case(read: bool, owned: bool) {
     let s = Setup::new();
     // The server side never reads: nothing it gets is ever answered.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (_stop_tx, stop_rx) = watch::channel(false);
     let held: Arc<std::sync::Mutex<Vec<crate::transport::Duplex>>> = Arc::default();
     let h2 = held.clone();
     let on: OnChannel = Arc::new(move |d, _| h2.lock().unwrap().push(d));
-    let opts = server_opts(&s, 1 << 30, 30);
-    tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
+    let (port, _stop) = start_server(server_opts(&s, 1 << 30, 30), on).await;
     // A relay that can stop forwarding (so no window comes back) and then cut.
     let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let via = relay.local_addr().unwrap().port();
@@ -563,9 +560,6 @@ async fn blocked_writer_case(read: bool, owned: bool) {
 #[tokio::test]
 async fn a_stalled_channel_does_not_stall_the_others() {
     let s = Setup::new();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (_stop_tx, stop_rx) = watch::channel(false);
     let held: Arc<std::sync::Mutex<Vec<crate::transport::Duplex>>> = Arc::default();
     let h2 = held.clone();
     let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -581,8 +575,7 @@ async fn a_stalled_channel_does_not_stall_the_others() {
             });
         }
     });
-    let opts = server_opts(&s, 1 << 30, 30);
-    tokio::spawn(async move { serve(l, opts, on, stop_rx).await.unwrap() });
+    let (port, _stop) = start_server(server_opts(&s, 1 << 30, 30), on).await;
     s.trust(port, &s.host_pub);
     let c = s.client(port, "client", false);
     let mut stalled = c.open().await.unwrap();
