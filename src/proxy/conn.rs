@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
+use tokio::io::{BufWriter, WriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -26,8 +26,8 @@ use super::{Proxy, cached};
 use crate::config::Account;
 use crate::metrics::Metrics;
 use crate::nfs3::Proc;
-use crate::rpc::record::Gather;
-use crate::rpc::{RecordError, RecordReader, write_record};
+use crate::rpc::record::{Gather, RecordOut};
+use crate::rpc::{RecordError, RecordReader};
 use crate::server::Admit;
 use crate::transport::{BoxStream, Duplex};
 use crate::upstream::Completion;
@@ -65,8 +65,8 @@ pub(super) async fn serve(
     let (reply_tx, reply_rx) = mpsc::channel::<Outgoing>(limit);
     let (closing_tx, closing_rx) = oneshot::channel();
     let out = match sink {
-        Some(sink) => Replies::Owned(Gather::new(sink), wr),
-        None => Replies::Stream(BufWriter::with_capacity(256 << 10, wr)),
+        Some(sink) => RecordOut::Owned(Gather::new(sink), wr),
+        None => RecordOut::Stream(BufWriter::with_capacity(256 << 10, wr)),
     };
     let writer = tokio::spawn(write_replies(out, reply_rx, closing_rx));
 
@@ -435,35 +435,6 @@ async fn write_replies(
     wr.shutdown().await
 }
 
-/// Where a connection's replies go: a byte stream through a buffer, or an SSH channel's
-/// `OwnedSink` (records handed over whole; its stream's writer only for the end).
-enum Replies {
-    Stream(BufWriter<WriteHalf<BoxStream>>),
-    Owned(Gather, WriteHalf<BoxStream>),
-}
-
-impl Replies {
-    async fn record(&mut self, body: &Bytes) -> std::io::Result<()> {
-        match self {
-            Replies::Stream(w) => write_record(w, body).await,
-            Replies::Owned(g, _) => g.record(body).await,
-        }
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Replies::Stream(w) => w.flush().await,
-            Replies::Owned(g, _) => g.flush().await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> std::io::Result<()> {
-        match self {
-            Replies::Stream(w) => w.shutdown().await,
-            Replies::Owned(g, w) => {
-                g.flush().await?;
-                w.shutdown().await
-            }
-        }
-    }
-}
+/// Where a connection's replies go: the client's byte stream through a buffer, or its SSH
+/// channel's owned-buffer sink.
+type Replies = RecordOut<BufWriter<WriteHalf<BoxStream>>, WriteHalf<BoxStream>>;

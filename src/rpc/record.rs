@@ -306,6 +306,51 @@ impl Gather {
     }
 }
 
+/// Where a connection's records go: a byte stream `S` (framed and written through it),
+/// or an SSH channel's owned-buffer sink (`Gather`: records handed over whole), whose
+/// stream's writer `W` is kept only for the end. The proxy's replies to a client and the
+/// upstream link's calls both go through it.
+pub enum RecordOut<S, W> {
+    Stream(S),
+    Owned(Gather, W),
+}
+
+impl<S: AsyncWrite + Unpin, W: AsyncWrite + Unpin> RecordOut<S, W> {
+    /// `body` as a single-fragment record (not flushed).
+    pub async fn record(&mut self, body: &Bytes) -> std::io::Result<()> {
+        match self {
+            RecordOut::Stream(w) => write_record(w, body).await,
+            RecordOut::Owned(g, _) => g.record(body).await,
+        }
+    }
+
+    /// A call record with `xid` in place of its own, `body` unchanged (not flushed).
+    pub async fn record_with_xid(&mut self, xid: u32, body: &Bytes) -> std::io::Result<()> {
+        match self {
+            RecordOut::Stream(w) => write_record_with_xid(w, xid, body).await,
+            RecordOut::Owned(g, _) => g.record_with_xid(xid, body).await,
+        }
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            RecordOut::Stream(w) => w.flush().await,
+            RecordOut::Owned(g, _) => g.flush().await,
+        }
+    }
+
+    /// Flushes, then shuts the stream's write side down.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            RecordOut::Stream(w) => w.shutdown().await,
+            RecordOut::Owned(g, w) => {
+                g.flush().await?;
+                w.shutdown().await
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -25,8 +25,8 @@ use tracing::{debug, info, warn};
 use super::{Completion, UpstreamStats};
 use crate::config::UpstreamConfig;
 use crate::rpc::msg::{AcceptStat, accepted_reply};
-use crate::rpc::record::Gather;
-use crate::rpc::{RecordError, RecordReader, write_record_with_xid};
+use crate::rpc::record::{Gather, RecordOut};
+use crate::rpc::{RecordError, RecordReader};
 use crate::transport::{BoxStream, Dialer};
 
 /// A call waiting for its reply.
@@ -66,22 +66,13 @@ struct Slot {
 
 /// Where a connection's calls go: the stream, or its owned-buffer sink when it has one
 /// (an SSH channel, which then takes a large call's arguments as they are, no copy).
-struct CallWriter {
-    io: WriteHalf<BoxStream>,
-    sink: Option<Gather>,
-}
+type CallWriter = RecordOut<WriteHalf<BoxStream>, WriteHalf<BoxStream>>;
 
-impl CallWriter {
-    /// Writes `msg` (a call record body) as one record with `xid` in place of its own.
-    async fn call(&mut self, xid: u32, msg: &Bytes) -> std::io::Result<()> {
-        match &mut self.sink {
-            None => write_record_with_xid(&mut self.io, xid, msg).await,
-            Some(g) => {
-                g.record_with_xid(xid, msg).await?;
-                g.flush().await
-            }
-        }
-    }
+/// Writes `msg` (a call record body) as one record with `xid` in place of its own, and
+/// sends it on.
+async fn send_call(w: &mut CallWriter, xid: u32, msg: &Bytes) -> std::io::Result<()> {
+    w.record_with_xid(xid, msg).await?;
+    w.flush().await
 }
 
 /// How long a probing batch may wait for its replies. A re-sent call may never be
@@ -189,7 +180,7 @@ impl Link {
             done: false,
         };
         let half = g.slot.half.as_mut().expect("checked above");
-        match half.call(xid, &msg).await {
+        match send_call(half, xid, &msg).await {
             Ok(()) => g.done = true,
             Err(e) => debug!(xid, error = %e, "write to the next hop failed; will re-send"),
         }
@@ -253,9 +244,9 @@ async fn run(ctx: LinkCtx) {
         let generation = {
             let mut slot = ctx.shared.writer.lock().await;
             slot.generation += 1;
-            slot.half = Some(CallWriter {
-                io: wr,
-                sink: sink.map(Gather::new),
+            slot.half = Some(match sink {
+                Some(sink) => RecordOut::Owned(Gather::new(sink), wr),
+                None => RecordOut::Stream(wr),
             });
             // New calls wait until `resend` has sent what is owed (it ends probing).
             slot.probing = true;
@@ -432,7 +423,7 @@ async fn write_resend(
         (p.msg.clone(), before)
     };
     let half = slot.half.as_mut().ok_or("the connection was dropped")?;
-    if let Err(e) = half.call(xid, &msg).await {
+    if let Err(e) = send_call(half, xid, &msg).await {
         warn!(side = "upstream", upstream = ctx.name, error = %e, "re-send failed; reconnecting");
         slot.half = None;
         return Err(format!("re-send failed: {e}"));
