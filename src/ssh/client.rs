@@ -282,10 +282,11 @@ impl SshConnector {
                 return Err(e);
             }
         };
-        Ok(super::pump::drained(
-            duplex(ch, life).stream,
-            FILE_MAX_UNREAD,
-        ))
+        let (rh, wh) = ch.split();
+        let ended = Arc::new(Life::default());
+        let (writer, _closing) = guarded_writer(wh.make_writer(), wh, life, ended.clone());
+        let reader = super::pump::drained_channel(rh, FILE_MAX_UNREAD, move || ended.kill());
+        Ok(Box::pin(tokio::io::join(reader, writer)))
     }
 
     /// Makes the file session now if there is none (it takes a few round trips), so
@@ -517,9 +518,8 @@ impl SshConnector {
 /// and the channel is closed when both are dropped (`Closing`).
 fn duplex(ch: russh::Channel<client::Msg>, life: Arc<Life>) -> Duplex {
     let (rh, wh) = ch.split();
-    let writer = wh.make_writer();
-    let closing = Closing::new(wh);
     let ended = Arc::new(Life::default());
+    let (writer, closing) = guarded_writer(wh.make_writer(), wh, life.clone(), ended.clone());
     let stream: BoxStream = Box::pin(tokio::io::join(
         ChannelReader {
             half: Some(rh),
@@ -528,15 +528,7 @@ fn duplex(ch: russh::Channel<client::Msg>, life: Arc<Life>) -> Duplex {
             done: false,
             ended: ended.clone(),
         },
-        Holding {
-            inner: GuardedWriter {
-                inner: writer,
-                life: life.clone(),
-                ended: ended.clone(),
-                watch: None,
-            },
-            _keep: closing.clone(),
-        },
+        writer,
     ));
     Duplex {
         stream,
@@ -546,6 +538,29 @@ fn duplex(ch: russh::Channel<client::Msg>, life: Arc<Life>) -> Duplex {
             ended,
         })),
     }
+}
+
+/// A channel's stream writer, failing once `life` (the session's) or `ended` (the
+/// channel's reads) is over, and the channel's close-on-drop, which the writer keeps
+/// alive (an owned-buffer sink may share it).
+/// `inner`: `wh`'s writer (`make_writer`, made by the caller: its type borrows `wh`).
+fn guarded_writer<W>(
+    inner: W,
+    wh: russh::ChannelWriteHalf<client::Msg>,
+    life: Arc<Life>,
+    ended: Arc<Life>,
+) -> (Holding<GuardedWriter<W>>, Arc<Closing<client::Msg>>) {
+    let closing = Closing::new(wh);
+    let writer = Holding {
+        inner: GuardedWriter {
+            inner,
+            life,
+            ended,
+            watch: None,
+        },
+        _keep: closing.clone(),
+    };
+    (writer, closing)
 }
 
 type NextMsg = std::pin::Pin<

@@ -19,46 +19,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use russh::{ChannelMsg, ChannelReadHalf};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::transport::BoxStream;
-
-const CHUNK: usize = 256 << 10;
-
-/// The drained stream: reads come from the pump, writes go straight to the channel.
-pub(super) fn drained<S>(stream: S, cap: usize) -> BoxStream
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut rd, wr) = tokio::io::split(stream);
-    let (tx, reader) = pump(cap);
-    tokio::spawn(async move {
-        loop {
-            let mut buf = BytesMut::with_capacity(CHUNK);
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => break,
-                Ok(_) => {
-                    if !tx.send(buf.freeze()) {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tx.fail(e);
-                    break;
-                }
-            }
-        }
-    });
-    Box::pin(tokio::io::join(reader, wr))
-}
-
-/// A channel's incoming data drained the same way, straight from russh's messages: the
-/// bytes of each packet are handed on as russh made them, not copied into a buffer of
-/// ours first. Ends at the channel's EOF or close.
-pub(super) fn drained_channel(mut rh: ChannelReadHalf, cap: usize) -> PumpReader {
+/// A channel's incoming data, drained: read at once from russh's messages into the pump
+/// (the bytes of each packet handed on as russh made them, not copied into a buffer of
+/// ours first), and read from the pump at the connection's own pace. Ends at the
+/// channel's EOF or close, or once over `cap`; then runs `on_end`.
+pub(super) fn drained_channel(
+    mut rh: ChannelReadHalf,
+    cap: usize,
+    on_end: impl FnOnce() + Send + 'static,
+) -> PumpReader {
     let (tx, reader) = pump(cap);
     tokio::spawn(async move {
         loop {
@@ -72,6 +46,7 @@ pub(super) fn drained_channel(mut rh: ChannelReadHalf, cap: usize) -> PumpReader
                 Some(_) => {} // requests, extended data: not the RPC stream
             }
         }
+        on_end();
     });
     reader
 }

@@ -325,7 +325,7 @@ impl server::Handler for Conn {
         let writer = wh.make_writer();
         let closing = Closing::new(wh);
         let stream: BoxStream = Box::pin(tokio::io::join(
-            pump::drained_channel(rh, self.opts.max_unread),
+            pump::drained_channel(rh, self.opts.max_unread, || {}),
             Holding {
                 inner: writer,
                 _keep: closing.clone(),
